@@ -1,0 +1,125 @@
+"""The loader interface: one call per loader kind, three interchangeable backends.
+
+    build_ssl_loader(data, split="train", backend="auto", res=224, batch_size=256, ...)
+        -> iterable of (view_q, view_k): float32 N x 3 x res x res, normalised with the manifest's
+           mean/std, on ``device``; two independently augmented views of the same images.
+    build_eval_loader(data, split="val", ...)
+        -> iterable of (images, labels int64): resize to round(res * 256/224), center-crop res.
+
+Every loader also has ``len()`` (batches per epoch on this rank), ``.num_samples`` (samples per
+epoch on this rank), ``.backend`` and ``.set_epoch(epoch)`` (deterministic reshuffle from seed+epoch).
+Each backend is a module (``fasthpt.data.<name>_backend``) exposing ``build_ssl_loader`` and
+``build_eval_loader`` with the keyword-only signature used below; it is imported only when chosen,
+so ``import fasthpt.data`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from fasthpt.data.manifest import Manifest, load_manifest
+from fasthpt.data.policy import AugPolicy
+from fasthpt.errors import UserError
+
+__all__ = ["build_ssl_loader", "build_eval_loader", "available_backends", "resolve_backend", "AugPolicy"]
+
+# Fastest first: the order `auto` tries (cpu-loader-ceiling.md: FFCV and DALI far ahead of torchvision).
+BACKENDS = ("ffcv", "dali", "torch")
+_MODULES = {name: f"fasthpt.data.{name}_backend" for name in BACKENDS}
+# What each backend reads from the prepared folder.
+_FORMAT = {"ffcv": "ffcv", "dali": "wds", "torch": "wds"}
+_INSTALL = {
+    "ffcv": "pip install ffcv==1.0.2 (needs libturbojpeg and opencv: `make setup`)",
+    "dali": "pip install nvidia-dali-cuda120==2.4.0",
+    "torch": "pip install torch torchvision pillow",
+}
+
+
+def _import_reason(name: str) -> str | None:
+    try:
+        importlib.import_module(_MODULES[name])
+    except ModuleNotFoundError as exc:
+        if exc.name == _MODULES[name]:
+            return f"backend {name!r} is not built in this version of fasthpt"
+        return f"missing module {exc.name!r}: {_INSTALL[name]}"
+    except ImportError as exc:  # a broken native install (missing shared library, ABI mismatch)
+        return f"cannot import {name}: {str(exc).splitlines()[0]}; reinstall: {_INSTALL[name]}"
+    return None
+
+
+def available_backends() -> dict[str, str | None]:
+    """name -> None if the backend can be used here, else the reason (and what to install)."""
+    return {name: _import_reason(name) for name in BACKENDS}
+
+
+def resolve_backend(name: str, manifest: Manifest | None = None) -> str:
+    """A concrete backend name. 'auto': the fastest backend that imports and whose files the
+    manifest holds (ffcv, then dali, then torch). A named backend that cannot run -> UserError."""
+    if name != "auto":
+        if name not in BACKENDS:
+            raise UserError(f"unknown loader backend {name!r}; valid: auto, {', '.join(BACKENDS)}")
+        reason = _import_reason(name)
+        if reason:
+            raise UserError(f"loader backend {name!r} is unavailable: {reason}")
+        return name
+    reasons = []
+    for candidate in BACKENDS:
+        if manifest is not None and _FORMAT[candidate] not in manifest.formats:
+            reasons.append(f"{candidate}: no {_FORMAT[candidate]} files")
+            continue
+        reason = _import_reason(candidate)
+        if reason is None:
+            return candidate
+        reasons.append(f"{candidate}: {reason}")
+    raise UserError("no loader backend can run: " + "; ".join(reasons))
+
+
+def _manifest(data: str | Path | Manifest) -> Manifest:
+    return data if isinstance(data, Manifest) else load_manifest(data)
+
+
+def _policy(policy: AugPolicy | str | None) -> AugPolicy:
+    if policy is None:
+        return AugPolicy()
+    if isinstance(policy, str):
+        return AugPolicy.preset(policy)
+    return policy.validate()
+
+
+def _setup(data, backend, device, rank, world_size):
+    from fasthpt.data import common  # imports torch: kept out of `import fasthpt.data`
+
+    manifest = _manifest(data)
+    name = resolve_backend(backend, manifest)
+    rank, world_size = common.resolve_dist(rank, world_size)
+    return manifest, importlib.import_module(_MODULES[name]), common.resolve_device(device), rank, world_size
+
+
+def _check_common(res: int, batch_size: int, workers: int) -> None:
+    for key, value, low in (("res", res, 1), ("batch_size", batch_size, 1), ("workers", workers, 0)):
+        if value < low:
+            raise UserError(f"{key} must be >= {low}, got {value}")
+
+
+def build_ssl_loader(data, *, split="train", backend="auto", res=224, batch_size=256, policy=None, workers=2,
+                     device=None, seed=0, rank=None, world_size=None, drop_last=True, channels_last=False):
+    """Two-view SSL loader over ``data`` (a `fasthpt prep` folder or a Manifest); see the module doc."""
+    _check_common(res, batch_size, workers)
+    manifest, module, device, rank, world_size = _setup(data, backend, device, rank, world_size)
+    return module.build_ssl_loader(
+        manifest, split=split, res=res, batch_size=batch_size, policy=_policy(policy), workers=workers,
+        device=device, seed=seed, rank=rank, world_size=world_size, drop_last=drop_last,
+        channels_last=channels_last,
+    )
+
+
+def build_eval_loader(data, *, split="val", backend="auto", res=224, batch_size=256, workers=2, device=None,
+                      rank=None, world_size=None, channels_last=False):
+    """Labelled evaluation loader (resize + center crop, no shuffle, every sample once across ranks)."""
+    _check_common(res, batch_size, workers)
+    manifest, module, device, rank, world_size = _setup(data, backend, device, rank, world_size)
+    return module.build_eval_loader(
+        manifest, split=split, res=res, batch_size=batch_size, workers=workers, device=device, rank=rank,
+        world_size=world_size, channels_last=channels_last,
+    )

@@ -1,0 +1,243 @@
+"""`torch` backend: torchvision's MoCo-v2 transforms over the WebDataset shards, DataLoader workers.
+
+The baseline every other backend is compared against, and the fallback that needs neither FFCV nor
+DALI. The augmentation is MoCo-v2's torchvision recipe (facebookresearch/moco main_moco.py, aug_plus):
+RandomResizedCrop(scale) -> RandomApply(ColorJitter, p) -> RandomGrayscale(p) ->
+RandomApply(GaussianBlur, p) -> RandomHorizontalFlip -> ToTensor -> Normalize. Parameters are drawn
+with torchvision's own ``get_params`` and applied with ``torchvision.transforms.functional``, which
+is what those transforms do internally; splitting draw from apply lets tests fix the parameters and
+count the draws. Every sample is augmented under its own seed (seed, epoch, index), so a run repeats
+exactly whatever the number of workers.
+
+Shards are read by random access (offsets from the tar headers, see ``common.index_wds``) rather
+than streamed, so that an epoch is an exact permutation split across ranks (no shuffle buffer,
+no repeated or dropped samples). Workers send uint8 views; normalisation happens on the device.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass
+
+import torch
+import torchvision.transforms as T
+import torchvision.transforms.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from fasthpt.data import common
+from fasthpt.data.manifest import Manifest
+from fasthpt.data.policy import AugPolicy
+from fasthpt.errors import UserError
+
+BACKEND = "torch"
+
+
+@dataclass
+class ViewParams:
+    """Every random draw of one view (torchvision's parameterisation)."""
+
+    crop: tuple[int, int, int, int]  # top, left, height, width in the source image
+    jitter: bool
+    order: tuple[int, ...]  # ColorJitter's random op order: 0 brightness, 1 contrast, 2 saturation, 3 hue
+    factors: tuple[float, float, float, float]  # brightness, contrast, saturation, hue
+    gray: bool
+    blur: bool
+    sigma: float
+    flip: bool
+
+
+def _jitter_ranges(policy: AugPolicy):
+    def around_one(v):
+        return [max(0.0, 1 - v), 1 + v] if v > 0 else None
+
+    hue = [-policy.hue, policy.hue] if policy.hue > 0 else None
+    return around_one(policy.brightness), around_one(policy.contrast), around_one(policy.saturation), hue
+
+
+def draw_params(policy: AugPolicy, width: int, height: int) -> ViewParams:
+    """Draw one view's parameters from torch's global RNG, exactly as the MoCo-v2 transforms do."""
+    probe = Image.new("L", (width, height))  # get_params only reads the size
+    crop = T.RandomResizedCrop.get_params(probe, list(policy.crop_scale), list(policy.crop_ratio))
+    jitter = bool(torch.rand(1).item() < policy.jitter_p)
+    order, b, c, s, h = T.ColorJitter.get_params(*_jitter_ranges(policy))
+    factors = tuple(1.0 if v is None else float(v) for v in (b, c, s)) + (0.0 if h is None else float(h),)
+    gray = bool(torch.rand(1).item() < policy.gray_p)
+    blur = bool(torch.rand(1).item() < policy.blur_p)
+    sigma = float(torch.empty(1).uniform_(*policy.blur_sigma).item())
+    flip = bool(torch.rand(1).item() < policy.flip_p)
+    return ViewParams(tuple(crop), jitter, tuple(int(i) for i in order), factors, gray, blur, sigma, flip)
+
+
+# One function per operation with fixed parameters (the references the backend tests compare to).
+def op_crop(img: Image.Image, crop: tuple[int, int, int, int], res: int) -> Image.Image:
+    return F.resized_crop(img, *crop, [res, res], interpolation=T.InterpolationMode.BILINEAR, antialias=True)
+
+
+def op_jitter(img: Image.Image, factors, order=(0, 1, 2, 3)) -> Image.Image:
+    adjust = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation, F.adjust_hue)
+    neutral = (1.0, 1.0, 1.0, 0.0)
+    for i in order:
+        if factors[i] != neutral[i]:
+            img = adjust[i](img, factors[i])
+    return img
+
+
+def op_gray(img: Image.Image) -> Image.Image:
+    return F.rgb_to_grayscale(img, num_output_channels=3)
+
+
+def moco_kernel(policy: AugPolicy, res: int) -> int:
+    """MoCo-v2's fixed odd kernel, ~10% of the side (23 px at 224): the cap of policy.blur_kernel_size."""
+    return policy.blur_kernel_size(res, sigma=float(res))
+
+
+def op_blur(img: Image.Image, sigma: float, kernel: int) -> Image.Image:
+    return F.gaussian_blur(img, [kernel, kernel], [sigma, sigma])
+
+
+def op_flip(img: Image.Image) -> Image.Image:
+    return F.hflip(img)
+
+
+def apply_view(img: Image.Image, p: ViewParams, policy: AugPolicy, res: int) -> torch.Tensor:
+    """One augmented view as a uint8 3 x res x res tensor (normalisation happens on the device)."""
+    img = op_crop(img, p.crop, res)
+    if p.jitter:
+        img = op_jitter(img, p.factors, p.order)
+    if p.gray:
+        img = op_gray(img)
+    if p.blur:
+        img = op_blur(img, p.sigma, moco_kernel(policy, res))
+    if p.flip:
+        img = op_flip(img)
+    return F.pil_to_tensor(img)
+
+
+def eval_view(img: Image.Image, res: int) -> torch.Tensor:
+    img = F.resize(img, common.eval_resize(res), interpolation=T.InterpolationMode.BILINEAR, antialias=True)
+    return F.pil_to_tensor(F.center_crop(img, [res, res]))
+
+
+class _WdsImages(Dataset):
+    """Random access to the JPEGs of a split; items are addressed as (epoch, index)."""
+
+    def __init__(self, manifest: Manifest, split: str, res: int, policy: AugPolicy | None, seed: int, debug=False):
+        self.shards = manifest.wds_shards(split)
+        self.samples = common.index_wds(self.shards)
+        if len(self.samples) != manifest.count(split):
+            raise UserError(
+                f"{manifest.root}: manifest says {manifest.count(split)} {split} samples, "
+                f"the shards hold {len(self.samples)}; re-run `fasthpt prep`"
+            )
+        self.res, self.policy, self.seed, self.debug = res, policy, seed, debug
+        self._handles: dict[int, object] = {}
+
+    def __len__(self):
+        return len(self.samples)
+
+    def _image(self, index: int) -> Image.Image:
+        sample = self.samples[index]
+        handle = self._handles.get(sample.shard)
+        if handle is None:  # opened lazily so that each worker process has its own file handles
+            handle = self._handles[sample.shard] = open(self.shards[sample.shard], "rb")
+        try:
+            img = Image.open(io.BytesIO(common.read_bytes(handle, sample)))
+            return img.convert("RGB")
+        except OSError as exc:
+            raise UserError(f"cannot decode sample {sample.key} of {self.shards[sample.shard]}: {exc}") from None
+
+    def __getitem__(self, item):
+        epoch, index = item
+        img = self._image(index)
+        if self.policy is None:
+            return eval_view(img, self.res), self.samples[index].label
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(common.epoch_seed(self.seed, epoch, index))
+            params = [draw_params(self.policy, *img.size) for _ in range(2)]
+        views = tuple(apply_view(img, p, self.policy, self.res) for p in params)
+        if self.debug:
+            return views + ([asdict(p) for p in params], index)
+        return views
+
+
+class _EpochSampler:
+    """Yields (epoch, index) for this rank's indices of the current epoch."""
+
+    def __init__(self, indices_for_epoch):
+        self.indices_for_epoch, self.epoch = indices_for_epoch, 0
+
+    def __iter__(self):
+        epoch = self.epoch
+        return iter([(epoch, int(i)) for i in self.indices_for_epoch(epoch)])
+
+    def __len__(self):
+        return len(self.indices_for_epoch(self.epoch))
+
+
+def _collate_ssl(batch):
+    """Stack the two views; debug extras (per-view parameter dicts, sample indices) stay lists."""
+    views = tuple(torch.stack([item[v] for item in batch]) for v in (0, 1))
+    if len(batch[0]) == 2:
+        return views
+    return views + ([item[2] for item in batch], torch.tensor([item[3] for item in batch]))
+
+
+class TorchLoader:
+    backend = BACKEND
+
+    def __init__(self, dataset, sampler, *, batch_size, workers, device, drop_last, channels_last, mean, std, ssl):
+        self.sampler, self.device, self.channels_last, self.ssl = sampler, device, channels_last, ssl
+        self.num_samples = len(sampler)
+        self._len = common.num_batches(self.num_samples, batch_size, drop_last)
+        shape = (1, 3, 1, 1)
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(shape)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(shape)
+        self.loader = DataLoader(
+            dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
+            pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None, collate_fn=_collate_ssl if ssl else None,
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.epoch = epoch
+
+    def __len__(self):
+        return self._len
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return (x.float() - self.mean) / self.std
+
+    def __iter__(self):
+        for batch in self.loader:
+            if self.ssl:
+                yield (self._normalise(batch[0]), self._normalise(batch[1])) + tuple(batch[2:])
+            else:
+                yield self._normalise(batch[0]), batch[1].to(self.device, torch.int64)
+
+
+def build_ssl_loader(manifest: Manifest, *, split, res, batch_size, policy, workers, device, seed, rank,
+                     world_size, drop_last, channels_last, debug: bool = False) -> TorchLoader:
+    """Two-view MoCo-v2 loader. ``debug``: batches also carry each view's drawn parameters and the
+    sample indices: (view_q, view_k, [params_q, params_k], indices)."""
+    dataset = _WdsImages(manifest, split, res, policy.validate(), seed, debug)
+    count = len(dataset)
+    sampler = _EpochSampler(lambda epoch: common.ssl_rank_indices(count, rank, world_size, seed, epoch))
+    common.check_batch(batch_size, len(sampler), drop_last, f"{split} split")
+    return TorchLoader(dataset, sampler, batch_size=batch_size, workers=workers, device=device,
+                       drop_last=drop_last, channels_last=channels_last, mean=manifest.mean,
+                       std=manifest.std, ssl=True)
+
+
+def build_eval_loader(manifest: Manifest, *, split, res, batch_size, workers, device, rank, world_size,
+                      channels_last) -> TorchLoader:
+    dataset = _WdsImages(manifest, split, res, None, 0)
+    indices = common.eval_rank_indices(len(dataset), rank, world_size)
+    sampler = _EpochSampler(lambda epoch: indices)
+    common.check_batch(batch_size, len(sampler), False, f"{split} split")
+    return TorchLoader(dataset, sampler, batch_size=batch_size, workers=workers, device=device,
+                       drop_last=False, channels_last=channels_last, mean=manifest.mean,
+                       std=manifest.std, ssl=False)
