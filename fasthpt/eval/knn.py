@@ -43,3 +43,38 @@ def knn_accuracy(train_feats, train_labels, query_feats, query_labels, num_class
         return float("nan")
     scores = knn_predict(train_feats, train_labels, query_feats, num_classes, k=k, t=t)
     return (scores.argmax(1) == query_labels).float().mean().item()
+
+
+def run_knn(
+    backbone, data, *, arch: str | None = None, k: int = 20, t: float = 0.07, res: int = 64,
+    batch_size: int = 256, workers: int = 2, backend: str = "auto", device="auto", seed: int = 0,
+    cache_dir=None, use_cache: bool = True, json_path=None, progress: bool = True, quiet: bool = False,
+) -> dict:
+    """Weighted cosine kNN of ``backbone`` (path / spec / nn.Module) on ``data``: train features
+    vote for val features. Features are extracted once per (backbone, dataset, split, res) and
+    cached on disk. Returns the result dict (also printed and appended to ``json_path``)."""
+    import time
+
+    from fasthpt.eval import common  # lazy: the training monitor imports only knn_predict
+
+    if k < 1 or t <= 0:
+        raise common.UserError(f"kNN needs k >= 1 and t > 0, got k={k}, t={t}")
+    t0 = time.perf_counter()
+    ds = common.resolve_data(data)
+    bb = common.resolve_backbone(backbone, arch, seed)
+    dev = common.module_device(bb, device)
+    opts = dict(res=res, batch_size=batch_size, workers=workers, device=dev, backend=backend,
+                cache_dir=cache_dir, use_cache=use_cache, progress=progress)
+    train_x, train_y, hit_train = common.cached_features(bb, ds, "train", **opts)
+    val_x, val_y, hit_val = common.cached_features(bb, ds, "val", **opts)
+    top1 = knn_accuracy(train_x.to(dev), train_y.to(dev), val_x.to(dev), val_y.to(dev),
+                        ds.manifest.num_classes, k=k, t=t)
+    wall = time.perf_counter() - t0
+    extracted = (0 if hit_train else len(train_y)) + (0 if hit_val else len(val_y))
+    options = dict(k=k, t=t, res=res, batch_size=batch_size, backend=backend, workers=workers, seed=seed)
+    result = common.make_result(
+        "knn", "knn", bb, ds, options, top1=top1, best_iter=None, num_train=len(train_y), num_val=len(val_y),
+        features_cached=bool(hit_train and hit_val), wall_clock_s=wall,
+        samples_per_s=(extracted or len(train_y) + len(val_y)) / max(wall, 1e-9), device=str(dev),
+    )
+    return common.finish(result, json_path, quiet)

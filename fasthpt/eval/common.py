@@ -1,0 +1,250 @@
+"""Shared set-up for the evaluation protocols (kNN, linear probe, fine-tuning).
+
+Backbone and dataset resolution with fingerprints, the eval loaders, the on-disk feature cache and
+the one-JSON-line-per-run result record. Heavy teammates' modules (loaders, backbone loader) are
+imported lazily so that `fasthpt.eval.knn` stays importable from the training monitor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fasthpt.errors import UserError
+
+# Test transform of the paper (resize 256, center crop 224: HPT.md, OpenSelfSup's test_pipeline):
+# the crop keeps 224/256 = 0.875 of the side. Train-time crops are cut from an image resized by
+# the same factor so that they see as much of the picture as the test crop does, or more.
+CENTER_CROP_FRACTION = 224 / 256
+IN_MEMORY = "<in-memory module>"
+
+
+@dataclass
+class Backbone:
+    """A resolved backbone: the module (images -> N x D), where it came from, and its fingerprint."""
+
+    module: nn.Module
+    source: str  # the path or spec given, or IN_MEMORY
+    fingerprint: str  # sha256 hex of the checkpoint file, or of the state_dict bytes
+    arch: str | None = None
+
+    @property
+    def num_features(self) -> int:
+        n = getattr(self.module, "num_features", None)
+        if n is None:
+            raise UserError(f"backbone {self.source} does not declare num_features")
+        return int(n)
+
+
+@dataclass
+class Dataset:
+    root: Path
+    manifest: object  # fasthpt.data.manifest.Manifest
+    fingerprint: str  # sha256 of manifest.json: changes whenever `fasthpt prep` rewrites the data
+
+
+def pick_device(device: str | torch.device | None = "auto") -> torch.device:
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available on this machine (use cpu or auto)")
+    return dev
+
+
+def module_device(backbone: Backbone, device="auto") -> torch.device:
+    """Where to run: an in-memory module under "auto" stays where its caller put it (moving it
+    would move the caller's model); a loaded checkpoint goes to CUDA when there is one."""
+    if (device is None or str(device) == "auto") and backbone.source == IN_MEMORY:
+        param = next(backbone.module.parameters(), None)
+        return param.device if param is not None else torch.device("cpu")
+    return pick_device(device)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA (the issue's GPU precision), plain fp32 on the CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_state_dict(module: nn.Module) -> str:
+    """Fingerprint of the weights and buffers (names, shapes, dtypes and bytes, in key order)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def resolve_backbone(backbone: str | nn.Module, arch: str | None = None, seed: int = 0) -> Backbone:
+    """A path / spec through the project's one backbone loader, or an in-memory module as is."""
+    if isinstance(backbone, nn.Module):
+        return Backbone(backbone, IN_MEMORY, sha256_state_dict(backbone), arch)
+    spec = str(backbone)
+    from fasthpt.models.backbones import load_backbone  # lazy: teammate's module, heavy imports
+
+    if spec in ("random", "none"):
+        torch.manual_seed(seed)  # the random floor is repeatable, so its features can be cached
+        module, _ = load_backbone(spec, arch=arch)
+        return Backbone(module, spec, sha256_state_dict(module), arch)
+    path = Path(spec)
+    if not path.is_file():
+        raise UserError(f"backbone checkpoint not found: {path}")
+    module, _ = load_backbone(spec, arch=arch)
+    return Backbone(module, spec, sha256_file(path), arch)
+
+
+def resolve_data(data: str | os.PathLike) -> Dataset:
+    from fasthpt.data.manifest import MANIFEST, load_manifest
+
+    manifest = load_manifest(data)  # UserError for a missing folder / manifest
+    return Dataset(Path(data), manifest, sha256_file(Path(data) / MANIFEST))
+
+
+def eval_loader(data: Dataset, split: str, res: int, batch_size: int, workers: int, device, backend="auto"):
+    """Resize + center-crop loader (no shuffle) over one split, the dataset's mean/std applied."""
+    data.manifest.count(split)  # UserError naming the splits when this one is missing
+    from fasthpt.data import build_eval_loader
+
+    return build_eval_loader(
+        data.root, split=split, backend=backend, res=res, batch_size=batch_size, workers=workers,
+        device=device,
+    )
+
+
+def source_res(res: int) -> int:
+    """Side of the center crop that train-time random crops are cut from (see CENTER_CROP_FRACTION)."""
+    return int(math.ceil(res / CENTER_CROP_FRACTION))
+
+
+def default_cache_dir(data: Dataset) -> Path:
+    """<data>/.cache/features when the data folder is writable, else ~/.cache/fasthpt/features."""
+    local = data.root / ".cache" / "features"
+    try:
+        local.mkdir(parents=True, exist_ok=True)
+        if os.access(local, os.W_OK):
+            return local
+    except OSError:
+        pass
+    return Path.home() / ".cache" / "fasthpt" / "features"
+
+
+def cached_features(
+    backbone: Backbone, data: Dataset, split: str, *, res: int, batch_size: int, workers: int,
+    device: torch.device, backend: str = "auto", cache_dir: Path | None = None, use_cache: bool = True,
+    progress: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Frozen features of one split (resize + center crop), cached on disk.
+
+    The key holds everything that changes the numbers: backbone fingerprint, dataset fingerprint,
+    split, resolution, loader backend and device type (bf16 on CUDA, fp32 on the CPU).
+    Returns (features M x D float32, labels M int64, hit: whether they came from the cache).
+    """
+    from fasthpt.eval.features import extract_features
+
+    key = f"{backbone.fingerprint[:16]}-{data.fingerprint[:12]}-{split}-r{res}-{backend}-{device.type}.pt"
+    path = (Path(cache_dir) if cache_dir else default_cache_dir(data)) / key if use_cache else None
+    if path is not None and path.is_file():
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            return blob["features"], blob["labels"], True
+        except Exception:  # a truncated or foreign file: recompute and overwrite it
+            pass
+    loader = eval_loader(data, split, res, batch_size, workers, device, backend)
+    module = backbone.module.to(device)
+    with autocast(device):
+        feats, labels = extract_features(module, loader, device=device, progress=progress, desc=f"features {split}")
+    if path is not None:
+        atomic_save({"features": feats, "labels": labels}, path)
+    return feats, labels, False
+
+
+def atomic_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(buf.getvalue())
+    tmp.replace(path)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    if labels.numel() == 0:
+        return float("nan")
+    return (logits.argmax(1) == labels.to(logits.device)).float().mean().item()
+
+
+def step_lr(base_lr: float, it: int, iters: int, gamma: float) -> float:
+    """Step decay by ``gamma`` at 1/3 and 2/3 of the iterations (HPT.md; OpenSelfSup lr_config)."""
+    drops = sum(it >= m for m in (iters // 3, 2 * iters // 3) if m > 0)
+    return base_lr * gamma**drops
+
+
+def make_result(protocol: str, mode: str, backbone: Backbone, data: Dataset, options: dict, **fields) -> dict:
+    from fasthpt import __version__
+
+    return {
+        "protocol": protocol,
+        "mode": mode,
+        "backbone": backbone.source,
+        "backbone_fingerprint": backbone.fingerprint,
+        "arch": backbone.arch,
+        "dataset": str(data.root),
+        "dataset_name": data.manifest.raw.get("name"),
+        "dataset_fingerprint": data.fingerprint,
+        "num_classes": data.manifest.num_classes,
+        "options": options,
+        **fields,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "fasthpt": __version__,
+    }
+
+
+def append_json(result: dict, path: str | os.PathLike) -> None:
+    """Append one JSON line in a single write(2) on an O_APPEND descriptor, so concurrent runs
+    appending to the same file never interleave within a line."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(result, sort_keys=False) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def summary(result: dict) -> str:
+    best = f" best_iter={result['best_iter']}" if result.get("best_iter") is not None else ""
+    return (
+        f"{result['mode']}: top1={result['top1']:.4f}{best} backbone={result['backbone']} "
+        f"data={result['dataset']} ({result['wall_clock_s']:.1f} s, "
+        f"{result['samples_per_s']:.0f} samples/s, {result['device']})"
+    )
+
+
+def finish(result: dict, json_path=None, quiet: bool = False) -> dict:
+    if not quiet:
+        print(summary(result), flush=True)
+    if json_path:
+        append_json(result, json_path)
+    return result
