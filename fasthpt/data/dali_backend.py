@@ -1,0 +1,318 @@
+"""`dali` backend: WebDataset shards -> NVIDIA DALI pipeline -> two augmented views per decode.
+
+On a CUDA device the JPEGs are decoded with ``device='mixed'`` (nvJPEG) and augmented on the GPU;
+without CUDA the same graph runs on the CPU (``device_id=None``), logged once.
+
+Speed choices (shared/notes/cpu-loader-ceiling.md: augmentation, not decode, is the CPU wall):
+- one decode per image, two views cropped from it (resize with a region of interest: crop and
+  resize are one pass);
+- colour jitter + grayscale are ONE per-pixel affine pass (``fn.coord_transform``): brightness,
+  contrast, saturation and a hue rotation in YIQ space are all affine in RGB, so their composition
+  is ``M x + T``; grayscale is saturation 0. Without intermediate clamping these operations commute,
+  so ColorJitter's random order does not matter; torchvision clamps after each op and shifts hue
+  in HSV, so saturated pixels can differ (tests/data/test_dali_backend.py states the tolerances);
+- each random op runs only on the samples that drew it (DALI conditionals), and the blur kernel is
+  sized by sigma: radius ceil(3 sigma), capped at ~10% of res (policy.blur_kernel_size);
+- flip, normalisation and the layout change are one ``crop_mirror_normalize`` pass.
+
+Epochs: a pipeline is built per epoch with a seed from (seed, epoch, rank), which makes
+``set_epoch`` deterministic and lets the reader's shard rotate across ranks between epochs. The
+reader pads the last batch (``pad_last_batch``) and the iterator trims the padding, so an epoch
+holds exactly ``num_samples`` samples (see common.py for the sharding rules). DALI's reader shuffles
+within a buffer (``initial_fill``), not globally: `fasthpt prep` writes shards in random order.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from fasthpt.data import common
+from fasthpt.data.manifest import Manifest
+from fasthpt.data.policy import AugPolicy
+from fasthpt.errors import UserError
+
+BACKEND = "dali"
+SHUFFLE_BUFFER = 4096  # encoded samples held for shuffling (DALI's default is 1024)
+
+# ITU-R 601-2 luma, the weights of torchvision's rgb_to_grayscale (and of YIQ's Y).
+LUMA = np.array([0.299, 0.587, 0.114])
+# RGB -> YIQ (NTSC 1953 coefficients, as in colorsys); a hue shift is a rotation of the (I, Q) plane.
+YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+def colour_basis() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """P0, P1, P2 with jitter(x) = cb (P0 + s cos(t) P1 + s sin(t) P2) x + (1 - c) b mean_gray(x):
+    P0 projects on gray (1 w^T), P1 = I - P0 keeps the chroma, P2 turns the chroma by 90 degrees."""
+    p0 = np.outer(np.ones(3), LUMA)
+    p1 = np.eye(3) - p0
+    quarter = np.array([[0, 0, 0], [0, 0, -1], [0, 1, 0]], dtype=float)
+    p2 = np.linalg.inv(YIQ) @ quarter @ YIQ
+    return p0, p1, p2
+
+
+def colour_matrix(b: float, c: float, s: float, h: float, gray: bool = False, mean_gray: float = 0.0):
+    """NumPy twin of the in-pipeline colour transform, (M 3x3, T 3): for fixed-parameter tests."""
+    p0, p1, p2 = colour_basis()
+    s = 0.0 if gray else s
+    theta = 2 * math.pi * h
+    m = c * b * (p0 + s * math.cos(theta) * p1 + s * math.sin(theta) * p2)
+    return m, np.full(3, (1 - c) * b * mean_gray)
+
+
+def _dali():
+    try:
+        import nvidia.dali as dali  # noqa: F401
+        import nvidia.dali.fn as fn
+        import nvidia.dali.math as dmath
+        import nvidia.dali.types as types
+    except ImportError as exc:
+        raise UserError(f"DALI is not importable ({exc}): pip install nvidia-dali-cuda120==2.4.0") from None
+    return fn, dmath, types
+
+
+_logged_cpu = False
+
+
+def _on_gpu(device: torch.device) -> bool:
+    global _logged_cpu
+    if device.type == "cuda" and torch.cuda.is_available():
+        return True
+    if not _logged_cpu:
+        common.log.warning("dali: no CUDA device, running the DALI pipeline on the CPU (device_id=None)")
+        _logged_cpu = True
+    return False
+
+
+def _coin(fn, types, p: float):
+    return fn.random.coin_flip(probability=p, dtype=types.BOOL)
+
+
+def _crop(fn, types, images, shape, policy: AugPolicy, res: int):
+    """Random-resized crop as one resize over a region of interest; returns (view, anchor, size)."""
+    anchor, size = fn.random_crop_generator(
+        shape, random_area=list(policy.crop_scale), random_aspect_ratio=list(policy.crop_ratio)
+    )
+    start = fn.cast(anchor, dtype=types.FLOAT)
+    view = fn.resize(images, roi_start=start, roi_end=start + fn.cast(size, dtype=types.FLOAT), size=[res, res],
+                     antialias=True)
+    return view, anchor, size
+
+
+def _colour(fn, dmath, types, view, factors, jitter, gray):
+    """Jitter (if drawn) then grayscale (if drawn) as one affine pass on the pixels (module doc)."""
+    b, c, s, h = factors
+    j = fn.cast(jitter, dtype=types.FLOAT)
+    b1, c1 = 1.0 + j * (b - 1.0), 1.0 + j * (c - 1.0)
+    s1 = (1.0 - fn.cast(gray, dtype=types.FLOAT)) * (1.0 + j * (s - 1.0))
+    theta = j * h * (2 * math.pi)
+    p0, p1, p2 = (types.Constant(p.astype(np.float32)) for p in colour_basis())
+    scale = c1 * b1
+    m = scale * p0 + (scale * s1 * dmath.cos(theta)) * p1 + (scale * s1 * dmath.sin(theta)) * p2
+    # contrast blends towards the mean gray level of the (brightness-scaled) view, as torchvision does
+    means = fn.reductions.mean(fn.cast(view, dtype=types.FLOAT), axes=[0, 1])
+    mean_gray = means[0] * float(LUMA[0]) + means[1] * float(LUMA[1]) + means[2] * float(LUMA[2])
+    offset = (1.0 - c1) * b1 * mean_gray
+    if view.device == "gpu":
+        out = fn.coord_transform(view, M=m, dtype=types.FLOAT)
+        return fn.cast(dmath.clamp(out + offset, 0.0, 255.0), dtype=types.UINT8)
+    return fn.coord_transform(view, M=m, T=fn.stack(offset, offset, offset), dtype=types.UINT8)
+
+
+def _blur_window(fn, dmath, types, sigma, policy: AugPolicy, res: int):
+    """Odd window 2 ceil(3 sigma) + 1 capped at ~10% of res: policy.blur_kernel_size in the graph."""
+    cap = float(policy.blur_kernel_size(res, sigma=float(res)))
+    return fn.cast(dmath.min(2.0 * dmath.ceil(3.0 * sigma) + 1.0, cap), dtype=types.INT32)
+
+
+def _view(fn, dmath, types, images, shape, policy: AugPolicy, res: int, norm: dict):
+    """One augmented, normalised view; also returns every random draw (for debug outputs)."""
+    view, anchor, size = _crop(fn, types, images, shape, policy, res)
+    # no colour factors (e.g. the no-color ablation): the jitter coin never lands
+    jitter = _coin(fn, types, policy.jitter_p if policy.uses_color else 0.0)
+    gray = _coin(fn, types, policy.gray_p)
+    factors = [fn.random.uniform(range=[max(0.0, 1 - v), 1 + v]) for v in
+               (policy.brightness, policy.contrast, policy.saturation)]
+    factors.append(fn.random.uniform(range=[-policy.hue, policy.hue]))
+    blur, flip = _coin(fn, types, policy.blur_p), _coin(fn, types, policy.flip_p)
+    sigma = fn.random.uniform(range=list(policy.blur_sigma))
+    if policy.uses_color or policy.gray_p > 0:  # static: the op is left out of the graph entirely
+        if jitter | gray:  # DALI conditional: only the samples that drew it pay for the pass
+            view = _colour(fn, dmath, types, view, factors, jitter, gray)
+    if policy.blur_p > 0:
+        if blur:
+            window = _blur_window(fn, dmath, types, sigma, policy, res)
+            view = fn.gaussian_blur(view, sigma=sigma, window_size=window)
+    view = fn.crop_mirror_normalize(view, mirror=fn.cast(flip, dtype=types.INT32), dtype=types.FLOAT, **norm)
+    draws = [anchor, size, jitter, gray, blur, flip, sigma] + factors
+    return view, draws
+
+
+DRAW_NAMES = ("anchor", "size", "jitter", "gray", "blur", "flip", "sigma", "brightness", "contrast",
+              "saturation", "hue")
+
+
+def _reader(fn, manifest: Manifest, split: str, shard_id: int, num_shards: int, shuffle: bool, fill: int):
+    shards = manifest.wds_shards(split)
+    indexes = [p.with_suffix(".idx") for p in shards]
+    missing = [str(p) for p in shards + indexes if not p.is_file()]
+    if missing:
+        raise UserError(f"missing WebDataset file {missing[0]} (and {len(missing) - 1} more): re-run `fasthpt prep`")
+    return fn.readers.webdataset(
+        paths=[str(p) for p in shards], index_paths=[str(p) for p in indexes], ext=["jpg", "cls"],
+        missing_component_behavior="error", shard_id=shard_id, num_shards=num_shards,
+        random_shuffle=shuffle, initial_fill=max(1, fill), pad_last_batch=True, stick_to_shard=True,
+        name="reader",
+    )
+
+
+def _norm_args(manifest: Manifest, channels_last: bool) -> dict:
+    # NHWC out of DALI + a permute in torch gives a channels_last NCHW tensor without a copy.
+    return dict(mean=manifest.mean, std=manifest.std, output_layout="HWC" if channels_last else "CHW")
+
+
+def _ssl_pipeline(manifest, split, policy, res, gpu, shard_id, num_shards, fill, channels_last, debug, **kw):
+    from nvidia.dali import pipeline_def
+
+    fn, dmath, types = _dali()
+
+    @pipeline_def(enable_conditionals=True, **kw)
+    def ssl():
+        jpegs, labels = _reader(fn, manifest, split, shard_id, num_shards, True, fill)
+        images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
+        shape = fn.peek_image_shape(jpegs)
+        norm = _norm_args(manifest, channels_last)
+        (q, draws_q), (k, draws_k) = (_view(fn, dmath, types, images, shape, policy, res, norm) for _ in range(2))
+        return (q, k, labels, *draws_q, *draws_k) if debug else (q, k)
+
+    return ssl()
+
+
+def _eval_pipeline(manifest, split, res, gpu, shard_id, num_shards, channels_last, **kw):
+    from nvidia.dali import pipeline_def
+
+    fn, _, types = _dali()
+
+    @pipeline_def(**kw)
+    def evaluation():
+        jpegs, labels = _reader(fn, manifest, split, shard_id, num_shards, False, 1)
+        images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
+        images = fn.resize(images, resize_shorter=common.eval_resize(res), antialias=True)
+        images = fn.crop_mirror_normalize(images, crop=[res, res], dtype=types.FLOAT, **_norm_args(manifest, channels_last))
+        return images, labels
+
+    return evaluation()
+
+
+def _to_torch(tensor_list, device: torch.device) -> torch.Tensor:
+    from nvidia.dali.plugin.pytorch import feed_ndarray
+
+    dense = tensor_list.as_tensor()
+    out = torch.empty(dense.shape(), dtype=_TORCH_DTYPES[str(dense.dtype)], device=device)
+    feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(device) if device.type == "cuda" else None)
+    return out
+
+
+_TORCH_DTYPES = {"DALIDataType.FLOAT": torch.float32, "DALIDataType.UINT8": torch.uint8,
+                 "DALIDataType.INT64": torch.int64, "DALIDataType.BOOL": torch.bool,
+                 "DALIDataType.INT32": torch.int32}
+
+
+def _labels(tensor_list) -> torch.Tensor:
+    # .cls members hold the label as ASCII digits (WebDataset convention)
+    return torch.tensor([int(bytes(np.asarray(tensor_list[i])).decode()) for i in range(len(tensor_list))],
+                        dtype=torch.int64)
+
+
+class DaliLoader:
+    """Iterates one freshly built pipeline per epoch and trims the reader's padding (module doc)."""
+
+    backend = BACKEND
+
+    def __init__(self, build, *, num_samples, batch_size, drop_last, device, channels_last, ssl, debug=False):
+        self.build, self.num_samples, self.batch_size = build, num_samples, batch_size
+        self.device, self.channels_last, self.ssl, self.debug = device, channels_last, ssl, debug
+        self._len = common.num_batches(num_samples, batch_size, drop_last)
+        self.epoch = 0
+        self._ready = None  # (epoch, pipeline) built ahead, e.g. by the benchmark's warm-up
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self):
+        return self._len
+
+    def pipeline(self):
+        """The built pipeline for the current epoch (built once per epoch; building is the slow part)."""
+        if self._ready is None or self._ready[0] != self.epoch:
+            pipe = self.build(self.epoch)
+            pipe.build()
+            self._ready = (self.epoch, pipe)
+        return self._ready[1]
+
+    def _images(self, tensor_list, n):
+        x = _to_torch(tensor_list, self.device)[:n]
+        return x.permute(0, 3, 1, 2) if self.channels_last else x
+
+    def __iter__(self):
+        pipe = self.pipeline()
+        self._ready = None  # a pipeline serves one epoch: the next iteration rebuilds
+        remaining = self.num_samples
+        for _ in range(self._len):
+            outputs = pipe.run()
+            n = min(self.batch_size, remaining)
+            remaining -= n
+            if not self.ssl:
+                yield self._images(outputs[0], n), _labels(outputs[1])[:n].to(self.device)
+            elif self.debug:
+                draws = [_to_torch(t, torch.device("cpu"))[:n] for t in outputs[3:]]
+                keys = [outputs[2][i].source_info() for i in range(n)]
+                yield self._images(outputs[0], n), self._images(outputs[1], n), _labels(outputs[2])[:n], keys, draws
+            else:
+                yield self._images(outputs[0], n), self._images(outputs[1], n)
+
+
+def _pipe_kwargs(batch_size, workers, gpu, seed):
+    return dict(batch_size=batch_size, num_threads=max(1, workers), device_id=torch.cuda.current_device() if gpu else None,
+                seed=seed, prefetch_queue_depth=2)
+
+
+def _shard_size(count: int, shard_id: int, num_shards: int) -> int:
+    # DALI's reader gives shard i the samples [count*i // n, count*(i+1) // n)
+    return count * (shard_id + 1) // num_shards - count * shard_id // num_shards
+
+
+def build_ssl_loader(manifest: Manifest, *, split, res, batch_size, policy, workers, device, seed, rank,
+                     world_size, drop_last, channels_last, debug: bool = False) -> DaliLoader:
+    """Two-view loader. ``debug``: batches are (view_q, view_k, labels, sample keys, draws) where
+    draws lists, per view, the tensors named by DRAW_NAMES."""
+    policy = policy.validate()
+    gpu = _on_gpu(device)
+    count = manifest.count(split)
+    per_rank = common.ssl_rank_count(count, world_size)
+    common.check_batch(batch_size, per_rank, drop_last, f"{split} split")
+    fill = min(SHUFFLE_BUFFER, per_rank + 1)
+
+    def build(epoch):
+        shard = (rank + epoch) % world_size  # rotate the data among ranks from epoch to epoch
+        kw = _pipe_kwargs(batch_size, workers, gpu, common.epoch_seed(seed, epoch, rank) % 2**31)
+        return _ssl_pipeline(manifest, split, policy, res, gpu, shard, world_size, fill, channels_last, debug, **kw)
+
+    return DaliLoader(build, num_samples=per_rank, batch_size=batch_size, drop_last=drop_last, device=device,
+                      channels_last=channels_last, ssl=True, debug=debug)
+
+
+def build_eval_loader(manifest: Manifest, *, split, res, batch_size, workers, device, rank, world_size,
+                      channels_last) -> DaliLoader:
+    gpu = _on_gpu(device)
+    n = _shard_size(manifest.count(split), rank, world_size)
+    common.check_batch(batch_size, n, False, f"{split} split")
+
+    def build(epoch):
+        kw = _pipe_kwargs(batch_size, workers, gpu, 0)
+        return _eval_pipeline(manifest, split, res, gpu, rank, world_size, channels_last, **kw)
+
+    return DaliLoader(build, num_samples=n, batch_size=batch_size, drop_last=False, device=device,
+                      channels_last=channels_last, ssl=False)
