@@ -1,0 +1,82 @@
+"""Speed-up algorithms selectable by name in ``train.algorithms`` (Composer's Algorithm contract).
+
+Composer's own ProgressiveResizing resizes ``batch[0]`` only and treats ``batch[1]`` as a target
+(left alone unless ``resize_targets``, which would crop it *differently*); a MoCo batch is two
+views of equal standing, so TwoViewProgressiveResizing scales both to the same size each step.
+Microbatching is deliberately not offered: splitting a batch changes the set of in-batch keys and
+the shuffle-BN statistics, i.e. the contrastive task itself.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from composer.algorithms import BlurPool, ChannelsLast, LayerFreezing
+from composer.algorithms.progressive_resizing import resize_batch
+from composer.core import Algorithm, Event, State
+from composer.loggers import Logger
+
+from fasthpt.errors import UserError
+
+
+def scale_at(progress: float, initial_scale: float, delay: float, finetune: float) -> float:
+    """Composer's schedule: ``initial_scale`` until ``delay``, linear to 1 at ``1 - finetune``, then 1."""
+    if progress < delay:
+        return initial_scale
+    ramp = min(1.0, (progress - delay) / max(1e-12, 1.0 - finetune - delay))
+    return initial_scale + (1.0 - initial_scale) * ramp
+
+
+def resize_views(views: tuple[torch.Tensor, ...], scale: float, increment: int = 4,
+                 mode: str = "resize") -> tuple[torch.Tensor, ...]:
+    """Scale every view (N x C x H x W) by ``scale``, width pinned to a multiple of ``increment``."""
+    width = views[0].shape[3]
+    pinned = max(increment, round(width * scale / increment) * increment) / width
+    if pinned >= 1.0:
+        return tuple(views)
+    out = []
+    for v in views:
+        resized, _ = resize_batch(v, v, scale_factor=pinned, mode=mode, resize_targets=False)
+        if v.is_contiguous(memory_format=torch.channels_last) and not v.is_contiguous():
+            resized = resized.contiguous(memory_format=torch.channels_last)  # keep the loader's layout
+        out.append(resized)
+    return tuple(out)
+
+
+class TwoViewProgressiveResizing(Algorithm):
+    """Progressive resizing of both MoCo views (defaults: Composer's ProgressiveResizing)."""
+
+    def __init__(self, initial_scale: float = 0.5, delay_fraction: float = 0.5, finetune_fraction: float = 0.2,
+                 size_increment: int = 4, mode: str = "resize"):
+        if not 0 < initial_scale <= 1 or delay_fraction + finetune_fraction > 1:
+            raise UserError("progressive_resizing: need 0 < initial_scale <= 1 and delay + finetune <= 1")
+        self.initial_scale, self.delay, self.finetune = initial_scale, delay_fraction, finetune_fraction
+        self.increment, self.mode = size_increment, mode
+
+    def match(self, event: Event, state: State) -> bool:
+        return event == Event.AFTER_DATALOADER
+
+    def apply(self, event: Event, state: State, logger: Optional[Logger] = None) -> None:
+        progress = float(state.get_elapsed_duration() or 0.0)
+        scale = scale_at(progress, self.initial_scale, self.delay, self.finetune)
+        views = resize_views(tuple(state.batch[:2]), scale, self.increment, self.mode)
+        state.batch = views + tuple(state.batch[2:])
+        if logger is not None:
+            logger.log_metrics({"progressive_resizing/width": views[0].shape[3]})
+
+
+# name -> factory; the names are what configs list in train.algorithms.
+ALGORITHMS = {
+    "channels_last": ChannelsLast,
+    "blurpool": BlurPool,  # adds blur filters: exported backbone.pt keeps the convs, not the blur
+    "progressive_resizing": TwoViewProgressiveResizing,
+    "layer_freezing": LayerFreezing,  # Composer warns its checkpoints cannot resume reliably
+}
+
+
+def build_algorithms(names: list[str]) -> list[Algorithm]:
+    bad = [n for n in names if n not in ALGORITHMS]
+    if bad:
+        raise UserError(f"unknown algorithm {bad[0]!r} in train.algorithms; valid: {', '.join(ALGORITHMS)}")
+    return [ALGORITHMS[n]() for n in names]

@@ -1,0 +1,183 @@
+"""Composer callbacks for HPT runs: epoch hand-off to our loaders, data-stall figure, kNN monitor,
+non-finite-loss guard, and a JSONL metrics file (one object per logged step)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from composer.core import Callback, State
+from composer.loggers import Logger, LoggerDestination
+from composer.utils import dist
+
+from fasthpt.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+class SetEpoch(Callback):
+    """Composer only calls ``set_epoch`` on a DistributedSampler of a torch DataLoader; our FFCV /
+    DALI / torch loaders reshuffle through their own ``set_epoch``, called here at each epoch start
+    (also after a resume, with the resumed epoch)."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def epoch_start(self, state: State, logger: Logger) -> None:
+        if hasattr(self.loader, "set_epoch"):
+            self.loader.set_epoch(int(state.timestamp.epoch))
+
+
+class DataStall(Callback):
+    """Fraction of wall time spent waiting for the next batch: (BEFORE -> AFTER_DATALOADER) over
+    (BEFORE_DATALOADER -> next BEFORE_DATALOADER), summed over a window of batches. Host-side
+    figure: on a GPU the step's kernels may still run while the host waits, so it is an upper bound."""
+
+    def __init__(self, window: int = 50):
+        self.window = window
+        self.wait = self.total = 0.0
+        self.all_wait = self.all_total = 0.0
+        self._t0: float | None = None
+        self._n = 0
+
+    def before_dataloader(self, state: State, logger: Logger) -> None:
+        now = time.perf_counter()
+        if self._t0 is not None:
+            step = now - self._t0
+            self.total += step
+            self.all_total += step
+            self._n += 1
+            if self._n % self.window == 0:
+                logger.log_metrics({"data/stall_frac": self.wait / self.total if self.total else 0.0,
+                                    "data/wait_s_per_batch": self.wait / self.window})
+                self.wait = self.total = 0.0
+        self._t0 = now
+
+    def after_dataloader(self, state: State, logger: Logger) -> None:
+        if self._t0 is not None:
+            waited = time.perf_counter() - self._t0
+            self.wait += waited
+            self.all_wait += waited
+
+    def epoch_end(self, state: State, logger: Logger) -> None:
+        self._t0 = None  # the gap to the next epoch's first batch (loader restart) is not a step
+
+    @property
+    def stall_frac(self) -> float:
+        """Over the whole run so far (this process)."""
+        return self.all_wait / self.all_total if self.all_total else float("nan")
+
+
+class KNNMonitor(Callback):
+    """Weighted cosine kNN accuracy of the query backbone on the labelled val split, every
+    ``interval`` batches and at the end (rank 0 only; the others continue). ``make_loaders``
+    returns (train_eval_loader, val_loader); built on first use."""
+
+    def __init__(self, backbone: torch.nn.Module, make_loaders: Callable, num_classes: int,
+                 interval: int, k: int = 20, t: float = 0.07):
+        self.backbone, self.make_loaders, self.num_classes = backbone, make_loaders, num_classes
+        self.interval, self.k, self.t = interval, k, t
+        self._loaders = None
+        self.history: list[tuple[int, float]] = []
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        batch = int(state.timestamp.batch)
+        if self.interval > 0 and batch % self.interval == 0:
+            self._measure(batch, logger)
+
+    def fit_end(self, state: State, logger: Logger) -> None:
+        batch = int(state.timestamp.batch)
+        if not self.history or self.history[-1][0] != batch:
+            self._measure(batch, logger)
+
+    def _measure(self, batch: int, logger: Logger) -> None:
+        if dist.get_global_rank() != 0:
+            return
+        from fasthpt.eval.features import extract_features
+        from fasthpt.eval.knn import knn_accuracy
+
+        if self._loaders is None:
+            self._loaders = self.make_loaders()
+        start = time.perf_counter()
+        train_f, train_y = extract_features(self.backbone, self._loaders[0])
+        val_f, val_y = extract_features(self.backbone, self._loaders[1])
+        acc = knn_accuracy(train_f, train_y, val_f, val_y, self.num_classes, k=self.k, t=self.t)
+        self.history.append((batch, acc))
+        logger.log_metrics({"knn/acc": acc, "knn/seconds": time.perf_counter() - start})
+        log.info("kNN monitor at batch %d: top-1 %.4f", batch, acc)
+
+
+class NonFiniteLoss(UserError):
+    pass
+
+
+class NonFiniteGuard(Callback):
+    """Stop on a NaN / inf loss (any process) before the step is applied, saving a checkpoint of
+    the state that produced it into ``folder`` for inspection."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+
+    def after_loss(self, state: State, logger: Logger) -> None:
+        loss = state.loss
+        values = list(loss.values()) if isinstance(loss, dict) else [loss]
+        bad = torch.tensor([0.0 if all(torch.isfinite(v.detach()).all() for v in values) else 1.0])
+        dist.all_reduce(bad, reduce_operation="MAX")
+        if bad.item() == 0:
+            return
+        from composer.utils.checkpoint import save_checkpoint
+
+        batch = int(state.timestamp.batch)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = save_checkpoint(state, str(self.folder / f"nonfinite-ba{batch}-rank{{rank}}.pt"))
+        raise NonFiniteLoss(f"loss became {float(values[0].detach().float()):.4g} at batch {batch}; "
+                            f"state saved for inspection in {path or self.folder} (lower optim.lr?)")
+
+
+class JSONLLogger(LoggerDestination):
+    """metrics.jsonl: one JSON object per logged step (rank 0): {"step": N, metric: value, ...},
+    written for every ``interval``-th batch, any step with a kNN figure, and the last step."""
+
+    def __init__(self, path: str | Path, interval: int = 10):
+        self.path, self.interval = Path(path), max(1, interval)
+        self._step: int | None = None
+        self._row: dict = {}
+        self._fh = None
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        if dist.get_global_rank() != 0:
+            return
+        if step is not None and step != self._step:
+            self._flush(force=False)
+            self._step = step
+        for key, value in metrics.items():
+            if torch.is_tensor(value):
+                value = value.item() if value.numel() == 1 else value.tolist()
+            if isinstance(value, float) and not math.isfinite(value):
+                value = str(value)
+            self._row[key] = value
+
+    def _flush(self, force: bool) -> None:
+        if self._step is None or not self._row:
+            return
+        if force or self._step % self.interval == 0 or any(k.startswith("knn/") for k in self._row):
+            if self._fh is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._fh = open(self.path, "a")
+            self._fh.write(json.dumps({"step": self._step, **self._row}, default=str) + "\n")
+            self._fh.flush()
+        self._row = {}
+
+    def fit_end(self, state: State, logger: Logger) -> None:
+        self._flush(force=True)
+
+    def close(self, state: State, logger: Logger) -> None:
+        self._flush(force=True)
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None

@@ -1,0 +1,72 @@
+"""HPT specifics: what trains (full / HPT-BN / frozen stages) and the base -> source -> target chain.
+
+HPT-BN follows the authors' OpenSelfSup configs (cjrd/self-supervised-pretraining,
+``*bn-iters.py``: ``frozen_stages=4, norm_train=True``): every conv weight frozen, every BatchNorm
+layer in train mode (running statistics update) with its affine parameters trainable, and the
+projection head trainable. ``freeze_stages=k`` freezes the stem and the first k ResNet stages
+entirely (parameters and BN statistics), as OpenSelfSup's ``frozen_stages``.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from torch import nn
+
+from fasthpt.config import RunConfig
+from fasthpt.errors import UserError
+from fasthpt.models.moco import MoCo
+
+MODES = ("full", "bn")
+_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm)
+
+
+def apply_mode(moco: MoCo, mode: str = "full", freeze_stages: int = 0) -> dict[str, int]:
+    """Set ``requires_grad`` on the query encoder for ``mode``; returns counts of trainable and
+    frozen parameter tensors (the key encoder never trains: it follows by momentum)."""
+    if mode not in MODES:
+        raise UserError(f"hpt.mode {mode!r}; valid: {', '.join(MODES)}")
+    if not 0 <= freeze_stages <= 4:
+        raise UserError(f"hpt.freeze_stages must be in 0..4, got {freeze_stages}")
+    backbone = moco.backbone
+    for p in moco.encoder_q.parameters():
+        p.requires_grad = True
+    if mode == "bn":
+        for m in backbone.modules():
+            if not isinstance(m, _NORMS):
+                for p in m.parameters(recurse=False):
+                    p.requires_grad = False
+    frozen = ["conv1", "bn1"] + [f"layer{i}" for i in range(1, freeze_stages + 1)] if freeze_stages else []
+    moco.frozen_norms = []
+    for name in frozen:
+        module = getattr(backbone, name)
+        for p in module.parameters():
+            p.requires_grad = False
+        moco.frozen_norms += [f"backbone.{name}.{n}".rstrip(".") for n, m in module.named_modules() if isinstance(m, _NORMS)]
+    moco.train(moco.training)
+    params = list(moco.encoder_q.parameters())
+    return {"trainable": sum(p.requires_grad for p in params), "frozen": sum(not p.requires_grad for p in params)}
+
+
+def stage_configs(cfg: RunConfig) -> list[RunConfig]:
+    """One RunConfig per stage; stage i's base is stage i-1's backbone.pt (the first one's is
+    ``cfg.hpt.base``); runs land in runs/<name>/<stage.name>/. No stages: [cfg]."""
+    if not cfg.stages:
+        return [cfg]
+    names = [s.name for s in cfg.stages]
+    if len(set(names)) != len(names):
+        raise UserError(f"stage names must be unique, got {names}")
+    out, base = [], cfg.hpt.base
+    for stage in cfg.stages:
+        sub = copy.deepcopy(cfg)
+        sub.stages = []
+        sub.run_dir = str(Path(cfg.run_dir) / cfg.name)
+        sub.name = stage.name
+        sub.data.path = stage.data
+        sub.train.max_duration = stage.max_duration
+        sub.hpt.mode = stage.mode
+        sub.hpt.base = base
+        out.append(sub)
+        base = str(sub.run_path / "backbone.pt")
+    return out

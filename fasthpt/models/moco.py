@@ -1,0 +1,173 @@
+"""MoCo-v2's state (He et al. 2020; Chen et al. 2020) and its thin Composer wrapper.
+
+The loss is the pure function ``fasthpt.losses.infonce``; this module keeps what MoCo carries
+between steps: the query and key encoders, the momentum (EMA) update, the queue of negatives and
+its pointer, and shuffle-BN for the key encoder. Cross-process operations take the process group
+from torch.distributed and are no-ops on one process, so everything runs in a CPU unit test.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from composer.models import ComposerModel
+from torch import nn
+
+from fasthpt.losses import infonce
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+@torch.no_grad()
+def gather(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` (N x ...) from every process in rank order; ``x`` itself on one process."""
+    if _world() == 1:
+        return x
+    out = [torch.empty_like(x) for _ in range(_world())]
+    dist.all_gather(out, x.contiguous())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def batch_shuffle(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Shuffle-BN (MoCo, sec. 3.3): give each process a random slice of the global batch so the
+    key encoder's BN statistics do not come from the same images as the query's. Returns (this
+    process' shuffled slice, the permutation to undo it); (x, None) on one process."""
+    if _world() == 1:
+        return x, None
+    full = gather(x)
+    perm = torch.randperm(full.shape[0], device=x.device)
+    dist.broadcast(perm, src=0)  # every process must use rank 0's permutation
+    n, rank = x.shape[0], dist.get_rank()
+    return full[perm[rank * n : (rank + 1) * n]], perm
+
+
+@torch.no_grad()
+def batch_unshuffle(x: torch.Tensor, perm: torch.Tensor | None) -> torch.Tensor:
+    """Undo ``batch_shuffle``: this process' rows of the key output, in its original order."""
+    if perm is None:
+        return x
+    full = gather(x)
+    n, rank = x.shape[0], dist.get_rank()
+    inverse = torch.argsort(perm)
+    return full[inverse[rank * n : (rank + 1) * n]]
+
+
+def mlp_head(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
+    """MoCo-v2's projection: Linear(D, hidden) - ReLU - Linear(hidden, dim) (2048-2048-128 for R-50)."""
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
+
+
+class Encoder(nn.Module):
+    """Backbone (pooled features) followed by the projection head."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+class MoCo(nn.Module):
+    """Query / key encoders, momentum update and the queue.
+
+    forward(view_q N x 3 x H x W, view_k) -> (q N x dim, k N x dim, negatives K x dim): q and k
+    L2-normalised, k without gradient, negatives a snapshot of the queue taken before this
+    batch's keys (all processes' keys) are enqueued, as in MoCo's reference code.
+    """
+
+    def __init__(self, backbone: nn.Module, dim: int = 128, mlp_hidden: int = 0, queue_size: int = 65536,
+                 momentum: float = 0.999, temperature: float = 0.2, shuffle_bn: bool = True):
+        super().__init__()
+        width = backbone.num_features
+        self.encoder_q = Encoder(backbone, mlp_head(width, mlp_hidden or width, dim))
+        self.encoder_k = copy.deepcopy(self.encoder_q)  # MoCo: param_k.copy_(param_q)
+        for p in self.encoder_k.parameters():
+            p.requires_grad = False
+        self.momentum, self.temperature, self.shuffle_bn = momentum, temperature, shuffle_bn
+        # Random unit vectors as the first negatives (MoCo's reference initialisation).
+        self.register_buffer("queue", F.normalize(torch.randn(queue_size, dim), dim=1))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self.frozen_norms: list[str] = []  # module names kept in eval mode (hpt.freeze_stages)
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The query backbone: what HPT hands on (backbone.pt) and what the kNN monitor probes."""
+        return self.encoder_q.backbone
+
+    def train(self, mode: bool = True) -> "MoCo":
+        super().train(mode)
+        modules = dict(self.encoder_q.named_modules())
+        for name in self.frozen_norms:  # frozen stages keep their BN statistics (OpenSelfSup)
+            modules[name].eval()
+        return self
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        """param_k <- m * param_k + (1 - m) * param_q (MoCo eq. 2); buffers are not averaged."""
+        pk = list(self.encoder_k.parameters())
+        pq = [p.detach() for p in self.encoder_q.parameters()]
+        torch._foreach_mul_(pk, self.momentum)
+        torch._foreach_add_(pk, pq, alpha=1.0 - self.momentum)
+
+    @torch.no_grad()
+    def reset_key_encoder(self) -> None:
+        """Key encoder := query encoder (after loading a base or re-initialising the head)."""
+        for pk, pq in zip(self.encoder_k.parameters(), self.encoder_q.parameters()):
+            pk.copy_(pq)
+        for bk, bq in zip(self.encoder_k.buffers(), self.encoder_q.buffers()):
+            bk.copy_(bq)
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor) -> None:
+        """Write ``keys`` (M x dim, all processes' keys) at the pointer, wrapping around the end."""
+        size = self.queue.shape[0]
+        if keys.shape[0] > size:  # only the newest ``size`` keys can be kept
+            keys = keys[-size:]
+        ptr = int(self.queue_ptr)
+        idx = (torch.arange(keys.shape[0], device=keys.device) + ptr) % size
+        self.queue.index_copy_(0, idx, keys.to(self.queue.dtype))
+        self.queue_ptr.fill_((ptr + keys.shape[0]) % size)
+
+    @torch.no_grad()
+    def keys(self, view_k: torch.Tensor) -> torch.Tensor:
+        if self.shuffle_bn:
+            view_k, perm = batch_shuffle(view_k)
+            return batch_unshuffle(F.normalize(self.encoder_k(view_k), dim=1), perm)
+        return F.normalize(self.encoder_k(view_k), dim=1)
+
+    def forward(self, view_q: torch.Tensor, view_k: torch.Tensor):
+        q = F.normalize(self.encoder_q(view_q), dim=1)
+        if self.training:
+            self.momentum_update()
+        k = self.keys(view_k)
+        negatives = self.queue.clone()
+        if self.training:
+            self.enqueue(gather(k))
+        return q, k, negatives
+
+
+class ComposerMoCo(ComposerModel):
+    """Composer's contract: forward(batch) -> outputs, loss(outputs, batch) -> scalar."""
+
+    def __init__(self, moco: MoCo):
+        super().__init__()
+        self.moco = moco
+
+    def forward(self, batch):
+        view_q, view_k = batch[0], batch[1]
+        return self.moco(view_q, view_k)
+
+    def loss(self, outputs, batch, *args, **kwargs) -> torch.Tensor:
+        q, k, negatives = outputs
+        return infonce(q, k, negatives, self.moco.temperature)
+
+    def get_metrics(self, is_train: bool = False) -> dict:
+        return {}

@@ -1,0 +1,155 @@
+"""HPT pretraining on Composer: one config -> one run (or its chain of stages).
+
+    composer -n N fasthpt/train.py CONFIG [key=value ...]   # N processes (multi-node: launcher flags)
+    fasthpt pretrain CONFIG [key=value ...]                 # one process
+    from fasthpt.train import pretrain; pretrain(cfg)       # library
+
+A run writes runs/<name>/{config.yaml, checkpoints/, backbone.pt, metrics.jsonl}; with
+``stages`` each stage writes those into runs/<name>/<stage>/ and its backbone.pt is the next
+stage's base.
+"""
+
+import os
+import sys
+
+if __name__ == "__main__":  # run as a script (Composer's launcher): keep fasthpt/ itself off sys.path,
+    _here = os.path.dirname(os.path.abspath(__file__))  # so data/, models/, config.py shadow nothing
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
+
+import json  # noqa: E402
+import logging  # noqa: E402
+import shutil  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+from fasthpt.config import RunConfig, load_config, save_config  # noqa: E402
+from fasthpt.errors import UserError  # noqa: E402
+
+log = logging.getLogger("fasthpt.train")
+
+
+def pretrain(cfg: RunConfig) -> dict:
+    """Run ``cfg`` (every stage in order when ``cfg.stages``); returns the summary described in
+    the module doc: run_dir, backbone, iterations, wall_clock_s, samples_per_s, data_stall_frac,
+    backend, stages."""
+    from fasthpt.hpt import stage_configs
+
+    if not cfg.stages:
+        return run_stage(cfg)
+    from composer.utils import dist
+
+    _init_dist()
+    if dist.get_global_rank() == 0:
+        save_config(cfg, cfg.run_path / "config.yaml")
+    results = [run_stage(stage) for stage in stage_configs(cfg)]
+    final = cfg.run_path / "backbone.pt"
+    if dist.get_global_rank() == 0:
+        tmp = final.with_suffix(".pt.tmp")
+        shutil.copyfile(results[-1]["backbone"], tmp)
+        tmp.replace(final)
+    dist.barrier()
+    wall = sum(r["wall_clock_s"] for r in results)
+    samples = sum(r["samples_per_s"] * r["wall_clock_s"] for r in results)
+    return {
+        "run_dir": str(cfg.run_path), "backbone": str(final),
+        "iterations": sum(r["iterations"] for r in results), "wall_clock_s": wall,
+        "samples_per_s": samples / wall if wall else 0.0,
+        "data_stall_frac": sum(r["data_stall_frac"] * r["wall_clock_s"] for r in results) / wall if wall else 0.0,
+        "backend": results[-1]["backend"], "stages": results,
+    }
+
+
+def _device() -> str:
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def _init_dist() -> None:
+    from composer.utils import dist
+
+    dist.initialize_dist(_device())
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """auto: amp_bf16 on a GPU, fp32 on the CPU (Composer's CPU device runs fp32 only)."""
+    if precision == "auto":
+        return "amp_bf16" if device == "gpu" else "fp32"
+    if device == "cpu" and precision != "fp32":
+        raise UserError(f"train.precision={precision} needs a GPU; use fp32 or auto on the CPU")
+    return precision
+
+
+def batches(value: str, key: str) -> int:
+    """'500ba' -> 500 (intervals are counted in batches)."""
+    from composer.core import Time, TimeUnit
+
+    try:
+        t = Time.from_timestring(value)
+    except ValueError:
+        raise UserError(f"{key}={value!r} is not a duration like '500ba'") from None
+    if t.unit != TimeUnit.BATCH:
+        raise UserError(f"{key}={value!r}: give it in batches, e.g. '500ba'")
+    return int(t.value)
+
+
+def run_stage(cfg: RunConfig) -> dict:
+    """One MoCo-v2 / HPT run (no stages) on this process' share of the job."""
+    from composer.utils import dist
+
+    from fasthpt.trainer_setup import build_trainer
+
+    _init_dist()
+    rank = dist.get_global_rank()
+    run = cfg.run_path
+    if rank == 0:
+        run.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run / "config.yaml")
+    parts = build_trainer(cfg, _device(), resolve_precision(cfg.train.precision, _device()))
+    trainer, moco, loader, stall = parts.trainer, parts.moco, parts.loader, parts.stall
+    start_batch, start_sample = int(trainer.state.timestamp.batch), int(trainer.state.timestamp.sample)
+    t0 = time.perf_counter()
+    try:
+        trainer.fit()
+    finally:
+        wall = time.perf_counter() - t0
+    done_batch, done_sample = int(trainer.state.timestamp.batch), int(trainer.state.timestamp.sample)
+    backbone = run / "backbone.pt"
+    if rank == 0:
+        from fasthpt.models.backbones import save_backbone
+
+        save_backbone(moco.backbone, backbone)
+    trainer.close()
+    dist.barrier()
+    result = {
+        "run_dir": str(run), "backbone": str(backbone), "iterations": done_batch,
+        "iterations_this_launch": done_batch - start_batch, "wall_clock_s": wall,
+        "samples_per_s": (done_sample - start_sample) / wall if wall > 0 else 0.0,
+        "data_stall_frac": stall.stall_frac, "backend": getattr(loader, "backend", "?"),
+        "base": parts.report.summary(),
+    }
+    if rank == 0:
+        log.info("run %s: %s", cfg.name, json.dumps(result))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: composer -n N fasthpt/train.py CONFIG [key=value ...]", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        result = pretrain(load_config(argv[0], argv[1:]))
+    except UserError as exc:
+        print(f"fasthpt train: error: {exc}", file=sys.stderr)
+        return 2
+    from composer.utils import dist
+
+    if dist.get_global_rank() == 0:
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

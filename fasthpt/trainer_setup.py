@@ -1,0 +1,164 @@
+"""Assemble one run's Composer Trainer from a RunConfig: model (base import, HPT mode), loader,
+optimizer, schedule, algorithms, callbacks and loggers. No training happens here."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fasthpt.config import RunConfig
+from fasthpt.errors import UserError
+
+log = logging.getLogger("fasthpt.train")
+
+
+@dataclass
+class Parts:
+    trainer: object
+    moco: object
+    loader: object
+    stall: object
+    report: object
+
+
+def build_model(cfg: RunConfig, device: str):
+    """Backbone from the base, fresh MLP head, key encoder := query, random queue (as the authors'
+    code after loading a base), then the HPT mode. Seeded so every rank builds the same model."""
+    from composer.utils import dist, reproducibility
+
+    from fasthpt.hpt import apply_mode
+    from fasthpt.models.backbones import load_backbone
+    from fasthpt.models.moco import MoCo
+
+    reproducibility.seed_all(cfg.train.seed)
+    backbone, report = load_backbone(cfg.hpt.base, cfg.model.arch)
+    m = cfg.model
+    world = dist.get_world_size()
+    moco = MoCo(backbone, dim=m.dim, mlp_hidden=m.mlp_hidden, queue_size=m.queue_size, momentum=m.momentum,
+                temperature=m.temperature, shuffle_bn=m.shuffle_bn == "shuffle" and world > 1)
+    if m.shuffle_bn == "sync" and world > 1:
+        if device == "gpu":
+            moco = nn.SyncBatchNorm.convert_sync_batchnorm(moco)
+        else:
+            log.warning("model.shuffle_bn=sync: SyncBatchNorm needs CUDA; using per-process BN on the CPU")
+    counts = apply_mode(moco, cfg.hpt.mode, cfg.hpt.freeze_stages)
+    log.info("hpt mode %s, freeze_stages %d: %s", cfg.hpt.mode, cfg.hpt.freeze_stages, counts)
+    return moco, report
+
+
+def build_optimizer(moco, cfg: RunConfig, global_batch: int) -> torch.optim.Optimizer:
+    """SGD, lr = optim.lr * global_batch / 256 (linear scaling, MoCo: 0.03 at 256); weight decay
+    only on parameters with ndim > 1 (never norm weights or biases; DESIGN.md convention 8)."""
+    params = [p for p in moco.encoder_q.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.optim.weight_decay},
+              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    lr = cfg.optim.lr * global_batch / 256
+    return torch.optim.SGD([g for g in groups if g["params"]], lr=lr, momentum=cfg.optim.momentum)
+
+
+def build_scheduler(cfg: RunConfig):
+    """Cosine to 0 over the run's max_duration (each stage its own schedule), optional warmup."""
+    from composer.optim import CosineAnnealingScheduler, CosineAnnealingWithWarmupScheduler
+
+    from fasthpt.train import batches
+
+    if batches(cfg.optim.warmup, "optim.warmup") > 0:
+        return CosineAnnealingWithWarmupScheduler(t_warmup=cfg.optim.warmup, alpha_f=0.0)
+    return CosineAnnealingScheduler(t_max="1dur", alpha_f=0.0)
+
+
+def build_loader(cfg: RunConfig, device: str):
+    from composer.utils import dist
+
+    from fasthpt.data import build_ssl_loader
+
+    d = cfg.data
+    return build_ssl_loader(
+        d.path, split="train", backend=d.backend, res=d.res, batch_size=d.batch_size, policy=d.aug,
+        workers=d.workers, device=_torch_device(device), seed=cfg.train.seed, rank=dist.get_global_rank(),
+        world_size=dist.get_world_size(), drop_last=True, channels_last=d.channels_last,
+    )
+
+
+def _torch_device(device: str) -> torch.device:
+    from composer.utils import dist
+
+    return torch.device("cuda", dist.get_local_rank()) if device == "gpu" else torch.device("cpu")
+
+
+def knn_monitor(cfg: RunConfig, moco, device: str):
+    from fasthpt.callbacks import KNNMonitor
+    from fasthpt.data import build_eval_loader
+    from fasthpt.data.manifest import load_manifest
+    from fasthpt.train import batches
+
+    interval = batches(cfg.train.knn_interval, "train.knn_interval")
+    if interval <= 0:
+        return None
+    d = cfg.data
+
+    def loaders():
+        kw = dict(backend=d.backend, res=d.res, batch_size=max(d.batch_size, 64), workers=d.workers,
+                  device=_torch_device(device), rank=0, world_size=1)
+        return build_eval_loader(d.path, split="train", **kw), build_eval_loader(d.path, split="val", **kw)
+
+    classes = load_manifest(d.path).num_classes
+    return KNNMonitor(moco.backbone, loaders, classes, interval, k=cfg.train.knn_k, t=cfg.train.knn_t)
+
+
+def _check_fresh(cfg: RunConfig, folder: Path) -> None:
+    if not cfg.train.autoresume and folder.is_dir() and any(folder.glob("*.pt")):
+        raise UserError(f"{folder} already holds checkpoints; set train.autoresume=true to continue "
+                        f"that run, or choose another name=")
+
+
+def build_trainer(cfg: RunConfig, device: str, precision: str) -> Parts:
+    from composer import Trainer
+    from composer.callbacks import SpeedMonitor
+    from composer.core import DataSpec
+    from composer.utils import dist
+
+    from fasthpt.algorithms import build_algorithms
+    from fasthpt.callbacks import DataStall, JSONLLogger, NonFiniteGuard, SetEpoch
+    from fasthpt.train import batches
+
+    run = cfg.run_path
+    ckpt = run / "checkpoints"
+    _check_fresh(cfg, ckpt)
+    log_every = batches(cfg.train.log_interval, "train.log_interval")
+    batches(cfg.train.save_interval, "train.save_interval")
+    algorithms = build_algorithms(list(cfg.train.algorithms))
+    moco, report = build_model(cfg, device)
+    loader = build_loader(cfg, device)
+    if len(loader) == 0:
+        raise UserError(f"{cfg.data.path}: fewer training images per process than data.batch_size={cfg.data.batch_size}")
+    from fasthpt.models.moco import ComposerMoCo
+
+    model = ComposerMoCo(moco)
+    spec = DataSpec(loader, num_samples=loader.num_samples, get_num_samples_in_batch=lambda b: int(b[0].shape[0]))
+    stall = DataStall(window=max(1, log_every))
+    callbacks = [SetEpoch(loader), stall, SpeedMonitor(window_size=max(1, min(50, len(loader)))), NonFiniteGuard(ckpt)]
+    monitor = knn_monitor(cfg, moco, device)
+    if monitor is not None:
+        callbacks.append(monitor)
+    loggers = [JSONLLogger(run / "metrics.jsonl", interval=log_every)]
+    if cfg.train.tensorboard:
+        from composer.loggers import TensorboardLogger
+
+        loggers.append(TensorboardLogger(log_dir=str(run / "tensorboard"), flush_interval=max(1, log_every)))
+    global_batch = cfg.data.batch_size * dist.get_world_size()
+    optimizer = build_optimizer(moco, cfg, global_batch)
+    trainer = Trainer(
+        model=model, train_dataloader=spec, max_duration=cfg.train.max_duration, optimizers=optimizer,
+        schedulers=build_scheduler(cfg), step_schedulers_every_batch=True, device=device, precision=precision,
+        algorithms=algorithms, callbacks=callbacks, loggers=loggers, run_name=cfg.name,
+        save_folder=str(ckpt), save_interval=cfg.train.save_interval, save_overwrite=cfg.train.autoresume,
+        save_num_checkpoints_to_keep=cfg.train.save_num_checkpoints_to_keep, autoresume=cfg.train.autoresume,
+        seed=cfg.train.seed, progress_bar=cfg.train.progress_bar, log_to_console=not cfg.train.progress_bar,
+        console_log_interval=cfg.train.log_interval, device_train_microbatch_size=cfg.data.batch_size,
+    )
+    return Parts(trainer=trainer, moco=moco, loader=loader, stall=stall, report=report)
