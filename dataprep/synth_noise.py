@@ -1,0 +1,126 @@
+"""Vectorised numpy field primitives for the procedural aerial scenes (dataprep/synth_scenes.py).
+
+Everything works on square float32 fields of side S (the output resolution) in *image units*:
+coordinates run over [-0.5, 0.5), so a scene rendered at 32 px and at 256 px shows the same ground,
+only sharper. Value noise is a random lattice upsampled by two small interpolation matrices
+(``My @ grid @ Mx.T``), which costs a couple of tiny matmuls instead of per-pixel Python.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+F32 = np.float32
+
+
+@lru_cache(maxsize=16)
+def grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre coordinates (X, Y), each S x S, in image units [-0.5, 0.5); read-only."""
+    t = ((np.arange(size, dtype=F32) + 0.5) / size - 0.5).astype(F32)
+    y, x = np.meshgrid(t, t, indexing="ij")
+    x.flags.writeable = False
+    y.flags.writeable = False
+    return x, y
+
+
+def _interp_matrix(size: int, cells: int, offset: float) -> np.ndarray:
+    """S x (cells+2) matrix mapping lattice values to pixels with smoothstep weights."""
+    t = (np.arange(size, dtype=np.float64) + 0.5) / size * cells + offset
+    i0 = np.floor(t).astype(np.int64)
+    f = t - i0
+    w = f * f * (3.0 - 2.0 * f)  # smoothstep: C1-continuous, hides the lattice better than linear
+    m = np.zeros((size, cells + 2), dtype=F32)
+    rows = np.arange(size)
+    m[rows, i0] = 1.0 - w
+    m[rows, i0 + 1] = w
+    return m
+
+
+def noise(rng: np.random.Generator, size: int, cells: float, channels: int = 1) -> np.ndarray:
+    """Value noise, shape (channels, S, S), roughly zero-mean, features ~ S/cells pixels wide."""
+    n = max(1, int(round(cells)))
+    lattice = rng.standard_normal((channels, n + 2, n + 2), dtype=F32)
+    my = _interp_matrix(size, n, rng.random())
+    mx = _interp_matrix(size, n, rng.random())
+    return my @ lattice @ mx.T
+
+
+def fbm(rng: np.random.Generator, size: int, cells: float, octaves: int | None = None,
+        persistence: float = 0.5, channels: int = 1) -> np.ndarray:
+    """Fractal (1/f-like) noise: octaves of value noise at doubling frequency, standardised per
+    channel to mean 0, std 1 so callers can threshold it at a chosen coverage."""
+    if octaves is None:  # stop when the finest octave reaches ~2 px
+        octaves = max(1, int(np.log2(max(size / 2.0, 1.0) / max(cells, 1.0))) + 1)
+    out = np.zeros((channels, size, size), dtype=F32)
+    amp = 1.0
+    for k in range(octaves):
+        out += amp * noise(rng, size, cells * 2**k, channels)
+        amp *= persistence
+    out -= out.mean(axis=(1, 2), keepdims=True)
+    out /= out.std(axis=(1, 2), keepdims=True) + 1e-6
+    return out
+
+
+def rotate(x: np.ndarray, y: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinates in a frame rotated by `angle` radians."""
+    c, s = np.cos(angle), np.sin(angle)
+    return c * x + s * y, -s * x + c * y
+
+
+def soft(x: np.ndarray, edge: float | np.ndarray, width: float) -> np.ndarray:
+    """Anti-aliased step: 0 below edge, 1 above, linear over `width` (use ~1 px in image units)."""
+    return np.clip((x - edge) / width + 0.5, 0.0, 1.0)
+
+
+def hillshade(h: np.ndarray, azimuth: float, strength: float) -> np.ndarray:
+    """Lambert-like shading factor (around 1) of a height field lit from `azimuth` radians."""
+    gy, gx = np.gradient(h)
+    return 1.0 + strength * (gx * np.cos(azimuth) + gy * np.sin(azimuth))
+
+
+def shift(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """Translate a 2-D field by whole pixels, zero-filled (used to cast shadows)."""
+    out = np.zeros_like(a)
+    h, w = a.shape
+    ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
+    xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
+    out[yd, xd] = a[ys, xs]
+    return out
+
+
+@lru_cache(maxsize=64)
+def _blur_matrix(size: int, sigma_q: int) -> np.ndarray:
+    """S x S Gaussian blur operator (reflect at borders); sigma quantised to 0.05 px for caching."""
+    sigma = sigma_q * 0.05
+    r = np.arange(size)
+    d = r[:, None] - r[None, :]
+    k = np.exp(-0.5 * (d / sigma) ** 2)
+    k /= k.sum(axis=1, keepdims=True)  # renormalising rows keeps border brightness unbiased
+    return k.astype(F32)
+
+
+def blur(img: np.ndarray, sigma_px: float) -> np.ndarray:
+    """Separable Gaussian blur of an S x S x C image as two matmuls; no-op below 0.1 px."""
+    if sigma_px < 0.1:
+        return img
+    k = _blur_matrix(img.shape[0], max(2, int(round(sigma_px / 0.05))))
+    chw = np.ascontiguousarray(img.transpose(2, 0, 1))
+    return np.ascontiguousarray((k @ chw @ k.T).transpose(1, 2, 0))
+
+
+def hash_index(*keys: np.ndarray, mod: int) -> np.ndarray:
+    """Deterministic integer hash of integer lattice coordinates into [0, mod) (spatial
+    'random table' lookups: one colour per field parcel, per house, per building)."""
+    h = np.zeros(np.shape(keys[0]), dtype=np.int64)
+    for k, prime in zip(keys, (73856093, 19349663, 83492791, 50331653)):
+        h ^= np.asarray(k, dtype=np.int64) * prime
+    return (h % mod + mod) % mod
+
+
+def jitter(rng: np.random.Generator, color, spread: float) -> np.ndarray:
+    """A colour (RGB 0..1) with log-normal brightness and per-channel variation."""
+    c = np.asarray(color, dtype=F32)
+    return np.clip(c * np.exp(rng.normal(0.0, spread, 3)) * np.exp(rng.normal(0.0, spread)),
+                   0.0, 1.0).astype(F32)
