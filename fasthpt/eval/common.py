@@ -90,28 +90,33 @@ def sha256_state_dict(module: nn.Module) -> str:
     """Fingerprint of the weights and buffers (names, shapes, dtypes and bytes, in key order)."""
     h = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
+        t = tensor.detach().cpu().contiguous().reshape(-1)
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
 def resolve_backbone(backbone: str | nn.Module, arch: str | None = None, seed: int = 0) -> Backbone:
-    """A path / spec through the project's one backbone loader, or an in-memory module as is."""
+    """A path / spec through the project's one backbone loader, or an in-memory module as is.
+
+    ``random`` / ``none``: random init of ``arch`` under ``seed`` (repeatable, so its features can
+    be cached); ``torchvision:NAME``: weights from the local torch hub cache; else a checkpoint file.
+    """
     if isinstance(backbone, nn.Module):
         return Backbone(backbone, IN_MEMORY, sha256_state_dict(backbone), arch)
     spec = str(backbone)
     from fasthpt.models.backbones import load_backbone  # lazy: teammate's module, heavy imports
 
     if spec in ("random", "none"):
-        torch.manual_seed(seed)  # the random floor is repeatable, so its features can be cached
-        module, _ = load_backbone(spec, arch=arch)
-        return Backbone(module, spec, sha256_state_dict(module), arch)
-    path = Path(spec)
-    if not path.is_file():
-        raise UserError(f"backbone checkpoint not found: {path}")
-    module, _ = load_backbone(spec, arch=arch)
-    return Backbone(module, spec, sha256_file(path), arch)
+        if arch is None:
+            raise UserError(f"--backbone {spec} needs --arch (e.g. resnet_tiny, resnet18, resnet50)")
+        torch.manual_seed(seed)
+    elif not spec.startswith("torchvision:") and not Path(spec).is_file():
+        raise UserError(f"backbone checkpoint not found: {spec}")
+    module, report = load_backbone(spec, arch=arch)
+    is_file = Path(spec).is_file()
+    fingerprint = sha256_file(Path(spec)) if is_file else sha256_state_dict(module)
+    return Backbone(module, spec, fingerprint, getattr(report, "arch", arch))
 
 
 def resolve_data(data: str | os.PathLike) -> Dataset:
@@ -128,7 +133,7 @@ def eval_loader(data: Dataset, split: str, res: int, batch_size: int, workers: i
 
     return build_eval_loader(
         data.root, split=split, backend=backend, res=res, batch_size=batch_size, workers=workers,
-        device=device,
+        device=device, rank=0, world_size=1,  # the whole split, also when called inside a DDP run
     )
 
 

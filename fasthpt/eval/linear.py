@@ -125,13 +125,35 @@ def endless(make_loader: Callable) -> Iterator:
             raise common.UserError("the train split yielded no batches")
 
 
-def augmented_feature_batches(module: nn.Module, images: Iterator, res: int, device, generator=None) -> Iterator:
-    """Frozen-backbone features of fresh RandomResizedCrop + flip views, one batch at a time."""
+def frozen_feature_batches(module: nn.Module, images: Iterator, device, crop_res: int | None = None,
+                           generator=None) -> Iterator:
+    """Frozen-backbone features of a stream of (images, labels); with ``crop_res`` each image is first
+    given a RandomResizedCrop + flip on the device (the fallback when only FFCV files exist)."""
     module.eval()
     for x, y in images:
         with torch.no_grad(), common.autocast(device):
-            view = random_resized_crop_flip(x.to(device, non_blocking=True), res, generator=generator)
-            yield module(view).float().flatten(1), y
+            x = x.to(device, non_blocking=True)
+            if crop_res:
+                x = random_resized_crop_flip(x, crop_res, generator=generator)
+            feats = module(x).float().flatten(1)
+        yield feats, y  # outside the no_grad block: a suspended generator would keep grad mode off
+
+
+def augmented_batches(ds: common.Dataset, module: nn.Module, *, res, batch_size, workers, device, backend,
+                      seed, generator) -> Iterator:
+    """Features of fresh RandomResizedCrop + flip train views. With WebDataset shards: torchvision
+    transforms on whole images, shuffled per epoch (labelled.py). FFCV-only data: the eval loader's
+    center crops at a slightly larger side (common.source_res), shuffled through a buffer, cropped
+    on the device; those crops see the central 87.5% of each image only."""
+    if "wds" in ds.manifest.formats:
+        from fasthpt.eval.labelled import labelled_train_batches
+
+        images = labelled_train_batches(ds.manifest, res, batch_size, workers, device, seed)
+        return frozen_feature_batches(module, images, device)
+    src = common.source_res(res)
+    loader = lambda: common.eval_loader(ds, "train", src, batch_size, workers, device, backend)  # noqa: E731
+    images = shuffled(endless(loader), batch_size, generator=generator)
+    return frozen_feature_batches(module, images, device, res, generator)
 
 
 def run_linear(
@@ -161,10 +183,8 @@ def run_linear(
             train_x, train_y, _ = common.cached_features(bb, ds, "train", **feats)
             batches = feature_batches(train_x, train_y, batch_size, gen)
         else:
-            src = common.source_res(res)
-            loader = lambda: common.eval_loader(ds, "train", src, batch_size, workers, dev, backend)  # noqa: E731
-            images = shuffled(endless(loader), batch_size, generator=gen)
-            batches = augmented_feature_batches(bb.module.to(dev), images, res, dev, gen)
+            batches = augmented_batches(ds, bb.module.to(dev), res=res, batch_size=batch_size, workers=workers,
+                                        device=dev, backend=backend, seed=seed, generator=gen)
         eff_lr = lr * batch_size / PAPER_BATCH
         t_train = time.perf_counter()
         _, curve = train_linear(
