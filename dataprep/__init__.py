@@ -1,1 +1,10 @@
-"""dataprep."""
+"""dataprep: `fasthpt prep`, the offline conversion of image datasets to FFCV and WebDataset files.
+
+    from dataprep import prepare
+    path = prepare("sat")                        # embedded generator -> data/sat/
+    path = prepare("ucm", src="UCMerced_LandUse.zip", max_res=256)
+"""
+
+from dataprep.prepare import prepare
+
+__all__ = ["prepare"]

@@ -1,0 +1,35 @@
+"""`fasthpt prep`: command-line front end of dataprep.prepare (flags map one to one)."""
+
+from __future__ import annotations
+
+import argparse
+
+from dataprep.prepare import DEFAULT_SHARD_SIZE, prepare
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    a = parser.add_argument
+    a("--dataset", required=True, help="sat | natural (embedded, generated) or any NAME with --src")
+    a("--src", default=None, help="folder with one sub-folder per class, or a .zip / .tar of one")
+    a("--out", default="data", help="output root; the dataset goes to OUT/DATASET (default: data)")
+    a("--formats", default="ffcv,wds", help="comma-separated subset of ffcv,wds (default: both)")
+    a("--val-frac", type=float, default=0.2, help="stratified validation fraction (default 0.2)")
+    a("--seed", type=int, default=0, help="fixes the split, the sample order and generated images")
+    a("--workers", type=int, default=None, help="decode/encode processes (default: all cores)")
+    a("--num-images", type=int, default=None, help="embedded datasets: how many images")
+    a("--image-size", type=int, default=None, help="embedded datasets: side in pixels")
+    a("--max-res", type=int, default=256, help="longer side is shrunk to this (0: keep; default 256)")
+    a("--jpeg-quality", type=int, default=90, help="JPEG quality of re-encoded images (default 90)")
+    a("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
+      help=f"samples per WebDataset shard (default {DEFAULT_SHARD_SIZE})")
+    a("--force", action="store_true", help="rebuild even if the output exists")
+    a("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    prepare(args.dataset, out=args.out, src=args.src, num_images=args.num_images,
+            image_size=args.image_size, val_frac=args.val_frac, seed=args.seed,
+            formats=args.formats, max_res=args.max_res, jpeg_quality=args.jpeg_quality,
+            shard_size=args.shard_size, workers=args.workers, force=args.force,
+            progress=not args.no_progress)
+    return 0

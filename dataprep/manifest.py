@@ -1,0 +1,129 @@
+"""Build and write manifest.json, the contract read by fasthpt.data.manifest.load_manifest.
+
+Keys the loaders rely on (see fasthpt/data/manifest.py): name, classes, splits, mean, std, formats,
+files. Everything else is informational: settings, the source fingerprint, skipped files,
+warnings, library versions, timing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+
+from fasthpt.data.manifest import MANIFEST
+
+SCHEMA_VERSION = 1
+# Settings that change the bytes written; a re-run that differs in any of these must not be
+# mistaken for a no-op. (--workers, --src's spelling and progress do not change the output.)
+OUTPUT_SETTINGS = ("val_frac", "seed", "formats", "max_res", "jpeg_quality", "shard_size",
+                   "num_images", "image_size")
+_PACKAGES = ("numpy", "pillow", "opencv-python", "ffcv", "webdataset", "nvidia-dali-cuda120", "fasthpt")
+
+
+class PixelStats:
+    """Exact per-channel mean/std over all stored training pixels (integer sums, 0..255 units)."""
+
+    def __init__(self):
+        self.count = 0
+        self.sums = [0, 0, 0]
+        self.sq_sums = [0, 0, 0]
+
+    def add(self, count: int, sums, sq_sums) -> None:
+        self.count += count
+        for c in range(3):
+            self.sums[c] += sums[c]
+            self.sq_sums[c] += sq_sums[c]
+
+    def mean(self) -> list[float]:
+        return [s / self.count for s in self.sums]
+
+    def std(self) -> list[float]:
+        # Population variance (N*SS - S^2) / N^2, computed on exact integers before the division.
+        n = self.count
+        return [math.sqrt((n * ss - s * s) / (n * n)) for s, ss in zip(self.sums, self.sq_sums)]
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for pkg in _PACKAGES:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = "not installed"
+    return versions
+
+
+def request_of(settings: dict, fingerprint: dict) -> dict:
+    """What determines the output: compared with an existing manifest to detect a no-op re-run."""
+    return {"settings": {k: settings.get(k) for k in OUTPUT_SETTINGS}, "fingerprint": fingerprint}
+
+
+def request_differences(raw: dict, request: dict) -> list[str]:
+    """Human-readable list of what differs between an existing manifest and a new request."""
+    old_settings = raw.get("settings", {})
+    diffs = [
+        f"{k} {old_settings.get(k)!r} -> {v!r}"
+        for k, v in request["settings"].items()
+        if _norm(old_settings.get(k)) != _norm(v)
+    ]
+    if raw.get("fingerprint") != request["fingerprint"]:
+        diffs.append("source contents changed")
+    return diffs
+
+
+def _norm(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def write_manifest(folder: Path, manifest: dict) -> Path:
+    """Write folder/manifest.json atomically (temporary name, fsync, rename)."""
+    path = folder / MANIFEST
+    tmp = folder / f".{MANIFEST}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=1)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def read_raw(folder: Path) -> dict | None:
+    """The existing manifest as a dict, or None when absent or unreadable."""
+    try:
+        return json.loads((folder / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def build_manifest(*, source, settings: dict, per_class: dict, stats: PixelStats, files: dict,
+                   skipped: list, passthrough: int, sizes: dict, timing: dict) -> dict:
+    splits = {s: {"count": sum(c), "per_class": list(c)} for s, c in per_class.items() if sum(c)}
+    return {
+        "schema": SCHEMA_VERSION,
+        "name": source.name,
+        "classes": list(source.classes),
+        "splits": splits,
+        # 0..255 units, population std over every stored (decoded) training pixel.
+        "mean": stats.mean(),
+        "std": stats.std(),
+        "formats": [f for f in settings["formats"] if f in files],
+        "files": files,
+        "storage": {"encoding": "jpeg", "chroma": "4:4:4", "jpeg_quality": settings["jpeg_quality"],
+                    "max_res": settings["max_res"], "passthrough_jpegs": passthrough, **sizes},
+        "skipped": [{"path": p, "reason": r} for p, r in skipped],
+        "warnings": list(source.warnings),
+        "versions": library_versions(),
+        "timing": timing,
+        "created": _now(),
+    }
+
+
+def _now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,273 @@
+"""`prepare()`: images -> <out>/<dataset>/{ffcv,wds,samples}/ + manifest.json, atomically.
+
+Flow: list the source -> decide whether an existing output already answers the request -> decode,
+resize and encode in worker processes (Pool.imap over chunks, results in order) while the parent
+writes shards, routes each sample to train/val and sums pixel statistics -> FFCV files from the
+shards -> manifest -> one rename of the whole temporary folder into place.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from dataprep import manifest as mf
+from dataprep.convert import SkipImage, Stored, store
+from dataprep.sources import open_source
+from dataprep.split import StreamingSplit, shuffled_order
+from dataprep.writers import ShardWriter, write_ffcv
+from fasthpt.errors import UserError
+
+FORMATS = ("ffcv", "wds")
+SPLITS = ("train", "val")
+DEFAULT_SHARD_SIZE = 1000  # samples per WebDataset shard: a few shards even for small data sets
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def prepare(dataset: str, out="data", src=None, *, num_images=None, image_size=None,
+            val_frac=0.2, seed=0, formats=FORMATS, max_res=256, jpeg_quality=90,
+            shard_size=DEFAULT_SHARD_SIZE, workers=None, force=False, progress=True) -> Path:
+    """Convert a dataset once into the formats the loaders read; return the dataset folder."""
+    formats = _check_formats(formats)
+    settings = _check_settings(dataset, src, num_images, image_size, val_frac, seed, formats,
+                               max_res, jpeg_quality, shard_size, workers)
+    out = Path(out)
+    dest = out / dataset
+    out.mkdir(parents=True, exist_ok=True)
+    _remove_stale(out, dataset)
+    tmp = out / f".{dataset}.tmp-{os.getpid()}"
+    try:
+        tmp.mkdir()
+        source = open_source(dataset, src, num_images=num_images, image_size=image_size,
+                             seed=seed, scratch=tmp / "scratch")
+        request = mf.request_of(settings, source.fingerprint)
+        if _already_done(dest, request, force):
+            return dest
+        manifest = _build(tmp, source, settings, progress)
+        shutil.rmtree(tmp / "scratch", ignore_errors=True)
+        mf.write_manifest(tmp, {**manifest, "settings": settings, "fingerprint": source.fingerprint})
+        _publish(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def _check_formats(formats) -> tuple[str, ...]:
+    if isinstance(formats, str):
+        formats = [f.strip() for f in formats.split(",") if f.strip()]
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise UserError(f"--formats {','.join(formats)}: choose one or more of {','.join(FORMATS)}")
+    return tuple(f for f in FORMATS if f in formats)
+
+
+def _check_settings(dataset, src, num_images, image_size, val_frac, seed, formats, max_res,
+                    jpeg_quality, shard_size, workers) -> dict:
+    if not isinstance(dataset, str) or not _NAME.match(dataset):
+        raise UserError(f"--dataset {dataset!r}: use letters, digits, '.', '_' or '-' (a folder name)")
+    checks = [
+        (0 <= val_frac < 1, f"--val-frac {val_frac}: must be in [0, 1)"),
+        (max_res is None or max_res >= 0, f"--max-res {max_res}: must be >= 0 (0: keep size)"),
+        (1 <= jpeg_quality <= 100, f"--jpeg-quality {jpeg_quality}: must be in 1..100"),
+        (shard_size >= 1, f"--shard-size {shard_size}: must be >= 1"),
+        (workers is None or workers >= 1, f"--workers {workers}: must be >= 1"),
+        (num_images is None or num_images >= 1, f"--num-images {num_images}: must be >= 1"),
+        (image_size is None or image_size >= 8, f"--image-size {image_size}: must be >= 8"),
+        (src is None or (num_images is None and image_size is None),
+         "--num-images/--image-size apply to embedded datasets only, not with --src"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+    return {"dataset": dataset, "src": None if src is None else str(src), "val_frac": val_frac,
+            "seed": seed, "formats": list(formats), "max_res": max_res or 0,
+            "jpeg_quality": jpeg_quality, "shard_size": shard_size, "num_images": num_images,
+            "image_size": image_size, "workers": workers or _default_workers()}
+
+
+def _default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _remove_stale(out: Path, dataset: str) -> None:
+    """Temporary folders of runs that died (Ctrl-C, kill) are removed; live runs' are kept."""
+    for path in out.glob(f".{dataset}.*-*"):
+        kind, _, pid = path.name.rpartition("-")
+        if not kind.endswith((".tmp", ".old")) or not pid.isdigit():
+            continue
+        if int(pid) == os.getpid() or not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _already_done(dest: Path, request: dict, force: bool) -> bool:
+    if not dest.exists() or force:
+        return False
+    raw = mf.read_raw(dest)
+    if raw is None:
+        raise UserError(f"{dest} exists but is not a complete `fasthpt prep` output; "
+                        "remove it or use --force")
+    diffs = mf.request_differences(raw, request)
+    if diffs:
+        raise UserError(f"{dest} was prepared differently ({'; '.join(diffs)}); use --force to rebuild")
+    print(f"{dest}: already prepared with these settings and source; nothing to do (--force rebuilds)")
+    return True
+
+
+def _publish(tmp: Path, dest: Path) -> None:
+    """Swap the finished folder into place. Between the two renames `dest` is absent: never an
+    incomplete folder that looks complete."""
+    old = None
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        os.rename(dest, old)
+    os.rename(tmp, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- the conversion pass
+
+_WORKER_SOURCE = None
+_WORKER_OPTS: tuple = ()
+
+
+def _init_worker(source, max_res, quality) -> None:
+    global _WORKER_SOURCE, _WORKER_OPTS
+    _WORKER_SOURCE, _WORKER_OPTS = source, (max_res, quality)
+
+
+def _convert_one(i: int):
+    """Worker: item i -> (i, label, Stored) or (i, None, reason)."""
+    try:
+        decoded, label = _WORKER_SOURCE.load(i)
+        return i, label, store(decoded, *_WORKER_OPTS)
+    except SkipImage as exc:
+        return i, None, str(exc)
+
+
+def _converted(source, order, settings):
+    """Results in `order`, from a process pool (or in-process for one worker)."""
+    opts = (source, settings["max_res"], settings["jpeg_quality"])
+    workers = min(settings["workers"], max(1, len(order)))
+    if workers == 1:
+        _init_worker(*opts)
+        yield from map(_convert_one, order)
+        return
+    chunk = max(1, min(32, len(order) // (workers * 8)))
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+    with ctx.Pool(workers, initializer=_init_worker, initargs=opts) as pool:
+        yield from pool.imap(_convert_one, (int(i) for i in order), chunksize=chunk)
+
+
+def _build(tmp: Path, source, settings: dict, progress: bool) -> dict:
+    if len(source) == 0:
+        raise UserError(f"{settings['src'] or source.name}: no image files found")
+    for w in source.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    start = time.perf_counter()
+    writers = {s: ShardWriter(tmp / "wds", s, settings["shard_size"]) for s in SPLITS}
+    records = {s: [] for s in SPLITS}
+    keys = {s: [] for s in SPLITS}
+    per_class = {s: [0] * len(source.classes) for s in SPLITS}
+    skipped = list(source.skipped)
+    stats = mf.PixelStats()
+    splitter = StreamingSplit(settings["val_frac"], len(source.classes))
+    order = shuffled_order(len(source), settings["seed"])
+    bar = tqdm(_converted(source, order, settings), total=len(order), disable=not progress,
+               desc=f"prep {source.name}", unit="img", dynamic_ncols=True)
+    passthrough = 0
+    for i, label, result in bar:
+        if label is None:
+            skipped.append((source.key(i), result))
+            continue
+        split = splitter.assign(label)
+        key = f"{len(keys[split]):07d}"
+        records[split].append(writers[split].write(key, result.jpeg, label, result.height, result.width))
+        keys[split].append(source.key(i))
+        per_class[split][label] += 1
+        passthrough += result.passthrough
+        if split == "train":
+            stats.add(result.pixel_count, result.sums, result.sq_sums)
+    bar.close()
+    convert_s = time.perf_counter() - start
+    shards = {s: writers[s].close() for s in SPLITS}
+    if not records["train"]:
+        raise UserError(f"{settings['src'] or source.name}: no usable images "
+                        f"({len(skipped)} files skipped, e.g. {_first_skip(skipped)})")
+    files = _write_formats(tmp, settings, records, shards, keys, progress)
+    total_s = time.perf_counter() - start
+    n = sum(len(r) for r in records.values())
+    summary = _summary(source, settings, per_class, skipped, n, convert_s, total_s)
+    print(summary, file=sys.stderr)
+    return mf.build_manifest(
+        source=source, settings=settings, per_class=per_class, stats=stats, files=files,
+        skipped=skipped, passthrough=passthrough, sizes=_sizes(records),
+        timing={"convert_s": round(convert_s, 3), "total_s": round(total_s, 3),
+                "images_per_s": round(n / max(total_s, 1e-9), 1)},
+    )
+
+
+def _write_formats(tmp: Path, settings: dict, records, shards, keys, progress: bool) -> dict:
+    splits = [s for s in SPLITS if records[s]]
+    files: dict = {}
+    if "ffcv" in settings["formats"]:
+        (tmp / "ffcv").mkdir()
+        for s in splits:
+            write_ffcv(tmp / "ffcv" / f"{s}.beton", records[s], settings["max_res"],
+                       settings["jpeg_quality"], workers=min(2, settings["workers"]), progress=progress)
+        files["ffcv"] = {s: f"ffcv/{s}.beton" for s in splits}
+    if "wds" in settings["formats"]:
+        files["wds"] = {s: [p.relative_to(tmp).as_posix() for p in shards[s]] for s in splits}
+    else:
+        shutil.rmtree(tmp / "wds", ignore_errors=True)
+    (tmp / "samples").mkdir()
+    for s in splits:
+        # Which source file is sample j of each split (the same order in every format).
+        (tmp / "samples" / f"{s}.txt").write_text("".join(f"{k}\n" for k in keys[s]))
+    files["samples"] = {s: f"samples/{s}.txt" for s in splits}
+    return files
+
+
+def _sizes(records) -> dict:
+    hw = [(r.height, r.width) for rs in records.values() for r in rs]
+    return {"min_hw": list(min(hw)), "max_hw": list(max(hw))}
+
+
+def _first_skip(skipped) -> str:
+    return f"{skipped[0][0]}: {skipped[0][1]}" if skipped else "none"
+
+
+def _summary(source, settings, per_class, skipped, n, convert_s, total_s) -> str:
+    counts = {s: sum(per_class[s]) for s in SPLITS}
+    lines = [
+        f"prepared {source.name}: {counts['train']} train / {counts['val']} val images, "
+        f"{len(source.classes)} classes, formats {'+'.join(settings['formats'])}, "
+        f"{n / max(total_s, 1e-9):.0f} images/s ({n / max(convert_s, 1e-9):.0f}/s decode+encode, "
+        f"{settings['workers']} workers, {total_s:.1f} s)"
+    ]
+    if skipped:
+        lines.append(f"skipped {len(skipped)} files:")
+        lines += [f"  {p}: {r}" for p, r in skipped[:10]]
+        if len(skipped) > 10:
+            lines.append(f"  ... and {len(skipped) - 10} more (all listed in manifest.json)")
+    for c, name in enumerate(source.classes):
+        if per_class["train"][c] + per_class["val"][c] == 0:
+            lines.append(f"warning: class {name!r} has no usable images")
+    return "\n".join(lines)

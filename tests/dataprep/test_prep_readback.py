@@ -1,0 +1,149 @@
+"""The prepared tiny dataset read back by each consumer: FFCV's Loader, webdataset, DALI's reader.
+
+Every reader must give the same labels as the source folders and the same pixels as the source
+images, within JPEG loss: PSNR >= 28 dB against the source (PNG sources are JPEG-encoded at quality
+90; the fixture's hard colour edges are JPEG's worst case, ~30 dB). webdataset (PIL) and DALI decode
+a stored JPEG within 2 levels of each other; FFCV decodes with libjpeg-turbo's fast integer IDCT
+(TJFLAG_FASTDCT in ffcv/libffcv.cpp), a few levels off, so it must agree with them at >= 35 dB.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fasthpt.data.manifest import load_manifest
+from conftest import TINY_CLASSES, TINY_PER_CLASS
+
+MIN_PSNR_DB = 28.0
+MIN_PSNR_FFCV_VS_OTHERS_DB = 35.0
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def source_of(tiny_data, tiny_folder, split):
+    """(pixels, label) of the source image behind each sample of a split, in stored order."""
+    classes = load_manifest(tiny_data).classes
+    refs = []
+    for rel in (tiny_data / "samples" / f"{split}.txt").read_text().split():
+        label = classes.index(rel.split("/")[0])
+        refs.append((np.asarray(Image.open(tiny_folder / rel).convert("RGB")), label))
+    return refs
+
+
+def ffcv_samples(path):
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.fields.decoders import SimpleRGBImageDecoder
+    from ffcv.loader import Loader, OrderOption
+
+    loader = Loader(str(path), batch_size=16, num_workers=1, order=OrderOption.SEQUENTIAL, drop_last=False,
+                    pipelines={"image": [SimpleRGBImageDecoder()], "label": [IntDecoder()]})
+    images, labels = [], []
+    for imgs, labs in loader:
+        images += [np.array(x) for x in imgs]
+        labels += np.asarray(labs).ravel().tolist()
+    return images, labels
+
+
+def wds_samples(shards):
+    import webdataset as wds
+
+    ds = wds.WebDataset([str(s) for s in shards], shardshuffle=False).decode("rgb8").to_tuple("jpg", "cls")
+    images, labels = [], []
+    for img, cls in ds:
+        images.append(img)
+        labels.append(int(cls))
+    return images, labels
+
+
+def dali_samples(shards):
+    from nvidia.dali import fn, pipeline_def, types
+
+    n = sum(int(s.with_suffix(".idx").read_text().split()[1]) for s in shards)
+
+    @pipeline_def(batch_size=n, num_threads=1, device_id=None)
+    def pipe():
+        jpg, cls = fn.readers.webdataset(
+            paths=[str(s) for s in shards], index_paths=[str(s.with_suffix(".idx")) for s in shards],
+            ext=["jpg", "cls"], missing_component_behavior="error", random_shuffle=False)
+        return fn.decoders.image(jpg, device="cpu", output_type=types.RGB), cls
+
+    p = pipe()
+    p.build()
+    imgs, cls = p.run()
+    images = [np.array(imgs.at(i)) for i in range(n)]
+    labels = [int(bytes(np.array(cls.at(i))).decode()) for i in range(n)]
+    return images, labels
+
+
+def test_manifest_counts_and_classes(tiny_data):
+    m = load_manifest(tiny_data)
+    assert m.classes == list(TINY_CLASSES)
+    assert m.count("val") == len(TINY_CLASSES) * TINY_PER_CLASS // 4  # val_frac 0.25, stratified
+    assert m.raw["splits"]["val"]["per_class"] == [3, 3, 3, 3]
+    assert m.raw["splits"]["train"]["per_class"] == [9, 9, 9, 9]
+    assert m.formats == ["ffcv", "wds"]
+    for split in ("train", "val"):
+        assert m.ffcv_path(split).is_file()
+        assert all(s.is_file() and s.with_suffix(".idx").is_file() for s in m.wds_shards(split))
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_every_reader_gives_the_source_labels_and_pixels(tiny_data, tiny_folder, split):
+    m = load_manifest(tiny_data)
+    refs = source_of(tiny_data, tiny_folder, split)
+    readers = {
+        "ffcv": ffcv_samples(m.ffcv_path(split)),
+        "webdataset": wds_samples(m.wds_shards(split)),
+        "dali": dali_samples(m.wds_shards(split)),
+    }
+    for name, (images, labels) in readers.items():
+        assert labels == [lab for _, lab in refs], name
+        for img, (ref, _) in zip(images, refs):
+            assert img.shape == ref.shape, name
+            assert psnr(img, ref) >= MIN_PSNR_DB, name
+    for a, b in zip(readers["webdataset"][0], readers["dali"][0]):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 2
+    for a, b in zip(readers["ffcv"][0], readers["webdataset"][0]):
+        assert psnr(a, b) >= MIN_PSNR_FFCV_VS_OTHERS_DB
+
+
+def test_mean_std_match_a_direct_computation(tiny_data):
+    import tarfile
+
+    m = load_manifest(tiny_data)
+    pixels = []
+    for shard in m.wds_shards("train"):
+        with tarfile.open(shard) as tf:
+            for member in tf:
+                if member.name.endswith(".jpg"):
+                    data = tf.extractfile(member).read()
+                    pixels.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).reshape(-1, 3))
+    allpx = np.concatenate(pixels).astype(np.float64)
+    assert len(pixels) == m.count("train")
+    np.testing.assert_allclose(m.mean, allpx.mean(0), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(m.std, allpx.std(0), rtol=0, atol=1e-9)
+
+
+def test_dali_index_matches_dalis_own_tool(tiny_data):
+    """Our index lists the same members at the same offsets as DALI's wds2idx would."""
+    import tarfile
+
+    for shard in load_manifest(tiny_data).wds_shards("train"):
+        lines = shard.with_suffix(".idx").read_text().splitlines()
+        version, count = lines[0].split()
+        assert version == "v1.2" and int(count) == len(lines) - 1
+        ours = {}
+        for line in lines[1:]:
+            f = line.split()
+            for j in range(0, len(f), 4):
+                ours[f[j + 3]] = (int(f[j + 1]), int(f[j + 2]))
+        with tarfile.open(shard) as tf:
+            theirs = {m.name: (m.offset_data, m.size) for m in tf if m.isfile()}
+        assert ours == theirs
