@@ -48,7 +48,9 @@ def colour_basis() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     P0 projects on gray (1 w^T), P1 = I - P0 keeps the chroma, P2 turns the chroma by 90 degrees."""
     p0 = np.outer(np.ones(3), LUMA)
     p1 = np.eye(3) - p0
-    quarter = np.array([[0, 0, 0], [0, 0, -1], [0, 1, 0]], dtype=float)
+    # the turn from I towards -Q: the direction in which torchvision's adjust_hue moves hue
+    # (red -> yellow -> green for a positive factor); DALI's own fn.hsv turns the other way
+    quarter = np.array([[0, 0, 0], [0, 0, 1], [0, -1, 0]], dtype=float)
     p2 = np.linalg.inv(YIQ) @ quarter @ YIQ
     return p0, p1, p2
 
@@ -90,15 +92,20 @@ def _coin(fn, types, p: float):
     return fn.random.coin_flip(probability=p, dtype=types.BOOL)
 
 
+def _resize_roi(fn, types, images, anchor, size, res: int):
+    """Crop (anchor, size: (y, x), (h, w)) and resize to res x res in one pass (linear, antialiased)."""
+    start = fn.cast(anchor, dtype=types.FLOAT)
+    end = start + fn.cast(size, dtype=types.FLOAT)
+    return fn.resize(images, roi_start=start, roi_end=end, size=[res, res], antialias=True)
+
+
 def _crop(fn, types, images, shape, policy: AugPolicy, res: int):
-    """Random-resized crop as one resize over a region of interest; returns (view, anchor, size)."""
+    """Random-resized crop (torchvision's algorithm: area and log-ratio draws, 10 tries, center
+    fallback); returns (view, anchor, size)."""
     anchor, size = fn.random_crop_generator(
         shape, random_area=list(policy.crop_scale), random_aspect_ratio=list(policy.crop_ratio)
     )
-    start = fn.cast(anchor, dtype=types.FLOAT)
-    view = fn.resize(images, roi_start=start, roi_end=start + fn.cast(size, dtype=types.FLOAT), size=[res, res],
-                     antialias=True)
-    return view, anchor, size
+    return _resize_roi(fn, types, images, anchor, size, res), anchor, size
 
 
 def _colour(fn, dmath, types, view, factors, jitter, gray):
@@ -190,17 +197,29 @@ def _ssl_pipeline(manifest, split, policy, res, gpu, shard_id, num_shards, fill,
     return ssl()
 
 
+def _center_anchor(fn, dmath, types, images, res: int):
+    """torchvision's center_crop anchor, int(round((side - res) / 2)) with Python's round-half-to-even
+    (DALI's own centre crop rounds halves up: a one-pixel shift on odd margins)."""
+    hw = fn.cast(images.shape()[0:2], dtype=types.FLOAT)
+    margin = hw - float(res)
+    half = dmath.floor(margin / 2.0)
+    odd = margin - 2.0 * half
+    half_is_odd = half - 2.0 * dmath.floor(half / 2.0)
+    return fn.cast(half + odd * half_is_odd, dtype=types.INT32)
+
+
 def _eval_pipeline(manifest, split, res, gpu, shard_id, num_shards, channels_last, **kw):
     from nvidia.dali import pipeline_def
 
-    fn, _, types = _dali()
+    fn, dmath, types = _dali()
 
     @pipeline_def(**kw)
     def evaluation():
         jpegs, labels = _reader(fn, manifest, split, shard_id, num_shards, False, 1)
         images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
         images = fn.resize(images, resize_shorter=common.eval_resize(res), antialias=True)
-        images = fn.crop_mirror_normalize(images, crop=[res, res], dtype=types.FLOAT, **_norm_args(manifest, channels_last))
+        images = fn.slice(images, start=_center_anchor(fn, dmath, types, images, res), shape=[res, res], axes=[0, 1])
+        images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, **_norm_args(manifest, channels_last))
         return images, labels
 
     return evaluation()
@@ -316,3 +335,43 @@ def build_eval_loader(manifest: Manifest, *, split, res, batch_size, workers, de
 
     return DaliLoader(build, num_samples=n, batch_size=batch_size, drop_last=False, device=device,
                       channels_last=channels_last, ssl=False)
+
+
+def _const(fn, types, value, dtype):
+    """A per-sample constant node (the fixed parameters of apply_fixed)."""
+    arr = np.asarray(value, dtype=np.float32)
+    node = fn.constant(fdata=arr.ravel().tolist(), shape=list(arr.shape), dtype=types.FLOAT)
+    return fn.cast(node, dtype=dtype) if dtype != types.FLOAT else node
+
+
+def apply_fixed(images: list[np.ndarray], op: str, **p) -> list[np.ndarray]:
+    """Run ONE operation of the view graph on HWC uint8 images with fixed parameters (CPU), for the
+    tests that compare each operation with its torchvision reference. ops and parameters:
+    crop (anchor=(y, x), size=(h, w), res); colour (b, c, s, h, gray); blur (sigma, window);
+    flip (); normalise (mean, std)."""
+    from nvidia.dali import pipeline_def
+
+    fn, dmath, types = _dali()
+
+    @pipeline_def(batch_size=len(images), num_threads=1, device_id=None, seed=0)
+    def one_op():
+        x = fn.external_source(source=lambda: images, layout="HWC", batch=True)
+        if op == "crop":
+            anchor, size = (_const(fn, types, p[k], types.INT32) for k in ("anchor", "size"))
+            return _resize_roi(fn, types, x, anchor, size, p["res"])
+        if op == "colour":
+            factors = [_const(fn, types, p[k], types.FLOAT) for k in ("b", "c", "s", "h")]
+            flags = [_const(fn, types, v, types.BOOL) for v in (True, p.get("gray", False))]
+            return _colour(fn, dmath, types, x, factors, *flags)
+        if op == "blur":
+            return fn.gaussian_blur(x, sigma=p["sigma"], window_size=p["window"])
+        if op == "flip":
+            return fn.crop_mirror_normalize(x, mirror=1, mean=0.0, std=1.0, dtype=types.UINT8, output_layout="HWC")
+        if op == "normalise":
+            return fn.crop_mirror_normalize(x, mean=p["mean"], std=p["std"], dtype=types.FLOAT, output_layout="CHW")
+        raise ValueError(f"unknown op {op!r}")
+
+    pipe = one_op()
+    pipe.build()
+    (out,) = pipe.run()
+    return [np.array(out[i]) for i in range(len(images))]

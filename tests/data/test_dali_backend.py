@@ -1,0 +1,193 @@
+"""DALI backend (CPU pipeline): each operation against torchvision with fixed parameters, then the
+loader contract (batches, epoch length, seeds, ranks, eval) on the shared tiny dataset."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("nvidia.dali")
+
+from checks import (  # noqa: E402
+    check_epoch, check_eval_labels, check_eval_matches, check_partition, check_repeatable, check_ssl_batch,
+    eval_loader, ssl_loader,
+)
+from fasthpt.data import dali_backend as db  # noqa: E402
+from fasthpt.data import torch_backend as tb  # noqa: E402
+from fasthpt.data.manifest import load_manifest  # noqa: E402
+
+
+def textured(seed, h=40, w=52):
+    """Smooth colour waves + mild noise: photo-like, so resampling differences stay small."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.stack([127 + 100 * np.sin(xx / (5 + 2 * c) + rng.uniform(0, 6)) * np.cos(yy / (7 + c))
+                    for c in range(3)], -1)
+    return np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
+
+
+IMAGES = [textured(i) for i in range(3)]
+
+
+def diff(a, b):
+    d = np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))
+    return d.mean(), d.max()
+
+
+def test_crop_matches_torchvision_resized_crop():
+    # tolerance: both are antialiased bilinear; rounding of the filter support differs by a level or few
+    out = db.apply_fixed(IMAGES, "crop", anchor=(5, 7), size=(30, 36), res=24)
+    for got, img in zip(out, IMAGES):
+        mean, worst = diff(got, tb.op_crop(Image.fromarray(img), (5, 7, 30, 36), 24))
+        assert mean < 1.0 and worst <= 8, (mean, worst)
+
+
+@pytest.mark.parametrize("factors", [
+    dict(b=1.3, c=1.0, s=1.0), dict(b=0.6, c=1.0, s=1.0), dict(b=1.0, c=0.7, s=1.0), dict(b=1.0, c=1.4, s=1.0),
+    dict(b=1.0, c=1.0, s=0.6), dict(b=1.0, c=1.0, s=1.4),
+])
+def test_brightness_contrast_saturation_match_torchvision(factors):
+    # tolerance: one uint8 level (float affine pass vs torchvision's uint8 PIL arithmetic)
+    out = db.apply_fixed(IMAGES, "colour", h=0.0, **factors)
+    for got, img in zip(out, IMAGES):
+        ref = tb.op_jitter(Image.fromarray(img), (factors["b"], factors["c"], factors["s"], 0.0))
+        mean, worst = diff(got, ref)
+        assert worst <= 1, (factors, mean, worst)
+
+
+def test_grayscale_matches_torchvision():
+    out = db.apply_fixed(IMAGES, "colour", b=1.0, c=1.0, s=1.0, h=0.0, gray=True)
+    for got, img in zip(out, IMAGES):
+        assert diff(got, tb.op_gray(Image.fromarray(img)))[1] <= 1
+        assert (got[..., 0] == got[..., 1]).all() and (got[..., 1] == got[..., 2]).all()
+
+
+def hue_of(img):
+    from skimage.color import rgb2hsv
+
+    return rgb2hsv(np.asarray(img))
+
+
+@pytest.mark.parametrize("h", [0.05, 0.2, -0.4])
+def test_hue_shifts_like_torchvision(h):
+    """DALI-style hue is a rotation in YIQ (luma kept), torchvision's a shift in HSV (value kept), so
+    pixels differ; what must agree is the hue shift itself: on saturated pixels the circular mean
+    shift is within 0.04 of a turn of torchvision's (which is h)."""
+    out = db.apply_fixed(IMAGES, "colour", b=1.0, c=1.0, s=1.0, h=h)
+    for got, img in zip(out, IMAGES):
+        before = hue_of(img)
+        mask = (before[..., 1] > 0.3) & (before[..., 2] > 0.3)
+        ref = hue_of(tb.op_jitter(Image.fromarray(img), (1.0, 1.0, 1.0, h)))
+
+        def shift(after):
+            turn = np.exp(2j * np.pi * (after[..., 0] - before[..., 0]))[mask].mean()
+            return np.angle(turn) / (2 * np.pi)
+
+        assert abs(shift(ref) - h) < 0.01  # the reference does what we think
+        assert abs(shift(hue_of(got)) - shift(ref)) < 0.04, (h, shift(hue_of(got)), shift(ref))
+        luma = np.array([0.299, 0.587, 0.114])
+        assert abs((got.astype(float) @ luma).mean() - (img.astype(float) @ luma).mean()) < 3.0
+
+
+def test_colour_matrix_twin_matches_pipeline():
+    """The NumPy twin (used to reason about the pass) equals the in-graph transform, jitter + gray."""
+    b, c, s, h = 1.2, 0.8, 1.3, 0.1
+    out = db.apply_fixed(IMAGES, "colour", b=b, c=c, s=s, h=h)
+    for got, img in zip(out, IMAGES):
+        x = img.astype(np.float64)
+        m, t = db.colour_matrix(b, c, s, h, mean_gray=(x @ db.LUMA).mean())
+        assert diff(got, np.clip(x @ m.T + t, 0, 255))[1] <= 1
+
+
+@pytest.mark.parametrize("sigma", [0.3, 1.0, 2.0])
+def test_blur_sigma_sized_kernel_matches_moco_kernel(sigma):
+    # kernel radius ceil(3 sigma) (policy.blur_kernel_size) vs MoCo-v2's 23-tap kernel at 224 px:
+    # the truncated Gaussian tail is < 1e-3 of the mass, so at most one uint8 level apart.
+    window = 2 * math.ceil(3 * sigma) + 1
+    out = db.apply_fixed(IMAGES, "blur", sigma=sigma, window=window)
+    for got, img in zip(out, IMAGES):
+        assert diff(got, tb.op_blur(Image.fromarray(img), sigma, window))[1] <= 1
+        mean, worst = diff(got, tb.op_blur(Image.fromarray(img), sigma, 23))
+        assert mean < 0.1 and worst <= 1
+
+
+def test_flip_matches_torchvision():
+    for got, img in zip(db.apply_fixed(IMAGES, "flip"), IMAGES):
+        assert np.array_equal(got, np.asarray(tb.op_flip(Image.fromarray(img))))
+
+
+def test_normalise_matches_torch():
+    mean, std = [120.0, 100.0, 80.0], [60.0, 50.0, 40.0]
+    for got, img in zip(db.apply_fixed(IMAGES, "normalise", mean=mean, std=std), IMAGES):
+        ref = (torch.from_numpy(img).permute(2, 0, 1).float() - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(
+            std).view(3, 1, 1)
+        assert np.allclose(got, ref.numpy(), atol=1e-4)
+
+
+# ---- the loader contract on the shared tiny dataset (36 train / 12 val, 48 px) ----
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_ssl_batches(tiny_data, channels_last):
+    manifest = load_manifest(tiny_data)
+    loader = ssl_loader(tiny_data, "dali", channels_last=channels_last)
+    assert loader.backend == "dali" and loader.num_samples == 36 and len(loader) == 4
+    batches = check_epoch(loader, drop_last=True, batch_size=8)
+    for q, k in batches:
+        check_ssl_batch(q, k, manifest, batch_size=8, res=32, channels_last=channels_last)
+
+
+def test_epoch_length_without_drop_last(tiny_data):
+    loader = ssl_loader(tiny_data, "dali", batch_size=10, drop_last=False)
+    assert len(loader) == 4 and loader.num_samples == 36
+    check_epoch(loader, drop_last=False, batch_size=10)
+
+
+def test_same_seed_repeats(tiny_data):
+    check_repeatable(lambda seed: ssl_loader(tiny_data, "dali", res=16, batch_size=12, seed=seed))
+
+
+def _debug_keys(tiny_data, rank, world_size, epoch=0):
+    manifest = load_manifest(tiny_data)
+    loader = db.build_ssl_loader(manifest, split="train", res=16, batch_size=5, policy=db.AugPolicy(), workers=1,
+                                 device=torch.device("cpu"), seed=3, rank=rank, world_size=world_size,
+                                 drop_last=False, channels_last=False, debug=True)
+    loader.set_epoch(epoch)
+    return [key.rsplit(":", 1)[-1] for batch in loader for key in batch[3]], len(loader)
+
+
+@pytest.mark.parametrize("epoch", [0, 1])
+def test_two_ranks_disjoint_and_cover(tiny_data, epoch):
+    (keys0, len0), (keys1, len1) = (_debug_keys(tiny_data, r, 2, epoch) for r in (0, 1))
+    assert len0 == len1  # same number of batches on every rank
+    all_keys, _ = _debug_keys(tiny_data, 0, 1)
+    check_partition([keys0, keys1], all_keys, exact=True)  # 36 = 2 x 18: nothing left over
+
+
+def test_three_ranks_equal_share(tiny_data):
+    # 36 train samples over 5 ranks: 7 each, one sample per epoch left out, never repeated
+    ranks = [_debug_keys(tiny_data, r, 5) for r in range(5)]
+    assert {n for _, n in ranks} == {2} and {len(k) for k, _ in ranks} == {7}
+    check_partition([k for k, _ in ranks], _debug_keys(tiny_data, 0, 1)[0], exact=False)
+
+
+def test_eval_loader_matches_torch_reference(tiny_data):
+    manifest = load_manifest(tiny_data)
+    got = list(eval_loader(tiny_data, "dali", batch_size=5))
+    ref = list(eval_loader(tiny_data, "torch", batch_size=5, workers=0))
+    images, labels = torch.cat([b[0] for b in got]), torch.cat([b[1] for b in got])
+    check_eval_labels(labels, manifest, "val")
+    assert torch.equal(labels, torch.cat([b[1] for b in ref]))
+    # same files in the same order; resize + center crop within ~0.05 std on average
+    check_eval_matches(images, torch.cat([b[0] for b in ref]), tol=0.05)
+
+
+def test_eval_two_ranks_cover_every_sample_once(tiny_data):
+    manifest = load_manifest(tiny_data)
+    labels = [torch.cat([b[1] for b in eval_loader(tiny_data, "dali", batch_size=4, rank=r, world_size=2)])
+              for r in (0, 1)]
+    assert sum(len(x) for x in labels) == 12
+    check_eval_labels(torch.cat(labels), manifest, "val")
