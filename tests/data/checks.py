@@ -152,7 +152,8 @@ def check_crop_areas(area_fracs, policy, width, height):
     area_fracs = np.asarray(area_fracs)
     low, high = policy.crop_scale
     # integer box sides make the realised fraction drift slightly outside [low, high]
-    assert area_fracs.min() >= low * 0.8 and area_fracs.max() <= 1.0 + 1e-6
+    assert area_fracs.min() >= low * 0.8 and area_fracs.max() <= 1.0 + 1e-6, (
+        f"crop areas outside the policy's scale {policy.crop_scale}: {area_fracs.min():.3f}..{area_fracs.max():.3f}")
     ref = reference_crop_areas(policy, width, height)
     n, m = area_fracs.size, ref.size
     critical = 1.95 * math.sqrt((n + m) / (n * m))  # two-sample KS at alpha = 0.001

@@ -1,0 +1,84 @@
+"""Over many samples, each backend's random draws follow the AugPolicy (read from the draws the
+loaders export in debug mode): crop-area distribution, jitter / gray / blur / flip frequencies,
+sigma and jitter factor ranges -- for the default policy and the paper's ablation presets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from checks import check_crop_areas, check_policy_draws
+from fasthpt.data import torch_backend as tb
+from fasthpt.data.manifest import load_manifest
+from fasthpt.data.policy import AugPolicy
+
+SIDE = 48  # the tiny dataset's images are 48 x 48
+EPOCHS = 12  # 36 images x 2 views x 12 epochs = 864 draws per quantity
+
+
+def _loader(module, tiny_data, policy, **kw):
+    return module.build_ssl_loader(load_manifest(tiny_data), split="train", res=8, batch_size=36, policy=policy,
+                                   workers=kw.pop("workers", 1), device=torch.device("cpu"), seed=5, rank=0,
+                                   world_size=1, drop_last=False, channels_last=False, debug=True)
+
+
+def torch_draws(tiny_data, policy):
+    loader = _loader(tb, tiny_data, policy, workers=0)
+    views = []
+    for epoch in range(EPOCHS):
+        loader.set_epoch(epoch)
+        for batch in loader:
+            views += [p for pair in batch[2] for p in pair]
+    draws = {k: np.array([v[k] for v in views]) for k in ("jitter", "gray", "blur", "flip", "sigma")}
+    factors = np.array([v["factors"] for v in views])
+    for i, name in enumerate(("brightness", "contrast", "saturation", "hue")):
+        draws[name] = factors[:, i]
+    draws["area"] = np.array([v["crop"][2] * v["crop"][3] for v in views]) / SIDE**2
+    # ColorJitter's op order is a uniform permutation
+    assert {tuple(v["order"]) for v in views} and len({tuple(v["order"]) for v in views}) > 12
+    return draws
+
+
+def dali_draws(tiny_data, policy):
+    from fasthpt.data import dali_backend as db
+
+    loader = _loader(db, tiny_data, policy)
+    per_view = {name: [] for name in db.DRAW_NAMES}
+    for epoch in range(EPOCHS):
+        loader.set_epoch(epoch)
+        for batch in loader:
+            draws = batch[4]
+            for view in (draws[: len(db.DRAW_NAMES)], draws[len(db.DRAW_NAMES):]):
+                for name, value in zip(db.DRAW_NAMES, view):
+                    per_view[name].append(value.numpy())
+    out = {name: np.concatenate(v) for name, v in per_view.items()}
+    size = out.pop("size")
+    out["area"] = size[:, 0] * size[:, 1] / SIDE**2
+    out.pop("anchor")
+    return out
+
+
+POLICIES = {name: AugPolicy.preset(name) for name in ("mocov2", "crop-blur")}
+
+
+@pytest.mark.parametrize("preset", sorted(POLICIES))
+def test_torch_draws_follow_policy(tiny_data, preset):
+    check_policy_draws(torch_draws(tiny_data, POLICIES[preset]), POLICIES[preset], SIDE, SIDE)
+
+
+@pytest.mark.parametrize("preset", sorted(POLICIES))
+def test_dali_draws_follow_policy(tiny_data, preset):
+    pytest.importorskip("nvidia.dali")
+    check_policy_draws(dali_draws(tiny_data, POLICIES[preset]), POLICIES[preset], SIDE, SIDE)
+
+
+def test_checks_catch_a_wrong_policy(tiny_data):
+    """The statistics are sharp enough to notice a backend that ignores a probability."""
+    draws = torch_draws(tiny_data, AugPolicy(gray_p=0.5))
+    with pytest.raises(AssertionError, match="gray"):
+        check_policy_draws(draws, AugPolicy(), SIDE, SIDE)
+    # areas drawn from scale (0.3, 1) stay inside the bounds of (0.2, 1): only the distribution test sees it
+    narrow = torch_draws(tiny_data, AugPolicy(crop_scale=[0.3, 1.0]))
+    with pytest.raises(AssertionError, match="crop areas: KS"):
+        check_crop_areas(narrow["area"], AugPolicy(), SIDE, SIDE)
