@@ -194,8 +194,12 @@ def run_linear(
         train_s = time.perf_counter() - t_train
     finally:
         bb.module.train(was_training)
+    views = "center-crop features" if precomputed else (
+        "torchvision RandomResizedCrop+flip on WDS shards" if "wds" in ds.manifest.formats
+        else "device RandomResizedCrop+flip of 87.5% center crops")
     options = dict(iters=iters, batch_size=batch_size, lr=lr, lr_effective=eff_lr, eval_every=eval_every,
-                   res=res, precomputed=precomputed, seed=seed, backend=backend, workers=workers)
+                   res=res, precomputed=precomputed, train_views=views, seed=seed, backend=backend,
+                   workers=workers)
     result = common.make_result(
         "linear", "linear-precomputed" if precomputed else "linear", bb, ds, options,
         top1=curve.best_top1, best_iter=curve.best_iter, final_top1=curve.final_top1, curve=curve.points,
