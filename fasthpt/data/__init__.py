@@ -40,7 +40,8 @@ def _import_reason(name: str) -> str | None:
     try:
         importlib.import_module(_MODULES[name])
     except ModuleNotFoundError as exc:
-        if exc.name == _MODULES[name]:
+        module = _MODULES[name]
+        if exc.name and (module == exc.name or module.startswith(exc.name + ".")):
             return f"backend {name!r} is not built in this version of fasthpt"
         return f"missing module {exc.name!r}: {_INSTALL[name]}"
     except ImportError as exc:  # a broken native install (missing shared library, ABI mismatch)

@@ -1,0 +1,98 @@
+"""The public loader interface: backend discovery and choice, argument checks, dispatch."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fasthpt.data as data_api
+from fasthpt.data import common
+from fasthpt.data.manifest import load_manifest
+from fasthpt.errors import UserError
+
+
+def test_import_is_cheap():
+    code = "import sys, fasthpt.data; print(sorted(m for m in ('torch', 'nvidia.dali', 'ffcv') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_available_backends_reports_reasons():
+    avail = data_api.available_backends()
+    assert set(avail) == {"ffcv", "dali", "torch"}
+    assert avail["torch"] is None
+    assert all(v is None or (isinstance(v, str) and v) for v in avail.values())
+
+
+def test_missing_backend_names_what_to_install(monkeypatch):
+    monkeypatch.setitem(data_api._MODULES, "dali", "fasthpt_no_such_module.dali_backend")
+    reason = data_api.available_backends()["dali"]
+    assert "not built" in reason
+    monkeypatch.setitem(data_api._MODULES, "dali", "tests_missing_dep_backend")
+    with pytest.raises(UserError, match="dali"):
+        data_api.resolve_backend("dali")
+
+
+def test_missing_dependency_is_reported_with_install_hint(monkeypatch, tmp_path):
+    (tmp_path / "fake_backend.py").write_text("import some_missing_dependency_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(data_api._MODULES, "dali", "fake_backend")
+    reason = data_api.available_backends()["dali"]
+    assert "some_missing_dependency_xyz" in reason and "pip install" in reason
+
+
+def test_auto_prefers_fastest_available(tiny_data, monkeypatch):
+    manifest = load_manifest(tiny_data)
+    monkeypatch.setattr(data_api, "_import_reason", lambda name: None)
+    assert data_api.resolve_backend("auto", manifest) == "ffcv"
+    wds_only = dataclasses.replace(manifest, raw={**manifest.raw, "formats": ["wds"]})
+    assert data_api.resolve_backend("auto", wds_only) == "dali"
+    monkeypatch.setattr(data_api, "_import_reason", lambda name: None if name == "torch" else "not installed")
+    assert data_api.resolve_backend("auto", manifest) == "torch"
+    none = dataclasses.replace(manifest, raw={**manifest.raw, "formats": []})
+    with pytest.raises(UserError, match="no loader backend"):
+        data_api.resolve_backend("auto", none)
+
+
+def test_unknown_backend():
+    with pytest.raises(UserError, match="valid: auto, ffcv, dali, torch"):
+        data_api.resolve_backend("tf")
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(res=0), "res"), (dict(batch_size=0), "batch_size"), (dict(workers=-1), "workers"),
+    (dict(split="test"), "no split"), (dict(batch_size=100), "fewer than batch_size"),
+    (dict(rank=2, world_size=2), "rank 2"), (dict(policy="no-such-preset"), "preset"),
+])
+def test_bad_arguments_are_user_errors(tiny_data, kw, match):
+    with pytest.raises(UserError, match=match):
+        data_api.build_ssl_loader(tiny_data, backend="torch", **{"batch_size": 8, **kw})
+
+
+def test_missing_data_folder(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        data_api.build_eval_loader(tmp_path / "nope", backend="torch")
+
+
+def test_defaults_and_dispatch(tiny_data):
+    loader = data_api.build_ssl_loader(tiny_data, backend="torch", res=16, batch_size=8, workers=0,
+                                       policy="crop-only")
+    assert loader.backend == "torch" and loader.num_samples == 36  # rank 0 of 1 without torch.distributed
+    q, k = next(iter(loader))
+    assert q.device == common.resolve_device(None)
+    ev = data_api.build_eval_loader(load_manifest(tiny_data), backend="torch", res=16, batch_size=4, workers=0,
+                                    rank=1, world_size=3)
+    assert ev.num_samples == 4 and len(ev) == 1
+
+
+def test_sharding_helpers():
+    assert common.eval_resize(224) == 256 and common.eval_resize(64) == 73
+    assert torch.equal(common.eval_rank_indices(7, 1, 3), torch.tensor([1, 4]))
+    ranks = [common.ssl_rank_indices(10, r, 3, seed=0, epoch=2) for r in range(3)]
+    assert [len(r) for r in ranks] == [3, 3, 3] and len(set(torch.cat(ranks).tolist())) == 9
+    assert not torch.equal(ranks[0], common.ssl_rank_indices(10, 0, 3, seed=0, epoch=3))
+    assert common.num_batches(10, 4, True) == 2 and common.num_batches(10, 4, False) == 3
