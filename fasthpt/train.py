@@ -114,6 +114,10 @@ def run_stage(cfg: RunConfig) -> dict:
     finally:
         wall = time.perf_counter() - t0
     done_batch, done_sample = int(trainer.state.timestamp.batch), int(trainer.state.timestamp.sample)
+    from fasthpt.models.moco import replicas_in_sync
+
+    # BN running statistics are per process by design (shuffle-BN); weights and queue must agree.
+    in_sync = replicas_in_sync(list(moco.encoder_k.parameters()) + [moco.queue])
     backbone = run / "backbone.pt"
     if rank == 0:
         from fasthpt.models.backbones import save_backbone
@@ -126,7 +130,7 @@ def run_stage(cfg: RunConfig) -> dict:
         "iterations_this_launch": done_batch - start_batch, "wall_clock_s": wall,
         "samples_per_s": (done_sample - start_sample) / wall if wall > 0 else 0.0,
         "data_stall_frac": stall.stall_frac, "backend": getattr(loader, "backend", "?"),
-        "base": parts.report.summary(),
+        "base": parts.report.summary(), "world_size": dist.get_world_size(), "ranks_in_sync": in_sync,
     }
     if rank == 0:
         log.info("run %s: %s", cfg.name, json.dumps(result))

@@ -58,6 +58,21 @@ def batch_unshuffle(x: torch.Tensor, perm: torch.Tensor | None) -> torch.Tensor:
     return full[inverse[rank * n : (rank + 1) * n]]
 
 
+@torch.no_grad()
+def replicas_in_sync(tensors: list[torch.Tensor]) -> bool:
+    """True when every process holds bit-identical ``tensors`` (a cheap end-of-run check that the
+    key encoders and queues did not drift apart across processes)."""
+    if _world() == 1:
+        return True
+    # Two float64 moments per tensor: a differing element changes them barring exact cancellation.
+    moments = []
+    for t in tensors:
+        t = t.detach().double().flatten()
+        moments += [t.sum(), (t * torch.arange(t.numel(), device=t.device, dtype=torch.float64).sin()).sum()]
+    everyone = gather(torch.stack(moments).unsqueeze(0))
+    return bool((everyone == everyone[0]).all())
+
+
 def mlp_head(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
     """MoCo-v2's projection: Linear(D, hidden) - ReLU - Linear(hidden, dim) (2048-2048-128 for R-50)."""
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
