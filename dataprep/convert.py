@@ -67,8 +67,8 @@ def decode_bytes(data: bytes) -> Decoded:
             keep = img.format == "JPEG" and img.mode == "RGB" and _upright(img)
     except UnidentifiedImageError:
         raise SkipImage("not an image (unrecognised format)") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise SkipImage(f"cannot decode: {exc}") from None
+    except Exception as exc:  # Pillow raises many types on malformed files (OSError, SyntaxError, ...)
+        raise SkipImage(f"cannot decode: {type(exc).__name__}: {exc}") from None
     if pixels.ndim != 3 or pixels.shape[0] == 0 or pixels.shape[1] == 0:
         raise SkipImage(f"unusable image shape {pixels.shape}")
     return Decoded(pixels, data if keep else None)

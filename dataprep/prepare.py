@@ -79,7 +79,6 @@ def _check_settings(dataset, src, num_images, image_size, val_frac, seed, format
         (shard_size >= 1, f"--shard-size {shard_size}: must be >= 1"),
         (workers is None or workers >= 1, f"--workers {workers}: must be >= 1"),
         (num_images is None or num_images >= 1, f"--num-images {num_images}: must be >= 1"),
-        (image_size is None or image_size >= 8, f"--image-size {image_size}: must be >= 8"),
         (src is None or (num_images is None and image_size is None),
          "--num-images/--image-size apply to embedded datasets only, not with --src"),
     ]
@@ -168,7 +167,7 @@ def _converted(source, order, settings):
     workers = min(settings["workers"], max(1, len(order)))
     if workers == 1:
         _init_worker(*opts)
-        yield from map(_convert_one, order)
+        yield from map(_convert_one, (int(i) for i in order))
         return
     chunk = max(1, min(32, len(order) // (workers * 8)))
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()

@@ -135,21 +135,23 @@ class FolderSource(FileSource):
 
     def __init__(self, name: str, root: Path):
         self.root = root
-        entries, dirs = [], []
+        entries, dirs, unreadable = [], [], []
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames.sort()
             rel = Path(dirpath).relative_to(root).as_posix()
             if rel != ".":
                 dirs.append(rel)
             for fn in filenames:
-                full = Path(dirpath) / fn
-                try:
-                    st = full.stat()
-                except OSError:
-                    continue  # vanished or a dangling link: it is read (and skipped) nowhere
                 relpath = fn if rel == "." else f"{rel}/{fn}"
+                try:
+                    st = (Path(dirpath) / fn).stat()
+                except OSError as exc:  # a dangling link, a file that vanished
+                    if _visible(relpath):
+                        unreadable.append((relpath, f"unreadable: {exc.strerror or exc}"))
+                    continue
                 entries.append(Entry(relpath, st.st_size, st.st_mtime))
         listing = list_tree(entries, dirs)
+        listing.skipped = sorted(listing.skipped + unreadable)
         super().__init__(name, listing, fingerprint_entries(self.kind, entries))
 
     def _read(self, path: str) -> bytes:
@@ -265,14 +267,11 @@ class GeneratorSource:
         self.classes = list(gen.classes)
         self.skipped: list[tuple[str, str]] = []
         self.warnings: list[str] = []
-        self.fingerprint = {
-            "kind": self.kind,
-            "generator": gen.name,
-            "version": str(getattr(gen, "version", "0")),
-            "seed": seed,
-            "num_images": len(gen),
-            "image_size": getattr(gen, "image_size", None),
-        }
+        # Generated images are a function of the generator's parameters and code version only.
+        params = getattr(gen, "settings", None) or {
+            "generator": gen.name, "version": str(getattr(gen, "version", "0")), "seed": seed,
+            "num_images": len(gen), "image_size": getattr(gen, "image_size", None)}
+        self.fingerprint = {"kind": self.kind, **params}
 
     def __len__(self) -> int:
         return len(self.gen)

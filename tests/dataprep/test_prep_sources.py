@@ -1,0 +1,188 @@
+"""Sources: every supported format and pixel mode, bad files skipped with a reason, archives."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import tiny_image, write_tiny_folder
+from dataprep import prepare
+from dataprep.convert import SkipImage, decode_bytes
+from dataprep.sources import FolderSource, TarSource, ZipSource, list_tree, Entry
+
+FORMATS = {"jpg": "JPEG", "png": "PNG", "tif": "TIFF", "bmp": "BMP", "webp": "WEBP"}
+LOSSLESS = {"png", "tif", "bmp"}
+
+
+def encoded(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("ext", sorted(FORMATS))
+def test_each_format_decodes_to_rgb8(ext):
+    ref = tiny_image(2, 0, 32)
+    kw = {"webp": {"lossless": True}, "jpg": {"quality": 95, "subsampling": 0}}.get(ext, {})
+    out = decode_bytes(encoded(Image.fromarray(ref), FORMATS[ext], **kw)).pixels
+    assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+    if ext in LOSSLESS or ext == "webp":
+        assert np.array_equal(out, ref)  # stored losslessly: pixel-exact
+    else:
+        assert np.abs(out.astype(int) - ref).mean() < 4
+
+
+def test_pixel_modes_become_8bit_rgb():
+    gray = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4
+    out = decode_bytes(encoded(Image.fromarray(gray, "L"), "PNG")).pixels
+    assert np.array_equal(out, np.repeat(gray[..., None], 3, 2))
+
+    rgba = np.dstack([tiny_image(0, 0, 8), np.full((8, 8), 7, np.uint8)])
+    out = decode_bytes(encoded(Image.fromarray(rgba, "RGBA"), "PNG")).pixels
+    assert np.array_equal(out, rgba[..., :3])  # alpha dropped, colour kept
+
+    pal = Image.fromarray(tiny_image(1, 0, 8)).convert("P", palette=Image.Palette.ADAPTIVE, colors=8)
+    out = decode_bytes(encoded(pal, "PNG")).pixels
+    assert np.array_equal(out, np.asarray(pal.convert("RGB")))
+
+    deep = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
+    out = decode_bytes(encoded(Image.fromarray(deep), "PNG")).pixels
+    assert np.array_equal(out[..., 0], (deep >> 8).astype(np.uint8))  # 16-bit: high byte
+    assert np.array_equal(out[..., 0], out[..., 2])
+
+    cmyk = Image.fromarray(tiny_image(3, 0, 8)).convert("CMYK")
+    assert decode_bytes(encoded(cmyk, "JPEG")).pixels.shape == (8, 8, 3)
+
+
+def test_only_upright_rgb_jpegs_are_stored_unchanged():
+    img = Image.fromarray(tiny_image(0, 1, 16))
+    assert decode_bytes(encoded(img, "JPEG")).jpeg is not None
+    assert decode_bytes(encoded(img, "PNG")).jpeg is None
+    assert decode_bytes(encoded(img.convert("L"), "JPEG")).jpeg is None
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees: DALI would turn it, FFCV would not
+    assert decode_bytes(encoded(img, "JPEG", exif=exif.tobytes())).jpeg is None
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"", "empty file"),
+    (b"hello, I am a text file\n", "not an image"),
+    (os.urandom(64), "not an image"),
+])
+def test_bad_bytes_are_skipped_with_a_reason(data, reason):
+    with pytest.raises(SkipImage, match=reason):
+        decode_bytes(data)
+
+
+def test_truncated_jpeg_is_skipped():
+    data = encoded(Image.fromarray(tiny_image(0, 0, 48)), "JPEG")
+    with pytest.raises(SkipImage, match="cannot decode"):
+        decode_bytes(data[: len(data) // 2])
+
+
+def test_class_root_is_found_below_wrapper_folders():
+    entries = [Entry(p, 1, 0) for p in (
+        "UCMerced_LandUse/Images/forest/a.tif", "UCMerced_LandUse/Images/beach/b.tif",
+        "UCMerced_LandUse/readme.txt")]
+    listing = list_tree(entries, ["UCMerced_LandUse/Images/empty"])
+    assert listing.classes == ["beach", "forest"]
+    assert listing.skipped == [("UCMerced_LandUse/readme.txt", "not inside a class folder")]
+    assert listing.warnings == ["empty class folder ignored: UCMerced_LandUse/Images/empty"]
+
+
+@pytest.fixture(scope="module")
+def messy_folder(tmp_path_factory):
+    """Good images in every format and mode, plus every kind of bad file."""
+    root = tmp_path_factory.mktemp("messy")
+    good = {}
+    for label, name in enumerate(("fields", "forest")):
+        (root / name).mkdir()
+        for k, ext in enumerate(sorted(FORMATS)):
+            img = Image.fromarray(tiny_image(label, k, 40))
+            img.save(root / name / f"img{k}.{ext}", format=FORMATS[ext])
+            good[f"{name}/img{k}.{ext}"] = label
+    Image.fromarray(np.full((40, 40), 9, np.uint16) * 5000).save(root / "fields" / "deep.png")
+    Image.fromarray(tiny_image(1, 9, 40)).convert("P").save(root / "forest" / "pal.png")
+    good.update({"fields/deep.png": 0, "forest/pal.png": 1})
+    jpeg = encoded(Image.fromarray(tiny_image(0, 9, 40)), "JPEG")
+    (root / "fields" / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 3])
+    (root / "fields" / "notes.txt").write_text("not an image")
+    (root / "forest" / "zero.png").write_bytes(b"")
+    (root / "forest" / "garbage.jpg").write_bytes(os.urandom(500))
+    (root / "forest" / "dangling.jpg").symlink_to(root / "nowhere.jpg")
+    (root / "forest" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (root / "README.md").write_text("a dataset")
+    (root / "snow").mkdir()  # empty class folder
+    return root, good
+
+
+def test_messy_folder_skips_and_counts(messy_folder, tmp_path, capsys):
+    root, good = messy_folder
+    out = prepare("messy", out=tmp_path, src=root, formats=("wds",), val_frac=0.0, workers=1,
+                  progress=False)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["classes"] == ["fields", "forest"]
+    assert m["splits"]["train"]["count"] == len(good)
+    assert (out / "samples" / "train.txt").read_text().split() != []
+    assert sorted((out / "samples" / "train.txt").read_text().split()) == sorted(good)
+    reasons = {s["path"]: s["reason"] for s in m["skipped"]}
+    assert set(reasons) == {"fields/truncated.jpg", "fields/notes.txt", "forest/zero.png",
+                            "forest/garbage.jpg", "forest/dangling.jpg", "README.md"}
+    assert reasons["forest/zero.png"] == "empty file"
+    assert reasons["fields/notes.txt"].startswith("not an image")
+    assert reasons["fields/truncated.jpg"].startswith("cannot decode")
+    assert reasons["forest/dangling.jpg"].startswith("unreadable")
+    assert reasons["README.md"] == "not inside a class folder"
+    assert m["warnings"] == ["empty class folder ignored: snow"]
+    assert "val" not in m["splits"]  # --val-frac 0: no val files at all
+    err = capsys.readouterr().err
+    assert "skipped 6 files" in err and "snow" in err
+
+
+def _archive(folder, path, kind):
+    if kind == "zip":
+        with zipfile.ZipFile(path, "w") as zf:
+            for f in sorted(folder.rglob("*")):
+                zf.write(f, f"wrap/{f.relative_to(folder)}")
+    else:
+        with tarfile.open(path, "w:gz" if kind == "tar.gz" else "w") as tf:
+            tf.add(folder, arcname="wrap")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar", "tar.gz"])
+def test_archives_give_the_same_dataset_as_the_folder(tmp_path, kind):
+    folder = write_tiny_folder(tmp_path / "src", per_class=3, size=32)
+    archive = _archive(folder, tmp_path / f"src.{kind}", kind)
+    a = prepare("a", out=tmp_path / "out", src=folder, formats=("wds",), workers=1, progress=False)
+    b = prepare("b", out=tmp_path / "out", src=archive, formats=("wds",), workers=1, progress=False)
+    ma, mb = (json.loads((p / "manifest.json").read_text()) for p in (a, b))
+    assert ma["classes"] == mb["classes"] and ma["splits"] == mb["splits"]
+    assert mb["fingerprint"]["kind"] == kind.split(".")[0]
+    for split in ("train", "val"):
+        keys_a = (a / "samples" / f"{split}.txt").read_text().split()
+        keys_b = (b / "samples" / f"{split}.txt").read_text().split()
+        assert ["wrap/" + k for k in keys_a] == keys_b
+        # Same order, same stored bytes: the shards are byte-identical.
+        assert (a / "wds" / f"{split}-000000.tar").read_bytes() == (b / "wds" / f"{split}-000000.tar").read_bytes()
+    assert not list((tmp_path / "out").glob(".*"))  # scratch space and temp folders are gone
+
+
+def test_sources_load_identically_in_a_forked_worker(tmp_path):
+    """Zip handles are reopened per process; tar members are read with pread."""
+    folder = write_tiny_folder(tmp_path / "src", per_class=2, size=16)
+    zsrc = ZipSource("z", _archive(folder, tmp_path / "s.zip", "zip"))
+    tsrc = TarSource("t", _archive(folder, tmp_path / "s.tar", "tar"), tmp_path / "scratch")
+    fsrc = FolderSource("f", folder)
+    for i in range(len(fsrc)):
+        ref, label = fsrc.load(i)
+        for src in (zsrc, tsrc):
+            got, got_label = src.load(i)
+            assert got_label == label and np.array_equal(got.pixels, ref.pixels)
