@@ -5,6 +5,6 @@
     path = prepare("ucm", src="UCMerced_LandUse.zip", max_res=256)
 """
 
-from dataprep.prepare import prepare
+from dataprep.prep import prepare
 
 __all__ = ["prepare"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dataprep.prepare import DEFAULT_SHARD_SIZE, prepare
+from dataprep.prep import DEFAULT_SHARD_SIZE, prepare
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
