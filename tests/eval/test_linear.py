@@ -1,17 +1,9 @@
-import pytest
 import torch
 
 from fasthpt.eval import common
 from fasthpt.eval.linear import PAPER_BATCH, PAPER_LR, feature_batches, shuffled, train_linear
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls: intra-op threads only add contention on a loaded 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def separable(n, d=16, c=5, seed=0):

@@ -13,12 +13,6 @@ from fasthpt.models.backbones import build_backbone
 FAST = dict(res=32, batch_size=16, workers=0, backend="torch", progress=False, quiet=True)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture
