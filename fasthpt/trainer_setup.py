@@ -110,10 +110,22 @@ def knn_monitor(cfg: RunConfig, moco, device: str):
     return KNNMonitor(moco.backbone, loaders, classes, interval, k=cfg.train.knn_k, t=cfg.train.knn_t)
 
 
-def _check_fresh(cfg: RunConfig, folder: Path) -> None:
+def resume_path(cfg: RunConfig, folder: Path) -> str | None:
+    """The checkpoint to continue from: ``latest-rank0.pt`` in the run's checkpoint folder when
+    ``train.autoresume``, decided on rank 0 and broadcast. (Composer's own ``autoresume`` does the
+    same lookup but its per-node signal file has one name on every node, so two nodes sharing a
+    filesystem race to delete it: FileNotFoundError. Passing ``load_path`` avoids that dance.)"""
+    from composer.utils import dist
+
     if not cfg.train.autoresume and folder.is_dir() and any(folder.glob("*.pt")):
         raise UserError(f"{folder} already holds checkpoints; set train.autoresume=true to continue "
                         f"that run, or choose another name=")
+    latest = folder / "latest-rank0.pt"
+    found = [str(latest.resolve()) if cfg.train.autoresume and latest.exists() else None]
+    dist.broadcast_object_list(found, src=0)
+    if found[0]:
+        log.info("resuming from %s", found[0])
+    return found[0]
 
 
 def build_trainer(cfg: RunConfig, device: str, precision: str) -> Parts:
@@ -128,7 +140,7 @@ def build_trainer(cfg: RunConfig, device: str, precision: str) -> Parts:
 
     run = cfg.run_path
     ckpt = run / "checkpoints"
-    _check_fresh(cfg, ckpt)
+    load_path = resume_path(cfg, ckpt)
     log_every = batches(cfg.train.log_interval, "train.log_interval")
     batches(cfg.train.save_interval, "train.save_interval")
     algorithms = build_algorithms(list(cfg.train.algorithms))
@@ -157,7 +169,7 @@ def build_trainer(cfg: RunConfig, device: str, precision: str) -> Parts:
         schedulers=build_scheduler(cfg), step_schedulers_every_batch=True, device=device, precision=precision,
         algorithms=algorithms, callbacks=callbacks, loggers=loggers, run_name=cfg.name,
         save_folder=str(ckpt), save_interval=cfg.train.save_interval, save_overwrite=cfg.train.autoresume,
-        save_num_checkpoints_to_keep=cfg.train.save_num_checkpoints_to_keep, autoresume=cfg.train.autoresume,
+        save_num_checkpoints_to_keep=cfg.train.save_num_checkpoints_to_keep, load_path=load_path,
         seed=cfg.train.seed, progress_bar=cfg.train.progress_bar, log_to_console=not cfg.train.progress_bar,
         console_log_interval=cfg.train.log_interval, device_train_microbatch_size=cfg.data.batch_size,
     )

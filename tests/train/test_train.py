@@ -1,0 +1,168 @@
+"""End-to-end pretraining on the tiny dataset: run folder, kNN monitor, autoresume, stages,
+non-finite loss, CLI errors, and multi-process launches through Composer's launcher."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fasthpt.cli import main as cli_main
+from fasthpt.config import load_config, save_config
+from fasthpt.errors import UserError
+from fasthpt.models.backbones import load_backbone
+from fasthpt.train import pretrain
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["data.backend=torch", "data.res=32", "data.batch_size=8", "data.workers=0", "model.arch=resnet_tiny",
+        "model.queue_size=64", "model.dim=16", "model.mlp_hidden=32", "train.progress_bar=false",
+        "train.log_interval=1ba"]
+
+
+def _cfg(tmp_path, data, name, *extra):
+    return load_config(None, [f"run_dir={tmp_path}", f"name={name}", f"data.path={data}", *TINY, *extra])
+
+
+def _backbone(path):
+    return torch.load(path, weights_only=True)
+
+
+def test_pretrain_writes_run_folder_with_knn_and_metrics(tmp_path, ssl_data):
+    cfg = _cfg(tmp_path, ssl_data, "r1", "train.max_duration=4ba", "train.knn_interval=2ba", "train.save_interval=2ba")
+    result = pretrain(cfg)
+    run = tmp_path / "r1"
+    assert result["iterations"] == 4 and result["backend"] == "torch" and result["run_dir"] == str(run)
+    assert 0.0 <= result["data_stall_frac"] <= 1.0 and result["samples_per_s"] > 0
+    assert load_config(run / "config.yaml") == cfg
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss/train/total" in r for r in rows)
+    knn = [r["knn/acc"] for r in rows if "knn/acc" in r]
+    assert len(knn) >= 2 and all(0.0 <= a <= 1.0 for a in knn)
+    model, report = load_backbone(result["backbone"])
+    assert report.arch == "resnet_tiny" and report.missing == []
+    assert list((run / "checkpoints").glob("ep*-ba4-rank0.pt"))
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+def test_autoresume_continues_without_losing_or_repeating_batches(tmp_path, ssl_data, monkeypatch):
+    extra = ("train.max_duration=6ba", "train.save_interval=2ba")
+    whole = pretrain(_cfg(tmp_path / "a", ssl_data, "r", *extra))
+
+    from fasthpt.models.moco import ComposerMoCo
+
+    calls = {"n": 0}
+    original = ComposerMoCo.forward
+
+    def crash_on_fifth(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 5:  # batch 5: after the checkpoint at batch 4
+            raise _Crash("killed")
+        return original(self, batch)
+
+    monkeypatch.setattr(ComposerMoCo, "forward", crash_on_fifth)
+    with pytest.raises(_Crash):
+        pretrain(_cfg(tmp_path / "b", ssl_data, "r", *extra))
+    monkeypatch.setattr(ComposerMoCo, "forward", original)
+    resumed = pretrain(_cfg(tmp_path / "b", ssl_data, "r", *extra))
+    assert resumed["iterations"] == 6 and resumed["iterations_this_launch"] == 2
+    a, b = _backbone(whole["backbone"]), _backbone(resumed["backbone"])
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_stages_chain_base_source_target(tmp_path, ssl_data):
+    stages = (f"stages=[{{name: source, data: '{ssl_data}', max_duration: 2ba}},"
+              f" {{name: target, data: '{ssl_data}', max_duration: 2ba, mode: bn}}]")
+    result = pretrain(_cfg(tmp_path, ssl_data, "chain", stages))
+    source, target = result["stages"]
+    assert result["iterations"] == 4 and source["iterations"] == 2 and target["iterations"] == 2
+    assert str(tmp_path / "chain" / "source" / "backbone.pt") in target["base"]
+    final = _backbone(result["backbone"])
+    for key, value in _backbone(target["backbone"]).items():
+        assert torch.equal(final[key], value)
+    # HPT-BN target stage: its convs are exactly the source stage's.
+    src = _backbone(source["backbone"])
+    assert torch.equal(final["layer2.0.conv1.weight"], src["layer2.0.conv1.weight"])
+    assert not torch.equal(final["layer2.0.bn1.weight"], src["layer2.0.bn1.weight"])
+
+
+def test_nonfinite_loss_stops_with_checkpoint(tmp_path, ssl_data, monkeypatch):
+    import fasthpt.models.moco as moco_module
+
+    monkeypatch.setattr(moco_module, "infonce", lambda q, k, queue, t: q.sum() * float("nan"))
+    with pytest.raises(UserError, match="loss became nan at batch 0"):
+        pretrain(_cfg(tmp_path, ssl_data, "nan", "train.max_duration=3ba"))
+    assert list((tmp_path / "nan" / "checkpoints").glob("nonfinite-ba0-rank0.pt"))
+
+
+def _write_cfg(tmp_path, data, name, *extra):
+    path = tmp_path / f"{name}.yaml"
+    save_config(_cfg(tmp_path, data, name, *extra), path)
+    return path
+
+
+@pytest.mark.parametrize("case", ["bad_key", "missing_base", "wrong_arch"])
+def test_cli_errors_are_one_line_exit_2(tmp_path, ssl_data, capsys, case):
+    cfg = _write_cfg(tmp_path, ssl_data, "cli", "train.max_duration=2ba")
+    overrides = {"bad_key": ["optim.lrr=0.1"], "missing_base": [f"hpt.base={tmp_path / 'none.pth'}"]}
+    if case == "wrong_arch":
+        import torchvision
+
+        torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
+        overrides[case] = [f"hpt.base={tmp_path / 'r18.pth'}"]
+    code = cli_main(["pretrain", str(cfg), *overrides[case]])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    needle = {"bad_key": "optim.lrr", "missing_base": "not found", "wrong_arch": "holds a resnet18"}[case]
+    assert needle in err[0] and "Traceback" not in err[0]
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(args, cfg, cwd):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # 2 processes on 2 cores: no oversubscription
+    cmd = [sys.executable, "-m", "composer.cli.launcher", *args, str(REPO / "fasthpt" / "train.py"), str(cfg)]
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _summary(output: str) -> dict:
+    lines = [line for line in output.splitlines() if line.startswith('{"run_dir"')]
+    assert lines, output[-3000:]
+    return json.loads(lines[-1])
+
+
+@pytest.mark.slow
+def test_composer_two_processes_keep_key_encoders_identical(tmp_path, ssl_data):
+    cfg = _write_cfg(tmp_path, ssl_data, "ddp", "train.max_duration=3ba", "train.save_interval=3ba")
+    proc = _launch(["-n", "2", "--master_port", str(_port())], cfg, tmp_path)
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out[-3000:]
+    result = _summary(out)
+    assert result["world_size"] == 2 and result["ranks_in_sync"] is True and result["iterations"] == 3
+    assert Path(result["backbone"]).is_file()
+
+
+@pytest.mark.slow
+def test_two_single_process_launches_act_as_two_nodes(tmp_path, ssl_data):
+    cfg = _write_cfg(tmp_path, ssl_data, "nodes", "train.max_duration=2ba", "train.save_interval=2ba")
+    port = str(_port())
+    common = ["-n", "1", "--world_size", "2", "--master_addr", "127.0.0.1", "--master_port", port]
+    procs = [_launch([*common, "--node_rank", str(rank)], cfg, tmp_path) for rank in (0, 1)]
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+    result = _summary(outs[0])
+    assert result["world_size"] == 2 and result["ranks_in_sync"] is True and result["iterations"] == 2
