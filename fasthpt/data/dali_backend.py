@@ -119,7 +119,7 @@ def _colour(fn, dmath, types, view, factors, jitter, gray):
     scale = c1 * b1
     m = scale * p0 + (scale * s1 * dmath.cos(theta)) * p1 + (scale * s1 * dmath.sin(theta)) * p2
     # contrast blends towards the mean gray level of the (brightness-scaled) view, as torchvision does
-    means = fn.reductions.mean(fn.cast(view, dtype=types.FLOAT), axes=[0, 1])
+    means = fn.reductions.mean(view, dtype=types.FLOAT, axes=[0, 1])
     mean_gray = means[0] * float(LUMA[0]) + means[1] * float(LUMA[1]) + means[2] * float(LUMA[2])
     offset = (1.0 - c1) * b1 * mean_gray
     if view.device == "gpu":
@@ -293,9 +293,10 @@ class DaliLoader:
                 yield self._images(outputs[0], n), self._images(outputs[1], n)
 
 
-def _pipe_kwargs(batch_size, workers, gpu, seed):
-    return dict(batch_size=batch_size, num_threads=max(1, workers), device_id=torch.cuda.current_device() if gpu else None,
-                seed=seed, prefetch_queue_depth=2)
+def _pipe_kwargs(batch_size, workers, device: torch.device, gpu: bool, seed: int) -> dict:
+    device_id = (device.index if device.index is not None else torch.cuda.current_device()) if gpu else None
+    return dict(batch_size=batch_size, num_threads=max(1, workers), device_id=device_id, seed=seed,
+                prefetch_queue_depth=2)
 
 
 def _shard_size(count: int, shard_id: int, num_shards: int) -> int:
@@ -316,7 +317,7 @@ def build_ssl_loader(manifest: Manifest, *, split, res, batch_size, policy, work
 
     def build(epoch):
         shard = (rank + epoch) % world_size  # rotate the data among ranks from epoch to epoch
-        kw = _pipe_kwargs(batch_size, workers, gpu, common.epoch_seed(seed, epoch, rank) % 2**31)
+        kw = _pipe_kwargs(batch_size, workers, device, gpu, common.epoch_seed(seed, epoch, rank) % 2**31)
         return _ssl_pipeline(manifest, split, policy, res, gpu, shard, world_size, fill, channels_last, debug, **kw)
 
     return DaliLoader(build, num_samples=per_rank, batch_size=batch_size, drop_last=drop_last, device=device,
@@ -330,7 +331,7 @@ def build_eval_loader(manifest: Manifest, *, split, res, batch_size, workers, de
     common.check_batch(batch_size, n, False, f"{split} split")
 
     def build(epoch):
-        kw = _pipe_kwargs(batch_size, workers, gpu, 0)
+        kw = _pipe_kwargs(batch_size, workers, device, gpu, 0)
         return _eval_pipeline(manifest, split, res, gpu, rank, world_size, channels_last, **kw)
 
     return DaliLoader(build, num_samples=n, batch_size=batch_size, drop_last=False, device=device,

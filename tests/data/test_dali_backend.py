@@ -191,3 +191,18 @@ def test_eval_two_ranks_cover_every_sample_once(tiny_data):
               for r in (0, 1)]
     assert sum(len(x) for x in labels) == 12
     check_eval_labels(torch.cat(labels), manifest, "val")
+
+
+@pytest.mark.gpu
+def test_gpu_pipeline_matches_cpu_contract(tiny_data):
+    """device='mixed' decode + GPU augmentation: same contract, eval images close to the torch reference."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    manifest = load_manifest(tiny_data)
+    loader = ssl_loader(tiny_data, "dali", device="cuda", channels_last=True)
+    for q, k in check_epoch(loader, drop_last=True, batch_size=8):
+        check_ssl_batch(q, k, manifest, batch_size=8, res=32, channels_last=True, device="cuda")
+    got = list(eval_loader(tiny_data, "dali", device="cuda", batch_size=5))
+    ref = list(eval_loader(tiny_data, "torch", batch_size=5, workers=0))
+    assert got[0][0].is_cuda and torch.equal(torch.cat([b[1] for b in got]).cpu(), torch.cat([b[1] for b in ref]))
+    check_eval_matches(torch.cat([b[0] for b in got]), torch.cat([b[0] for b in ref]), tol=0.08)

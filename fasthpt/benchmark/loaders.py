@@ -1,0 +1,207 @@
+"""`fasthpt bench loaders`: steady-state two-view samples/s per loader backend, and the JPEG
+decode ceiling of the same files.
+
+Method (DESIGN.md convention 9): build each loader, run ``--warmup`` batches (pipeline build, JIT
+compilation, worker start-up stay out of the figure), then time ``--batches`` batches ``--repeats``
+times, synchronising CUDA before reading the clock; report the median. One sample = two views of
+one image. The ``decode`` row decodes the same JPEG bytes (read from the WebDataset shards) with
+PIL in ``--workers`` processes and no augmentation: no CPU loader can beat it, so each backend's
+fraction of it says how much augmentation costs. Every row is one JSON line (``--json FILE``,
+appended); a backend that cannot run is a row with ``skipped`` and the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import itertools
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from datetime import datetime, timezone
+from multiprocessing import get_context
+from pathlib import Path
+
+from fasthpt.errors import UserError
+
+BACKENDS = ("torch", "ffcv", "dali")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="a `fasthpt prep` output folder")
+    parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated, from: torch, ffcv, dali")
+    parser.add_argument("--res", type=int, default=224, help="side of each view (default 224)")
+    parser.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="loader workers (default: all cores)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed batches first (default 5)")
+    parser.add_argument("--batches", type=int, default=20, help="timed batches per run (default 20)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs; the median is reported (default 3)")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--policy", default="mocov2", help="augmentation preset (default mocov2)")
+    parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
+    parser.add_argument("--decode-images", type=int, default=2000, help="JPEGs for the decode row (default 2000)")
+    parser.add_argument("--no-decode", action="store_true", help="skip the decode-ceiling row")
+    parser.add_argument("--json", default=None, help="append one JSON line per row to this file")
+
+
+def git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _endless(loader):
+    """Batches across epoch boundaries (set_epoch between epochs, as training does)."""
+    for epoch in itertools.count():
+        loader.set_epoch(epoch)
+        yield from loader
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_backend(args, backend: str, progress) -> dict:
+    """Median two-view samples/s of one backend, or {'skipped': reason}."""
+    import fasthpt.data as data_api
+    from fasthpt.data import common
+
+    device = common.resolve_device(args.device)
+    try:
+        loader = data_api.build_ssl_loader(args.data, split=args.split, backend=backend, res=args.res,
+                                           batch_size=args.batch, policy=args.policy, workers=args.workers,
+                                           device=device, drop_last=True)
+    except UserError as exc:
+        return {"skipped": str(exc)}
+    batches = _endless(loader)
+    for _ in range(args.warmup):
+        next(batches)
+        progress.update(1)
+    runs = []
+    for _ in range(args.repeats):
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(args.batches):
+            next(batches)
+            progress.update(1)
+        _sync(device)
+        runs.append(args.batches * args.batch / (time.perf_counter() - start))
+    batches.close()
+    return {"samples_per_s": statistics.median(runs), "runs": runs, "device": str(device)}
+
+
+def _decode_all(blobs: list[bytes]) -> int:
+    from PIL import Image
+
+    for blob in blobs:
+        Image.open(io.BytesIO(blob)).convert("RGB")
+    return len(blobs)
+
+
+def measure_decode(args, progress) -> dict:
+    """Plain PIL JPEG decode rate (images/s) of the split's files over ``--workers`` processes."""
+    from fasthpt.data import common
+    from fasthpt.data.manifest import load_manifest
+
+    try:
+        shards = load_manifest(args.data).wds_shards(args.split)
+    except UserError as exc:
+        return {"skipped": str(exc)}
+    samples = common.index_wds(shards)[: args.decode_images]
+    blobs = []
+    handles = {}
+    for s in samples:
+        handle = handles.setdefault(s.shard, open(shards[s.shard], "rb"))
+        blobs.append(common.read_bytes(handle, s))
+    for handle in handles.values():
+        handle.close()
+    workers = max(1, args.workers)
+    chunks = [blobs[i::workers] for i in range(workers)]
+    runs = []
+    with get_context("fork").Pool(workers) as pool:
+        pool.map(_decode_all, chunks)  # warm-up: imports, page cache
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            count = sum(pool.map(_decode_all, chunks))
+            runs.append(count / (time.perf_counter() - start))
+            progress.update(1)
+    return {"samples_per_s": statistics.median(runs), "runs": runs, "device": "cpu", "images": len(blobs)}
+
+
+def _row(args, backend: str, result: dict, sha: str) -> dict:
+    return {
+        "backend": backend, "res": args.res, "batch": args.batch, "workers": args.workers,
+        "device": result.get("device"), "samples_per_s": result.get("samples_per_s"), "runs": result.get("runs"),
+        "skipped": result.get("skipped"), "data": str(args.data), "split": args.split, "policy": args.policy,
+        "git_sha": sha, "host_cpus": os.cpu_count(), "host": platform.node(),
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def append_jsonl(path: str | Path, rows: list[dict]) -> None:
+    """Append rows, writing the whole file under a temporary name first (never a half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = path.read_text() if path.is_file() else ""
+    if old and not old.endswith("\n"):
+        old += "\n"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(old + "".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(path)
+
+
+def format_table(rows: list[dict]) -> str:
+    ceiling = next((r["samples_per_s"] for r in rows if r["backend"] == "decode" and r["samples_per_s"]), None)
+    baseline = next((r["samples_per_s"] for r in rows if r["backend"] == "torch" and r["samples_per_s"]), None)
+    lines = [f"{'backend':8} {'res':>4} {'batch':>5} {'workers':>7} {'device':>6} {'samples/s':>10} "
+             f"{'x torch':>8} {'of decode':>9}"]
+    for r in rows:
+        if r["skipped"]:
+            lines.append(f"{r['backend']:8} skipped: {r['skipped']}")
+            continue
+        rate = r["samples_per_s"]
+        speedup = f"{rate / baseline:.1f}x" if baseline and r["backend"] != "decode" else "-"
+        frac = f"{rate / ceiling:.0%}" if ceiling and r["backend"] != "decode" else "-"
+        lines.append(f"{r['backend']:8} {r['res']:>4} {r['batch']:>5} {r['workers']:>7} {r['device']:>6} "
+                     f"{rate:>10.1f} {speedup:>8} {frac:>9}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        raise UserError(f"unknown backend(s) {', '.join(unknown)}; valid: {', '.join(BACKENDS)}")
+    for key in ("res", "batch", "batches", "repeats"):
+        if getattr(args, key) < 1:
+            raise UserError(f"--{key} must be >= 1")
+    if args.warmup < 0 or args.workers < 0:
+        raise UserError("--warmup and --workers must be >= 0")
+    sha = git_sha()
+    rows = []
+    per_backend = args.warmup + args.repeats * args.batches
+    total = per_backend * len(backends) + (0 if args.no_decode else args.repeats)
+    with tqdm(total=total, desc="bench loaders", unit="batch") as progress:
+        if not args.no_decode:
+            rows.append(_row(args, "decode", measure_decode(args, progress), sha))
+        for backend in backends:
+            progress.set_postfix_str(backend)
+            result = measure_backend(args, backend, progress)
+            if "skipped" in result:
+                progress.update(per_backend)
+            rows.append(_row(args, backend, result, sha))
+    print(format_table(rows))
+    if args.json:
+        append_jsonl(args.json, rows)
+    return 0
