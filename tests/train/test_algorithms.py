@@ -1,0 +1,57 @@
+import pytest
+import torch
+
+from fasthpt.algorithms import ALGORITHMS, build_algorithms, resize_views, scale_at
+from fasthpt.errors import UserError
+from fasthpt.models.backbones import build_backbone, load_backbone, save_backbone
+
+
+def test_schedule_follows_composer_progressive_resizing():
+    assert scale_at(0.0, 0.5, 0.5, 0.2) == 0.5 and scale_at(0.49, 0.5, 0.5, 0.2) == 0.5
+    assert scale_at(0.65, 0.5, 0.5, 0.2) == pytest.approx(0.75)
+    assert scale_at(0.8, 0.5, 0.5, 0.2) == 1.0 and scale_at(1.0, 0.5, 0.5, 0.2) == 1.0
+
+
+def test_both_views_resized_to_the_same_size():
+    q, k = torch.randn(4, 3, 64, 64), torch.randn(4, 3, 64, 64)
+    rq, rk = resize_views((q, k), 0.5)
+    assert rq.shape == rk.shape == (4, 3, 32, 32)
+    # interpolation, not a crop: a constant image stays constant, a view is not swapped for the other
+    assert not torch.allclose(rq, rk)
+    const = torch.full((2, 3, 64, 64), 3.0)
+    assert torch.allclose(resize_views((const, const), 0.5)[0], torch.full((2, 3, 32, 32), 3.0))
+    same = resize_views((q, k), 1.0)
+    assert same[0] is q and same[1] is k
+
+
+def test_two_view_algorithm_on_a_composer_state():
+    from types import SimpleNamespace
+
+    from composer.core import Event
+
+    algo = build_algorithms(["progressive_resizing"])[0]
+    state = SimpleNamespace(batch=(torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)),
+                            get_elapsed_duration=lambda: 0.1)
+    assert algo.match(Event.AFTER_DATALOADER, state) and not algo.match(Event.BATCH_END, state)
+    algo.apply(Event.AFTER_DATALOADER, state, None)
+    assert state.batch[0].shape[-1] == state.batch[1].shape[-1] == 16
+
+
+def test_unknown_algorithm_is_user_error():
+    assert set(ALGORITHMS) >= {"channels_last", "blurpool", "progressive_resizing", "layer_freezing"}
+    with pytest.raises(UserError, match="valid: channels_last"):
+        build_algorithms(["turbo"])
+
+
+def test_blurpool_model_exports_torchvision_keys(tmp_path):
+    from composer.algorithms.blurpool import apply_blurpool
+
+    model = build_backbone("resnet_tiny")
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+    apply_blurpool(model, min_channels=1)
+    assert any(type(m).__name__ == "BlurConv2d" for m in model.modules())
+    save_backbone(model, tmp_path / "b.pt")
+    loaded, report = load_backbone(str(tmp_path / "b.pt"), "resnet_tiny")
+    assert report.missing == [] and report.unexpected == []
+    for key, value in loaded.state_dict().items():
+        assert torch.equal(value, reference[key]), key
