@@ -161,14 +161,36 @@ DRAW_NAMES = ("anchor", "size", "jitter", "gray", "blur", "flip", "sigma", "brig
               "saturation", "hue")
 
 
-def _reader(fn, manifest: Manifest, split: str, shard_id: int, num_shards: int, shuffle: bool, fill: int):
+def _index_count(path) -> int:
+    """Samples listed by a DALI WebDataset index: its header is 'v1.2 <count>' (wds2idx format)."""
+    with open(path) as handle:
+        header = handle.readline().split()
+    try:
+        if not header[0].startswith("v"):
+            raise ValueError(header[0])
+        return int(header[1])
+    except (IndexError, ValueError):
+        raise UserError(f"unreadable DALI index file {path}: re-run `fasthpt prep`") from None
+
+
+def _shard_files(manifest: Manifest, split: str) -> tuple[list[str], list[str]]:
+    """The split's shards and index files, checked against the manifest (before any work starts)."""
     shards = manifest.wds_shards(split)
     indexes = [p.with_suffix(".idx") for p in shards]
     missing = [str(p) for p in shards + indexes if not p.is_file()]
     if missing:
         raise UserError(f"missing WebDataset file {missing[0]} (and {len(missing) - 1} more): re-run `fasthpt prep`")
+    indexed = sum(_index_count(p) for p in indexes)
+    if indexed != manifest.count(split):  # the epoch length is computed from the manifest's count
+        raise UserError(f"{manifest.root}: manifest says {manifest.count(split)} {split} samples, the DALI index "
+                        f"files list {indexed}; re-run `fasthpt prep`")
+    return [str(p) for p in shards], [str(p) for p in indexes]
+
+
+def _reader(fn, files, shard_id: int, num_shards: int, shuffle: bool, fill: int):
+    shards, indexes = files
     return fn.readers.webdataset(
-        paths=[str(p) for p in shards], index_paths=[str(p) for p in indexes], ext=["jpg", "cls"],
+        paths=shards, index_paths=indexes, ext=["jpg", "cls"],
         missing_component_behavior="error", shard_id=shard_id, num_shards=num_shards,
         random_shuffle=shuffle, initial_fill=max(1, fill), pad_last_batch=True, stick_to_shard=True,
         name="reader",
@@ -180,14 +202,14 @@ def _norm_args(manifest: Manifest, channels_last: bool) -> dict:
     return dict(mean=manifest.mean, std=manifest.std, output_layout="HWC" if channels_last else "CHW")
 
 
-def _ssl_pipeline(manifest, split, policy, res, gpu, shard_id, num_shards, fill, channels_last, debug, **kw):
+def _ssl_pipeline(manifest, files, policy, res, gpu, shard_id, num_shards, fill, channels_last, debug, **kw):
     from nvidia.dali import pipeline_def
 
     fn, dmath, types = _dali()
 
     @pipeline_def(enable_conditionals=True, **kw)
     def ssl():
-        jpegs, labels = _reader(fn, manifest, split, shard_id, num_shards, True, fill)
+        jpegs, labels = _reader(fn, files, shard_id, num_shards, True, fill)
         images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
         shape = fn.peek_image_shape(jpegs)
         norm = _norm_args(manifest, channels_last)
@@ -208,14 +230,14 @@ def _center_anchor(fn, dmath, types, images, res: int):
     return fn.cast(half + odd * half_is_odd, dtype=types.INT32)
 
 
-def _eval_pipeline(manifest, split, res, gpu, shard_id, num_shards, channels_last, **kw):
+def _eval_pipeline(manifest, files, res, gpu, shard_id, num_shards, channels_last, **kw):
     from nvidia.dali import pipeline_def
 
     fn, dmath, types = _dali()
 
     @pipeline_def(**kw)
     def evaluation():
-        jpegs, labels = _reader(fn, manifest, split, shard_id, num_shards, False, 1)
+        jpegs, labels = _reader(fn, files, shard_id, num_shards, False, 1)
         images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
         images = fn.resize(images, resize_shorter=common.eval_resize(res), antialias=True)
         images = fn.slice(images, start=_center_anchor(fn, dmath, types, images, res), shape=[res, res], axes=[0, 1])
@@ -314,11 +336,12 @@ def build_ssl_loader(manifest: Manifest, *, split, res, batch_size, policy, work
     per_rank = common.ssl_rank_count(count, world_size)
     common.check_batch(batch_size, per_rank, drop_last, f"{split} split")
     fill = min(SHUFFLE_BUFFER, per_rank + 1)
+    files = _shard_files(manifest, split)
 
     def build(epoch):
         shard = (rank + epoch) % world_size  # rotate the data among ranks from epoch to epoch
         kw = _pipe_kwargs(batch_size, workers, device, gpu, common.epoch_seed(seed, epoch, rank) % 2**31)
-        return _ssl_pipeline(manifest, split, policy, res, gpu, shard, world_size, fill, channels_last, debug, **kw)
+        return _ssl_pipeline(manifest, files, policy, res, gpu, shard, world_size, fill, channels_last, debug, **kw)
 
     return DaliLoader(build, num_samples=per_rank, batch_size=batch_size, drop_last=drop_last, device=device,
                       channels_last=channels_last, ssl=True, debug=debug)
@@ -328,11 +351,12 @@ def build_eval_loader(manifest: Manifest, *, split, res, batch_size, workers, de
                       channels_last) -> DaliLoader:
     gpu = _on_gpu(device)
     n = _shard_size(manifest.count(split), rank, world_size)
+    files = _shard_files(manifest, split)
     common.check_batch(batch_size, n, False, f"{split} split")
 
     def build(epoch):
         kw = _pipe_kwargs(batch_size, workers, device, gpu, 0)
-        return _eval_pipeline(manifest, split, res, gpu, rank, world_size, channels_last, **kw)
+        return _eval_pipeline(manifest, files, res, gpu, rank, world_size, channels_last, **kw)
 
     return DaliLoader(build, num_samples=n, batch_size=batch_size, drop_last=False, device=device,
                       channels_last=channels_last, ssl=False)

@@ -206,3 +206,17 @@ def test_gpu_pipeline_matches_cpu_contract(tiny_data):
     ref = list(eval_loader(tiny_data, "torch", batch_size=5, workers=0))
     assert got[0][0].is_cuda and torch.equal(torch.cat([b[1] for b in got]).cpu(), torch.cat([b[1] for b in ref]))
     check_eval_matches(torch.cat([b[0] for b in got]), torch.cat([b[0] for b in ref]), tol=0.08)
+
+
+def test_index_disagreeing_with_manifest_is_a_user_error(tiny_data, tmp_path):
+    import shutil
+
+    from fasthpt.errors import UserError
+
+    copy = tmp_path / "tiny"
+    shutil.copytree(tiny_data, copy)
+    idx = next((copy / "wds").glob("train-*.idx"))
+    lines = idx.read_text().splitlines()
+    idx.write_text("\n".join([f"v1.2 {int(lines[0].split()[1]) - 1}"] + lines[1:-1]) + "\n")
+    with pytest.raises(UserError, match="index"):
+        ssl_loader(copy, "dali")
