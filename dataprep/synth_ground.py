@@ -42,8 +42,8 @@ def grass(rng: np.random.Generator, size: int) -> np.ndarray:
 
 def canopy_height(rng: np.random.Generator, size: int, crown: float) -> np.ndarray:
     """Bumpy field whose maxima are tree crowns `crown` image-units across."""
-    cells = 1.0 / crown
-    return noise(rng, size, cells)[0] + 0.45 * noise(rng, size, 2.2 * cells)[0]
+    cells = min(1.0 / crown, size / 3.0)  # a crown narrower than ~3 px would only alias
+    return noise(rng, size, cells)[0] + 0.45 * noise(rng, size, min(2.2 * cells, size / 2.5))[0]
 
 
 def canopy(rng: np.random.Generator, size: int, crown: float, sun: float) -> np.ndarray:

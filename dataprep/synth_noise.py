@@ -48,11 +48,15 @@ def noise(rng: np.random.Generator, size: int, cells: float, channels: int = 1) 
 
 
 def fbm(rng: np.random.Generator, size: int, cells: float, octaves: int | None = None,
-        persistence: float = 0.5, channels: int = 1) -> np.ndarray:
+        persistence: float = 0.5, channels: int = 1, finest_px: float = 2.0) -> np.ndarray:
     """Fractal (1/f-like) noise: octaves of value noise at doubling frequency, standardised per
-    channel to mean 0, std 1 so callers can threshold it at a chosen coverage."""
-    if octaves is None:  # stop when the finest octave reaches ~2 px
-        octaves = max(1, int(np.log2(max(size / 2.0, 1.0) / max(cells, 1.0))) + 1)
+    channel to mean 0, std 1 so callers can threshold it at a chosen coverage.
+
+    Without `octaves`, octaves stop when features reach `finest_px` pixels. Fields that are
+    hill-shaded need finest_px >= 6: value noise has zero slope at every lattice node, and the
+    gradient of a fine octave shows that lattice as a grid of dots."""
+    if octaves is None:
+        octaves = max(1, int(np.log2(max(size / finest_px, 1.0) / max(cells, 1.0))) + 1)
     out = np.zeros((channels, size, size), dtype=F32)
     amp = 1.0
     for k in range(octaves):

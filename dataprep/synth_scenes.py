@@ -62,7 +62,7 @@ def cropland(rng, size):
     a, fa = _cells(u, su, rng)
     b, fb = _cells(v, sv, rng)
     k = hash_index(a, b, mod=32)
-    colours = _palette(rng, CROP, 32, 0.15)
+    colours = _palette(rng, CROP, 32, 0.1)
     along = rng.random(32) < 0.5
     freq = rng.uniform(12.0, 45.0, 32)
     amp = rng.uniform(0.05, 0.3, 32)
@@ -148,18 +148,18 @@ def _road(rng, size, img):
 def residential(rng, size):
     """Street grid; rows of pitched-roof houses with shadows, lawns and garden trees."""
     u, v = _frame(rng, size, warp=rng.choice([0.0, 0.06]))
-    bu, bv = rng.uniform(0.2, 0.4), rng.uniform(0.12, 0.22)
+    bu, bv = rng.uniform(0.25, 0.5), rng.uniform(0.16, 0.28)
     a, fa = _cells(u, bu, rng)
     b, fb = _cells(v, bv, rng)
     street = rng.uniform(0.012, 0.025)
     road = soft(street - np.minimum(fa * bu, fb * bv), 0.0, 1.0 / size)
-    lot = rng.uniform(0.04, 0.08)
+    lot = rng.uniform(0.05, 0.1)
     li, lf = _cells(fa * bu, lot, rng)
     row = (fb > 0.5).astype(np.int64)
     depth = np.where(row == 1, (1.0 - fb) * bv, fb * bv) - street
-    house = soft(lot * 0.32 - np.abs(lf - 0.5) * lot, 0, 1.0 / size)
+    house = soft(lot * rng.uniform(0.3, 0.4) - np.abs(lf - 0.5) * lot, 0, 1.0 / size)
     house *= soft(depth, rng.uniform(0.008, 0.02), 1.0 / size)
-    house *= soft(rng.uniform(0.03, 0.045) - depth, 0, 1.0 / size)
+    house *= soft(rng.uniform(0.04, 0.07) - depth, 0, 1.0 / size)
     key = hash_index(a, b, li, row, mod=64)
     house *= (rng.random(64) < 0.88)[key]
     ridge = np.where(lf > 0.5, 1.12, 0.85)[..., None]  # two roof planes, one facing the sun
@@ -238,26 +238,26 @@ def dunes(rng, size):
     crest = rng.uniform(0.6, 0.85)
     h = np.where(t < crest, t / crest, (1.0 - t) / (1.0 - crest))
     h = h * (0.6 + 0.4 * fbm(rng, size, 2.0, 2)[0]) * wave
-    light = hillshade(h * size, rng.uniform(0, 2 * np.pi), 1.2)
-    sand = g.pick(rng, SAND) * g.grain(rng, size, 0.04)
+    light = hillshade(h * size, rng.uniform(0, 2 * np.pi), rng.uniform(0.25, 0.5))
+    sand = g.pick(rng, SAND, 0.06) * g.grain(rng, size, 0.04)
     ripples = 1.0 + 0.04 * _stripes(u, np.full_like(u, rng.uniform(40, 90)), size)
-    return sand * np.clip(light * ripples, 0.3, 1.5)[..., None]
+    return sand * np.clip(light * ripples, 0.45, 1.3)[..., None]
 
 
 def snow(rng, size):
     """Snowfield or glacier: hill-shaded snow with bluish shadows, rock outcrops, crevasses."""
-    h = fbm(rng, size, rng.uniform(1.5, 4.0), persistence=0.55)[0]
-    light = hillshade(h * size / 8, rng.uniform(0, 2 * np.pi), 1.0)
+    h = fbm(rng, size, rng.uniform(1.5, 4.0), persistence=0.55, finest_px=6.0)[0]
+    light = np.clip(hillshade(h * size / 8, rng.uniform(0, 2 * np.pi), 0.5), 0.4, 1.3)
     white = jitter(rng, (0.93, 0.95, 0.98), 0.04)
-    shade = jitter(rng, (0.55, 0.63, 0.78), 0.08)
-    img = g.mix(np.broadcast_to(shade, (size, size, 3)), white, np.clip(light - 0.2, 0, 1))
-    ridge = 1.0 - np.abs(noise(rng, size, rng.uniform(3, 8))[0])
-    rock = soft(ridge, rng.uniform(0.75, 1.05), 0.05)
-    img = g.mix(img, g.pick(rng, ROCK) * light[..., None], rock)
+    shade = jitter(rng, (0.6, 0.68, 0.8), 0.06)
+    img = g.mix(np.broadcast_to(shade, (size, size, 3)), white, np.clip((light - 0.4) / 0.8, 0, 1))
+    outcrop = fbm(rng, size, rng.uniform(3.0, 7.0), 3)[0]
+    rock = soft(outcrop, rng.uniform(1.0, 2.5), 0.2)
+    img = g.mix(img, g.pick(rng, ROCK) * light[..., None] * g.grain(rng, size, 0.15), rock)
     if rng.random() < 0.4:
         u, _ = _frame(rng, size, warp=0.04)
-        crack = np.clip(_stripes(u, np.full_like(u, rng.uniform(10, 25)), size), 0, 1) ** 30
-        img = img * (1.0 - 0.5 * crack[..., None])
+        crack = soft(0.12 - np.abs(_stripes(u, np.full_like(u, rng.uniform(6, 14)), size)), 0.0, 0.08)
+        img = img * (1.0 - 0.45 * crack[..., None])
     return img.astype(F32)
 
 
@@ -276,13 +276,14 @@ def meadow(rng, size):
 
 def mountain(rng, size):
     """Bare ridged relief, rock and scree, vegetation in the valleys, sometimes snow on top."""
-    r = 1.0 - np.abs(fbm(rng, size, rng.uniform(1.5, 3.5), persistence=0.55)[0])
+    r = 1.0 - np.abs(fbm(rng, size, rng.uniform(1.5, 3.5), persistence=0.55, finest_px=6.0)[0])
     h = r * r
-    light = np.clip(hillshade(h * size / 6, rng.uniform(0, 2 * np.pi), 1.0), 0.2, 1.8)
-    rock = g.pick(rng, ROCK) * g.grain(rng, size, 0.12)
-    img = g.mix(rock, g.pick(rng, g.TREE + g.GRASS), soft(np.quantile(h, 0.3) - h, 0.0, 0.05))
+    light = np.clip(hillshade(h * size / 6, rng.uniform(0, 2 * np.pi), 0.35), 0.45, 1.4)
+    rock = g.pick(rng, ROCK) * g.grain(rng, size, 0.15)
+    low = np.quantile(h, rng.uniform(0.1, 0.5)) - h + 0.15 * fbm(rng, size, 8.0, 2)[0]
+    img = g.mix(rock, g.canopy(rng, size, 0.03, rng.uniform(0, 6.3)), soft(low, 0.0, 0.08))
     if rng.random() < 0.3:
-        img = g.mix(img, np.array([0.92, 0.93, 0.96], F32), soft(h, np.quantile(h, 0.8), 0.05))
+        img = g.mix(img, np.array([0.92, 0.93, 0.96], F32), soft(h, np.quantile(h, 0.85), 0.05))
     return (img * light[..., None]).astype(F32)
 
 

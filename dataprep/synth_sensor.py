@@ -17,7 +17,7 @@ def apply_sensor(rng: np.random.Generator, img: np.ndarray, difficulty: float) -
     """Float RGB scene (S x S x 3, 0..1) -> uint8 RGB photograph."""
     size = img.shape[0]
     d = float(difficulty)
-    img = img * np.exp(rng.normal(0.0, 0.18 * d)) * np.exp(rng.normal(0.0, 0.06 * d, 3)).astype(F32)
+    img = img * np.exp(rng.normal(0.0, 0.18 * d)) * np.exp(rng.normal(0.0, 0.04 * d, 3)).astype(F32)
     img = img * _gradient(rng, size, rng.uniform(0.0, 0.35 * d))[..., None]
     img = _haze(rng, img, rng.uniform(0.0, 0.3 * d) if rng.random() < 0.5 else 0.0)
     img = blur(img.astype(F32), rng.uniform(0.2, 0.5 + 0.5 * d) * size / 64.0)

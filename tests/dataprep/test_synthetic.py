@@ -83,3 +83,74 @@ def test_bad_arguments_raise_user_error(kwargs):
 def test_index_out_of_range():
     with pytest.raises(IndexError):
         get_generator("sat", num_images=5, image_size=32).render(5)
+
+
+def _dataset(n_train: int, n_test: int, size: int):
+    import torch
+
+    gen = get_generator("sat", num_images=n_train + n_test, image_size=size, seed=0)
+    pairs = [gen.render(i) for i in range(n_train + n_test)]
+    x = torch.tensor(np.stack([p[0] for p in pairs])).permute(0, 3, 1, 2).float() / 255.0
+    y = torch.tensor([p[1] for p in pairs])
+    mean, std = x[:n_train].mean((0, 2, 3), keepdim=True), x[:n_train].std((0, 2, 3), keepdim=True)
+    x = (x - mean) / std
+    return x[:n_train], y[:n_train], x[n_train:], y[n_train:], len(gen.classes)
+
+
+def _accuracy(model, x, y) -> float:
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).float().mean().item()
+
+
+def _fit(model, x, y, steps_or_epochs: int, lr: float, batch: int | None):
+    import torch
+    import torch.nn.functional as F
+
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-4)
+    for _ in range(steps_or_epochs):
+        model.train()
+        order = torch.randperm(len(x)) if batch else torch.arange(len(x))
+        for k in range(0, len(x), batch or len(x)):
+            b = order[k:k + (batch or len(x))]
+            xb = torch.where(torch.rand(len(b), 1, 1, 1) < 0.5, x[b].flip(3), x[b]) if batch else x[b]
+            opt.zero_grad()
+            F.cross_entropy(model(xb), y[b]).backward()
+            opt.step()
+
+
+@pytest.mark.slow
+def test_sat_needs_a_cnn_linear_on_pixels_stays_far_below():
+    """The issue's learnability check: classes are learnable (a small CNN does well above chance)
+    but not trivial (logistic regression on raw pixels stays far below the CNN)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls: extra threads only contend on the shared 2 cores
+    try:
+        lin_acc, cnn_acc, n_cls = _linear_vs_cnn()
+    finally:
+        torch.set_num_threads(threads)
+    print(f"sat 32px held-out accuracy: linear {lin_acc:.3f}, cnn {cnn_acc:.3f}, chance {1 / n_cls:.3f}")
+    assert cnn_acc > 3.0 / n_cls
+    assert cnn_acc - lin_acc > 0.15
+
+
+def _linear_vs_cnn():
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    xtr, ytr, xte, yte, n_cls = _dataset(480, 240, 32)
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, n_cls))
+    _fit(linear, xtr, ytr, 300, 1e-3, batch=None)  # full-batch; it fits the train set perfectly
+
+    def block(i, o):
+        return nn.Sequential(nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU())
+
+    cnn = nn.Sequential(block(3, 16), nn.MaxPool2d(2), block(16, 32), nn.MaxPool2d(2), block(32, 32),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, n_cls))
+    _fit(cnn, xtr, ytr, 12, 3e-3, batch=64)
+    return _accuracy(linear, xte, yte), _accuracy(cnn, xte, yte), n_cls
