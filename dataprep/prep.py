@@ -230,7 +230,7 @@ def _write_formats(tmp: Path, settings: dict, records, shards, keys, progress: b
         (tmp / "ffcv").mkdir()
         for s in splits:
             write_ffcv(tmp / "ffcv" / f"{s}.beton", records[s], settings["max_res"],
-                       settings["jpeg_quality"], workers=min(2, settings["workers"]), progress=progress)
+                       settings["jpeg_quality"], progress=progress)
         files["ffcv"] = {s: f"ffcv/{s}.beton" for s in splits}
     if "wds" in settings["formats"]:
         files["wds"] = {s: [p.relative_to(tmp).as_posix() for p in shards[s]] for s in splits}
