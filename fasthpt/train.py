@@ -93,8 +93,9 @@ def batches(value: str, key: str) -> int:
     return int(t.value)
 
 
-def run_stage(cfg: RunConfig) -> dict:
-    """One MoCo-v2 / HPT run (no stages) on this process' share of the job."""
+def run_stage(cfg: RunConfig, *, callbacks: tuple = (), loader=None) -> dict:
+    """One MoCo-v2 / HPT run (no stages) on this process' share of the job. ``callbacks`` are
+    added to the Trainer's; ``loader`` replaces the one built from ``cfg.data`` (benchmarks)."""
     from composer.utils import dist
 
     from fasthpt.trainer_setup import build_trainer
@@ -105,7 +106,7 @@ def run_stage(cfg: RunConfig) -> dict:
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run / "config.yaml")
-    parts = build_trainer(cfg, _device(), resolve_precision(cfg.train.precision, _device()))
+    parts = build_trainer(cfg, _device(), resolve_precision(cfg.train.precision, _device()), callbacks=callbacks, loader=loader)
     trainer, moco, loader, stall = parts.trainer, parts.moco, parts.loader, parts.stall
     start_batch, start_sample = int(trainer.state.timestamp.batch), int(trainer.state.timestamp.sample)
     t0 = time.perf_counter()

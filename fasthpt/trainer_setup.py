@@ -128,7 +128,7 @@ def resume_path(cfg: RunConfig, folder: Path) -> str | None:
     return found[0]
 
 
-def build_trainer(cfg: RunConfig, device: str, precision: str) -> Parts:
+def build_trainer(cfg: RunConfig, device: str, precision: str, callbacks=(), loader=None) -> Parts:
     from composer import Trainer
     from composer.callbacks import SpeedMonitor
     from composer.core import DataSpec
@@ -145,7 +145,7 @@ def build_trainer(cfg: RunConfig, device: str, precision: str) -> Parts:
     batches(cfg.train.save_interval, "train.save_interval")
     algorithms = build_algorithms(list(cfg.train.algorithms))
     moco, report = build_model(cfg, device)
-    loader = build_loader(cfg, device)
+    loader = build_loader(cfg, device) if loader is None else loader
     if len(loader) == 0:
         raise UserError(f"{cfg.data.path}: fewer training images per process than data.batch_size={cfg.data.batch_size}")
     from fasthpt.models.moco import ComposerMoCo
@@ -153,7 +153,7 @@ def build_trainer(cfg: RunConfig, device: str, precision: str) -> Parts:
     model = ComposerMoCo(moco)
     spec = DataSpec(loader, num_samples=loader.num_samples, get_num_samples_in_batch=lambda b: int(b[0].shape[0]))
     stall = DataStall(window=max(1, log_every))
-    callbacks = [SetEpoch(loader), stall, SpeedMonitor(window_size=max(1, min(50, len(loader)))), NonFiniteGuard(ckpt)]
+    callbacks = [*callbacks, SetEpoch(loader), stall, SpeedMonitor(window_size=max(1, min(50, len(loader)))), NonFiniteGuard(ckpt)]
     monitor = knn_monitor(cfg, moco, device)
     if monitor is not None:
         callbacks.append(monitor)
