@@ -110,10 +110,11 @@ def resolve_backbone(backbone: str | nn.Module, arch: str | None = None, seed: i
     if spec in ("random", "none"):
         if arch is None:
             raise UserError(f"--backbone {spec} needs --arch (e.g. resnet_tiny, resnet18, resnet50)")
-        torch.manual_seed(seed)
     elif not spec.startswith("torchvision:") and not Path(spec).is_file():
         raise UserError(f"backbone checkpoint not found: {spec}")
-    module, report = load_backbone(spec, arch=arch)
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG state
+        torch.manual_seed(seed)
+        module, report = load_backbone(spec, arch=arch)
     is_file = Path(spec).is_file()
     fingerprint = sha256_file(Path(spec)) if is_file else sha256_state_dict(module)
     return Backbone(module, spec, fingerprint, getattr(report, "arch", arch))

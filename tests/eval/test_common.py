@@ -29,3 +29,15 @@ def test_in_memory_module_stays_on_its_device():
     assert bb.source == common.IN_MEMORY
     assert common.module_device(bb, "auto") == torch.device("cpu")
     assert common.module_device(bb, "cpu") == torch.device("cpu")
+
+
+def test_random_backbone_is_repeatable_per_seed_and_leaves_rng_alone():
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    a = common.resolve_backbone("random", "resnet_tiny", seed=0)
+    assert torch.equal(torch.rand(1), expected_next)  # the caller's RNG stream is untouched
+    b = common.resolve_backbone("random", "resnet_tiny", seed=0)
+    c = common.resolve_backbone("random", "resnet_tiny", seed=1)
+    assert a.fingerprint == b.fingerprint != c.fingerprint
+    assert a.arch == "resnet_tiny" and a.num_features == 256
