@@ -78,3 +78,35 @@ def test_linear_without_shards_crops_on_device(tiny_data, tiny_backbone, tmp_pat
     monkeypatch.setattr(labelled, "labelled_train_batches", forbidden)
     r = run_linear(tiny_backbone, tiny_data, iters=6, eval_every=3, cache_dir=tmp_path, **FAST)
     assert r["mode"] == "linear" and [p[0] for p in r["curve"]] == [3, 6]
+
+
+def test_labelled_subset_from_loader_is_stratified_and_repeatable(tiny_data):
+    from fasthpt.eval import common
+    from fasthpt.eval.finetune import collect_subset, stratified_ranks
+
+    ds = common.resolve_data(tiny_data)
+    per_class = ds.manifest.raw["splits"]["train"]["per_class"]
+
+    def pick(seed):
+        ranks = stratified_ranks(per_class, 10, seed)
+        return collect_subset(common.eval_loader(ds, "train", 32, 8, 0, torch.device("cpu"), "torch"), ranks)
+
+    x1, y1 = pick(3)
+    x2, y2 = pick(3)
+    x3, _ = pick(4)
+    assert sorted(torch.bincount(y1, minlength=4).tolist()) == [2, 2, 3, 3]
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert not torch.equal(x1, x3)
+
+
+@pytest.mark.gpu
+def test_protocols_on_cuda_bf16(tiny_data, tmp_path):
+    torch.manual_seed(0)
+    net = build_backbone("resnet_tiny").cuda()
+    opts = dict(FAST, device="cuda")
+    assert run_knn(net, tiny_data, k=5, cache_dir=tmp_path, **opts)["device"].startswith("cuda")
+    for precomputed in (True, False):
+        r = run_linear(net, tiny_data, iters=6, eval_every=3, precomputed=precomputed, cache_dir=tmp_path, **opts)
+        assert 0.0 <= r["top1"] <= 1.0
+    r = run_finetune(net, tiny_data, labels=12, iters=2, effective_batch=32, **opts)
+    assert 0.0 <= r["top1"] <= 1.0
