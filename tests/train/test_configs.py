@@ -1,0 +1,30 @@
+from pathlib import Path
+
+import pytest
+
+from fasthpt.config import load_config
+from fasthpt.hpt import stage_configs
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+
+
+def test_there_are_demo_and_paper_presets():
+    names = {p.stem for p in CONFIGS}
+    assert {"demo-base", "demo-hpt", "demo-hpt-bn", "demo-scratch"} <= names
+    assert {"resisc45-hpt", "resisc45-hpt-bn", "resisc45-scratch", "ucmerced-hpt", "eurosat-hpt"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_preset_loads_strictly_and_matches_its_scale(path):
+    cfg = load_config(path)
+    runs = stage_configs(cfg)
+    if path.stem.startswith("demo-"):
+        assert cfg.model.arch == "resnet_tiny" and cfg.data.res == 64
+        return
+    # The paper's recipe (HPT.md): ResNet-50, MoCo-v2 defaults, global batch 256 on 4 processes, lr 0.03.
+    assert cfg.model.arch == "resnet50" and cfg.data.res == 224 and cfg.data.batch_size * 4 == 256
+    assert (cfg.model.queue_size, cfg.model.dim, cfg.model.mlp_hidden) == (65536, 128, 2048)
+    assert cfg.optim.lr == 0.03 and cfg.data.aug.hue == 0.4
+    budgets = {r.train.max_duration for r in runs}
+    assert budgets == ({"400000ba"} if "scratch" in path.stem else {"5000ba"})
+    assert (runs[0].hpt.base == "none") == ("scratch" in path.stem)
