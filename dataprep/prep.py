@@ -12,6 +12,7 @@ import multiprocessing as mp
 import os
 import re
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -147,9 +148,13 @@ _WORKER_SOURCE = None
 _WORKER_OPTS: tuple = ()
 
 
-def _init_worker(source, max_res, quality) -> None:
+def _init_worker(source, max_res, quality, in_pool=False) -> None:
     global _WORKER_SOURCE, _WORKER_OPTS
     _WORKER_SOURCE, _WORKER_OPTS = source, (max_res, quality)
+    if in_pool:
+        # Ctrl-C is handled once, by the parent (which terminates the pool), instead of printing
+        # one KeyboardInterrupt traceback per worker.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _convert_one(i: int):
@@ -171,7 +176,7 @@ def _converted(source, order, settings):
         return
     chunk = max(1, min(32, len(order) // (workers * 8)))
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-    with ctx.Pool(workers, initializer=_init_worker, initargs=opts) as pool:
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(*opts, True)) as pool:
         yield from pool.imap(_convert_one, (int(i) for i in order), chunksize=chunk)
 
 

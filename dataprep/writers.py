@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fasthpt.errors import UserError
+
 # DALI's index format, as written by its own tool (nvidia-dali: wds2idx.py, IndexCreator):
 # first line "v1.2 <num_samples>", then one line per sample listing each component as
 # "<ext> <data offset in bytes> <size in bytes> <member name>".
@@ -147,19 +149,43 @@ def write_ffcv(path: Path, records: list[Record], max_res: int | None, jpeg_qual
     image.encode = partial(_encode_stored_jpeg, int(IMAGE_MODES["jpg"]))
     writer = DatasetWriter(str(path), {"image": image, "label": IntField()},
                            page_size=_page_size(records), num_workers=1)
-    with _ffcv_progress(f"ffcv {path.stem}", progress):
+    with _ffcv_guarded(f"ffcv {path.stem}", progress):
         writer.from_indexed_dataset(_StoredJpegs(records), chunksize=256)
 
 
 @contextmanager
-def _ffcv_progress(desc: str, enabled: bool):
-    """FFCV's writer always draws its own tqdm bar: label it, or silence it when asked."""
+def _ffcv_guarded(desc: str, progress: bool):
+    """Two patches of FFCV's writer module for the duration of one write:
+    - its tqdm bar is labelled, or silenced when asked;
+    - its wait loop (`while done != num_samples: sleep(0.1)`) would spin forever if a writer process
+      died (disk full, a bad page); the patched sleep checks the processes and raises instead."""
     import ffcv.writer
     from tqdm import tqdm
 
-    original = ffcv.writer.tqdm
-    ffcv.writer.tqdm = partial(tqdm, desc=desc, disable=not enabled, leave=False)
+    started: list = []
+    base_process, base_sleep = ffcv.writer.Process, ffcv.writer.sleep
+
+    class TrackedProcess(base_process):
+        def start(self):
+            started.append(self)
+            super().start()
+
+    def checked_sleep(seconds):
+        failed = [p.exitcode for p in started if p.exitcode not in (None, 0)]
+        if failed:
+            raise UserError(f"{desc}: FFCV's writer process failed (exit code {failed[0]}); "
+                            "see its error above (disk full?)")
+        base_sleep(seconds)
+
+    originals = {"tqdm": ffcv.writer.tqdm, "Process": base_process, "sleep": base_sleep}
+    ffcv.writer.tqdm = partial(tqdm, desc=desc, disable=not progress, leave=False)
+    ffcv.writer.Process, ffcv.writer.sleep = TrackedProcess, checked_sleep
     try:
         yield
     finally:
-        ffcv.writer.tqdm = original
+        for name, value in originals.items():
+            setattr(ffcv.writer, name, value)
+        for p in started:
+            if p.is_alive():
+                p.terminate()
+            p.join()
