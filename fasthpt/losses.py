@@ -18,8 +18,15 @@ def infonce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, t: float) -> 
     """
     if q.shape != k.shape or q.dim() != 2 or queue.dim() != 2 or queue.shape[1] != q.shape[1]:
         raise ValueError(f"infonce: q {tuple(q.shape)}, k {tuple(k.shape)}, queue {tuple(queue.shape)}")
-    pos = (q * k).sum(dim=1, keepdim=True)  # N x 1
-    neg = q @ queue.to(q.dtype).T  # N x K
-    logits = torch.cat([pos, neg], dim=1) / t
-    target = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
-    return F.cross_entropy(logits.float(), target)
+    # float32 (or wider) logits even under bf16 autocast: with t = 0.2 a logit is up to 5, and
+    # bf16's 8-bit mantissa would blur neighbouring negatives by ~0.02.
+    # bf16's 8-bit mantissa would blur neighbouring negatives by ~0.02. Autocast would recast
+    # the matmul to bf16 whatever its inputs, hence the disabled region.
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        q, k, queue = q.to(dtype), k.to(dtype), queue.to(dtype)
+        pos = (q * k).sum(dim=1, keepdim=True)  # N x 1
+        neg = q @ queue.T  # N x K
+        logits = torch.cat([pos, neg], dim=1) / t
+        target = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+        return F.cross_entropy(logits, target)

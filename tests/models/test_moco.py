@@ -93,3 +93,12 @@ def test_single_process_shuffle_and_gather_are_no_ops():
     shuffled, perm = batch_shuffle(x)
     assert perm is None and torch.equal(shuffled, x) and torch.equal(batch_unshuffle(x, perm), x)
     assert torch.equal(gather(x), x)
+
+
+def test_infonce_logits_stay_float32_under_bf16_autocast():
+    g = torch.Generator().manual_seed(3)
+    q, k, queue = (F.normalize(torch.randn(m, 32, generator=g), dim=1) for m in (6, 6, 50))
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        got = infonce(q.bfloat16(), k.bfloat16(), queue, 0.2)
+    want = infonce(q.bfloat16().float(), k.bfloat16().float(), queue, 0.2)
+    assert got.dtype == torch.float32 and torch.allclose(got, want, rtol=1e-6, atol=1e-6)
