@@ -6,6 +6,7 @@ raised before any work starts (OmegaConf structured configs in struct mode).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
@@ -17,6 +18,11 @@ from fasthpt.data.policy import AugPolicy
 from fasthpt.errors import UserError
 
 BACKENDS = ("auto", "ffcv", "dali", "torch")
+# Checked here, before any heavy import; fasthpt.models.backbones.ARCHS and
+# fasthpt.algorithms.ALGORITHMS hold the implementations (a test keeps the names in step).
+ARCH_NAMES = ("resnet_tiny", "resnet18", "resnet50")
+ALGORITHM_NAMES = ("channels_last", "blurpool", "progressive_resizing", "layer_freezing")
+_BATCHES = re.compile(r"^\d+ba$")
 
 
 @dataclass
@@ -120,9 +126,21 @@ def validate(cfg: RunConfig) -> RunConfig:
     }
     for stage in cfg.stages:
         choices[f"stages.{stage.name}.mode"] = (stage.mode, ("full", "bn"))
+    choices["model.arch"] = (cfg.model.arch, ARCH_NAMES)
+    for i, name in enumerate(cfg.train.algorithms):
+        choices[f"train.algorithms[{i}]"] = (name, ALGORITHM_NAMES)
     for key, (value, valid) in choices.items():
         if value not in valid:
             raise UserError(f"config key {key!r} is {value!r}; valid: {', '.join(valid)}")
+    durations = {"train.max_duration": cfg.train.max_duration, "train.save_interval": cfg.train.save_interval,
+                 "train.log_interval": cfg.train.log_interval, "train.knn_interval": cfg.train.knn_interval,
+                 "optim.warmup": cfg.optim.warmup}
+    durations.update({f"stages.{s.name}.max_duration": s.max_duration for s in cfg.stages})
+    for key, value in durations.items():
+        if not _BATCHES.match(str(value)):
+            raise UserError(f"config key {key!r} is {value!r}; give a number of batches, e.g. '5000ba'")
+    if not 0 <= cfg.hpt.freeze_stages <= 4:
+        raise UserError(f"config key 'hpt.freeze_stages' must be in 0..4, got {cfg.hpt.freeze_stages}")
     for key, value in (("data.res", cfg.data.res), ("data.batch_size", cfg.data.batch_size)):
         if value <= 0:
             raise UserError(f"config key {key!r} must be positive, got {value}")

@@ -28,3 +28,25 @@ def test_preset_loads_strictly_and_matches_its_scale(path):
     budgets = {r.train.max_duration for r in runs}
     assert budgets == ({"400000ba"} if "scratch" in path.stem else {"5000ba"})
     assert (runs[0].hpt.base == "none") == ("scratch" in path.stem)
+
+
+def test_config_name_lists_match_the_implementations():
+    from fasthpt.algorithms import ALGORITHMS
+    from fasthpt.config import ALGORITHM_NAMES, ARCH_NAMES
+    from fasthpt.models.backbones import ARCHS
+
+    assert set(ARCH_NAMES) == set(ARCHS) and set(ALGORITHM_NAMES) == set(ALGORITHMS)
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("train.algorithms=[turbo]", "train.algorithms[0]"),
+    ("model.arch=vit", "model.arch"),
+    ("train.max_duration=5000", "train.max_duration"),
+    ("train.knn_interval=1ep", "train.knn_interval"),
+    ("hpt.freeze_stages=5", "hpt.freeze_stages"),
+])
+def test_bad_values_fail_before_any_work(override, needle):
+    from fasthpt.errors import UserError
+
+    with pytest.raises(UserError, match=needle.replace("[", r"\[").replace("]", r"\]")):
+        load_config(None, [override])
