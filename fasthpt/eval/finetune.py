@@ -153,6 +153,8 @@ def finetune(
         for _ in range(accum):
             idx = next(idx_stream)
             x = random_resized_crop_flip(images[idx].to(device).float(), res, generator=gen)
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
             with common.autocast(device):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), labels[idx].to(device)) / accum
@@ -188,7 +190,10 @@ def run_finetune(
     ranks = stratified_ranks([int(n) for n in per_class], labels, seed)
     bb = common.resolve_backbone(backbone, arch, seed)
     dev = common.module_device(bb, device)
-    module = copy.deepcopy(bb.module) if bb.source == common.IN_MEMORY else bb.module
+    work = bb
+    if bb.source == common.IN_MEMORY:  # fine-tune a copy: the caller's model stays as it was
+        work = common.Backbone(copy.deepcopy(bb.module), "<copy>", bb.fingerprint, bb.arch)
+    module = common.place(work, dev)
     src = common.source_res(res)
     train_loader = common.eval_loader(ds, "train", src, batch_size, workers, dev, backend)
     images, targets = collect_subset(train_loader, ranks, progress)

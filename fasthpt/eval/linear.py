@@ -183,7 +183,7 @@ def run_linear(
             train_x, train_y, _ = common.cached_features(bb, ds, "train", **feats)
             batches = feature_batches(train_x, train_y, batch_size, gen)
         else:
-            batches = augmented_batches(ds, bb.module.to(dev), res=res, batch_size=batch_size, workers=workers,
+            batches = augmented_batches(ds, common.place(bb, dev), res=res, batch_size=batch_size, workers=workers,
                                         device=dev, backend=backend, seed=seed, generator=gen)
         eff_lr = lr * batch_size / PAPER_BATCH
         t_train = time.perf_counter()
