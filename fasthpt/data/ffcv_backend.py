@@ -1,0 +1,214 @@
+"""`ffcv` backend: the .beton files through FFCV, two views from ONE decode, compiled augmentations.
+
+SSL pipeline ('image' field): TwoViewCropDecoder -> TwoViewAugment (ffcv_ops.py), both numba-compiled
+and parallel over the batch with FFCV's own iterator; the label field is not read. Where the views go:
+- CPU device: the augmentation writes normalised float32 straight into FFCV's batch slot, already in
+  the final layout (channels_last or NCHW), so the loader yields views of it with no copy. Like
+  FFCV's own CPU pipelines, a batch stays valid until ``BATCHES_AHEAD + 1`` further batches are
+  drawn: clone it to keep it longer.
+- CUDA device: the slot holds uint8 views (4x fewer bytes over PCIe, page-locked by FFCV when CUDA is
+  present); they are normalised on the device.
+Eval pipeline: FFCV's CenterCropRGBImageDecoder (crop 224/256 of the shorter side, resize to res:
+the paper's resize 256 / center-crop 224, scaled) + IntDecoder; normalised on the device.
+
+Sharding and epoch length follow fasthpt.data.common (one rule for every backend), through a
+TraversalOrder of our own: it needs neither torch.distributed nor FFCV's distributed mode.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fasthpt.data import common
+from fasthpt.data.manifest import Manifest
+from fasthpt.data.policy import AugPolicy
+from fasthpt.errors import UserError
+
+BACKEND = "ffcv"
+BATCHES_AHEAD = 3  # FFCV's default prefetch depth
+
+
+def _ffcv():
+    try:
+        import ffcv.loader  # noqa: F401
+
+        from fasthpt.data import ffcv_ops
+    except ImportError as exc:
+        raise UserError(f"the ffcv backend needs ffcv 1.0.2 (pip install ffcv==1.0.2; `make setup`): {exc}") from None
+    return ffcv_ops
+
+
+def _beton(manifest: Manifest, split: str) -> Path:
+    path = manifest.ffcv_path(split)
+    if not path.is_file():
+        raise UserError(f"missing FFCV file {path}: re-run `fasthpt prep` with --formats including ffcv")
+    return path
+
+
+def _rank_order(indices_for_epoch):
+    """A TraversalOrder class returning this rank's sample indices for an epoch."""
+    from ffcv.traversal_order.base import TraversalOrder
+
+    class RankOrder(TraversalOrder):
+        def sample_order(self, epoch: int) -> np.ndarray:
+            return np.asarray(indices_for_epoch(epoch), dtype=np.int64)
+
+    return RankOrder
+
+
+def _ffcv_loader(path, batch_size, workers, indices_for_epoch, pipelines, drop_last):
+    from ffcv.loader import Loader, OrderOption
+
+    try:
+        loader = Loader(str(path), batch_size=batch_size, num_workers=workers if workers > 0 else -1,
+                        os_cache=True, order=OrderOption.SEQUENTIAL, pipelines=pipelines, drop_last=drop_last,
+                        batches_ahead=BATCHES_AHEAD)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read FFCV file {path}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
+    # FFCV 1.0.2's Loader rejects TraversalOrder classes (it tests isinstance on the class and then
+    # calls the instance), so the order is swapped in after construction.
+    loader.traversal_order = _rank_order(indices_for_epoch)(loader)
+    loader.first_traversal_order = loader.next_traversal_order()
+    return loader
+
+
+def _normalizer(manifest: Manifest, device: torch.device):
+    mean = torch.tensor(manifest.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    inv_std = 1.0 / torch.tensor(manifest.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    return mean, inv_std
+
+
+def _nhwc_u8_to_float(x: torch.Tensor, mean, inv_std, channels_last: bool) -> torch.Tensor:
+    """uint8 N x H x W x 3 (any device) -> normalised float32 N x 3 x H x W."""
+    x = x.permute(0, 3, 1, 2).float()  # keeps the NHWC strides: channels_last
+    x = x.sub_(mean).mul_(inv_std)
+    return x if channels_last else x.contiguous()
+
+
+class FFCVSSLLoader:
+    """Two-view SSL loader: yields (view_q, view_k) float32 N x 3 x res x res on ``device``."""
+
+    backend = BACKEND
+
+    def __init__(self, manifest: Manifest, *, split, res, batch_size, policy: AugPolicy, workers, device,
+                 seed, rank, world_size, drop_last, channels_last, layout=None):
+        ops = _ffcv()
+        from fasthpt.data import ffcv_kernels as K
+
+        policy.validate()
+        self.res, self.device, self.channels_last = int(res), torch.device(device), channels_last
+        self.seed, self.rank, self.world_size = int(seed), rank, world_size
+        count = manifest.count(split)
+        self._per_rank = common.ssl_rank_count(count, world_size)
+        common.check_batch(batch_size, self._per_rank, drop_last, f"{manifest.root} {split}")
+        self.batch_size, self.drop_last = batch_size, drop_last
+        if layout is None:
+            layout = K.OUT_U8 if self.device.type == "cuda" else (K.OUT_HWC if channels_last else K.OUT_CHW)
+        self.layout = layout
+        self._K, self._ops = K, ops
+        self.key = ops.EpochKey(seed)
+        self._mean, self._inv_std = _normalizer(manifest, self.device)
+        from ffcv.pipeline import PipelineSpec
+
+        augment = ops.TwoViewAugment(res, policy, self.key, manifest.mean, manifest.std, layout)
+        spec = PipelineSpec("image", decoder=ops.TwoViewCropDecoder(res, policy, self.key), transforms=[augment])
+        pipelines = {"image": spec, "label": None}
+        order = lambda e: common.ssl_rank_indices(count, rank, world_size, self.seed, e).numpy()  # noqa: E731
+        self._loader = _ffcv_loader(_beton(manifest, split), batch_size, workers, order, pipelines, drop_last)
+        self.epoch = 0
+
+    @property
+    def num_samples(self) -> int:
+        return len(self) * self.batch_size if self.drop_last else self._per_rank
+
+    def __len__(self) -> int:
+        return common.num_batches(self._per_rank, self.batch_size, self.drop_last)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        # Without set_epoch, successive passes are successive epochs (as FFCV's own Loader does).
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        self.key.set_epoch(epoch)
+        self._loader.next_epoch = epoch
+        for (batch,) in self._loader:
+            yield self._to_views(batch)
+
+    def _to_views(self, batch: np.ndarray):
+        q, k = self._ops.split_views(batch, self.res, self.layout)
+        views = []
+        for v in (q, k):
+            t = torch.from_numpy(v)
+            if self.layout == self._K.OUT_U8:
+                t = _nhwc_u8_to_float(t.to(self.device, non_blocking=True), self._mean, self._inv_std,
+                                      self.channels_last)
+            elif self.layout == self._K.OUT_HWC:
+                t = t.permute(0, 3, 1, 2).to(self.device, non_blocking=True)
+                t = t if self.channels_last else t.contiguous()
+            else:
+                t = t.to(self.device, non_blocking=True)
+                t = t.contiguous(memory_format=torch.channels_last) if self.channels_last else t
+            views.append(t)
+        return views[0], views[1]
+
+
+class FFCVEvalLoader:
+    """Eval loader: yields (images float32 N x 3 x res x res normalised, labels int64) on ``device``."""
+
+    backend = BACKEND
+
+    def __init__(self, manifest: Manifest, *, split, res, batch_size, workers, device, rank, world_size,
+                 channels_last):
+        _ffcv()
+        from ffcv.fields.basics import IntDecoder
+        from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
+
+        self.device, self.channels_last, self.batch_size = torch.device(device), channels_last, batch_size
+        count = manifest.count(split)
+        indices = common.eval_rank_indices(count, rank, world_size).numpy()
+        self._count = len(indices)
+        if self._count == 0:
+            raise UserError(f"{manifest.root} {split}: no samples for rank {rank} of {world_size}")
+        self._mean, self._inv_std = _normalizer(manifest, self.device)
+        # Crop side = shorter side * res / round(res * 256/224): the region torchvision's
+        # Resize(round(res*256/224)) + CenterCrop(res) keeps.
+        ratio = res / common.eval_resize(res)
+        pipelines = {"image": [CenterCropRGBImageDecoder((res, res), ratio)], "label": [IntDecoder()]}
+        order = lambda e: indices  # noqa: E731
+        self._loader = _ffcv_loader(_beton(manifest, split), batch_size, workers, order, pipelines, False)
+
+    @property
+    def num_samples(self) -> int:
+        return self._count
+
+    def __len__(self) -> int:
+        return math.ceil(self._count / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:  # no shuffle: nothing depends on the epoch
+        pass
+
+    def __iter__(self):
+        for images, labels in self._loader:
+            x = torch.from_numpy(images).to(self.device, non_blocking=True)
+            x = _nhwc_u8_to_float(x, self._mean, self._inv_std, self.channels_last)
+            y = torch.from_numpy(labels).reshape(-1).to(self.device, dtype=torch.int64)
+            yield x, y
+
+
+def build_ssl_loader(manifest: Manifest, *, split: str, res: int, batch_size: int, policy: AugPolicy,
+                     workers: int, device: torch.device, seed: int, rank: int, world_size: int,
+                     drop_last: bool, channels_last: bool) -> FFCVSSLLoader:
+    return FFCVSSLLoader(manifest, split=split, res=res, batch_size=batch_size, policy=policy, workers=workers,
+                         device=device, seed=seed, rank=rank, world_size=world_size, drop_last=drop_last,
+                         channels_last=channels_last)
+
+
+def build_eval_loader(manifest: Manifest, *, split: str, res: int, batch_size: int, workers: int,
+                      device: torch.device, rank: int, world_size: int, channels_last: bool) -> FFCVEvalLoader:
+    return FFCVEvalLoader(manifest, split=split, res=res, batch_size=batch_size, workers=workers, device=device,
+                          rank=rank, world_size=world_size, channels_last=channels_last)

@@ -1,0 +1,188 @@
+"""FFCV operations for two-view SSL loading: ONE JPEG decode per image, two augmented views.
+
+Upstream FFCV 1.0.2 has no multi-view pipelines and no blur / grayscale / hue operations, so:
+- ``TwoViewCropDecoder`` (the 'image' field's decoder) decodes each JPEG once with libffcv's
+  ``imdecode`` and writes two random-resized crops (libffcv's ``resize_crop``, OpenCV INTER_AREA)
+  into a (2, res, res, 3) uint8 slot per sample;
+- ``TwoViewAugment`` applies, per view, colour jitter / grayscale / blur / flip / normalisation in
+  a few fused passes (ffcv_kernels.augment_view), parallel over the batch with FFCV's iterator.
+Both are compiled the way FFCV compiles its own operations (``Compiler.compile`` with numba,
+``Compiler.get_iterator`` -> prange). Random draws are counter-based (see ffcv_kernels) keyed by
+``EpochKey``, which the loader sets per epoch and the compiled code reads once per batch.
+
+Output of TwoViewAugment: the batch slot (count x 2 x ...) is written as if it were
+2 x count x ...: view v of sample i at [v, i], so that each view of the batch is one contiguous
+block (a valid channels_last or contiguous NCHW tensor with no copy); see ``split_views``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import replace
+
+import numpy as np
+import numba
+from numba.core.errors import NumbaWarning
+from ffcv.fields.rgb_image import IMAGE_MODES
+from ffcv.libffcv import imdecode, resize_crop
+from ffcv.pipeline.allocation_query import AllocationQuery
+from ffcv.pipeline.compiler import Compiler
+from ffcv.pipeline.operation import Operation
+
+from fasthpt.data import ffcv_kernels as K
+from fasthpt.data.policy import AugPolicy
+
+# Reading the epoch key is one object-mode call per batch (outside the parallel loop); numba warns
+# that object mode cannot run in parallel, which is the intent here.
+warnings.filterwarnings("ignore", message="Code running in object mode", category=NumbaWarning)
+
+
+class EpochKey:
+    """The random key of the current epoch, shared by the decoder and the augmentation."""
+
+    def __init__(self, seed: int):
+        self.seed = int(seed)
+        self.value = 0
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.value = int(K.epoch_key(self.seed, int(epoch)))
+
+    def get(self) -> int:
+        return self.value
+
+
+def _key_reader(key: EpochKey):
+    def read_key():
+        with numba.objmode(k="uint64"):
+            k = key.get()
+        return k
+
+    return numba.njit(read_key)
+
+
+def policy_vector(policy: AugPolicy, res: int) -> tuple[np.ndarray, int]:
+    """(cfg for K.sample_view_params, blur radius cap from AugPolicy.blur_kernel_size)."""
+    cfg = np.zeros(K.CFG_LEN, np.float64)
+    cfg[:10] = (policy.jitter_p, policy.brightness, policy.contrast, policy.saturation, policy.hue,
+                policy.gray_p, policy.blur_p, policy.blur_sigma[0], policy.blur_sigma[1], policy.flip_p)
+    cap = policy.blur_kernel_size(res, sigma=1e9)  # the cap alone: sigma so large it never binds
+    return cfg, (cap - 1) // 2
+
+
+class TwoViewCropDecoder(Operation):
+    """RGBImageField decoder: one decode, two RandomResizedCrop views -> (2, res, res, 3) uint8."""
+
+    def __init__(self, res: int, policy: AugPolicy, key: EpochKey):
+        super().__init__()
+        self.res = int(res)
+        self.scale = tuple(float(v) for v in policy.crop_scale)
+        self.log_ratio = tuple(float(np.log(v)) for v in policy.crop_ratio)
+        self.key = key
+
+    def declare_state_and_memory(self, previous_state):
+        max_w = np.uint64(self.metadata["width"].max())
+        max_h = np.uint64(self.metadata["height"].max())
+        out = (2, self.res, self.res, 3)
+        u8 = np.dtype("<u1")
+        return (replace(previous_state, jit_mode=True, shape=out, dtype=u8),
+                (AllocationQuery(out, u8), AllocationQuery((max_h * max_w * np.uint64(3),), u8)))
+
+    def generate_code(self):
+        mem_read = self.memory_read
+        my_range = Compiler.get_iterator()
+        imdecode_c = Compiler.compile(imdecode)
+        resize_crop_c = Compiler.compile(resize_crop)
+        read_key = _key_reader(self.key)
+        jpg = IMAGE_MODES["jpg"]
+        s_lo, s_hi = self.scale
+        r_lo, r_hi = self.log_ratio
+        sample_crop, view_key = K.sample_crop, K.view_key
+
+        def decode(batch_indices, my_storage, metadata, storage_state):
+            dst, tmp = my_storage
+            ekey = read_key()
+            for k in my_range(len(batch_indices)):
+                idx = batch_indices[k]
+                field = metadata[idx]
+                data = mem_read(field["data_ptr"], storage_state)
+                h = np.uint32(field["height"])
+                w = np.uint32(field["width"])
+                if field["mode"] == jpg:
+                    buf = tmp[k]
+                    imdecode_c(data, buf, h, w, h, w, 0, 0, 1, 1, False, False)
+                    img = buf[: 3 * h * w].reshape(h, w, 3)
+                else:
+                    img = data.reshape(h, w, 3)
+                for v in range(2):
+                    top, left, ch, cw = sample_crop(view_key(ekey, idx, v), int(h), int(w), s_lo, s_hi, r_lo, r_hi)
+                    resize_crop_c(img, top, top + ch, left, left + cw, dst[k, v])
+            return dst[: len(batch_indices)]
+
+        decode.is_parallel = True
+        return decode
+
+
+class TwoViewAugment(Operation):
+    """Per view: jitter (p) -> grayscale (p) -> blur (p) -> flip (p) -> normalise, fused.
+
+    layout K.OUT_HWC / K.OUT_CHW: float32 normalised with ``mean``/``std`` (0..255 units);
+    K.OUT_U8: uint8 H x W x 3, left for the device to normalise (4x fewer bytes to transfer).
+    """
+
+    def __init__(self, res: int, policy: AugPolicy, key: EpochKey, mean, std, layout: int):
+        super().__init__()
+        self.res = int(res)
+        self.cfg, self.blur_cap = policy_vector(policy, res)
+        self.key = key
+        std = np.asarray(std, np.float32)
+        self.scale = (1.0 / std).astype(np.float32)
+        self.shift = (-np.asarray(mean, np.float32) / std).astype(np.float32)
+        self.layout = int(layout)
+
+    def _view_shape(self):
+        r = self.res
+        return (3, r, r) if self.layout == K.OUT_CHW else (r, r, 3)
+
+    def declare_state_and_memory(self, previous_state):
+        assert previous_state.shape == (2, self.res, self.res, 3), previous_state.shape
+        dtype = np.dtype("<u1") if self.layout == K.OUT_U8 else np.dtype("<f4")
+        shape = (2,) + self._view_shape()
+        return replace(previous_state, jit_mode=True, shape=shape, dtype=dtype), AllocationQuery(shape, dtype)
+
+    def generate_code(self):
+        my_range = Compiler.get_iterator()
+        read_key = _key_reader(self.key)
+        res, cfg, cap, layout = self.res, self.cfg, self.blur_cap, self.layout
+        scale, shift = self.scale, self.shift
+        v0, v1, v2 = self._view_shape()
+        view_key, sample_params, augment_view = K.view_key, K.sample_view_params, K.augment_view
+
+        def augment(images, dst, indices):
+            n = images.shape[0]
+            ekey = read_key()
+            out = dst.reshape((2, n, v0, v1, v2))  # view-major: see the module docstring
+            nt = numba.get_num_threads()
+            work = np.empty((nt, 2, res, res, 3), np.float32)
+            rows = np.empty((nt, res * 3), np.float32)
+            params = np.empty((nt, K.PARAMS_LEN), np.float64)
+            for k in my_range(n):
+                t = numba.get_thread_id()
+                for v in range(2):
+                    sample_params(view_key(ekey, indices[k], v), cfg, params[t])
+                    augment_view(images[k, v], out[v, k], params[t], cap, work[t, 0], work[t, 1], rows[t],
+                                 scale, shift, layout)
+            return dst
+
+        augment.is_parallel = True
+        augment.with_indices = True
+        return augment
+
+
+def split_views(batch: np.ndarray, res: int, layout: int):
+    """The (count, 2, ...) slot written view-major -> (view_q, view_k) numpy arrays, no copy:
+    N x 3 x res x res for OUT_CHW, N x res x res x 3 otherwise."""
+    n = batch.shape[0]
+    shape = (3, res, res) if layout == K.OUT_CHW else (res, res, 3)
+    views = batch.reshape((2, n) + shape)
+    return views[0], views[1]
