@@ -2,8 +2,8 @@
 
 Everything works on square float32 fields of side S (the output resolution) in *image units*:
 coordinates run over [-0.5, 0.5), so a scene rendered at 32 px and at 256 px shows the same ground,
-only sharper. Value noise is a random lattice upsampled by two small interpolation matrices
-(``My @ grid @ Mx.T``), which costs a couple of tiny matmuls instead of per-pixel Python.
+only sharper. Value noise is a random lattice upsampled separably (rows, then columns) with smoothstep
+weights, all in whole-array numpy operations.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
+from scipy import ndimage
 
 F32 = np.float32
 
@@ -25,26 +26,30 @@ def grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _interp_matrix(size: int, cells: int, offset: float) -> np.ndarray:
-    """S x (cells+2) matrix mapping lattice values to pixels with smoothstep weights."""
+def _axis_taps(size: int, cells: int, offset: float) -> tuple[np.ndarray, np.ndarray]:
+    """For each of `size` pixels: the lattice node to its left and the smoothstep weight of the
+    node to its right (lattice of cells+2 nodes, shifted by `offset` cells)."""
     t = (np.arange(size, dtype=np.float64) + 0.5) / size * cells + offset
-    i0 = np.floor(t).astype(np.int64)
+    i0 = np.floor(t).astype(np.intp)
     f = t - i0
-    w = f * f * (3.0 - 2.0 * f)  # smoothstep: C1-continuous, hides the lattice better than linear
-    m = np.zeros((size, cells + 2), dtype=F32)
-    rows = np.arange(size)
-    m[rows, i0] = 1.0 - w
-    m[rows, i0 + 1] = w
-    return m
+    return i0, (f * f * (3.0 - 2.0 * f)).astype(F32)  # smoothstep: C1, hides the lattice better
 
 
 def noise(rng: np.random.Generator, size: int, cells: float, channels: int = 1) -> np.ndarray:
-    """Value noise, shape (channels, S, S), roughly zero-mean, features ~ S/cells pixels wide."""
+    """Value noise, shape (channels, S, S), roughly zero-mean, features ~ S/cells pixels wide.
+
+    Separable two-tap interpolation by gathers, not matmuls: O(S^2) per octave whatever the
+    lattice size, and no multi-threaded BLAS call to fight dataprep's worker processes."""
     n = max(1, int(round(cells)))
     lattice = rng.standard_normal((channels, n + 2, n + 2), dtype=F32)
-    my = _interp_matrix(size, n, rng.random())
-    mx = _interp_matrix(size, n, rng.random())
-    return my @ lattice @ mx.T
+    iy, wy = _axis_taps(size, n, rng.random())
+    ix, wx = _axis_taps(size, n, rng.random())
+    # Columns first on the small lattice, then whole contiguous rows: the big gather copies rows.
+    cols = np.take(lattice, ix, axis=2)
+    cols += (np.take(lattice, ix + 1, axis=2) - cols) * wx
+    out = np.take(cols, iy, axis=1)
+    out += (np.take(cols, iy + 1, axis=1) - out) * wy[None, :, None]
+    return out
 
 
 def fbm(rng: np.random.Generator, size: int, cells: float, octaves: int | None = None,
@@ -94,24 +99,14 @@ def shift(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
     return out
 
 
-@lru_cache(maxsize=64)
-def _blur_matrix(size: int, sigma_q: int) -> np.ndarray:
-    """S x S Gaussian blur operator (reflect at borders); sigma quantised to 0.05 px for caching."""
-    sigma = sigma_q * 0.05
-    r = np.arange(size)
-    d = r[:, None] - r[None, :]
-    k = np.exp(-0.5 * (d / sigma) ** 2)
-    k /= k.sum(axis=1, keepdims=True)  # renormalising rows keeps border brightness unbiased
-    return k.astype(F32)
-
-
 def blur(img: np.ndarray, sigma_px: float) -> np.ndarray:
-    """Separable Gaussian blur of an S x S x C image as two matmuls; no-op below 0.1 px."""
+    """Gaussian blur of an S x S x C image over its two spatial axes; no-op below 0.1 px.
+
+    scipy's C filter runs single-threaded: a matmul formulation would hand 96+ px images to a
+    multi-threaded BLAS, which thrashes when dataprep already runs one worker per core."""
     if sigma_px < 0.1:
         return img
-    k = _blur_matrix(img.shape[0], max(2, int(round(sigma_px / 0.05))))
-    chw = np.ascontiguousarray(img.transpose(2, 0, 1))
-    return np.ascontiguousarray((k @ chw @ k.T).transpose(1, 2, 0))
+    return ndimage.gaussian_filter(img, sigma=(sigma_px, sigma_px, 0.0), mode="reflect", truncate=3.0)
 
 
 def hash_index(*keys: np.ndarray, mod: int) -> np.ndarray:
