@@ -13,7 +13,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="checkpoint (fasthpt backbone.pt, torchvision state_dict, MoCo release, Composer "
                    "checkpoint) or 'random' (random init: the floor)")
     p.add_argument("--data", required=True, help="a folder written by `fasthpt prep` (holds manifest.json)")
-    p.add_argument("--arch", default=None, help="architecture when the checkpoint does not say (resnet18, resnet50, ...)")
+    p.add_argument("--arch", default=None,
+                   help="architecture (resnet_tiny, resnet18, resnet50): needed for 'random', else checked")
     p.add_argument("--res", type=int, default=64, help="eval side: resize + center crop to RES (default 64)")
     p.add_argument("--batch-size", type=int, default=None, help="per step (default: 256, finetune 64)")
     p.add_argument("--workers", type=int, default=2)

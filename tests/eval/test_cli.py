@@ -21,7 +21,8 @@ def assert_one_line(code, err, *words):
 
 
 def test_missing_data_folder(capsys, tmp_path):
-    code, err = run_cli(capsys, "knn", "--backbone", "random", "--arch", "resnet_tiny", "--data", str(tmp_path / "nope"))
+    missing = str(tmp_path / "nope")
+    code, err = run_cli(capsys, "knn", "--backbone", "random", "--arch", "resnet_tiny", "--data", missing)
     assert_one_line(code, err, "data folder not found", "nope")
 
 
@@ -48,11 +49,12 @@ def test_too_many_labels(capsys, tiny_data):
 
 def test_cli_knn_writes_one_json_line(capsys, tiny_data, tmp_path):
     out = tmp_path / "results.jsonl"
-    code = main(["eval", "knn", "--backbone", "random", "--arch", "resnet_tiny", "--data", str(tiny_data), "--res", "32",
-                 "--k", "5", "--backend", "torch", "--workers", "0", "--json", str(out), "--no-progress",
+    code = main(["eval", "knn", "--backbone", "random", "--arch", "resnet_tiny", "--data", str(tiny_data),
+                 "--res", "32", "--k", "5", "--backend", "torch", "--workers", "0", "--json", str(out), "--no-progress",
                  "--cache-dir", str(tmp_path / "cache")])
     printed = capsys.readouterr().out.strip().splitlines()
     assert code == 0 and len(printed) == 1 and printed[0].startswith("knn: top1=")
     (record,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert record["backbone"] == "random" and record["arch"] == "resnet_tiny"
-    assert record["options"]["k"] == 5 and record["top1"] == pytest.approx(float(printed[0].split("top1=")[1].split()[0]), abs=1e-4)
+    printed_top1 = float(printed[0].split("top1=")[1].split()[0])
+    assert record["options"]["k"] == 5 and record["top1"] == pytest.approx(printed_top1, abs=1e-4)
