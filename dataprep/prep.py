@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from dataprep import manifest as mf
@@ -180,49 +181,71 @@ def _converted(source, order, settings):
         yield from pool.imap(_convert_one, (int(i) for i in order), chunksize=chunk)
 
 
+class _Outputs:
+    """Parent side of the conversion pass: routes each converted image to its split, appends it to
+    that split's shards and keeps what the manifest needs (counts, sample ids, pixel sums)."""
+
+    def __init__(self, tmp: Path, num_classes: int, settings: dict):
+        self.writers = {s: ShardWriter(tmp / "wds", s, settings["shard_size"]) for s in SPLITS}
+        self.records = {s: [] for s in SPLITS}
+        self.keys = {s: [] for s in SPLITS}
+        self.per_class = {s: [0] * num_classes for s in SPLITS}
+        self.stats = mf.PixelStats()
+        self.splitter = StreamingSplit(settings["val_frac"], num_classes)
+        self.passthrough = 0
+
+    def add(self, source_key: str, label: int, result: Stored) -> None:
+        split = self.splitter.assign(label)
+        key = f"{len(self.keys[split]):07d}"  # position in the split: the same in every format
+        writer = self.writers[split]
+        self.records[split].append(writer.write(key, result.jpeg, label, result.height, result.width))
+        self.keys[split].append(source_key)
+        self.per_class[split][label] += 1
+        self.passthrough += result.passthrough
+        if split == "train":
+            self.stats.add(result.pixel_count, result.sums, result.sq_sums)
+
+    def close(self) -> dict[str, list[Path]]:
+        return {s: self.writers[s].close() for s in SPLITS}
+
+    @property
+    def count(self) -> int:
+        return sum(len(r) for r in self.records.values())
+
+    def sizes(self) -> dict:
+        hw = np.array([(r.height, r.width) for rs in self.records.values() for r in rs])
+        return {"min_hw": hw.min(0).tolist(), "max_hw": hw.max(0).tolist()}
+
+
 def _build(tmp: Path, source, settings: dict, progress: bool) -> dict:
     if len(source) == 0:
         raise UserError(f"{settings['src'] or source.name}: no image files found")
     for w in source.warnings:
         print(f"warning: {w}", file=sys.stderr)
     start = time.perf_counter()
-    writers = {s: ShardWriter(tmp / "wds", s, settings["shard_size"]) for s in SPLITS}
-    records = {s: [] for s in SPLITS}
-    keys = {s: [] for s in SPLITS}
-    per_class = {s: [0] * len(source.classes) for s in SPLITS}
+    outputs = _Outputs(tmp, len(source.classes), settings)
     skipped = list(source.skipped)
-    stats = mf.PixelStats()
-    splitter = StreamingSplit(settings["val_frac"], len(source.classes))
     order = shuffled_order(len(source), settings["seed"])
     bar = tqdm(_converted(source, order, settings), total=len(order), disable=not progress,
                desc=f"prep {source.name}", unit="img", dynamic_ncols=True)
-    passthrough = 0
     for i, label, result in bar:
         if label is None:
             skipped.append((source.key(i), result))
-            continue
-        split = splitter.assign(label)
-        key = f"{len(keys[split]):07d}"
-        records[split].append(writers[split].write(key, result.jpeg, label, result.height, result.width))
-        keys[split].append(source.key(i))
-        per_class[split][label] += 1
-        passthrough += result.passthrough
-        if split == "train":
-            stats.add(result.pixel_count, result.sums, result.sq_sums)
+        else:
+            outputs.add(source.key(i), label, result)
     bar.close()
     convert_s = time.perf_counter() - start
-    shards = {s: writers[s].close() for s in SPLITS}
-    if not records["train"]:
+    shards = outputs.close()
+    if not outputs.records["train"]:
         raise UserError(f"{settings['src'] or source.name}: no usable images "
                         f"({len(skipped)} files skipped, e.g. {_first_skip(skipped)})")
-    files = _write_formats(tmp, settings, records, shards, keys, progress)
+    files = _write_formats(tmp, settings, outputs.records, shards, outputs.keys, progress)
     total_s = time.perf_counter() - start
-    n = sum(len(r) for r in records.values())
-    summary = _summary(source, settings, per_class, skipped, n, convert_s, total_s)
-    print(summary, file=sys.stderr)
+    n = outputs.count
+    print(_summary(source, settings, outputs.per_class, skipped, n, convert_s, total_s), file=sys.stderr)
     return mf.build_manifest(
-        source=source, settings=settings, per_class=per_class, stats=stats, files=files,
-        skipped=skipped, passthrough=passthrough, sizes=_sizes(records),
+        source=source, settings=settings, per_class=outputs.per_class, stats=outputs.stats,
+        files=files, skipped=skipped, passthrough=outputs.passthrough, sizes=outputs.sizes(),
         timing={"convert_s": round(convert_s, 3), "total_s": round(total_s, 3),
                 "images_per_s": round(n / max(total_s, 1e-9), 1)},
     )
@@ -232,6 +255,9 @@ def _write_formats(tmp: Path, settings: dict, records, shards, keys, progress: b
     splits = [s for s in SPLITS if records[s]]
     files: dict = {}
     if "ffcv" in settings["formats"]:
+        # FFCV (and numba, ~4 s) is imported only now, after the pool is gone. Importing it in a
+        # thread during the conversion was tried: it starved the pool's feeder thread of the GIL
+        # (sat on 2 cores: 375 -> 132 images/s).
         (tmp / "ffcv").mkdir()
         for s in splits:
             write_ffcv(tmp / "ffcv" / f"{s}.beton", records[s], settings["max_res"],
@@ -247,11 +273,6 @@ def _write_formats(tmp: Path, settings: dict, records, shards, keys, progress: b
         (tmp / "samples" / f"{s}.txt").write_text("".join(f"{k}\n" for k in keys[s]))
     files["samples"] = {s: f"samples/{s}.txt" for s in splits}
     return files
-
-
-def _sizes(records) -> dict:
-    hw = [(r.height, r.width) for rs in records.values() for r in rs]
-    return {"min_hw": list(min(hw)), "max_hw": list(max(hw))}
 
 
 def _first_skip(skipped) -> str:

@@ -215,3 +215,12 @@ def test_natural_generator_prepares(tmp_path):
     out = prepare("natural", out=tmp_path, num_images=12, image_size=32, **FAST)
     m = load_manifest(out)
     assert sum(s["count"] for s in m.raw["splits"].values()) == 12 and m.num_classes >= 2
+
+
+def test_ffcv_only_keeps_no_shards(small_folder, tmp_path):
+    out = prepare("o", out=tmp_path, src=small_folder, formats="ffcv", workers=1, progress=False)
+    m = load_manifest(out)
+    assert m.formats == ["ffcv"] and m.ffcv_path("train").stat().st_size > 0
+    assert not (out / "wds").exists()
+    with pytest.raises(UserError, match="--formats including wds"):
+        m.wds_shards("train")
