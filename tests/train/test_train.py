@@ -34,7 +34,8 @@ def _backbone(path):
 
 
 def test_pretrain_writes_run_folder_with_knn_and_metrics(tmp_path, ssl_data):
-    cfg = _cfg(tmp_path, ssl_data, "r1", "train.max_duration=4ba", "train.knn_interval=2ba", "train.save_interval=2ba")
+    cfg = _cfg(tmp_path, ssl_data, "r1", "train.max_duration=4ba", "train.knn_interval=2ba", "train.save_interval=2ba",
+               "train.tensorboard=true")
     result = pretrain(cfg)
     run = tmp_path / "r1"
     assert result["iterations"] == 4 and result["backend"] == "torch" and result["run_dir"] == str(run)
@@ -47,6 +48,7 @@ def test_pretrain_writes_run_folder_with_knn_and_metrics(tmp_path, ssl_data):
     model, report = load_backbone(result["backbone"])
     assert report.arch == "resnet_tiny" and report.missing == []
     assert list((run / "checkpoints").glob("ep*-ba4-rank0.pt"))
+    assert list((run / "tensorboard").rglob("events.out.tfevents*"))
 
 
 class _Crash(RuntimeError):
