@@ -15,11 +15,14 @@ Speed choices (shared/notes/cpu-loader-ceiling.md: augmentation, not decode, is 
   sized by sigma: radius ceil(3 sigma), capped at ~10% of res (policy.blur_kernel_size);
 - flip, normalisation and the layout change are one ``crop_mirror_normalize`` pass.
 
-Epochs: a pipeline is built per epoch with a seed from (seed, epoch, rank), which makes
-``set_epoch`` deterministic and lets the reader's shard rotate across ranks between epochs. The
-reader pads the last batch (``pad_last_batch``) and the iterator trims the padding, so an epoch
-holds exactly ``num_samples`` samples (see common.py for the sharding rules). DALI's reader shuffles
-within a buffer (``initial_fill``), not globally: `fasthpt prep` writes shards in random order.
+Epochs: one pipeline runs consecutive epochs (no rebuild between them: at 64 px a rebuild costs as
+much as an epoch of a small dataset); its reader moves each rank to the next shard every epoch. A
+``set_epoch`` that is not the next epoch (a resume, a repeat) builds a pipeline seeded from
+(seed, epoch, rank) whose shard is (rank + epoch) mod world_size, so runs repeat exactly. The reader
+pads every shard to whole batches of the largest shard (``pad_last_batch``); the iterator runs the
+reader's epoch to its end and yields only ``num_samples`` real samples (common.py's sharding
+rules). DALI's reader shuffles within a buffer (``initial_fill``), not globally: `fasthpt prep`
+writes shards in random order.
 """
 
 from __future__ import annotations
@@ -188,11 +191,13 @@ def _shard_files(manifest: Manifest, split: str) -> tuple[list[str], list[str]]:
 
 
 def _reader(fn, files, shard_id: int, num_shards: int, shuffle: bool, fill: int):
+    # SSL (shuffle): the shard moves on by one each epoch, so ranks see different data over epochs;
+    # eval sticks to its shard, so every pass is the same.
     shards, indexes = files
     return fn.readers.webdataset(
         paths=shards, index_paths=indexes, ext=["jpg", "cls"],
         missing_component_behavior="error", shard_id=shard_id, num_shards=num_shards,
-        random_shuffle=shuffle, initial_fill=max(1, fill), pad_last_batch=True, stick_to_shard=True,
+        random_shuffle=shuffle, initial_fill=max(1, fill), pad_last_batch=True, stick_to_shard=not shuffle,
         name="reader",
     )
 
@@ -268,7 +273,7 @@ def _labels(tensor_list) -> torch.Tensor:
 
 
 class DaliLoader:
-    """Iterates one freshly built pipeline per epoch and trims the reader's padding (module doc)."""
+    """Runs one pipeline across consecutive epochs and trims the reader's padding (module doc)."""
 
     backend = BACKEND
 
@@ -277,7 +282,8 @@ class DaliLoader:
         self.device, self.channels_last, self.ssl, self.debug = device, channels_last, ssl, debug
         self._len = common.num_batches(num_samples, batch_size, drop_last)
         self.epoch = 0
-        self._ready = None  # (epoch, pipeline) built ahead, e.g. by the benchmark's warm-up
+        self._pipe = None
+        self._pipe_epoch = None  # the epoch the pipeline's reader will deliver next
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -286,33 +292,43 @@ class DaliLoader:
         return self._len
 
     def pipeline(self):
-        """The built pipeline for the current epoch (built once per epoch; building is the slow part)."""
-        if self._ready is None or self._ready[0] != self.epoch:
-            pipe = self.build(self.epoch)
-            pipe.build()
-            self._ready = (self.epoch, pipe)
-        return self._ready[1]
+        """A pipeline positioned at the start of ``self.epoch``: the running one when it has just
+        finished the previous epoch (SSL; eval repeats itself), else a new one seeded for this epoch."""
+        if self._pipe is None or self._pipe_epoch != self.epoch:
+            self._pipe = None  # release the old pipeline's threads and buffers first
+            self._pipe = self.build(self.epoch)
+            self._pipe.build()
+            self._pipe_epoch = self.epoch
+        return self._pipe
+
+    def _reader_batches(self, pipe) -> int:
+        meta = pipe.reader_meta("reader")  # every shard padded to the largest one, then to whole batches
+        return math.ceil(meta["epoch_size_padded"] // meta["number_of_shards"] / self.batch_size)
 
     def _images(self, tensor_list, n):
         x = _to_torch(tensor_list, self.device)[:n]
         return x.permute(0, 3, 1, 2) if self.channels_last else x
 
+    def _batch(self, outputs, n):
+        if not self.ssl:
+            return self._images(outputs[0], n), _labels(outputs[1])[:n].to(self.device)
+        if self.debug:
+            draws = [_to_torch(t, torch.device("cpu"))[:n] for t in outputs[3:]]
+            keys = [outputs[2][i].source_info() for i in range(n)]
+            return self._images(outputs[0], n), self._images(outputs[1], n), _labels(outputs[2])[:n], keys, draws
+        return self._images(outputs[0], n), self._images(outputs[1], n)
+
     def __iter__(self):
         pipe = self.pipeline()
-        self._ready = None  # a pipeline serves one epoch: the next iteration rebuilds
+        self._pipe_epoch = None  # mid-epoch until the reader's epoch has been run to its end
         remaining = self.num_samples
-        for _ in range(self._len):
+        for i in range(self._reader_batches(pipe)):
             outputs = pipe.run()
-            n = min(self.batch_size, remaining)
-            remaining -= n
-            if not self.ssl:
-                yield self._images(outputs[0], n), _labels(outputs[1])[:n].to(self.device)
-            elif self.debug:
-                draws = [_to_torch(t, torch.device("cpu"))[:n] for t in outputs[3:]]
-                keys = [outputs[2][i].source_info() for i in range(n)]
-                yield self._images(outputs[0], n), self._images(outputs[1], n), _labels(outputs[2])[:n], keys, draws
-            else:
-                yield self._images(outputs[0], n), self._images(outputs[1], n)
+            if i < self._len:  # batches past len() only finish the reader's epoch (padding, leftovers)
+                n = min(self.batch_size, remaining)
+                remaining -= n
+                yield self._batch(outputs, n)
+        self._pipe_epoch = self.epoch + 1 if self.ssl else self.epoch
 
 
 def _pipe_kwargs(batch_size, workers, device: torch.device, gpu: bool, seed: int) -> dict:

@@ -150,24 +150,51 @@ def test_same_seed_repeats(tiny_data):
     check_repeatable(lambda seed: ssl_loader(tiny_data, "dali", res=16, batch_size=12, seed=seed))
 
 
-def _debug_keys(tiny_data, rank, world_size, epoch=0):
+def _debug_loader(tiny_data, rank, world_size, batch_size=5):
     manifest = load_manifest(tiny_data)
-    loader = db.build_ssl_loader(manifest, split="train", res=16, batch_size=5, policy=db.AugPolicy(), workers=1,
-                                 device=torch.device("cpu"), seed=3, rank=rank, world_size=world_size,
-                                 drop_last=False, channels_last=False, debug=True)
+    return db.build_ssl_loader(manifest, split="train", res=16, batch_size=batch_size, policy=db.AugPolicy(),
+                               workers=1, device=torch.device("cpu"), seed=3, rank=rank, world_size=world_size,
+                               drop_last=False, channels_last=False, debug=True)
+
+
+def _epoch_keys(loader, epoch):
     loader.set_epoch(epoch)
-    return [key.rsplit(":", 1)[-1] for batch in loader for key in batch[3]], len(loader)
+    return [key.rsplit(":", 1)[-1] for batch in loader for key in batch[3]]
+
+
+def _debug_keys(tiny_data, rank, world_size, epoch=0):
+    loader = _debug_loader(tiny_data, rank, world_size)
+    return _epoch_keys(loader, epoch), len(loader)
 
 
 @pytest.mark.parametrize("epoch", [0, 1])
 def test_two_ranks_disjoint_and_cover(tiny_data, epoch):
+    # a fresh loader asked for `epoch` builds a pipeline seeded for that epoch
     (keys0, len0), (keys1, len1) = (_debug_keys(tiny_data, r, 2, epoch) for r in (0, 1))
     assert len0 == len1  # same number of batches on every rank
     all_keys, _ = _debug_keys(tiny_data, 0, 1)
     check_partition([keys0, keys1], all_keys, exact=True)  # 36 = 2 x 18: nothing left over
 
 
-def test_three_ranks_equal_share(tiny_data):
+def test_consecutive_epochs_partition_and_repeat(tiny_data):
+    """Consecutive epochs reuse the running pipeline: every epoch is still an exact partition, the
+    order changes between epochs, and a second run with the same seed repeats the first."""
+    all_keys, _ = _debug_keys(tiny_data, 0, 1)
+    runs = []
+    for _ in range(2):
+        loaders = [_debug_loader(tiny_data, r, 5, batch_size=3) for r in range(5)]  # 36 over 5 ranks: 7 each
+        epochs = []
+        for epoch in range(3):
+            keys = [_epoch_keys(loader, epoch) for loader in loaders]
+            assert {len(k) for k in keys} == {7}
+            check_partition(keys, all_keys, exact=False)
+            epochs.append(keys)
+        assert epochs[0] != epochs[1] != epochs[2]
+        runs.append(epochs)
+    assert runs[0] == runs[1]
+
+
+def test_five_ranks_equal_share(tiny_data):
     # 36 train samples over 5 ranks: 7 each, one sample per epoch left out, never repeated
     ranks = [_debug_keys(tiny_data, r, 5) for r in range(5)]
     assert {n for _, n in ranks} == {2} and {len(k) for k, _ in ranks} == {7}
@@ -176,7 +203,10 @@ def test_three_ranks_equal_share(tiny_data):
 
 def test_eval_loader_matches_torch_reference(tiny_data):
     manifest = load_manifest(tiny_data)
-    got = list(eval_loader(tiny_data, "dali", batch_size=5))
+    loader = eval_loader(tiny_data, "dali", batch_size=5)
+    got = list(loader)
+    again = list(loader)  # a second pass over the same (reused) pipeline is the same pass
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(got, again))
     ref = list(eval_loader(tiny_data, "torch", batch_size=5, workers=0))
     images, labels = torch.cat([b[0] for b in got]), torch.cat([b[1] for b in got])
     check_eval_labels(labels, manifest, "val")
