@@ -1,7 +1,8 @@
 """Measure `fasthpt prep` throughput; append one JSON line per case to bench/prep.jsonl.
 
 Cases (issue 4): the embedded `sat` dataset at its default size, and a folder of 256 px JPEGs
-(random 256x256 crops of scikit-image's photographs, quality 90, one class per photo). Each run is
+(random 256x256 crops of scikit-image's photographs, quality 90, one class per photo), kept at
+256 px (stored unchanged) and shrunk to 128 px (the re-encode path). Each run is
 a fresh `fasthpt prep` process (what a user pays, FFCV's ~4 s import included); the median of
 --runs runs is reported, with the decode+encode phase alone (from the manifest) beside it.
 
@@ -60,6 +61,7 @@ def run_case(args, name: str, extra: list[str]) -> dict:
         "images_per_s": round(n / statistics.median(walls), 1),
         "convert_images_per_s": round(n / statistics.median(converts), 1),
         "wall_s": [round(w, 2) for w in walls], "cpus": os.cpu_count(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),  # the machine is shared: context for the figure
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "git_sha": _git_sha(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -81,7 +83,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="prepbench-") as tmp:
         args.out = args.out or Path(tmp) / "out"
         folder = make_jpeg_folder(Path(tmp) / "jpeg256", args.jpegs)
-        results = [run_case(args, "sat", []), run_case(args, "jpeg256", ["--src", str(folder)])]
+        results = [
+            run_case(args, "sat", []),
+            # max-res 256: the JPEGs are stored unchanged (one decode each, for the statistics)
+            run_case(args, "jpeg256", ["--src", str(folder)]),
+            # max-res 128: every image is decoded, resized, re-encoded and decoded again
+            run_case(args, "jpeg256-to-128", ["--src", str(folder), "--max-res", "128"]),
+        ]
     with open(args.jsonl, "a") as f:
         for r in results:
             print(json.dumps(r))
