@@ -16,8 +16,8 @@ from dataprep.synth_noise import F32, fbm, grid, hash_index, hillshade, jitter, 
 WATER = [(0.08, 0.15, 0.25), (0.12, 0.28, 0.3), (0.2, 0.27, 0.2), (0.3, 0.28, 0.2), (0.14, 0.22, 0.4)]
 SAND = [(0.85, 0.78, 0.62), (0.78, 0.68, 0.5), (0.8, 0.58, 0.38), (0.88, 0.84, 0.72)]
 ASPHALT = [(0.3, 0.3, 0.3), (0.4, 0.4, 0.39), (0.24, 0.25, 0.27)]
-ROOF = [(0.6, 0.3, 0.22), (0.25, 0.25, 0.27), (0.5, 0.5, 0.5), (0.42, 0.32, 0.26), (0.8, 0.8, 0.8),
-        (0.45, 0.5, 0.55), (0.55, 0.4, 0.3)]
+ROOF = [(0.55, 0.32, 0.25), (0.25, 0.25, 0.27), (0.5, 0.5, 0.5), (0.42, 0.32, 0.26), (0.75, 0.75, 0.74),
+        (0.45, 0.48, 0.52), (0.52, 0.4, 0.32)]
 CROP = [(0.35, 0.5, 0.2), (0.72, 0.64, 0.4), (0.5, 0.38, 0.28), (0.22, 0.36, 0.15), (0.66, 0.6, 0.5),
         (0.45, 0.5, 0.25)]
 ROCK = [(0.42, 0.4, 0.37), (0.5, 0.42, 0.34), (0.35, 0.33, 0.32)]
@@ -55,6 +55,19 @@ def _stripes(coord: np.ndarray, freq: np.ndarray, size: int) -> np.ndarray:
     return np.sin(2.0 * np.pi * freq * coord) * fade
 
 
+def _band(dist: np.ndarray, width: float, size: int) -> np.ndarray:
+    """Anti-aliased mask of the points within width/2 of a curve (`dist`: distance to it). A band
+    thinner than a pixel is drawn one pixel wide at proportionally lower contrast (its area
+    coverage) instead of being point-sampled into dots."""
+    px = 1.0 / size
+    return soft(max(width, px) / 2.0 - dist, 0.0, px) * min(1.0, width / px)
+
+
+def _lines(coord: np.ndarray, pitch: float, width: float, size: int) -> np.ndarray:
+    """Parallel lines every `pitch` image units, `width` wide."""
+    return _band(np.abs(np.mod(coord / pitch + 0.5, 1.0) - 0.5) * pitch, width, size)
+
+
 def cropland(rng, size):
     """Rectangular parcels, each ploughed or sown in stripes at its own pitch and direction."""
     u, v = _frame(rng, size, warp=rng.uniform(0.0, 0.03))
@@ -79,7 +92,7 @@ def forest(rng, size):
     img = g.canopy(rng, size, rng.uniform(0.025, 0.07), sun)
     if rng.random() < 0.35:
         u, v = _frame(rng, size, warp=0.05)
-        track = soft(rng.uniform(0.004, 0.012) - np.abs(v - rng.uniform(-0.3, 0.3)), 0.0, 1.0 / size)
+        track = _band(np.abs(v - rng.uniform(-0.3, 0.3)), rng.uniform(0.008, 0.024), size)
         img = g.mix(img, g.soil(rng, size), track)
     return img
 
@@ -132,22 +145,24 @@ def highway(rng, size):
 
 
 def _road(rng, size, img):
+    """A straight road, single or dual carriageway, with shoulders, a dashed centre line, cars."""
     u, v = _frame(rng, size)
     d = v - rng.uniform(-0.3, 0.3)
-    half = rng.uniform(0.012, 0.03)
-    divided = rng.random() < 0.5
-    lanes = np.abs(np.abs(d) - half * 1.6) if divided else np.abs(d)
-    tarmac = soft(half - lanes, 0.0, 1.0 / size)
-    shoulder = soft(half * 1.8 - lanes, 0.0, 1.0 / size) - tarmac
-    img = g.mix(img, g.pick(rng, g.SOIL) * 1.15, np.clip(shoulder, 0, 1))
+    half = rng.uniform(0.01, 0.03)
+    lanes = np.abs(np.abs(d) - half * 1.6) if rng.random() < 0.5 else np.abs(d)
+    tarmac = _band(lanes, 2.0 * half, size)
+    shoulder = np.clip(_band(lanes, 3.4 * half, size) - tarmac, 0.0, 1.0)
+    img = g.mix(img, g.pick(rng, g.SOIL) * 1.15, shoulder)
     img = g.mix(img, g.pick(rng, ASPHALT), tarmac)
+    dashes = _band(lanes, 0.004, size) * (np.sin(2 * np.pi * u * rng.uniform(15, 30)) > 0)
+    img = g.mix(img, np.array([0.9, 0.9, 0.85], F32), dashes * tarmac)
     cars = (_stripes(u, np.full_like(u, rng.uniform(8, 20)), size * 4) > 0.93) * tarmac
-    return g.mix(img, g.pick(rng, ROOF, 0.3), cars * soft(half * 0.6 - np.abs(lanes - half * 0.4), 0, 1.0 / size))
+    return g.mix(img, g.pick(rng, ROOF, 0.3), cars * _band(np.abs(lanes - half * 0.45), half * 0.6, size))
 
 
 def residential(rng, size):
     """Street grid; rows of pitched-roof houses with shadows, lawns and garden trees."""
-    u, v = _frame(rng, size, warp=rng.choice([0.0, 0.06]))
+    u, v = _frame(rng, size, warp=rng.choice([0.0, 0.025]))
     bu, bv = rng.uniform(0.25, 0.5), rng.uniform(0.16, 0.28)
     a, fa = _cells(u, bu, rng)
     b, fb = _cells(v, bv, rng)
@@ -165,8 +180,10 @@ def residential(rng, size):
     ridge = np.where(lf > 0.5, 1.12, 0.85)[..., None]  # two roof planes, one facing the sun
     img = g.mix(_land(rng, size), g.pick(rng, g.GRASS), rng.uniform(0.0, 0.5) * np.ones_like(u))
     img = _shadow(rng, size, img, house)
-    img = g.mix(img, _palette(rng, ROOF, 64, 0.15)[key] * ridge, house)
-    return g.mix(img, g.pick(rng, ASPHALT), road)
+    img = g.mix(img, _palette(rng, ROOF, 64, 0.08)[key] * ridge, house)
+    img = g.mix(img, g.pick(rng, ASPHALT), road)
+    trees = g.tree_mask(rng, size, rng.uniform(0.05, 0.35), rng.uniform(0.025, 0.05))
+    return g.mix(_shadow(rng, size, img, trees), g.canopy(rng, size, 0.035, rng.uniform(0, 6.3)), trees)
 
 
 def _shadow(rng, size, img, mask):
@@ -225,7 +242,7 @@ def beach(rng, size):
     sea = _water(rng, size, np.clip(s / rng.uniform(0.2, 0.6), 0, 1))
     spacing = rng.uniform(0.03, 0.07)
     phase = s / spacing + 0.3 * noise(rng, size, 10)[0]
-    foam = np.exp(-s / (spacing * 3)) * np.clip(np.cos(2 * np.pi * phase), 0, 1) ** 6
+    foam = np.exp(-s / (spacing * 3)) * _lines(phase * spacing, spacing, rng.uniform(0.006, 0.015), size)
     sea = g.mix(sea, np.array([0.92, 0.93, 0.92], F32), np.clip(foam, 0, 1))
     return g.mix(img, sea, soft(s, 0.0, 1.0 / size))
 
@@ -256,8 +273,8 @@ def snow(rng, size):
     img = g.mix(img, g.pick(rng, ROCK) * light[..., None] * g.grain(rng, size, 0.15), rock)
     if rng.random() < 0.4:
         u, _ = _frame(rng, size, warp=0.04)
-        crack = soft(0.12 - np.abs(_stripes(u, np.full_like(u, rng.uniform(6, 14)), size)), 0.0, 0.08)
-        img = img * (1.0 - 0.45 * crack[..., None])
+        crack = _lines(u, rng.uniform(0.07, 0.2), rng.uniform(0.004, 0.015), size)
+        img = img * (1.0 - 0.5 * crack[..., None])
     return img.astype(F32)
 
 
@@ -269,7 +286,7 @@ def meadow(rng, size):
     img = g.mix(img, g.canopy(rng, size, 0.03, rng.uniform(0, 6.3)), trees)
     if rng.random() < 0.5:
         _, v = _frame(rng, size, warp=0.08)
-        track = soft(0.006 - np.abs(v - rng.uniform(-0.3, 0.3)), 0.0, 1.0 / size)
+        track = _band(np.abs(v - rng.uniform(-0.3, 0.3)), rng.uniform(0.006, 0.014), size)
         img = g.mix(img, g.soil(rng, size), track)
     return img
 

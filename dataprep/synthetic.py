@@ -60,7 +60,7 @@ class SatGenerator(_Base):
     """Procedural aerial land-use scenes, one class per renderer in synth_scenes.SCENES."""
 
     name = "sat"
-    version = "sat-3"
+    version = "sat-4"
     classes = list(SCENES)
 
     def render(self, i: int) -> tuple[np.ndarray, int]:

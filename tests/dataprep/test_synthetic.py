@@ -152,5 +152,5 @@ def _linear_vs_cnn():
 
     cnn = nn.Sequential(block(3, 16), nn.MaxPool2d(2), block(16, 32), nn.MaxPool2d(2), block(32, 32),
                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, n_cls))
-    _fit(cnn, xtr, ytr, 12, 3e-3, batch=64)
+    _fit(cnn, xtr, ytr, 20, 3e-3, batch=64)
     return _accuracy(linear, xte, yte), _accuracy(cnn, xte, yte), n_cls
