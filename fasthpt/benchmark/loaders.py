@@ -188,6 +188,9 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--{key} must be >= 1")
     if args.warmup < 0 or args.workers < 0:
         raise UserError("--warmup and --workers must be >= 0")
+    from fasthpt.data.manifest import load_manifest
+
+    load_manifest(args.data)  # a missing or incomplete data folder is the user's error, not a skipped row
     sha = git_sha()
     rows = []
     per_backend = args.warmup + args.repeats * args.batches
