@@ -9,13 +9,14 @@ are replicated to three channels.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
 from PIL import Image
 
 # name -> loader returning one HxW or HxWx3 uint8 array; stereo_motorcycle gives two real views.
-PHOTOS: dict[str, callable] = {
+PHOTOS: dict[str, Callable[[object], np.ndarray]] = {
     "astronaut": lambda d: d.astronaut(),
     "coffee": lambda d: d.coffee(),
     "chelsea": lambda d: d.chelsea(),

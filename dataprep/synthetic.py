@@ -80,6 +80,13 @@ class NaturalGenerator(_Base):
     def classes(self) -> list[str]:
         return list(synth_photos.available())
 
+    @property
+    def settings(self) -> dict:
+        """Adds the photo set: it follows the installed scikit-image, not only this code."""
+        import skimage
+
+        return {**super().settings, "photos": self.classes, "skimage": skimage.__version__}
+
     def render(self, i: int) -> tuple[np.ndarray, int]:
         rng = self._rng(i, salt=0x9A7)
         names = synth_photos.available()
@@ -92,7 +99,10 @@ _GENERATORS = {"sat": SatGenerator, "natural": NaturalGenerator}
 
 def get_generator(name: str, num_images: int | None = None, image_size: int | None = None,
                   seed: int = 0, difficulty: float = 1.0):
-    """The embedded dataset `name` ("sat" or "natural"); None picks the DEFAULTS."""
+    """The embedded dataset `name` ("sat" or "natural"); None picks the DEFAULTS.
+
+    `difficulty` scales the sensor nuisances of `sat` (0 clean, 1 default, up to 3); `natural`
+    photographs ignore it."""
     if name not in _GENERATORS:
         raise UserError(f"unknown embedded dataset {name!r}: choose one of {', '.join(EMBEDDED)}, "
                         "or give --src DIR")

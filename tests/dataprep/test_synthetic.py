@@ -154,3 +154,26 @@ def _linear_vs_cnn():
                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, n_cls))
     _fit(cnn, xtr, ytr, 20, 3e-3, batch=64)
     return _accuracy(linear, xte, yte), _accuracy(cnn, xte, yte), n_cls
+
+
+def test_difficulty_knob_changes_the_sensor_not_the_scene():
+    clean = get_generator("sat", num_images=24, image_size=32, difficulty=0.0)
+    harsh = get_generator("sat", num_images=24, image_size=32, difficulty=2.0)
+    diffs = [np.abs(clean.render(i)[0].astype(int) - harsh.render(i)[0].astype(int)).mean()
+             for i in range(12)]
+    assert min(diffs) > 0.5
+    assert clean.settings["difficulty"] == 0.0 and harsh.settings != clean.settings
+    with pytest.raises(UserError):
+        get_generator("sat", difficulty=-1.0)
+
+
+def test_contact_sheet_writes_one_labelled_row_per_class(tmp_path):
+    from PIL import Image
+
+    from dataprep.synth_sheet import LABEL_W, PAD, main
+
+    out = tmp_path / "sheet.png"
+    assert main(["sat", str(out), "--per-class", "2", "--image-size", "32", "--palette"]) == 0
+    n_cls = len(get_generator("sat", num_images=1, image_size=32).classes)
+    assert Image.open(out).size == (LABEL_W + 2 * (32 + PAD), n_cls * (32 + PAD))
+    assert [p.name for p in tmp_path.iterdir()] == ["sheet.png"]
