@@ -219,7 +219,12 @@ class _Outputs:
 
 def _build(tmp: Path, source, settings: dict, progress: bool) -> dict:
     if len(source) == 0:
-        raise UserError(f"{settings['src'] or source.name}: no image files found")
+        outside = [p for p, r in source.skipped if r == "not inside a class folder"]
+        where = settings["src"] or source.name
+        if outside:
+            raise UserError(f"{where}: no class folders ({len(outside)} files at the top level, e.g. "
+                            f"{outside[0]}); put the images in one sub-folder per class")
+        raise UserError(f"{where}: no image files found")
     for w in source.warnings:
         print(f"warning: {w}", file=sys.stderr)
     start = time.perf_counter()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -178,11 +177,21 @@ def test_embedded_generator_end_to_end(tmp_path, capsys):
     (["--dataset", "x", "--src", "EMPTY", "--formats", "ffcv,tfrecord"], "--formats"),
     (["--dataset", "x", "--src", "EMPTY", "--val-frac", "1.5"], "--val-frac"),
     (["--dataset", "../evil", "--src", "EMPTY"], "--dataset"),
+    (["--dataset", "x", "--src", "FLAT"], "no class folders"),
+    (["--dataset", "x", "--src", "BAD"], "no usable images (1 files skipped, e.g. cls/a.jpg: not an image"),
+    (["--dataset", "x", "--src", "NOTES.ZIP"], "not a folder, .zip or .tar archive"),
+    (["--dataset", "x", "--src", "EMPTY", "--num-images", "5"], "embedded datasets only"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     (tmp_path / "empty").mkdir()
-    argv = [str(tmp_path / "empty") if a == "EMPTY" else a for a in argv]
-    assert main(["prep", *argv, "--out", str(tmp_path / "out")]) == 2
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "a.png").write_bytes(b"not even read")
+    (tmp_path / "bad" / "cls").mkdir(parents=True)
+    (tmp_path / "bad" / "cls" / "a.jpg").write_bytes(b"\xff\xd8 corrupt")
+    (tmp_path / "notes.zip").write_text("not an archive")
+    names = ("EMPTY", "FLAT", "BAD", "NOTES.ZIP")
+    argv = [str(tmp_path / a.lower()) if a in names else a for a in argv]
+    assert main(["prep", *argv, "--out", str(tmp_path / "out"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err and err.startswith("fasthpt prep: error:")
 
