@@ -108,16 +108,26 @@ def encode_jpeg(pixels: np.ndarray, quality: int) -> bytes:
     return buf.getvalue()
 
 
+_VALUES = np.arange(256, dtype=np.int64)
+# cv2.calcHist counts in float32, exact up to 2**24 per bin; numpy's bincount beyond that.
+_CV_HIST_MAX_PIXELS = 1 << 24
+
+
+def _histogram(pixels: np.ndarray, channel: int) -> np.ndarray:
+    if pixels.shape[0] * pixels.shape[1] <= _CV_HIST_MAX_PIXELS:
+        # ~4x faster than np.bincount on a strided channel (0.13 vs 0.54 ms at 256x256x3)
+        hist = cv2.calcHist([pixels], [channel], None, [256], [0, 256]).ravel()
+        return hist.astype(np.int64)
+    return np.bincount(pixels[..., channel].ravel(), minlength=256).astype(np.int64)
+
+
 def channel_sums(pixels: np.ndarray) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
     """Exact per-channel sum and sum of squares, from 256-bin histograms (integer arithmetic)."""
-    flat = pixels.reshape(-1, 3)
-    values = np.arange(256, dtype=np.int64)
-    sums, sq = [], []
-    for c in range(3):
-        hist = np.bincount(flat[:, c], minlength=256).astype(np.int64)
-        sums.append(int(hist @ values))
-        sq.append(int(hist @ (values * values)))
-    return flat.shape[0], tuple(sums), tuple(sq)
+    pixels = np.ascontiguousarray(pixels)
+    hists = [_histogram(pixels, c) for c in range(3)]
+    sums = tuple(int(h @ _VALUES) for h in hists)
+    sq = tuple(int(h @ (_VALUES * _VALUES)) for h in hists)
+    return pixels.shape[0] * pixels.shape[1], sums, sq
 
 
 def store(decoded: Decoded, max_res: int | None, quality: int) -> Stored:

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -156,6 +157,8 @@ def _init_worker(source, max_res, quality, in_pool=False) -> None:
         # Ctrl-C is handled once, by the parent (which terminates the pool), instead of printing
         # one KeyboardInterrupt traceback per worker.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # One process per core already: OpenCV's own threads would only oversubscribe.
+        cv2.setNumThreads(1)
 
 
 def _convert_one(i: int):

@@ -186,3 +186,14 @@ def test_sources_load_identically_in_a_forked_worker(tmp_path):
         for src in (zsrc, tsrc):
             got, got_label = src.load(i)
             assert got_label == label and np.array_equal(got.pixels, ref.pixels)
+
+
+def test_channel_sums_are_exact_on_both_histogram_paths(monkeypatch):
+    import dataprep.convert as convert
+
+    img = np.random.default_rng(3).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    ref = img.reshape(-1, 3).astype(np.int64)
+    want = (ref.shape[0], tuple(ref.sum(0).tolist()), tuple((ref * ref).sum(0).tolist()))
+    assert convert.channel_sums(img) == want  # cv2.calcHist path
+    monkeypatch.setattr(convert, "_CV_HIST_MAX_PIXELS", 10)
+    assert convert.channel_sums(img) == want  # np.bincount path (very large images)
