@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from composer.algorithms import BlurPool, ChannelsLast, LayerFreezing
+from composer.algorithms import ChannelsLast, LayerFreezing
 from composer.algorithms.progressive_resizing import resize_batch
 from composer.core import Algorithm, Event, State
 from composer.loggers import Logger
@@ -66,17 +66,39 @@ class TwoViewProgressiveResizing(Algorithm):
             logger.log_metrics({"progressive_resizing/width": views[0].shape[3]})
 
 
-# name -> factory; the names are what configs list in train.algorithms.
+def apply_blurpool_moco(moco) -> None:
+    """BlurPool (Zhang 2019) on both encoders, before the optimizer exists: Composer's BlurPool
+    algorithm does its surgery at INIT and then insists that every replaced parameter is in the
+    optimizer, which the key encoder's (momentum-updated, never optimized) are not. The same
+    surgery on both keeps their parameter lists aligned for the momentum update."""
+    from composer.algorithms.blurpool import apply_blurpool
+
+    apply_blurpool(moco.encoder_q)
+    apply_blurpool(moco.encoder_k)
+
+
+# name -> Trainer algorithm factory, or None for model surgery done before the optimizer exists
+# (MODEL_SURGERY). The names are what configs list in train.algorithms.
 ALGORITHMS = {
     "channels_last": ChannelsLast,
-    "blurpool": BlurPool,  # adds blur filters: exported backbone.pt keeps the convs, not the blur
+    "blurpool": None,  # adds blur filters: exported backbone.pt keeps the convs, not the blur
     "progressive_resizing": TwoViewProgressiveResizing,
-    "layer_freezing": LayerFreezing,  # Composer warns its checkpoints cannot resume reliably
+    # Composer's: freezes the first fraction of *all* modules in order (query backbone, then its
+    # head, then the already-frozen key encoder); it warns that its checkpoints cannot resume reliably.
+    "layer_freezing": LayerFreezing,
 }
+MODEL_SURGERY = {"blurpool": apply_blurpool_moco}
 
 
 def build_algorithms(names: list[str]) -> list[Algorithm]:
+    """Trainer algorithms for ``names`` (model-surgery names are applied by ``prepare_model``)."""
     bad = [n for n in names if n not in ALGORITHMS]
     if bad:
         raise UserError(f"unknown algorithm {bad[0]!r} in train.algorithms; valid: {', '.join(ALGORITHMS)}")
-    return [ALGORITHMS[n]() for n in names]
+    return [ALGORITHMS[n]() for n in names if ALGORITHMS[n] is not None]
+
+
+def prepare_model(moco, names: list[str]) -> None:
+    for name in names:
+        if name in MODEL_SURGERY:
+            MODEL_SURGERY[name](moco)

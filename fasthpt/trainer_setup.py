@@ -45,6 +45,9 @@ def build_model(cfg: RunConfig, device: str):
             moco = nn.SyncBatchNorm.convert_sync_batchnorm(moco)
         else:
             log.warning("model.shuffle_bn=sync: SyncBatchNorm needs CUDA; using per-process BN on the CPU")
+    from fasthpt.algorithms import prepare_model
+
+    prepare_model(moco, list(cfg.train.algorithms))  # surgery before apply_mode and the optimizer
     counts = apply_mode(moco, cfg.hpt.mode, cfg.hpt.freeze_stages)
     log.info("hpt mode %s, freeze_stages %d: %s", cfg.hpt.mode, cfg.hpt.freeze_stages, counts)
     return moco, report

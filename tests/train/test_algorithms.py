@@ -55,3 +55,18 @@ def test_blurpool_model_exports_torchvision_keys(tmp_path):
     assert report.missing == [] and report.unexpected == []
     for key, value in loaded.state_dict().items():
         assert torch.equal(value, reference[key]), key
+
+
+def test_blurpool_surgery_on_both_encoders_keeps_momentum_pairs_aligned():
+    from fasthpt.algorithms import build_algorithms, prepare_model
+    from fasthpt.models.moco import MoCo
+
+    moco = MoCo(build_backbone("resnet_tiny"), dim=8, mlp_hidden=16, queue_size=16)
+    prepare_model(moco, ["blurpool"])
+    assert build_algorithms(["blurpool"]) == []  # surgery only, nothing for the Trainer
+    for encoder in (moco.encoder_q, moco.encoder_k):
+        assert any(type(m).__name__ == "BlurConv2d" for m in encoder.modules())
+    shapes = [(p.shape, q.shape) for p, q in zip(moco.encoder_k.parameters(), moco.encoder_q.parameters())]
+    assert all(a == b for a, b in shapes)
+    q, k, _ = moco(torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32))
+    assert q.shape == k.shape == (2, 8)
