@@ -95,6 +95,11 @@ def _coin(fn, types, p: float):
     return fn.random.coin_flip(probability=p, dtype=types.BOOL)
 
 
+def _uniform(fn, types, low: float, high: float):
+    """Per-sample U(low, high); a constant when the range is a point (DALI refuses empty ranges)."""
+    return fn.random.uniform(range=[low, high]) if high > low else _const(fn, types, low, types.FLOAT)
+
+
 def _resize_roi(fn, types, images, anchor, size, res: int):
     """Crop (anchor, size: (y, x), (h, w)) and resize to res x res in one pass (linear, antialiased)."""
     start = fn.cast(anchor, dtype=types.FLOAT)
@@ -143,11 +148,11 @@ def _view(fn, dmath, types, images, shape, policy: AugPolicy, res: int, norm: di
     # no colour factors (e.g. the no-color ablation): the jitter coin never lands
     jitter = _coin(fn, types, policy.jitter_p if policy.uses_color else 0.0)
     gray = _coin(fn, types, policy.gray_p)
-    factors = [fn.random.uniform(range=[max(0.0, 1 - v), 1 + v]) for v in
+    factors = [_uniform(fn, types, max(0.0, 1 - v), 1 + v) for v in
                (policy.brightness, policy.contrast, policy.saturation)]
-    factors.append(fn.random.uniform(range=[-policy.hue, policy.hue]))
+    factors.append(_uniform(fn, types, -policy.hue, policy.hue))
     blur, flip = _coin(fn, types, policy.blur_p), _coin(fn, types, policy.flip_p)
-    sigma = fn.random.uniform(range=list(policy.blur_sigma))
+    sigma = _uniform(fn, types, *policy.blur_sigma)
     if policy.uses_color or policy.gray_p > 0:  # static: the op is left out of the graph entirely
         if jitter | gray:  # DALI conditional: only the samples that drew it pay for the pass
             view = _colour(fn, dmath, types, view, factors, jitter, gray)

@@ -250,3 +250,18 @@ def test_index_disagreeing_with_manifest_is_a_user_error(tiny_data, tmp_path):
     idx.write_text("\n".join([f"v1.2 {int(lines[0].split()[1]) - 1}"] + lines[1:-1]) + "\n")
     with pytest.raises(UserError, match="index"):
         ssl_loader(copy, "dali")
+
+
+@pytest.mark.parametrize("policy", [
+    *(db.AugPolicy.preset(name) for name in ("no-color", "no-gray", "crop-only", "mocov2-hue0.1")),
+    db.AugPolicy(brightness=0, contrast=0, saturation=0, hue=0),  # jitter with nothing to jitter
+    db.AugPolicy(blur_sigma=[1.0, 1.0], crop_scale=[0.5, 0.5], crop_ratio=[1.0, 1.0]),  # point ranges
+    db.AugPolicy(jitter_p=1, gray_p=1, blur_p=1, flip_p=1),
+], ids=["no-color", "no-gray", "crop-only", "hue0.1", "zero-factors", "point-ranges", "all-on"])
+def test_policy_variants_run(tiny_data, policy):
+    q, k = next(iter(ssl_loader(tiny_data, "dali", res=16, batch_size=12, policy=policy)))
+    check_ssl_batch(q, k, load_manifest(tiny_data), batch_size=12, res=16)
+    if policy.gray_p == 1:  # every view gray: equal channels once the normalisation is undone
+        manifest = load_manifest(tiny_data)
+        pixels = q * torch.tensor(manifest.std).view(1, 3, 1, 1) + torch.tensor(manifest.mean).view(1, 3, 1, 1)
+        assert (pixels[:, 0] - pixels[:, 1]).abs().max() < 1e-2 and (pixels[:, 1] - pixels[:, 2]).abs().max() < 1e-2

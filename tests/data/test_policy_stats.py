@@ -59,7 +59,7 @@ def dali_draws(tiny_data, policy):
     return out
 
 
-POLICIES = {name: AugPolicy.preset(name) for name in ("mocov2", "crop-blur")}
+POLICIES = {name: AugPolicy.preset(name) for name in ("mocov2", "crop-blur", "no-color")}
 
 
 @pytest.mark.parametrize("preset", sorted(POLICIES))
