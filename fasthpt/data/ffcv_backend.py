@@ -76,6 +76,26 @@ def _ffcv_loader(path, batch_size, workers, indices_for_epoch, pipelines, drop_l
     return loader
 
 
+def _batches(loader):
+    """Iterate an FFCV Loader, but raise instead of hanging when its pipeline thread dies (FFCV 1.0.2's
+    EpochIterator then never posts its end marker and ``next`` would block forever)."""
+    it = iter(loader)
+    queue = it.output_queue
+    try:
+        while True:
+            with queue.not_empty:
+                while not queue._qsize() and it.is_alive():
+                    queue.not_empty.wait(0.5)
+            if not queue._qsize() and not it.is_alive():
+                raise RuntimeError("the FFCV pipeline thread stopped with an error (traceback above)")
+            try:
+                yield next(it)
+            except StopIteration:
+                return
+    finally:
+        it.close()
+
+
 def _normalizer(manifest: Manifest, device: torch.device):
     mean = torch.tensor(manifest.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     inv_std = 1.0 / torch.tensor(manifest.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
@@ -95,11 +115,12 @@ class FFCVSSLLoader:
     backend = BACKEND
 
     def __init__(self, manifest: Manifest, *, split, res, batch_size, policy: AugPolicy, workers, device,
-                 seed, rank, world_size, drop_last, channels_last, layout=None):
+                 seed, rank, world_size, drop_last, channels_last, layout=None, debug=False):
         ops = _ffcv()
         from fasthpt.data import ffcv_kernels as K
 
         policy.validate()
+        self.policy, self.debug = policy, debug
         self.res, self.device, self.channels_last = int(res), torch.device(device), channels_last
         self.seed, self.rank, self.world_size = int(seed), rank, world_size
         count = manifest.count(split)
@@ -136,8 +157,21 @@ class FFCVSSLLoader:
         epoch, self.epoch = self.epoch, self.epoch + 1
         self.key.set_epoch(epoch)
         self._loader.next_epoch = epoch
-        for (batch,) in self._loader:
-            yield self._to_views(batch)
+        order = self._loader.next_traversal_order()
+        for b, (batch,) in enumerate(_batches(self._loader)):
+            q, k = self._to_views(batch)
+            if self.debug:
+                idx = order[b * self.batch_size: b * self.batch_size + q.shape[0]]
+                yield q, k, self._draws(epoch, idx), torch.from_numpy(np.asarray(idx, dtype=np.int64))
+            else:
+                yield q, k
+
+    def _draws(self, epoch, indices):
+        """Debug mode: each sample's pair of view parameters, recomputed in Python by the same
+        kernels from the same keys as the compiled pipeline (dicts shaped like the torch backend's)."""
+        meta = self._loader.reader.metadata["f0"]
+        return [self._ops.view_draws(self.key.seed, epoch, int(i), int(meta[i]["height"]), int(meta[i]["width"]),
+                                     self.policy, self.res) for i in indices]
 
     def _to_views(self, batch: np.ndarray):
         q, k = self._ops.split_views(batch, self.res, self.layout)
@@ -193,7 +227,7 @@ class FFCVEvalLoader:
         pass
 
     def __iter__(self):
-        for images, labels in self._loader:
+        for images, labels in _batches(self._loader):
             x = torch.from_numpy(images).to(self.device, non_blocking=True)
             x = _nhwc_u8_to_float(x, self._mean, self._inv_std, self.channels_last)
             y = torch.from_numpy(labels).reshape(-1).to(self.device, dtype=torch.int64)
@@ -202,10 +236,12 @@ class FFCVEvalLoader:
 
 def build_ssl_loader(manifest: Manifest, *, split: str, res: int, batch_size: int, policy: AugPolicy,
                      workers: int, device: torch.device, seed: int, rank: int, world_size: int,
-                     drop_last: bool, channels_last: bool) -> FFCVSSLLoader:
+                     drop_last: bool, channels_last: bool, debug: bool = False) -> FFCVSSLLoader:
+    """See fasthpt.data. debug=True: batches are (view_q, view_k, draws, indices) where draws[i] is
+    the pair of parameter dicts of sample indices[i] (crop, jitter, order, factors, gray, blur, sigma, flip)."""
     return FFCVSSLLoader(manifest, split=split, res=res, batch_size=batch_size, policy=policy, workers=workers,
                          device=device, seed=seed, rank=rank, world_size=world_size, drop_last=drop_last,
-                         channels_last=channels_last)
+                         channels_last=channels_last, debug=debug)
 
 
 def build_eval_loader(manifest: Manifest, *, split: str, res: int, batch_size: int, workers: int,

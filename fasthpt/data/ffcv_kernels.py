@@ -39,14 +39,15 @@ CFG_LEN = 12
 # Layout of one view's drawn parameters (sample_view_params output).
 P_FACT = 0  # 4 factors: brightness, contrast, saturation, hue (neutral 1, 1, 1, 0 when off)
 P_ORDER = 4  # 4 slots: jitter op order (0 brightness, 1 contrast, 2 saturation, 3 hue)
-P_GRAY, P_SIGMA, P_FLIP, P_JIT = 8, 9, 10, 11  # gray 0/1, blur sigma (0: no blur), flip 0/1, jitter 0/1
-PARAMS_LEN = 12
+P_GRAY, P_SIGMA, P_FLIP, P_JIT, P_BLUR = 8, 9, 10, 11, 12  # sigma is drawn even when blur is 0
+PARAMS_LEN = 13
 # Output layouts of a view: normalised float32 H x W x 3 (channels_last), float32 3 x H x W, raw uint8 H x W x 3.
 OUT_HWC, OUT_CHW, OUT_U8 = 0, 1, 2
 
 
 @njit(**_JIT)
 def mix64(z):
+    z = np.uint64(z)
     z = (z ^ (z >> _S30)) * _M1
     z = (z ^ (z >> _S27)) * _M2
     return z ^ (z >> _S31)
@@ -55,7 +56,8 @@ def mix64(z):
 @njit(**_JIT)
 def uniform(key, n):
     """The n-th uniform double in [0, 1) of the stream ``key``."""
-    return float(mix64(key + np.uint64(n) * _GOLD) >> _S11) * _INV53
+    # Every operand is cast to uint64: numba turns mixed int64/uint64 arithmetic into float64.
+    return float(mix64(np.uint64(key) + np.uint64(n) * _GOLD) >> _S11) * _INV53
 
 
 @njit(**_JIT)
@@ -65,7 +67,7 @@ def epoch_key(seed, epoch):
 
 @njit(**_JIT)
 def view_key(ekey, sample, view):
-    return mix64(ekey ^ mix64(np.uint64(sample) * np.uint64(2) + np.uint64(view) + np.uint64(1)))
+    return mix64(np.uint64(ekey) ^ mix64(np.uint64(sample) * np.uint64(2) + np.uint64(view) + np.uint64(1)))
 
 
 @njit(**_JIT)
@@ -100,16 +102,16 @@ def sample_view_params(key, cfg, out):
 
     cfg: jitter_p, brightness, contrast, saturation, hue, gray_p, blur_p, sigma_lo, sigma_hi, flip_p.
     Jitter factors: brightness/contrast/saturation ~ U[max(0, 1-s), 1+s], hue ~ U[-h, h], applied in a
-    uniformly random order (torchvision ColorJitter.get_params).
+    uniformly random order (torchvision ColorJitter.get_params). Factors and sigma are drawn whether
+    or not their op is applied (P_JIT / P_BLUR say that), so their statistics can be checked.
     """
-    jit = uniform(key, _AUG) < cfg[0]
-    out[P_JIT] = 1.0 if jit else 0.0
+    out[P_JIT] = 1.0 if uniform(key, _AUG) < cfg[0] else 0.0
     for k in range(3):
         s = cfg[1 + k]
         lo = max(0.0, 1.0 - s)
-        out[P_FACT + k] = lo + (1.0 + s - lo) * uniform(key, _AUG + 1 + k) if jit and s > 0 else 1.0
+        out[P_FACT + k] = lo + (1.0 + s - lo) * uniform(key, _AUG + 1 + k) if s > 0 else 1.0
     h = cfg[4]
-    out[P_FACT + 3] = -h + 2.0 * h * uniform(key, _AUG + 4) if jit and h > 0 else 0.0
+    out[P_FACT + 3] = -h + 2.0 * h * uniform(key, _AUG + 4) if h > 0 else 0.0
     for k in range(4):  # Fisher-Yates shuffle of (0, 1, 2, 3)
         out[P_ORDER + k] = k
     for k in range(3, 0, -1):
@@ -118,8 +120,8 @@ def sample_view_params(key, cfg, out):
         out[P_ORDER + k] = out[P_ORDER + j]
         out[P_ORDER + j] = tmp
     out[P_GRAY] = 1.0 if uniform(key, _AUG + 9) < cfg[5] else 0.0
-    blur = uniform(key, _AUG + 10) < cfg[6]
-    out[P_SIGMA] = cfg[7] + (cfg[8] - cfg[7]) * uniform(key, _AUG + 11) if blur else 0.0
+    out[P_BLUR] = 1.0 if uniform(key, _AUG + 10) < cfg[6] else 0.0
+    out[P_SIGMA] = cfg[7] + (cfg[8] - cfg[7]) * uniform(key, _AUG + 11)
     out[P_FLIP] = 1.0 if uniform(key, _AUG + 12) < cfg[9] else 0.0
 
 
@@ -330,7 +332,7 @@ def augment_view(src, out, p, blur_cap, work, work2, row, scale, shift, layout):
     color_pass2(work, p, mean)
     flip = p[P_FLIP] > 0
     sigma = p[P_SIGMA]
-    if sigma > 0:
+    if p[P_BLUR] > 0:
         radius = min(int(math.ceil(3.0 * sigma)), blur_cap, H - 1, W - 1)
         w = gaussian_weights(sigma, radius)
         blur_rows(work, work2, w)

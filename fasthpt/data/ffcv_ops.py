@@ -61,6 +61,17 @@ def _key_reader(key: EpochKey):
     return numba.njit(read_key)
 
 
+_LIBFFCV = {}
+
+
+def _libffcv_calls():
+    """libffcv's imdecode / resize_crop compiled once per process: a fresh numba dispatcher per
+    pipeline build (what FFCV's decoders do) leaves KeyErrors in numba's finalizers when collected."""
+    if not _LIBFFCV:
+        _LIBFFCV["calls"] = (Compiler.compile(imdecode), Compiler.compile(resize_crop))
+    return _LIBFFCV["calls"]
+
+
 def policy_vector(policy: AugPolicy, res: int) -> tuple[np.ndarray, int]:
     """(cfg for K.sample_view_params, blur radius cap from AugPolicy.blur_kernel_size)."""
     cfg = np.zeros(K.CFG_LEN, np.float64)
@@ -91,8 +102,7 @@ class TwoViewCropDecoder(Operation):
     def generate_code(self):
         mem_read = self.memory_read
         my_range = Compiler.get_iterator()
-        imdecode_c = Compiler.compile(imdecode)
-        resize_crop_c = Compiler.compile(resize_crop)
+        imdecode_c, resize_crop_c = _libffcv_calls()
         read_key = _key_reader(self.key)
         jpg = IMAGE_MODES["jpg"]
         s_lo, s_hi = self.scale
@@ -186,3 +196,23 @@ def split_views(batch: np.ndarray, res: int, layout: int):
     shape = (3, res, res) if layout == K.OUT_CHW else (res, res, 3)
     views = batch.reshape((2, n) + shape)
     return views[0], views[1]
+
+
+def view_draws(seed: int, epoch: int, index: int, height: int, width: int, policy: AugPolicy, res: int):
+    """The two views' parameters of sample ``index`` in ``epoch``, as the compiled pipeline draws them."""
+    cfg, _ = policy_vector(policy, res)
+    ekey = np.uint64(K.epoch_key(seed, epoch))  # numba returns a Python int: keep it unsigned
+    lr = np.log(policy.crop_ratio)
+    pair = []
+    for v in range(2):
+        key = np.uint64(K.view_key(ekey, index, v))
+        crop = K.sample_crop(key, height, width, policy.crop_scale[0], policy.crop_scale[1], lr[0], lr[1])
+        p = np.empty(K.PARAMS_LEN)
+        K.sample_view_params(key, cfg, p)
+        pair.append({
+            "crop": tuple(int(c) for c in crop), "jitter": bool(p[K.P_JIT]),
+            "order": tuple(int(o) for o in p[K.P_ORDER:K.P_ORDER + 4]),
+            "factors": tuple(float(f) for f in p[K.P_FACT:K.P_FACT + 4]), "gray": bool(p[K.P_GRAY]),
+            "blur": bool(p[K.P_BLUR]), "sigma": float(p[K.P_SIGMA]), "flip": bool(p[K.P_FLIP]),
+        })
+    return tuple(pair)

@@ -1,0 +1,301 @@
+"""ffcv backend: compiled kernels against torchvision with fixed parameters, the random draws against
+the policy, and the loader contract (shape, normalisation, repeatability, ranks, eval).
+
+numba compiles each FFCV pipeline (a few seconds each), so loaders are session fixtures and there
+are few of them; the kernels are plain numba functions called directly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms.functional as F
+
+from checks import (
+    check_crop_areas, check_epoch, check_eval_labels, check_images, check_partition, check_policy_draws,
+    check_ssl_batch,
+)
+from fasthpt.data import ffcv_backend as fb
+from fasthpt.data import ffcv_kernels as K
+from fasthpt.data import ffcv_ops
+from fasthpt.data.manifest import load_manifest
+from fasthpt.data.policy import AugPolicy
+from fasthpt.errors import UserError
+
+# Kernels and torchvision agree to float32 rounding (measured max ~6e-7 of the 0..1 range).
+OP_TOL = 1e-5
+SIDE = 48  # tiny_data's images
+
+
+def _image(h=40, w=52, seed=0):
+    rng = np.random.default_rng(seed)
+    # smooth colour gradients plus noise: every hue sector, some saturated and some gray pixels
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([x * 255 / w, y * 255 / h, (x + y) * 127 / (w + h) + 60], -1)
+    img = np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
+    img[:4, :4] = 128  # a gray patch (hue undefined)
+    return img
+
+
+IMG = _image()
+T_IMG = torch.from_numpy(IMG).permute(2, 0, 1).float() / 255
+
+
+def _params(**kw):
+    p = np.zeros(K.PARAMS_LEN)
+    p[K.P_FACT:K.P_FACT + 4] = (1.0, 1.0, 1.0, 0.0)
+    p[K.P_ORDER:K.P_ORDER + 4] = (0, 1, 2, 3)
+    for name, value in kw.items():
+        if name == "factors":
+            p[K.P_FACT:K.P_FACT + 4] = value
+            p[K.P_JIT] = 1.0
+        elif name == "order":
+            p[K.P_ORDER:K.P_ORDER + 4] = value
+        else:
+            p[getattr(K, "P_" + name.upper())] = value
+    return p
+
+
+def _run(p, img=IMG, blur_cap=100, mean=(0.0, 0.0, 0.0), std=(255.0, 255.0, 255.0), layout=K.OUT_CHW):
+    """augment_view on one image; float layouts return 3 x H x W (0..1 units with the default mean/std)."""
+    h, w = img.shape[:2]
+    out = np.zeros((3, h, w) if layout == K.OUT_CHW else (h, w, 3), np.uint8 if layout == K.OUT_U8 else np.float32)
+    std = np.asarray(std, np.float32)
+    K.augment_view(img, out, p, blur_cap, np.empty((h, w, 3), np.float32), np.empty((h, w, 3), np.float32),
+                   np.empty(w * 3, np.float32), (1 / std).astype(np.float32),
+                   (-np.asarray(mean, np.float32) / std).astype(np.float32), layout)
+    t = torch.from_numpy(out)
+    return t if layout == K.OUT_CHW else t.permute(2, 0, 1)
+
+
+def _close(a, b, tol=OP_TOL):
+    err = (a - b).abs().max().item()
+    assert err < tol, err
+
+
+# ---------------------------------------------------------------- kernels vs torchvision, fixed params
+
+@pytest.mark.parametrize("op,factor,ref", [
+    (0, 1.3, F.adjust_brightness), (0, 0.6, F.adjust_brightness),
+    (1, 0.65, F.adjust_contrast), (1, 1.4, F.adjust_contrast),
+    (2, 1.35, F.adjust_saturation), (2, 0.6, F.adjust_saturation),
+    (3, 0.31, F.adjust_hue), (3, -0.4, F.adjust_hue), (3, 0.5, F.adjust_hue),
+])
+def test_each_jitter_op_matches_torchvision(op, factor, ref):
+    factors = [1.0, 1.0, 1.0, 0.0]
+    factors[op] = factor
+    _close(_run(_params(factors=factors)), ref(T_IMG, factor))
+
+
+@pytest.mark.parametrize("order", [(3, 1, 2, 0), (1, 0, 3, 2), (2, 3, 0, 1)])
+def test_jitter_chain_in_drawn_order(order):
+    """ColorJitter's random order, contrast anywhere in it (its mean is taken where it is applied)."""
+    factors = (1.25, 0.7, 1.3, -0.2)
+    fns = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation, F.adjust_hue)
+    ref = T_IMG
+    for op in order:
+        ref = fns[op](ref, factors[op])
+    _close(_run(_params(factors=factors, order=order)), ref)
+
+
+def test_jitter_not_applied_when_not_drawn():
+    p = _params(factors=(1.4, 1.4, 1.4, 0.3))
+    p[K.P_JIT] = 0.0
+    _close(_run(p), T_IMG, 1e-7)
+
+
+def test_grayscale_flip_and_normalisation():
+    _close(_run(_params(gray=1)), F.rgb_to_grayscale(T_IMG, 3))
+    _close(_run(_params(flip=1)), F.hflip(T_IMG), 1e-7)
+    mean, std = (120.0, 110.0, 100.0), (60.0, 58.0, 57.0)
+    ref = F.normalize(T_IMG * 255, mean, std)
+    _close(_run(_params(flip=1), mean=mean, std=std), F.hflip(ref), 1e-4)
+    hwc = _run(_params(), mean=mean, std=std, layout=K.OUT_HWC)
+    _close(hwc, ref, 1e-4)
+    u8 = _run(_params(flip=1), layout=K.OUT_U8)  # the CUDA path: raw uint8, normalised on the device
+    assert torch.equal(u8, F.hflip(torch.from_numpy(IMG).permute(2, 0, 1)))
+
+
+@pytest.mark.parametrize("sigma,res", [(0.3, 224), (1.0, 224), (2.0, 224), (2.0, 52)])
+def test_blur_matches_torchvision_with_kernel_sized_by_sigma(sigma, res):
+    policy = AugPolicy()
+    size = policy.blur_kernel_size(res, sigma)  # radius ceil(3 sigma), capped at ~10% of res
+    _, cap = ffcv_ops.policy_vector(policy, res)
+    assert 2 * cap + 1 >= size and (2 * cap + 1 == size or size == 2 * math.ceil(3 * sigma) + 1)
+    _close(_run(_params(blur=1, sigma=sigma), blur_cap=cap), F.gaussian_blur(T_IMG, [size, size], [sigma, sigma]))
+    _close(_run(_params(blur=0, sigma=sigma), blur_cap=cap), T_IMG, 1e-7)  # drawn sigma, blur not applied
+
+
+def test_full_view_in_moco_order():
+    """jitter -> gray -> blur -> flip -> normalise, as the MoCo-v2 / HPT transform list."""
+    factors, order, sigma = (0.8, 1.2, 0.7, 0.15), (2, 3, 0, 1), 1.3
+    ref = T_IMG
+    for op in order:
+        ref = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation, F.adjust_hue)[op](ref, factors[op])
+    ref = F.hflip(F.gaussian_blur(F.rgb_to_grayscale(ref, 3), [9, 9], [sigma, sigma]))
+    got = _run(_params(factors=factors, order=order, gray=1, blur=1, sigma=sigma, flip=1), blur_cap=4)
+    _close(got, ref)
+
+
+# ---------------------------------------------------------------- random draws vs the policy
+
+def _draws(policy, n=1500, seed=3, side=SIDE):
+    views = [v for i in range(n // 2) for v in ffcv_ops.view_draws(seed, 0, i, side, side, policy, 32)]
+    draws = {k: np.array([v[k] for v in views]) for k in ("jitter", "gray", "blur", "flip", "sigma")}
+    factors = np.array([v["factors"] for v in views])
+    for i, name in enumerate(("brightness", "contrast", "saturation", "hue")):
+        draws[name] = factors[:, i]
+    draws["area"] = np.array([v["crop"][2] * v["crop"][3] for v in views]) / side**2
+    draws["order"] = [v["order"] for v in views]
+    return draws
+
+
+@pytest.mark.parametrize("preset", ["mocov2", "crop-only", "no-gray"])
+def test_draws_follow_the_policy(preset):
+    policy = AugPolicy.preset(preset)
+    draws = _draws(policy)
+    check_policy_draws(draws, policy, SIDE, SIDE)
+    if policy.uses_color:  # ColorJitter's op order: all 24 permutations, none favoured
+        counts = np.unique([str(o) for o in draws["order"]], return_counts=True)[1]
+        assert len(counts) == 24 and counts.max() < 3 * counts.min()
+
+
+def test_crop_areas_on_a_non_square_image():
+    policy = AugPolicy()
+    views = [ffcv_ops.view_draws(9, 2, i, 40, 90, policy, 32)[0] for i in range(1500)]
+    crops = np.array([v["crop"] for v in views])
+    assert (crops[:, 0] + crops[:, 2] <= 40).all() and (crops[:, 1] + crops[:, 3] <= 90).all()
+    check_crop_areas(crops[:, 2] * crops[:, 3] / (40 * 90), policy, 90, 40)
+
+
+def test_draws_depend_on_seed_epoch_sample_and_view():
+    policy = AugPolicy()
+    base = ffcv_ops.view_draws(1, 0, 5, SIDE, SIDE, policy, 32)
+    assert base == ffcv_ops.view_draws(1, 0, 5, SIDE, SIDE, policy, 32)
+    assert base[0] != base[1]
+    for other in ((2, 0, 5), (1, 1, 5), (1, 0, 6)):
+        assert ffcv_ops.view_draws(*other, SIDE, SIDE, policy, 32) != base
+
+
+# ---------------------------------------------------------------- the loader
+
+def _ssl(tiny_data, **kw):
+    opts = dict(split="train", res=32, batch_size=8, policy=AugPolicy(), workers=1, device=torch.device("cpu"),
+                seed=0, rank=0, world_size=1, drop_last=True, channels_last=False)
+    opts.update(kw)
+    return fb.build_ssl_loader(load_manifest(tiny_data), **opts)
+
+
+@pytest.fixture(scope="session")
+def debug_loader(tiny_data):
+    return _ssl(tiny_data, debug=True)
+
+
+def _epoch(loader, epoch):
+    loader.set_epoch(epoch)
+    return [tuple(x.clone() if torch.is_tensor(x) else x for x in b) for b in loader]
+
+
+def test_ssl_batches_and_epoch(tiny_data, debug_loader):
+    manifest = load_manifest(tiny_data)
+    assert debug_loader.backend == "ffcv" and len(debug_loader) == 4 and debug_loader.num_samples == 32
+    for q, k, draws, idx in check_epoch(debug_loader, drop_last=True, batch_size=8):
+        check_ssl_batch(q, k, manifest, batch_size=8, res=32)
+        assert len(draws) == len(idx) == 8
+
+
+def _reference_view(img, d, policy, manifest, res):
+    """torchvision, with the drawn parameters: RandomResizedCrop -> jitter -> gray -> blur -> flip -> normalise."""
+    top, left, h, w = d["crop"]
+    x = F.resized_crop(torch.from_numpy(img).permute(2, 0, 1).float() / 255, top, left, h, w, [res, res],
+                       antialias=True)
+    if d["jitter"]:
+        for op in d["order"]:
+            x = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation, F.adjust_hue)[op](x, d["factors"][op])
+    if d["gray"]:
+        x = F.rgb_to_grayscale(x, 3)
+    if d["blur"]:
+        k = policy.blur_kernel_size(res, d["sigma"])
+        x = F.gaussian_blur(x, [k, k], [d["sigma"]] * 2)
+    if d["flip"]:
+        x = F.hflip(x)
+    return F.normalize(x * 255, manifest.mean, manifest.std)
+
+
+def _decoded_images(tiny_data):
+    """The training images exactly as FFCV decodes them (libjpeg-turbo), by FFCV's own simple decoder."""
+    from ffcv.fields.rgb_image import SimpleRGBImageDecoder
+    from ffcv.loader import Loader, OrderOption
+
+    path = load_manifest(tiny_data).ffcv_path("train")
+    loader = Loader(str(path), batch_size=64, num_workers=1, order=OrderOption.SEQUENTIAL, drop_last=False,
+                    pipelines={"image": [SimpleRGBImageDecoder()], "label": None})
+    return np.concatenate([b[0].copy() for b in loader])
+
+
+def test_views_match_torchvision_with_the_drawn_parameters(tiny_data, debug_loader):
+    """End to end: each output view against torchvision applied to the same decoded image with the
+    parameters the loader drew. The only intended difference is the resize filter: OpenCV INTER_AREA
+    (libffcv) against torchvision's antialiased bilinear, within 0.12 std on average per view."""
+    manifest = load_manifest(tiny_data)
+    images = _decoded_images(tiny_data)
+    q, k, draws, idx = _epoch(debug_loader, 3)[0]
+    errs = []
+    for j, (i, pair) in enumerate(zip(idx.tolist(), draws)):
+        for view, d in zip((q[j], k[j]), pair):
+            ref = _reference_view(images[i], d, AugPolicy(), manifest, 32)
+            errs.append((view - ref).abs().mean().item())
+    assert np.median(errs) < 0.08 and max(errs) < 0.12, errs
+
+
+def test_same_seed_repeats_other_seed_and_epoch_differ(tiny_data, debug_loader):
+    first, again = _epoch(debug_loader, 0), _epoch(debug_loader, 0)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again))
+    later = _epoch(debug_loader, 1)
+    assert not torch.equal(torch.cat([b[3] for b in first]), torch.cat([b[3] for b in later]))  # reshuffled
+    other = _ssl(tiny_data, seed=1, channels_last=True)
+    other.set_epoch(0)
+    batches = [(q.clone(), k.clone()) for q, k in other]
+    for q, k in batches:
+        check_ssl_batch(q, k, load_manifest(tiny_data), batch_size=8, res=32, channels_last=True)
+    assert not any(torch.equal(a[0], b[0]) for a, b in zip(first, batches))
+
+
+def test_ranks_disjoint_and_cover(tiny_data):
+    ranks = []
+    for rank in range(2):
+        loader = _ssl(tiny_data, rank=rank, world_size=2, batch_size=6, drop_last=False, debug=True, seed=4)
+        assert loader.num_samples == 18 and len(loader) == 3
+        ranks.append([i for b in _epoch(loader, 2) for i in b[3].tolist()])
+    check_partition(ranks, list(range(36)), exact=True)
+
+
+def test_eval_loader(tiny_data):
+    manifest = load_manifest(tiny_data)
+    loader = fb.build_eval_loader(manifest, split="val", res=32, batch_size=5, workers=1, device=torch.device("cpu"),
+                                  rank=0, world_size=1, channels_last=True)
+    assert loader.backend == "ffcv" and len(loader) == 3 and loader.num_samples == 12
+    batches = list(loader)
+    for x, _ in batches[:-1]:
+        check_images(x, manifest, n=5, res=32, channels_last=True)
+    check_eval_labels(torch.cat([b[1] for b in batches]), manifest, "val")
+    assert torch.equal(batches[0][0], next(iter(loader))[0])  # no randomness
+    halves = [fb.build_eval_loader(manifest, split="val", res=32, batch_size=4, workers=1, device=torch.device("cpu"),
+                                   rank=r, world_size=2, channels_last=False) for r in range(2)]
+    check_eval_labels(torch.cat([y for h in halves for _, y in h]), manifest, "val")
+
+
+def test_bad_input_is_one_line_user_error(tiny_data, tmp_path):
+    manifest = load_manifest(tiny_data)
+    with pytest.raises(UserError, match="no split"):
+        _ssl(tiny_data, split="test")
+    with pytest.raises(UserError, match="fewer than batch_size"):
+        _ssl(tiny_data, batch_size=64)
+    manifest.raw["files"]["ffcv"]["train"] = "ffcv/missing.beton"
+    with pytest.raises(UserError, match="missing FFCV file"):
+        fb.build_ssl_loader(manifest, split="train", res=32, batch_size=8, policy=AugPolicy(), workers=1,
+                            device=torch.device("cpu"), seed=0, rank=0, world_size=1, drop_last=True,
+                            channels_last=False)
