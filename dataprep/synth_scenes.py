@@ -86,6 +86,28 @@ def cropland(rng, size):
     return img * g.grain(rng, size, 0.06)
 
 
+def circular_farmland(rng, size):
+    """Centre-pivot irrigation: crop discs on a square pitch over dry land, some split into
+    sectors sown at different times, with wheel-track rings and the pivot arm."""
+    u, v = _frame(rng, size)
+    pitch = rng.uniform(0.25, 0.6)
+    a, fa = _cells(u, pitch, rng)
+    b, fb = _cells(v, pitch, rng)
+    dx, dy = (fa - 0.5) * pitch, (fb - 0.5) * pitch
+    r = np.sqrt(dx * dx + dy * dy)
+    k = hash_index(a, b, mod=32)
+    disc = soft(pitch * rng.uniform(0.4, 0.5) - r, 0.0, 1.0 / size) * (rng.random(32) < 0.85)[k]
+    sectors = rng.integers(1, 5, 32)[k]
+    sector = np.floor((np.arctan2(dy, dx) / (2 * np.pi) + 0.5) * sectors).astype(np.int64)
+    crop = _palette(rng, CROP, 32, 0.1)[(k + 7 * sector) % 32]
+    crop = crop * (1.0 + 0.06 * _stripes(r, np.full_like(r, rng.uniform(15, 40)), size))[..., None]
+    angle = rng.uniform(0, 2 * np.pi, 32)[k]
+    arm = _band(np.abs(dx * np.sin(angle) - dy * np.cos(angle)), 0.006, size)
+    arm *= (dx * np.cos(angle) + dy * np.sin(angle)) > 0
+    dry = g.mix(g.soil(rng, size), g.grass(rng, size), rng.uniform(0.0, 0.4) * np.ones_like(r))
+    return g.mix(dry, crop * (1.0 - 0.3 * arm)[..., None], disc) * g.grain(rng, size, 0.05)
+
+
 def forest(rng, size):
     """Closed canopy, sometimes cut by a track or a small clearing."""
     sun = rng.uniform(0, 2 * np.pi)
@@ -275,7 +297,10 @@ def snow(rng, size):
         u, _ = _frame(rng, size, warp=0.04)
         crack = _lines(u, rng.uniform(0.07, 0.2), rng.uniform(0.004, 0.015), size)
         img = img * (1.0 - 0.5 * crack[..., None])
-    return img.astype(F32)
+    if rng.random() < 0.35:  # snowy woodland: dark conifers with shadows on the snow
+        trees = g.tree_mask(rng, size, rng.uniform(0.05, 0.3), rng.uniform(0.015, 0.03))
+        img = g.mix(_shadow(rng, size, img, trees), g.pick(rng, g.TREE[:2]) * 0.7, trees)
+    return (img * rng.uniform(0.7, 1.0)).astype(F32)  # overcast or shaded slopes read grey
 
 
 def meadow(rng, size):
@@ -305,7 +330,7 @@ def mountain(rng, size):
 
 
 SCENES = {
-    "cropland": cropland, "forest": forest, "lake": lake, "river": river, "highway": highway,
+    "cropland": cropland, "circular_farmland": circular_farmland, "forest": forest, "lake": lake, "river": river, "highway": highway,
     "residential": residential, "industrial": industrial, "beach": beach, "dunes": dunes,
     "snow": snow, "meadow": meadow, "mountain": mountain,
 }

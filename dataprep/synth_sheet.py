@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 
 from dataprep.synthetic import get_generator
 
-LABEL_W = 84  # px of text column at the left of each row
+LABEL_W = 112  # px of text column at the left of each row
 PAD = 2
 
 

@@ -26,7 +26,7 @@ EMBEDDED = ("sat", "natural")
 # Small enough to pretrain on 2 CPU cores in minutes (the demo trains at 64 px); scale up with
 # --num-images / --image-size.
 DEFAULTS = {
-    "sat": {"num_images": 2400, "image_size": 64},
+    "sat": {"num_images": 2600, "image_size": 64},  # 200 per class
     "natural": {"num_images": 3000, "image_size": 64},
 }
 
@@ -60,7 +60,7 @@ class SatGenerator(_Base):
     """Procedural aerial land-use scenes, one class per renderer in synth_scenes.SCENES."""
 
     name = "sat"
-    version = "sat-4"
+    version = "sat-5"
     classes = list(SCENES)
 
     def render(self, i: int) -> tuple[np.ndarray, int]:
