@@ -19,8 +19,9 @@ from fasthpt.data.manifest import MANIFEST
 SCHEMA_VERSION = 1
 # Settings that change the bytes written; a re-run that differs in any of these must not be
 # mistaken for a no-op. (--workers, --src's spelling and progress do not change the output.)
-OUTPUT_SETTINGS = ("val_frac", "seed", "formats", "max_res", "jpeg_quality", "shard_size",
-                   "num_images", "image_size")
+# num_images / image_size are compared through the generator's fingerprint, which holds the
+# resolved values (so `--num-images 2400` equals the default it spells out).
+OUTPUT_SETTINGS = ("val_frac", "seed", "formats", "max_res", "jpeg_quality", "shard_size")
 _PACKAGES = ("numpy", "pillow", "opencv-python", "ffcv", "webdataset", "nvidia-dali-cuda120", "fasthpt")
 
 
@@ -70,8 +71,12 @@ def request_differences(raw: dict, request: dict) -> list[str]:
         for k, v in request["settings"].items()
         if _norm(old_settings.get(k)) != _norm(v)
     ]
-    if raw.get("fingerprint") != request["fingerprint"]:
-        diffs.append("source contents changed")
+    old_fp, new_fp = raw.get("fingerprint") or {}, request["fingerprint"]
+    if old_fp != new_fp:
+        if old_fp.get("kind") == new_fp.get("kind") == "generator":
+            diffs += [f"{k} {old_fp.get(k)!r} -> {v!r}" for k, v in new_fp.items() if old_fp.get(k) != v]
+        else:
+            diffs.append("source contents changed")
     return diffs
 
 

@@ -37,7 +37,16 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 def prepare(dataset: str, out="data", src=None, *, num_images=None, image_size=None,
             val_frac=0.2, seed=0, formats=FORMATS, max_res=256, jpeg_quality=90,
             shard_size=DEFAULT_SHARD_SIZE, workers=None, force=False, progress=True) -> Path:
-    """Convert a dataset once into the formats the loaders read; return the dataset folder."""
+    """Convert a dataset once into the formats the loaders read; return the dataset folder.
+
+    dataset: output name, and the embedded generator to use when `src` is None ("sat", "natural").
+    src: a folder with one sub-folder per class, or a .zip / .tar(.gz|.bz2|.xz) of one.
+    num_images, image_size: embedded generators only (None: the generator's defaults).
+    val_frac: stratified validation fraction; seed fixes the split, the sample order and the
+    generated images. formats: "ffcv", "wds" or both. max_res: longer side cap (0: none).
+    jpeg_quality: for images that are (re-)encoded; upright RGB JPEGs within max_res are stored
+    unchanged. shard_size: samples per WebDataset shard. workers: processes (None: all cores).
+    force: rebuild an existing output. Raises UserError for bad input (one line)."""
     formats = _check_formats(formats)
     settings = _check_settings(dataset, src, num_images, image_size, val_frac, seed, formats,
                                max_res, jpeg_quality, shard_size, workers)

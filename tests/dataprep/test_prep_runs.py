@@ -233,3 +233,15 @@ def test_ffcv_only_keeps_no_shards(small_folder, tmp_path):
     assert not (out / "wds").exists()
     with pytest.raises(UserError, match="--formats including wds"):
         m.wds_shards("train")
+
+
+def test_spelling_out_the_generator_defaults_is_still_a_noop(tmp_path, capsys, monkeypatch):
+    from dataprep import synthetic
+
+    monkeypatch.setitem(synthetic.DEFAULTS, "sat", {"num_images": 24, "image_size": 24})
+    prepare("sat", out=tmp_path, val_frac=0.25, **FAST)  # the defaults, unspelled
+    capsys.readouterr()
+    prepare("sat", out=tmp_path, num_images=24, image_size=24, val_frac=0.25, **FAST)
+    assert "already prepared" in capsys.readouterr().out
+    with pytest.raises(UserError, match="image_size 24 -> 32"):
+        prepare("sat", out=tmp_path, num_images=24, image_size=32, val_frac=0.25, **FAST)
