@@ -129,10 +129,13 @@ def _colour(fn, dmath, types, view, factors, jitter, gray):
     # contrast blends towards the mean gray level of the (brightness-scaled) view, as torchvision does
     means = fn.reductions.mean(view, dtype=types.FLOAT, axes=[0, 1])
     mean_gray = means[0] * float(LUMA[0]) + means[1] * float(LUMA[1]) + means[2] * float(LUMA[2])
-    offset = (1.0 - c1) * b1 * mean_gray
     if view.device == "gpu":
+        # the mean lives on the GPU, and operator arguments (M, T) must come from the CPU: add the
+        # offset with a GPU arithmetic op instead of passing T
+        offset = ((1.0 - c1) * b1).gpu() * mean_gray
         out = fn.coord_transform(view, M=m, dtype=types.FLOAT)
         return fn.cast(dmath.clamp(out + offset, 0.0, 255.0), dtype=types.UINT8)
+    offset = (1.0 - c1) * b1 * mean_gray
     return fn.coord_transform(view, M=m, T=fn.stack(offset, offset, offset), dtype=types.UINT8)
 
 
