@@ -74,13 +74,13 @@ class DataStall(Callback):
 
 
 class KNNMonitor(Callback):
-    """Weighted cosine kNN accuracy of the query backbone on the labelled val split, every
+    """Weighted cosine kNN accuracy of ``moco.backbone`` (the query backbone) on the labelled val split, every
     ``interval`` batches and at the end (rank 0 only; the others continue). ``make_loaders``
     returns (train_eval_loader, val_loader); built on first use."""
 
-    def __init__(self, backbone: torch.nn.Module, make_loaders: Callable, num_classes: int,
+    def __init__(self, moco: torch.nn.Module, make_loaders: Callable, num_classes: int,
                  interval: int, k: int = 20, t: float = 0.07):
-        self.backbone, self.make_loaders, self.num_classes = backbone, make_loaders, num_classes
+        self.moco, self.make_loaders, self.num_classes = moco, make_loaders, num_classes
         self.interval, self.k, self.t = interval, k, t
         self._loaders = None
         self.history: list[tuple[int, float]] = []
@@ -104,8 +104,9 @@ class KNNMonitor(Callback):
         if self._loaders is None:
             self._loaders = self.make_loaders()
         start = time.perf_counter()
-        train_f, train_y = extract_features(self.backbone, self._loaders[0])
-        val_f, val_y = extract_features(self.backbone, self._loaders[1])
+        train_f, train_y = extract_features(self.moco.backbone, self._loaders[0])
+        val_f, val_y = extract_features(self.moco.backbone, self._loaders[1])
+        self.moco.train(self.moco.training)  # re-applies frozen stages' eval-mode BN (hpt.freeze_stages)
         acc = knn_accuracy(train_f, train_y, val_f, val_y, self.num_classes, k=self.k, t=self.t)
         self.history.append((batch, acc))
         logger.log_metrics({"knn/acc": acc, "knn/seconds": time.perf_counter() - start})

@@ -110,7 +110,7 @@ def knn_monitor(cfg: RunConfig, moco, device: str):
         return build_eval_loader(d.path, split="train", **kw), build_eval_loader(d.path, split="val", **kw)
 
     classes = load_manifest(d.path).num_classes
-    return KNNMonitor(moco.backbone, loaders, classes, interval, k=cfg.train.knn_k, t=cfg.train.knn_t)
+    return KNNMonitor(moco, loaders, classes, interval, k=cfg.train.knn_k, t=cfg.train.knn_t)
 
 
 def resume_path(cfg: RunConfig, folder: Path) -> str | None:
@@ -175,5 +175,6 @@ def build_trainer(cfg: RunConfig, device: str, precision: str, callbacks=(), loa
         save_num_checkpoints_to_keep=cfg.train.save_num_checkpoints_to_keep, load_path=load_path,
         seed=cfg.train.seed, progress_bar=cfg.train.progress_bar, log_to_console=not cfg.train.progress_bar,
         console_log_interval=cfg.train.log_interval, device_train_microbatch_size=cfg.data.batch_size,
+        dist_timeout=1800.0,  # the kNN monitor runs on rank 0 while the others wait at the next all-reduce
     )
     return Parts(trainer=trainer, moco=moco, loader=loader, stall=stall, report=report)

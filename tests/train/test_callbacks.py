@@ -1,0 +1,71 @@
+import json
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from fasthpt.callbacks import DataStall, JSONLLogger, KNNMonitor, SetEpoch
+from fasthpt.hpt import apply_mode
+from fasthpt.models.backbones import build_backbone
+from fasthpt.models.moco import MoCo
+
+
+class _Logger:
+    def __init__(self):
+        self.rows = []
+
+    def log_metrics(self, metrics, step=None):
+        self.rows.append(metrics)
+
+
+def test_knn_monitor_measures_and_keeps_frozen_stages_in_eval_mode():
+    torch.manual_seed(0)
+    moco = MoCo(build_backbone("resnet_tiny"), dim=8, mlp_hidden=16, queue_size=16)
+    apply_mode(moco, "full", freeze_stages=1)
+    moco.train()
+    # two well separated classes: constant images of value -1 and +1
+    images = torch.cat([torch.full((8, 3, 16, 16), -1.0), torch.full((8, 3, 16, 16), 1.0)])
+    labels = torch.tensor([0] * 8 + [1] * 8)
+    loader = [(images[i:i + 4], labels[i:i + 4]) for i in range(0, 16, 4)]
+    monitor = KNNMonitor(moco, lambda: (loader, loader), num_classes=2, interval=5, k=3)
+    logger = _Logger()
+    state = SimpleNamespace(timestamp=SimpleNamespace(batch=5))
+    monitor.batch_end(state, logger)
+    assert monitor.history == [(5, 1.0)] and logger.rows[0]["knn/acc"] == 1.0
+    assert moco.training and not moco.backbone.bn1.training and not moco.backbone.layer1[0].bn1.training
+    assert moco.backbone.layer2[0].bn1.training
+    state.timestamp.batch = 7
+    monitor.batch_end(state, logger)  # not on the interval: nothing measured
+    assert len(monitor.history) == 1
+
+
+def test_data_stall_is_wait_over_step_time():
+    stall, logger = DataStall(window=2), _Logger()
+    for wait, work in ((0.02, 0.02), (0.02, 0.02), (0.0, 0.04)):
+        stall.before_dataloader(None, logger)
+        time.sleep(wait)
+        stall.after_dataloader(None, logger)
+        time.sleep(work)
+    stall.before_dataloader(None, logger)
+    assert logger.rows and 0.3 < logger.rows[0]["data/stall_frac"] < 0.7
+    assert 0.2 < stall.stall_frac < 0.5
+
+
+def test_jsonl_one_object_per_logged_step(tmp_path):
+    log = JSONLLogger(tmp_path / "m.jsonl", interval=2)
+    for step in range(5):
+        log.log_metrics({"loss": torch.tensor(1.0 / (step + 1))}, step=step)
+        log.log_metrics({"lr": 0.1}, step=step)
+    log.log_metrics({"knn/acc": 0.5}, step=5)
+    log.close(None, None)
+    rows = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 2, 4, 5]
+    assert rows[1] == {"step": 2, "loss": pytest.approx(1 / 3), "lr": 0.1} and rows[-1]["knn/acc"] == 0.5
+
+
+def test_set_epoch_reaches_our_loader():
+    seen = []
+    loader = SimpleNamespace(set_epoch=seen.append)
+    SetEpoch(loader).epoch_start(SimpleNamespace(timestamp=SimpleNamespace(epoch=3)), None)
+    assert seen == [3]
