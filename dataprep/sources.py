@@ -136,7 +136,8 @@ class FolderSource(FileSource):
     def __init__(self, name: str, root: Path):
         self.root = root
         entries, dirs, unreadable = [], [], []
-        for dirpath, dirnames, filenames in os.walk(root):
+        # followlinks: class folders are often symlinks into a shared image store (as ImageFolder does)
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
             dirnames.sort()
             rel = Path(dirpath).relative_to(root).as_posix()
             if rel != ".":

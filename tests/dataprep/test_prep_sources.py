@@ -197,3 +197,12 @@ def test_channel_sums_are_exact_on_both_histogram_paths(monkeypatch):
     assert convert.channel_sums(img) == want  # cv2.calcHist path
     monkeypatch.setattr(convert, "_CV_HIST_MAX_PIXELS", 10)
     assert convert.channel_sums(img) == want  # np.bincount path (very large images)
+
+
+def test_symlinked_class_folders_are_followed(tmp_path):
+    store = write_tiny_folder(tmp_path / "store", per_class=2, size=16)
+    (tmp_path / "view").mkdir()
+    for name in ("blue_checks", "red_stripes"):
+        (tmp_path / "view" / name).symlink_to(store / name, target_is_directory=True)
+    src = FolderSource("v", tmp_path / "view")
+    assert src.classes == ["blue_checks", "red_stripes"] and len(src) == 4
