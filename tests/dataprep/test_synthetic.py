@@ -177,3 +177,13 @@ def test_contact_sheet_writes_one_labelled_row_per_class(tmp_path):
     n_cls = len(get_generator("sat", num_images=1, image_size=32).classes)
     assert Image.open(out).size == (LABEL_W + 2 * (32 + PAD), n_cls * (32 + PAD))
     assert [p.name for p in tmp_path.iterdir()] == ["sheet.png"]
+
+
+@pytest.mark.parametrize("name", EMBEDDED)
+def test_generator_survives_pickling_for_worker_processes(name):
+    import pickle
+
+    gen = get_generator(name, num_images=20, image_size=32, seed=5)
+    clone = pickle.loads(pickle.dumps(gen))
+    assert clone.settings == gen.settings
+    assert np.array_equal(clone.render(13)[0], gen.render(13)[0])
