@@ -1,0 +1,55 @@
+"""Read a prepared split back with each consumer's own reader (helpers for the dataprep tests)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def ffcv_samples(path):
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.fields.decoders import SimpleRGBImageDecoder
+    from ffcv.loader import Loader, OrderOption
+
+    loader = Loader(str(path), batch_size=16, num_workers=1, order=OrderOption.SEQUENTIAL, drop_last=False,
+                    pipelines={"image": [SimpleRGBImageDecoder()], "label": [IntDecoder()]})
+    images, labels = [], []
+    for imgs, labs in loader:
+        images += [np.array(x) for x in imgs]
+        labels += np.asarray(labs).ravel().tolist()
+    return images, labels
+
+
+def wds_samples(shards):
+    import webdataset as wds
+
+    ds = wds.WebDataset([str(s) for s in shards], shardshuffle=False).decode("rgb8").to_tuple("jpg", "cls")
+    images, labels = [], []
+    for img, cls in ds:
+        images.append(img)
+        labels.append(int(cls))
+    return images, labels
+
+
+def dali_samples(shards):
+    from nvidia.dali import fn, pipeline_def, types
+
+    n = sum(int(s.with_suffix(".idx").read_text().split()[1]) for s in shards)
+
+    @pipeline_def(batch_size=n, num_threads=1, device_id=None)
+    def pipe():
+        jpg, cls = fn.readers.webdataset(
+            paths=[str(s) for s in shards], index_paths=[str(s.with_suffix(".idx")) for s in shards],
+            ext=["jpg", "cls"], missing_component_behavior="error", random_shuffle=False)
+        return fn.decoders.image(jpg, device="cpu", output_type=types.RGB), cls
+
+    p = pipe()
+    p.build()
+    imgs, cls = p.run()
+    images = [np.array(imgs.at(i)) for i in range(n)]
+    labels = [int(bytes(np.array(cls.at(i))).decode()) for i in range(n)]
+    return images, labels
