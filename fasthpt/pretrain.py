@@ -11,14 +11,37 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML run config (see configs/)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.max_duration=500ba")
+    # REMAINDER: overrides and --nproc may come in any order after CONFIG (plain nargs="*" would
+    # stop at the first option and reject overrides after it).
+    parser.add_argument("overrides", nargs=argparse.REMAINDER, metavar="key=value",
+                        help="config overrides, e.g. train.max_duration=500ba")
     parser.add_argument("--nproc", type=int, default=1,
                         help="processes on this machine (>1 goes through Composer's launcher: `composer -n N`)")
+
+
+def _split_nproc(items: list[str], nproc: int) -> tuple[list[str], int]:
+    """Take ``--nproc N`` / ``--nproc=N`` out of the override list."""
+    from fasthpt.errors import UserError
+
+    rest, i = [], 0
+    while i < len(items):
+        item = items[i]
+        if item == "--nproc" or item.startswith("--nproc="):
+            value = item.partition("=")[2] if "=" in item else (items[i + 1] if i + 1 < len(items) else "")
+            i += 1 if "=" in item else 2
+            if not value.isdigit() or int(value) < 1:
+                raise UserError(f"--nproc needs a positive integer, got {value!r}")
+            nproc = int(value)
+            continue
+        rest.append(item)
+        i += 1
+    return rest, nproc
 
 
 def run(args: argparse.Namespace) -> int:
     from fasthpt.config import load_config
 
+    args.overrides, args.nproc = _split_nproc(list(args.overrides), args.nproc)
     cfg = load_config(args.config, args.overrides)  # strict: bad keys fail here, before any launch
     if args.nproc > 1:
         script = Path(__file__).with_name("train.py")

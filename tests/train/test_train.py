@@ -168,3 +168,12 @@ def test_two_single_process_launches_act_as_two_nodes(tmp_path, ssl_data):
     assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
     result = _summary(outs[0])
     assert result["world_size"] == 2 and result["ranks_in_sync"] is True and result["iterations"] == 2
+
+
+def test_pretrain_cli_takes_nproc_anywhere_after_config():
+    from fasthpt.pretrain import _split_nproc
+
+    assert _split_nproc(["a=1", "--nproc", "3", "b=2"], 1) == (["a=1", "b=2"], 3)
+    assert _split_nproc(["--nproc=2"], 1) == ([], 2) and _split_nproc(["x=1"], 1) == (["x=1"], 1)
+    with pytest.raises(UserError):
+        _split_nproc(["--nproc"], 1)
