@@ -95,9 +95,9 @@ def _empty_class_dirs(dirs: list[str], root: tuple[str, ...], classes: list[str]
     return empty
 
 
-def fingerprint_entries(kind: str, entries: list[Entry], extra: str = "") -> dict:
+def fingerprint_entries(kind: str, entries: list[Entry]) -> dict:
     """Hash of sorted relative paths, sizes and mtimes: changes when any file changes."""
-    h = hashlib.sha256(extra.encode())
+    h = hashlib.sha256()
     for e in sorted(entries, key=lambda e: e.path):
         h.update(f"{e.path}\0{e.size}\0{int(e.mtime)}\n".encode())
     return {"kind": kind, "files": len(entries), "sha256": h.hexdigest()}
