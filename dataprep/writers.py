@@ -27,7 +27,7 @@ _TAR_MTIME = 0
 _TAR_MODE = 0o444
 
 
-@dataclass
+@dataclass(slots=True)  # one per sample: keep it small at ImageNet scale
 class Record:
     """Where one stored JPEG lives in a shard, plus what the .beton metadata needs."""
 
