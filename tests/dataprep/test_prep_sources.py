@@ -57,6 +57,13 @@ def test_pixel_modes_become_8bit_rgb():
     assert np.array_equal(out[..., 0], (deep >> 8).astype(np.uint8))  # 16-bit: high byte
     assert np.array_equal(out[..., 0], out[..., 2])
 
+    import cv2
+
+    deep_rgb = np.random.default_rng(0).integers(0, 65536, (6, 9, 3)).astype(np.uint16)
+    for ext in (".tif", ".png"):  # 16 bits per channel colour (written by OpenCV, BGR order)
+        data = cv2.imencode(ext, deep_rgb[..., ::-1])[1].tobytes()
+        assert np.array_equal(decode_bytes(data).pixels, (deep_rgb >> 8).astype(np.uint8))
+
     cmyk = Image.fromarray(tiny_image(3, 0, 8)).convert("CMYK")
     assert decode_bytes(encoded(cmyk, "JPEG")).pixels.shape == (8, 8, 3)
 
