@@ -68,11 +68,12 @@ def test_pixel_modes_become_8bit_rgb():
     assert decode_bytes(encoded(cmyk, "JPEG")).pixels.shape == (8, 8, 3)
 
 
-def test_only_upright_rgb_jpegs_are_stored_unchanged():
+def test_only_upright_baseline_rgb_jpegs_are_stored_unchanged():
     img = Image.fromarray(tiny_image(0, 1, 16))
     assert decode_bytes(encoded(img, "JPEG")).jpeg is not None
     assert decode_bytes(encoded(img, "PNG")).jpeg is None
     assert decode_bytes(encoded(img.convert("L"), "JPEG")).jpeg is None
+    assert decode_bytes(encoded(img, "JPEG", progressive=True)).jpeg is None
     exif = Image.Exif()
     exif[0x0112] = 6  # rotated 90 degrees: DALI would turn it, FFCV would not
     assert decode_bytes(encoded(img, "JPEG", exif=exif.tobytes())).jpeg is None
