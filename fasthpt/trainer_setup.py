@@ -131,6 +131,18 @@ def resume_path(cfg: RunConfig, folder: Path) -> str | None:
     return found[0]
 
 
+def build_loggers(cfg: RunConfig, log_every: int) -> list:
+    """metrics.jsonl always; TensorBoard when train.tensorboard (console: Composer's own)."""
+    from fasthpt.callbacks import JSONLLogger
+
+    loggers = [JSONLLogger(cfg.run_path / "metrics.jsonl", interval=log_every)]
+    if cfg.train.tensorboard:
+        from composer.loggers import TensorboardLogger
+
+        loggers.append(TensorboardLogger(log_dir=str(cfg.run_path / "tensorboard"), flush_interval=max(1, log_every)))
+    return loggers
+
+
 def build_trainer(cfg: RunConfig, device: str, precision: str, callbacks=(), loader=None) -> Parts:
     from composer import Trainer
     from composer.callbacks import SpeedMonitor
@@ -138,11 +150,10 @@ def build_trainer(cfg: RunConfig, device: str, precision: str, callbacks=(), loa
     from composer.utils import dist
 
     from fasthpt.algorithms import build_algorithms
-    from fasthpt.callbacks import DataStall, JSONLLogger, NonFiniteGuard, SetEpoch
+    from fasthpt.callbacks import DataStall, NonFiniteGuard, SetEpoch
     from fasthpt.train import batches
 
-    run = cfg.run_path
-    ckpt = run / "checkpoints"
+    ckpt = cfg.run_path / "checkpoints"
     load_path = resume_path(cfg, ckpt)
     log_every = batches(cfg.train.log_interval, "train.log_interval")
     batches(cfg.train.save_interval, "train.save_interval")
@@ -156,15 +167,11 @@ def build_trainer(cfg: RunConfig, device: str, precision: str, callbacks=(), loa
     model = ComposerMoCo(moco)
     spec = DataSpec(loader, num_samples=loader.num_samples, get_num_samples_in_batch=lambda b: int(b[0].shape[0]))
     stall = DataStall(window=max(1, log_every))
-    callbacks = [*callbacks, SetEpoch(loader), stall, SpeedMonitor(window_size=max(1, min(50, len(loader)))), NonFiniteGuard(ckpt)]
+    callbacks = [*callbacks, SetEpoch(loader), stall, SpeedMonitor(window_size=20), NonFiniteGuard(ckpt)]
     monitor = knn_monitor(cfg, moco, device)
     if monitor is not None:
         callbacks.append(monitor)
-    loggers = [JSONLLogger(run / "metrics.jsonl", interval=log_every)]
-    if cfg.train.tensorboard:
-        from composer.loggers import TensorboardLogger
-
-        loggers.append(TensorboardLogger(log_dir=str(run / "tensorboard"), flush_interval=max(1, log_every)))
+    loggers = build_loggers(cfg, log_every)
     global_batch = cfg.data.batch_size * dist.get_world_size()
     optimizer = build_optimizer(moco, cfg, global_batch)
     trainer = Trainer(
