@@ -8,6 +8,7 @@ shards -> manifest -> one rename of the whole temporary folder into place.
 
 from __future__ import annotations
 
+import errno
 import multiprocessing as mp
 import os
 import re
@@ -32,6 +33,10 @@ FORMATS = ("ffcv", "wds")
 SPLITS = ("train", "val")
 DEFAULT_SHARD_SIZE = 1000  # samples per WebDataset shard: a few shards even for small data sets
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# Failures of the output location, reported as one line: full disk, quota, permissions, read-only
+# file system, a file where a folder should be.
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS,
+                       errno.EEXIST, errno.ENOTDIR}
 
 
 def prepare(dataset: str, out="data", src=None, *, num_images=None, image_size=None,
@@ -52,10 +57,10 @@ def prepare(dataset: str, out="data", src=None, *, num_images=None, image_size=N
                                max_res, jpeg_quality, shard_size, workers)
     out = Path(out)
     dest = out / dataset
-    out.mkdir(parents=True, exist_ok=True)
-    _remove_stale(out, dataset)
     tmp = out / f".{dataset}.tmp-{os.getpid()}"
     try:
+        out.mkdir(parents=True, exist_ok=True)
+        _remove_stale(out, dataset)
         tmp.mkdir()
         source = open_source(dataset, src, num_images=num_images, image_size=image_size,
                              seed=seed, scratch=tmp / "scratch")
@@ -66,6 +71,10 @@ def prepare(dataset: str, out="data", src=None, *, num_images=None, image_size=N
         shutil.rmtree(tmp / "scratch", ignore_errors=True)
         mf.write_manifest(tmp, {**manifest, "settings": settings, "fingerprint": source.fingerprint})
         _publish(tmp, dest)
+    except OSError as exc:
+        if exc.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        raise UserError(f"--out {out}: {exc.strerror} ({exc.filename or out})") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest

@@ -180,6 +180,7 @@ def test_embedded_generator_end_to_end(tmp_path, capsys):
     (["--dataset", "x", "--src", "FLAT"], "no class folders"),
     (["--dataset", "x", "--src", "BAD"], "no usable images (1 files skipped, e.g. cls/a.jpg: not an image"),
     (["--dataset", "x", "--src", "NOTES.ZIP"], "not a folder, .zip or .tar archive"),
+    (["--dataset", "x", "--src", "BAD", "--out", "NOTES.ZIP"], "--out"),
     (["--dataset", "x", "--src", "EMPTY", "--num-images", "5"], "embedded datasets only"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
@@ -191,7 +192,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     (tmp_path / "notes.zip").write_text("not an archive")
     names = ("EMPTY", "FLAT", "BAD", "NOTES.ZIP")
     argv = [str(tmp_path / a.lower()) if a in names else a for a in argv]
-    assert main(["prep", *argv, "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    assert main(["prep", "--out", str(tmp_path / "out"), *argv, "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err and err.startswith("fasthpt prep: error:")
 
