@@ -127,7 +127,8 @@ class NonFiniteGuard(Callback):
     def after_loss(self, state: State, logger: Logger) -> None:
         loss = state.loss
         values = list(loss.values()) if isinstance(loss, dict) else [loss]
-        bad = torch.tensor([0.0 if all(torch.isfinite(v.detach()).all() for v in values) else 1.0])
+        finite = all(bool(torch.isfinite(v.detach()).all()) for v in values)
+        bad = torch.tensor([0.0 if finite else 1.0], device=values[0].device)  # NCCL needs CUDA tensors
         dist.all_reduce(bad, reduce_operation="MAX")
         if bad.item() == 0:
             return
