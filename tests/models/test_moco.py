@@ -102,3 +102,23 @@ def test_infonce_logits_stay_float32_under_bf16_autocast():
         got = infonce(q.bfloat16(), k.bfloat16(), queue, 0.2)
     want = infonce(q.bfloat16().float(), k.bfloat16().float(), queue, 0.2)
     assert got.dtype == torch.float32 and torch.allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_after_base_import_key_encoder_is_the_query_and_head_is_fresh(tmp_path):
+    from fasthpt.models.backbones import load_backbone, save_backbone
+
+    torch.manual_seed(1)
+    trained = build_backbone("resnet_tiny")
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.mul_(1.5)
+    save_backbone(trained, tmp_path / "backbone.pt")
+    backbone, _ = load_backbone(str(tmp_path / "backbone.pt"), "resnet_tiny")
+    moco = MoCo(backbone, dim=8, mlp_hidden=16, queue_size=16)
+    q_state, k_state = moco.encoder_q.state_dict(), moco.encoder_k.state_dict()
+    assert all(torch.equal(q_state[k], k_state[k]) for k in q_state)
+    assert all(torch.equal(v, moco.backbone.state_dict()[k]) for k, v in trained.state_dict().items())
+    torch.manual_seed(2)
+    other = MoCo(build_backbone("resnet_tiny"), dim=8, mlp_hidden=16, queue_size=16)
+    assert not torch.equal(moco.encoder_q.head[0].weight, other.encoder_q.head[0].weight)
+    assert not torch.equal(moco.queue, other.queue)
