@@ -1,0 +1,17 @@
+import json
+
+from fasthpt.cli import main as cli_main
+
+
+def test_bench_train_synthetic_writes_one_row_per_algorithm_set(tmp_path, capsys):
+    out = tmp_path / "train.jsonl"
+    code = cli_main(["bench", "train", "--data", "synthetic", "--algorithms", "none;channels_last",
+                     "--res", "32", "--batch", "8", "--queue", "64", "--warmup", "1", "--batches", "2",
+                     "--workers", "0", "--json", str(out)])
+    assert code == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["algorithms"] for r in rows] == [["none"], ["channels_last"]]
+    for r in rows:
+        assert r["backend"] == "synthetic" and r["samples_per_s"] > 0 and r["step_s"] > 0
+        assert abs(r["samples_per_s"] * r["step_s"] - 8) < 0.5  # one figure is the other's inverse
+        assert r["git_sha"] and r["device"].startswith("cpu")
