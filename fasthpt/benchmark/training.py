@@ -121,33 +121,42 @@ def _row_config(args, backend: str, algorithms: list[str], run_dir: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from fasthpt.benchmark.loaders import git_sha
-
     if args.warmup < 1 or args.batches < 2:
         raise UserError("need --warmup >= 1 and --batches >= 2")
     sets = [[] if s.strip() in ("", "none") else [a.strip() for a in s.split(",")] for s in args.algorithms.split(";")]
     backends = ["synthetic"] if args.data == "synthetic" else [b.strip() for b in args.backends.split(",")]
-    for backend in backends:
-        for algorithms in sets:
-            figures = []
-            for _ in range(args.repeats):
-                with tempfile.TemporaryDirectory(prefix="fasthpt-bench-") as tmp:
-                    cfg = _row_config(args, backend, algorithms, tmp)
-                    figures.append(measure(cfg, args.warmup, args.batches, args.data == "synthetic"))
-            best = statistics.median(f["samples_per_s"] for f in figures)
-            row = {
-                "bench": "train", "data": args.data, "backend": figures[0]["backend"], "arch": args.arch,
-                "res": args.res, "batch": args.batch, "workers": args.workers, "queue": args.queue,
-                "algorithms": algorithms or ["none"], "samples_per_s": round(best, 2),
-                "step_s": round(statistics.median(f["step_s"] for f in figures), 4),
-                "data_stall_frac": round(statistics.median(f["data_stall_frac"] for f in figures), 3),
-                "warmup": args.warmup, "batches": args.batches, "repeats": args.repeats,
-                "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu x{os.cpu_count()}",
-                "torch": torch.__version__, "python": platform.python_version(), "git_sha": git_sha(),
-                "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            }
-            print(json.dumps(row))
-            if args.json:
-                with open(args.json, "a") as fh:
-                    fh.write(json.dumps(row) + "\n")
+    rows = [(backend, algorithms) for backend in backends for algorithms in sets]
+    figures: dict[int, list[dict]] = {i: [] for i in range(len(rows))}
+    # Repeats are the outer loop: on a shared machine, load drifts; interleaving spreads it over rows.
+    for _ in range(args.repeats):
+        for i, (backend, algorithms) in enumerate(rows):
+            with tempfile.TemporaryDirectory(prefix="fasthpt-bench-") as tmp:
+                cfg = _row_config(args, backend, algorithms, tmp)
+                figures[i].append({**measure(cfg, args.warmup, args.batches, args.data == "synthetic"),
+                                   "load": os.getloadavg()[0]})
+    for i, (_, algorithms) in enumerate(rows):
+        _emit(args, algorithms, figures[i])
     return 0
+
+
+def _emit(args, algorithms: list[str], figures: list[dict]) -> None:
+    from fasthpt.benchmark.loaders import git_sha
+
+    def median(key):
+        return statistics.median(f[key] for f in figures)
+
+    row = {
+        "bench": "train", "data": args.data, "backend": figures[0]["backend"], "arch": args.arch,
+        "res": args.res, "batch": args.batch, "workers": args.workers, "queue": args.queue,
+        "algorithms": algorithms or ["none"], "samples_per_s": round(median("samples_per_s"), 2),
+        "step_s": round(median("step_s"), 4), "data_stall_frac": round(median("data_stall_frac"), 3),
+        "warmup": args.warmup, "batches": args.batches, "repeats": args.repeats,
+        "load_avg_1min": round(median("load"), 2),  # the machine's other load while measuring
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu x{os.cpu_count()}",
+        "torch": torch.__version__, "python": platform.python_version(), "git_sha": git_sha(),
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    print(json.dumps(row))
+    if args.json:
+        with open(args.json, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
