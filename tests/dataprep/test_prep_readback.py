@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY_CLASSES, TINY_PER_CLASS
+from dataprep.fixtures import TINY_CLASSES, TINY_PER_CLASS
 from fasthpt.data.manifest import load_manifest
-from prep_readers import dali_samples, ffcv_samples, psnr, wds_samples
+from dataprep.readback import dali_samples, ffcv_samples, psnr, wds_samples
 
 MIN_PSNR_DB = 28.0
 MIN_PSNR_FFCV_VS_OTHERS_DB = 35.0

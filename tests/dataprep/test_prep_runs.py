@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import dataprep.prep as prep_module
-from conftest import write_tiny_folder
+from dataprep.fixtures import write_tiny_folder
 from dataprep import prepare
 from dataprep.split import StreamingSplit
 from fasthpt.cli import main

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import tiny_image, write_tiny_folder
+from dataprep.fixtures import tiny_image, write_tiny_folder
 from dataprep import prepare
 from dataprep.convert import SkipImage, decode_bytes
 from dataprep.sources import FolderSource, TarSource, ZipSource, list_tree, Entry
@@ -220,7 +220,7 @@ def test_every_format_reads_back_through_every_reader(messy_folder, tmp_path):
     """JPEG, PNG, TIFF, BMP, WebP, palette and 16-bit sources, among corrupt files, come back
     from FFCV, webdataset and DALI with their labels and their pixels (PSNR >= 28 dB)."""
     from fasthpt.data.manifest import load_manifest
-    from prep_readers import dali_samples, ffcv_samples, psnr, wds_samples
+    from dataprep.readback import dali_samples, ffcv_samples, psnr, wds_samples
 
     root, good = messy_folder
     out = prepare("messy", out=tmp_path, src=root, val_frac=0.0, workers=1, progress=False)

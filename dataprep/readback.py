@@ -1,4 +1,8 @@
-"""Read a prepared split back with each consumer's own reader (helpers for the dataprep tests)."""
+"""Read a prepared split back with each consumer's own reader: FFCV's Loader, webdataset, DALI.
+
+Used by the tests to check that every format holds the same labels and pixels; handy to inspect a
+prepared folder by hand as well. Each function returns (list of HxWx3 uint8 arrays, list of labels).
+"""
 
 from __future__ import annotations
 
