@@ -31,6 +31,11 @@ from fasthpt.errors import UserError
 BACKEND = "ffcv"
 BATCHES_AHEAD = 3  # FFCV's default prefetch depth
 
+# Compiled pipelines are never freed. numba 0.68 finalizers of a collected FFCV pipeline unregister
+# functions that other pipelines' dispatchers still use (libffcv's imdecode is compiled once per
+# pipeline): the next build then fails with a KeyError, or a finalizer prints one. A few MB per build.
+_PIPELINES_KEPT: list = []
+
 
 def _ffcv():
     try:
@@ -71,6 +76,7 @@ def _ffcv_loader(path, batch_size, workers, indices_for_epoch, pipelines, drop_l
         raise UserError(f"cannot read FFCV file {path}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
     # FFCV 1.0.2's Loader rejects TraversalOrder classes (it tests isinstance on the class and then
     # calls the instance), so the order is swapped in after construction.
+    _PIPELINES_KEPT.append(loader.code)
     loader.traversal_order = _rank_order(indices_for_epoch)(loader)
     loader.first_traversal_order = loader.next_traversal_order()
     return loader

@@ -125,58 +125,99 @@ def sample_view_params(key, cfg, out):
     out[P_FLIP] = 1.0 if uniform(key, _AUG + 12) < cfg[9] else 0.0
 
 
+# ---- pixel kernels. Layout: planar float32 scratch (3, H, W); each op runs over one row of the
+# three planes at a time (op-outer, pixel-inner, branch-free bodies) so LLVM vectorises the loops
+# and a row stays in L1 while every op of the chain passes over it.
+
+_F0, _F1, _F255 = np.float32(0.0), np.float32(1.0), np.float32(255.0)
+_FR, _FG, _FB = np.float32(_WR), np.float32(_WG), np.float32(_WB)
+
+
 @njit(inline="always", **_JIT)
 def _clamp(v):
-    return min(max(v, 0.0), 255.0)
+    return min(max(v, _F0), _F255)
+
+
+@njit(**_JIT)
+def _brightness_row(r, g, b, f):  # blend with black
+    for i in range(r.shape[0]):
+        r[i] = _clamp(f * r[i])
+        g[i] = _clamp(f * g[i])
+        b[i] = _clamp(f * b[i])
+
+
+@njit(**_JIT)
+def _contrast_row(r, g, b, f, mean):  # blend with the image's mean gray level
+    m = (_F1 - f) * mean
+    for i in range(r.shape[0]):
+        r[i] = _clamp(f * r[i] + m)
+        g[i] = _clamp(f * g[i] + m)
+        b[i] = _clamp(f * b[i] + m)
+
+
+@njit(**_JIT)
+def _saturation_row(r, g, b, f):  # blend with each pixel's gray level
+    for i in range(r.shape[0]):
+        m = (_F1 - f) * (_FR * r[i] + _FG * g[i] + _FB * b[i])
+        r[i] = _clamp(f * r[i] + m)
+        g[i] = _clamp(f * g[i] + m)
+        b[i] = _clamp(f * b[i] + m)
 
 
 @njit(inline="always", **_JIT)
-def _hue(r, g, b, shift):
-    """torchvision's _rgb2hsv -> h + shift (mod 1) -> _hsv2rgb, simplified: v*(1-s) = min,
-    v*(1-s*f) = max - range*f, v*(1-s*(1-f)) = min + range*f."""
-    mx = max(r, g, b)
-    mn = min(r, g, b)
-    rng = mx - mn
-    if rng <= 0.0:
-        return r, g, b  # gray pixel: saturation 0, hue has no effect
-    if mx == r:
-        h6 = (g - b) / rng
-    elif mx == g:
-        h6 = 2.0 + (b - r) / rng
+def _hsv_channel(n, h6, mx, d):
+    # HSV -> RGB without branches on the sector: channel = V - V*S*clamp(min(k, 4 - k), 0, 1),
+    # k = (n + H/60) mod 6, n = 5, 3, 1 for R, G, B; here V = max and V*S = max - min.
+    k = n + h6
+    k = k - np.float32(6.0) if k >= np.float32(6.0) else k
+    return mx - d * min(max(min(k, np.float32(4.0) - k), _F0), _F1)
+
+
+@njit(**_JIT)
+def _hue_row(r, g, b, shift):
+    """torchvision's adjust_hue (rgb -> hsv, h + shift mod 1, hsv -> rgb) in one branch-free pass;
+    hue in sixths of a turn. Gray pixels (max == min) come back unchanged, as in torchvision."""
+    s6 = np.float32(6.0 * shift)
+    six = np.float32(6.0)
+    for i in range(r.shape[0]):
+        rr, gg, bb = r[i], g[i], b[i]
+        mx = max(rr, gg, bb)
+        mn = min(rr, gg, bb)
+        d = mx - mn
+        inv = _F1 / d if d > _F0 else _F0
+        if mx == rr:
+            h6 = (gg - bb) * inv
+        elif mx == gg:
+            h6 = np.float32(2.0) + (bb - rr) * inv
+        else:
+            h6 = np.float32(4.0) + (rr - gg) * inv
+        h6 = h6 + s6
+        h6 = h6 - six * np.floor(h6 / six)
+        r[i] = _hsv_channel(np.float32(5.0), h6, mx, d)
+        g[i] = _hsv_channel(np.float32(3.0), h6, mx, d)
+        b[i] = _hsv_channel(np.float32(1.0), h6, mx, d)
+
+
+@njit(**_JIT)
+def _gray_row(r, g, b):
+    for i in range(r.shape[0]):
+        v = _FR * r[i] + _FG * g[i] + _FB * b[i]
+        r[i] = v
+        g[i] = v
+        b[i] = v
+
+
+@njit(**_JIT)
+def _apply(op, f, r, g, b, mean):
+    f32 = np.float32(f)
+    if op == 0:
+        _brightness_row(r, g, b, f32)
+    elif op == 1:
+        _contrast_row(r, g, b, f32, np.float32(mean))
+    elif op == 2:
+        _saturation_row(r, g, b, f32)
     else:
-        h6 = 4.0 + (r - g) / rng
-    h6 = h6 + 6.0 * shift
-    h6 = h6 - 6.0 * math.floor(h6 / 6.0)
-    i = int(h6)
-    f = h6 - i
-    if i >= 6:
-        i = 0
-    q = mx - rng * f
-    t = mn + rng * f
-    if i == 0:
-        return mx, t, mn
-    if i == 1:
-        return q, mx, mn
-    if i == 2:
-        return mn, mx, t
-    if i == 3:
-        return mn, q, mx
-    if i == 4:
-        return t, mn, mx
-    return mx, mn, q
-
-
-@njit(inline="always", **_JIT)
-def _jitter_op(op, f, r, g, b, mean):
-    if op == 0:  # brightness: blend with black
-        return _clamp(f * r), _clamp(f * g), _clamp(f * b)
-    if op == 1:  # contrast: blend with the mean gray level of the image
-        m = (1.0 - f) * mean
-        return _clamp(f * r + m), _clamp(f * g + m), _clamp(f * b + m)
-    if op == 2:  # saturation: blend with the pixel's gray level
-        m = (1.0 - f) * (_WR * r + _WG * g + _WB * b)
-        return _clamp(f * r + m), _clamp(f * g + m), _clamp(f * b + m)
-    return _hue(r, g, b, f)
+        _hue_row(r, g, b, f)
 
 
 @njit(**_JIT)
@@ -186,63 +227,58 @@ def _active(p, op):
 
 
 @njit(**_JIT)
-def color_pass1(src, dst, p):
-    """dst = the jitter ops that precede contrast (uint8 or float src -> float32 dst).
-    Returns the mean gray level of dst, which contrast needs (0 when contrast is not applied)."""
-    ops = np.empty(4, np.int64)
-    n = 0
+def _split_ops(p):
+    """(ops before contrast, count, ops from contrast on, count): the active jitter ops in drawn order."""
+    pre = np.empty(4, np.int64)
+    post = np.empty(4, np.int64)
+    npre = npost = 0
+    seen_contrast = False
     for k in range(4):
         op = int(p[P_ORDER + k])
-        if op == 1:
-            break
+        seen_contrast = seen_contrast or op == 1
         if _active(p, op):
-            ops[n] = op
-            n += 1
-    need_mean = _active(p, 1)
-    H, W = src.shape[0], src.shape[1]
-    acc = 0.0
-    for y in range(H):
-        row_acc = 0.0
-        for x in range(W):
-            r, g, b = float(src[y, x, 0]), float(src[y, x, 1]), float(src[y, x, 2])
-            for k in range(n):
-                r, g, b = _jitter_op(ops[k], p[P_FACT + ops[k]], r, g, b, 0.0)
-            dst[y, x, 0], dst[y, x, 1], dst[y, x, 2] = r, g, b
-            if need_mean:
-                row_acc += _WR * r + _WG * g + _WB * b
-        acc += row_acc
-    return acc / (H * W) if need_mean else 0.0
+            if seen_contrast:
+                post[npost] = op
+                npost += 1
+            else:
+                pre[npre] = op
+                npre += 1
+    return pre, npre, post, npost
 
 
 @njit(**_JIT)
-def color_pass2(img, p, mean):
-    """In place: contrast (with ``mean``) and the jitter ops after it, then grayscale.
-    Returns False (and does nothing) when there is nothing left to apply."""
-    ops = np.empty(4, np.int64)
-    n = 0
-    after = False
-    for k in range(4):
-        op = int(p[P_ORDER + k])
-        if op == 1:
-            after = True
-        if after and _active(p, op):
-            ops[n] = op
-            n += 1
+def color_view(src, work, p):
+    """work (3, H, W float32) = jitter (drawn order) then grayscale of src (H, W, 3 uint8).
+
+    Contrast blends with the mean gray level of the image as it is when contrast is reached, so
+    the ops before it run in a first pass that also sums the gray level; the rest in a second."""
+    H, W = src.shape[0], src.shape[1]
+    pre, npre, post, npost = _split_ops(p)
     gray = p[P_GRAY] > 0
-    if n == 0 and not gray:
-        return False
-    H, W = img.shape[0], img.shape[1]
+    acc = 0.0
     for y in range(H):
+        r, g, b = work[0, y], work[1, y], work[2, y]
+        s = src[y].reshape(W * 3)
         for x in range(W):
-            r, g, b = img[y, x, 0], img[y, x, 1], img[y, x, 2]
-            for k in range(n):
-                r, g, b = _jitter_op(ops[k], p[P_FACT + ops[k]], r, g, b, mean)
-            if gray:
-                r = _WR * r + _WG * g + _WB * b
-                g = r
-                b = r
-            img[y, x, 0], img[y, x, 1], img[y, x, 2] = r, g, b
-    return True
+            r[x] = s[3 * x]
+            g[x] = s[3 * x + 1]
+            b[x] = s[3 * x + 2]
+        for k in range(npre):
+            _apply(pre[k], p[P_FACT + pre[k]], r, g, b, 0.0)
+        if npost > 0 and post[0] == 1:
+            row = _F0
+            for x in range(W):
+                row += _FR * r[x] + _FG * g[x] + _FB * b[x]
+            acc += row
+    mean = acc / (H * W)
+    if npost == 0 and not gray:
+        return
+    for y in range(H):
+        r, g, b = work[0, y], work[1, y], work[2, y]
+        for k in range(npost):
+            _apply(post[k], p[P_FACT + post[k]], r, g, b, mean)
+        if gray:
+            _gray_row(r, g, b)
 
 
 @njit(**_JIT)
@@ -271,74 +307,86 @@ def _reflect(i, n):
 
 @njit(**_JIT)
 def blur_rows(src, dst, w):
-    """Horizontal pass of the separable blur: dst[y, x] = sum_t w[t] src[y, reflect(x + t - r)]."""
-    H, W = src.shape[0], src.shape[1]
+    """Horizontal pass of the separable blur on planar (3, H, W) images, reflect borders."""
+    H, W = src.shape[1], src.shape[2]
     r = (w.shape[0] - 1) // 2
-    for y in range(H):
-        s = src[y].reshape(W * 3)
-        d = dst[y].reshape(W * 3)
-        lo, hi = min(r, W), max(W - r, min(r, W))
-        for xc in range(lo * 3, hi * 3):  # interior: no reflection, contiguous taps
-            acc = np.float32(0.0)
-            for t in range(2 * r + 1):
-                acc += w[t] * s[xc + 3 * (t - r)]
-            d[xc] = acc
-        for x in range(W):  # borders
-            if lo <= x < hi:
-                continue
-            for c in range(3):
-                acc = np.float32(0.0)
-                for t in range(2 * r + 1):
-                    acc += w[t] * s[3 * _reflect(x + t - r, W) + c]
-                d[3 * x + c] = acc
+    for c in range(3):
+        for y in range(H):
+            s, d = src[c, y], dst[c, y]
+            # interior, tap-outer over slice views indexed from 0 (a vectorised axpy; shifted
+            # signed indices would keep numba's negative-index wraparound test in the loop)
+            n = W - 2 * r
+            dv = d[r:W - r]
+            s0 = s[0:n]
+            w0 = w[0]
+            for x in range(n):
+                dv[x] = w0 * s0[x]
+            for t in range(1, 2 * r + 1):
+                st = s[t:t + n]
+                wt = w[t]
+                for x in range(n):
+                    dv[x] += wt * st[x]
+            for x in range(min(r, W)):  # borders
+                for xx in (x, W - 1 - x):
+                    acc = _F0
+                    for t in range(2 * r + 1):
+                        acc += w[t] * s[_reflect(xx + t - r, W)]
+                    d[xx] = acc
 
 
 @njit(**_JIT)
-def blur_col_row(src, y, w, row):
-    """Vertical pass for one output row: row = sum_t w[t] src[reflect(y + t - r)] (contiguous)."""
-    H, W = src.shape[0], src.shape[1]
+def blur_col_row(src, c, y, w, row):
+    """Vertical pass for one output row of plane c: row = sum_t w[t] src[c, reflect(y + t - r)]."""
+    H, W = src.shape[1], src.shape[2]
     r = (w.shape[0] - 1) // 2
-    row[:] = 0.0
+    row[:] = _F0
     for t in range(2 * r + 1):
-        s = src[_reflect(y + t - r, H)].reshape(W * 3)
+        s = src[c, _reflect(y + t - r, H)]
         wt = w[t]
-        for xc in range(W * 3):
-            row[xc] += wt * s[xc]
+        for x in range(W):
+            row[x] += wt * s[x]
 
 
 @njit(**_JIT)
-def emit_row(row, out, y, flip, scale, shift, layout):
-    """Write one float row (W*3, RGB interleaved) to the output view, mirrored when ``flip``.
-    layout OUT_HWC / OUT_CHW: float32 v * scale[c] + shift[c]; OUT_U8: uint8 HWC, rounded."""
-    W = row.shape[0] // 3
-    for x in range(W):
-        xs = W - 1 - x if flip else x
-        for c in range(3):
-            v = row[3 * xs + c]
+def emit_row(row, out, c, y, flip, scale, shift, layout):
+    """Write one row of plane c to the output view, mirrored when ``flip``. layout OUT_CHW /
+    OUT_HWC: float32 v * scale[c] + shift[c]; OUT_U8: uint8 H x W x 3, rounded."""
+    W = row.shape[0]
+    a, b = np.float32(scale[c]), np.float32(shift[c])
+    if layout == OUT_CHW:
+        o = out[c, y]
+        if flip:
+            for x in range(W):
+                o[x] = row[W - 1 - x] * a + b
+        else:
+            for x in range(W):
+                o[x] = row[x] * a + b
+    else:
+        for x in range(W):
+            v = row[W - 1 - x] if flip else row[x]
             if layout == OUT_U8:
-                out[y, x, c] = min(max(v, 0.0), 255.0) + 0.5
-            elif layout == OUT_CHW:
-                out[c, y, x] = v * scale[c] + shift[c]
+                out[y, x, c] = _clamp(v) + np.float32(0.5)
             else:
-                out[y, x, c] = v * scale[c] + shift[c]
+                out[y, x, c] = v * a + b
 
 
 @njit(**_JIT)
 def augment_view(src, out, p, blur_cap, work, work2, row, scale, shift, layout):
     """One view, all ops in torchvision MoCo-v2 order: jitter -> grayscale -> blur -> flip ->
-    normalise. src: H x W x 3 uint8; work/work2: H x W x 3 float32 scratch; row: W*3 float32."""
+    normalise. src: H x W x 3 uint8; work/work2: 3 x H x W float32 scratch; row: W float32."""
     H, W = src.shape[0], src.shape[1]
-    mean = color_pass1(src, work, p)
-    color_pass2(work, p, mean)
+    color_view(src, work, p)
     flip = p[P_FLIP] > 0
-    sigma = p[P_SIGMA]
     if p[P_BLUR] > 0:
+        sigma = p[P_SIGMA]
         radius = min(int(math.ceil(3.0 * sigma)), blur_cap, H - 1, W - 1)
         w = gaussian_weights(sigma, radius)
         blur_rows(work, work2, w)
-        for y in range(H):
-            blur_col_row(work2, y, w, row)
-            emit_row(row, out, y, flip, scale, shift, layout)
+        for c in range(3):
+            for y in range(H):
+                blur_col_row(work2, c, y, w, row)
+                emit_row(row, out, c, y, flip, scale, shift, layout)
     else:
-        for y in range(H):
-            emit_row(work[y].reshape(W * 3), out, y, flip, scale, shift, layout)
+        for c in range(3):
+            for y in range(H):
+                emit_row(work[c, y], out, c, y, flip, scale, shift, layout)

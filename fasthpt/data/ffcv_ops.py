@@ -61,17 +61,6 @@ def _key_reader(key: EpochKey):
     return numba.njit(read_key)
 
 
-_LIBFFCV = {}
-
-
-def _libffcv_calls():
-    """libffcv's imdecode / resize_crop compiled once per process: a fresh numba dispatcher per
-    pipeline build (what FFCV's decoders do) leaves KeyErrors in numba's finalizers when collected."""
-    if not _LIBFFCV:
-        _LIBFFCV["calls"] = (Compiler.compile(imdecode), Compiler.compile(resize_crop))
-    return _LIBFFCV["calls"]
-
-
 def policy_vector(policy: AugPolicy, res: int) -> tuple[np.ndarray, int]:
     """(cfg for K.sample_view_params, blur radius cap from AugPolicy.blur_kernel_size)."""
     cfg = np.zeros(K.CFG_LEN, np.float64)
@@ -102,7 +91,8 @@ class TwoViewCropDecoder(Operation):
     def generate_code(self):
         mem_read = self.memory_read
         my_range = Compiler.get_iterator()
-        imdecode_c, resize_crop_c = _libffcv_calls()
+        imdecode_c = Compiler.compile(imdecode)
+        resize_crop_c = Compiler.compile(resize_crop)
         read_key = _key_reader(self.key)
         jpg = IMAGE_MODES["jpg"]
         s_lo, s_hi = self.scale
@@ -173,8 +163,8 @@ class TwoViewAugment(Operation):
             ekey = read_key()
             out = dst.reshape((2, n, v0, v1, v2))  # view-major: see the module docstring
             nt = numba.get_num_threads()
-            work = np.empty((nt, 2, res, res, 3), np.float32)
-            rows = np.empty((nt, res * 3), np.float32)
+            work = np.empty((nt, 2, 3, res, res), np.float32)
+            rows = np.empty((nt, res), np.float32)
             params = np.empty((nt, K.PARAMS_LEN), np.float64)
             for k in my_range(n):
                 t = numba.get_thread_id()

@@ -64,8 +64,8 @@ def _run(p, img=IMG, blur_cap=100, mean=(0.0, 0.0, 0.0), std=(255.0, 255.0, 255.
     h, w = img.shape[:2]
     out = np.zeros((3, h, w) if layout == K.OUT_CHW else (h, w, 3), np.uint8 if layout == K.OUT_U8 else np.float32)
     std = np.asarray(std, np.float32)
-    K.augment_view(img, out, p, blur_cap, np.empty((h, w, 3), np.float32), np.empty((h, w, 3), np.float32),
-                   np.empty(w * 3, np.float32), (1 / std).astype(np.float32),
+    K.augment_view(img, out, p, blur_cap, np.empty((3, h, w), np.float32), np.empty((3, h, w), np.float32),
+                   np.empty(w, np.float32), (1 / std).astype(np.float32),
                    (-np.asarray(mean, np.float32) / std).astype(np.float32), layout)
     t = torch.from_numpy(out)
     return t if layout == K.OUT_CHW else t.permute(2, 0, 1)
