@@ -77,25 +77,50 @@ def apply_blurpool_moco(moco) -> None:
     apply_blurpool(moco.encoder_k)
 
 
+class QueryLayerFreezing(LayerFreezing):
+    """Composer's LayerFreezing schedule (FreezeOut-like: the earliest layers first, linearly up to
+    ``freeze_level`` at the end) applied to the query encoder only. Composer's own walks *all*
+    modules in order and spares only the very last one, which in a MoCo model is the key
+    encoder's; with freeze_level 1 it would freeze the whole query encoder, head included, and
+    the loss would lose its gradient."""
+
+    def __init__(self, encoder, freeze_start: float = 0.5, freeze_level: float = 1.0):
+        super().__init__(freeze_start=freeze_start, freeze_level=freeze_level)
+        self.encoder = encoder
+
+    def apply(self, event: Event, state: State, logger: Logger) -> None:
+        from composer.algorithms.layer_freezing import freeze_layers
+
+        depth, fraction = freeze_layers(model=self.encoder, optimizers=state.optimizers,
+                                        current_duration=float(state.get_elapsed_duration()),
+                                        freeze_start=self.freeze_start, freeze_level=self.freeze_level)
+        logger.log_metrics({"layer_freezing/layers_frozen": depth, "layer_freezing/percentage_frozen": fraction})
+
+
 # name -> Trainer algorithm factory, or None for model surgery done before the optimizer exists
 # (MODEL_SURGERY). The names are what configs list in train.algorithms.
 ALGORITHMS = {
     "channels_last": ChannelsLast,
     "blurpool": None,  # adds blur filters: exported backbone.pt keeps the convs, not the blur
     "progressive_resizing": TwoViewProgressiveResizing,
-    # Composer's: freezes the first fraction of *all* modules in order (query backbone, then its
-    # head, then the already-frozen key encoder); it warns that its checkpoints cannot resume reliably.
-    "layer_freezing": LayerFreezing,
+    # Composer warns that runs with layer freezing cannot resume reliably from a checkpoint.
+    "layer_freezing": lambda moco: QueryLayerFreezing(moco.encoder_q),
 }
 MODEL_SURGERY = {"blurpool": apply_blurpool_moco}
 
 
-def build_algorithms(names: list[str]) -> list[Algorithm]:
+_NEEDS_MODEL = {"layer_freezing"}
+
+
+def build_algorithms(names: list[str], moco=None) -> list[Algorithm]:
     """Trainer algorithms for ``names`` (model-surgery names are applied by ``prepare_model``)."""
     bad = [n for n in names if n not in ALGORITHMS]
     if bad:
         raise UserError(f"unknown algorithm {bad[0]!r} in train.algorithms; valid: {', '.join(ALGORITHMS)}")
-    return [ALGORITHMS[n]() for n in names if ALGORITHMS[n] is not None]
+    if moco is None and _NEEDS_MODEL & set(names):
+        raise ValueError("build_algorithms: layer_freezing needs the MoCo module")
+    return [ALGORITHMS[n](moco) if n in _NEEDS_MODEL else ALGORITHMS[n]()
+            for n in names if ALGORITHMS[n] is not None]
 
 
 def prepare_model(moco, names: list[str]) -> None:

@@ -157,8 +157,8 @@ def build_trainer(cfg: RunConfig, device: str, precision: str, callbacks=(), loa
     load_path = resume_path(cfg, ckpt)
     log_every = batches(cfg.train.log_interval, "train.log_interval")
     batches(cfg.train.save_interval, "train.save_interval")
-    algorithms = build_algorithms(list(cfg.train.algorithms))
     moco, report = build_model(cfg, device)
+    algorithms = build_algorithms(list(cfg.train.algorithms), moco)
     loader = build_loader(cfg, device) if loader is None else loader
     if len(loader) == 0:
         raise UserError(f"{cfg.data.path}: fewer training images per process than data.batch_size={cfg.data.batch_size}")
