@@ -136,6 +136,13 @@ class _WdsImages(Dataset):
     def __len__(self):
         return len(self.samples)
 
+    def __getstate__(self):  # worker processes open their own handles (spawn cannot pickle files)
+        return {**self.__dict__, "_handles": {}}
+
+    def __del__(self):
+        for handle in getattr(self, "_handles", {}).values():  # absent if __init__ failed
+            handle.close()
+
     def _image(self, index: int) -> Image.Image:
         sample = self.samples[index]
         handle = self._handles.get(sample.shard)
