@@ -138,10 +138,10 @@ def measure_decode(args, progress) -> dict:
     except UserError as exc:
         return {"skipped": str(exc)}
     samples = common.index_wds(shards)[: args.decode_images]
-    handles = {}
-    _BLOBS[:] = [common.read_bytes(handles.setdefault(s.shard, open(shards[s.shard], "rb")), s) for s in samples]
-    for handle in handles.values():
-        handle.close()
+    _BLOBS.clear()
+    for shard_id, path in enumerate(shards):
+        with open(path, "rb") as handle:
+            _BLOBS.extend(common.read_bytes(handle, s) for s in samples if s.shard == shard_id)
     workers = max(1, args.workers)
     passes = max(1, math.ceil(4000 / max(1, len(_BLOBS))))  # each timed run decodes >= 4000 images
     runs = []
