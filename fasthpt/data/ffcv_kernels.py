@@ -97,6 +97,26 @@ def sample_crop(key, height, width, scale_lo, scale_hi, logr_lo, logr_hi):
 
 
 @njit(**_JIT)
+def decode_denominator(min_side, res):
+    """Largest d in (1, 2, 4, 8) with min_side / d >= res. libjpeg-turbo then decodes at 1/d scale
+    (DCT-domain downscaling: a low-pass, and less to decode and resize) and every crop is still
+    downscaled to res afterwards, never upsampled from a reduced decode."""
+    d = 1
+    while d < 8 and min_side >= 2 * d * res:
+        d *= 2
+    return d
+
+
+@njit(**_JIT)
+def scale_box(top, left, h, w, d, height, width):
+    """A crop box of the full image -> the box covering it in the 1/d decode (height x width)."""
+    t, l = top // d, left // d
+    b = min((top + h + d - 1) // d, height)
+    r = min((left + w + d - 1) // d, width)
+    return t, l, max(b - t, 1), max(r - l, 1)
+
+
+@njit(**_JIT)
 def sample_view_params(key, cfg, out):
     """Draw one view's jitter / gray / blur / flip parameters into ``out`` (PARAMS_LEN floats).
 

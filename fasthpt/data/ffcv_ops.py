@@ -1,9 +1,10 @@
 """FFCV operations for two-view SSL loading: ONE JPEG decode per image, two augmented views.
 
 Upstream FFCV 1.0.2 has no multi-view pipelines and no blur / grayscale / hue operations, so:
-- ``TwoViewCropDecoder`` (the 'image' field's decoder) decodes each JPEG once with libffcv's
-  ``imdecode`` and writes two random-resized crops (libffcv's ``resize_crop``, OpenCV INTER_AREA)
-  into a (2, res, res, 3) uint8 slot per sample;
+- ``TwoViewCropDecoder`` (the 'image' field's decoder) draws both crops, decodes each JPEG once
+  with libffcv's ``imdecode`` (at 1/2, 1/4 or 1/8 scale in the DCT domain when both crops stay
+  at least res wide after it) and writes two random-resized crops (libffcv's ``resize_crop``,
+  OpenCV INTER_AREA) into a (2, res, res, 3) uint8 slot per sample;
 - ``TwoViewAugment`` applies, per view, colour jitter / grayscale / blur / flip / normalisation in
   a few fused passes (ffcv_kernels.augment_view), parallel over the batch with FFCV's iterator.
 Both are compiled the way FFCV compiles its own operations (``Compiler.compile`` with numba,
@@ -97,7 +98,9 @@ class TwoViewCropDecoder(Operation):
         jpg = IMAGE_MODES["jpg"]
         s_lo, s_hi = self.scale
         r_lo, r_hi = self.log_ratio
+        res = self.res
         sample_crop, view_key = K.sample_crop, K.view_key
+        denominator, scale_box = K.decode_denominator, K.scale_box
 
         def decode(batch_indices, my_storage, metadata, storage_state):
             dst, tmp = my_storage
@@ -106,17 +109,25 @@ class TwoViewCropDecoder(Operation):
                 idx = batch_indices[k]
                 field = metadata[idx]
                 data = mem_read(field["data_ptr"], storage_state)
-                h = np.uint32(field["height"])
-                w = np.uint32(field["width"])
+                h = int(field["height"])
+                w = int(field["width"])
+                t0, l0, h0, w0 = sample_crop(view_key(ekey, idx, 0), h, w, s_lo, s_hi, r_lo, r_hi)
+                t1, l1, h1, w1 = sample_crop(view_key(ekey, idx, 1), h, w, s_lo, s_hi, r_lo, r_hi)
+                d = 1
                 if field["mode"] == jpg:
+                    d = denominator(min(h0, w0, h1, w1), res)
+                    hs, ws = (h + d - 1) // d, (w + d - 1) // d  # libjpeg-turbo's TJSCALED
                     buf = tmp[k]
-                    imdecode_c(data, buf, h, w, h, w, 0, 0, 1, 1, False, False)
-                    img = buf[: 3 * h * w].reshape(h, w, 3)
+                    imdecode_c(data, buf, np.uint32(h), np.uint32(w), np.uint32(h), np.uint32(w), 0, 0, 1, d,
+                               False, False)
+                    img = buf[: 3 * hs * ws].reshape(hs, ws, 3)
                 else:
+                    hs, ws = h, w
                     img = data.reshape(h, w, 3)
-                for v in range(2):
-                    top, left, ch, cw = sample_crop(view_key(ekey, idx, v), int(h), int(w), s_lo, s_hi, r_lo, r_hi)
-                    resize_crop_c(img, top, top + ch, left, left + cw, dst[k, v])
+                t0, l0, h0, w0 = scale_box(t0, l0, h0, w0, d, hs, ws)
+                t1, l1, h1, w1 = scale_box(t1, l1, h1, w1, d, hs, ws)
+                resize_crop_c(img, t0, t0 + h0, l0, l0 + w0, dst[k, 0])
+                resize_crop_c(img, t1, t1 + h1, l1, l1 + w1, dst[k, 1])
             return dst[: len(batch_indices)]
 
         decode.is_parallel = True
