@@ -94,6 +94,10 @@ class QueryLayerFreezing(LayerFreezing):
         depth, fraction = freeze_layers(model=self.encoder, optimizers=state.optimizers,
                                         current_duration=float(state.get_elapsed_duration()),
                                         freeze_start=self.freeze_start, freeze_level=self.freeze_level)
+        for opt in state.optimizers:  # Composer leaves frozen params' momentum in the optimizer
+            live = {id(p) for group in opt.param_groups for p in group["params"]}  # state, and
+            for p in [p for p in opt.state if id(p) not in live]:  # state_dict() (checkpoints)
+                del opt.state[p]  # then raises KeyError on them
         logger.log_metrics({"layer_freezing/layers_frozen": depth, "layer_freezing/percentage_frozen": fraction})
 
 

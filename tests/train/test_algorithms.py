@@ -80,14 +80,19 @@ def test_layer_freezing_spares_the_query_head():
     from fasthpt.models.moco import MoCo
 
     moco = MoCo(build_backbone("resnet_tiny"), dim=8, mlp_hidden=16, queue_size=16)
-    opt = torch.optim.SGD([p for p in moco.encoder_q.parameters()], lr=0.1)
+    opt = torch.optim.SGD([p for p in moco.encoder_q.parameters()], lr=0.1, momentum=0.9)
     (algo,) = build_algorithms(["layer_freezing"], moco)
     state = SimpleNamespace(optimizers=(opt,), get_elapsed_duration=lambda: 1.0)
     logger = SimpleNamespace(log_metrics=lambda m: None)
-    algo.apply(Event.EPOCH_END, state, logger)  # the end of training: maximum freezing
-    assert not moco.backbone.conv1.weight.requires_grad
-    assert moco.encoder_q.head[2].weight.requires_grad
+    moco.train()
     q, k, negatives = moco(torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32))
     from fasthpt.losses import infonce
 
+    infonce(q, k, negatives, 0.2).backward()
+    opt.step()  # momentum state for every parameter
+    algo.apply(Event.EPOCH_END, state, logger)  # the end of training: maximum freezing
+    opt.state_dict()  # a checkpoint can still be written
+    assert not moco.backbone.conv1.weight.requires_grad
+    assert moco.encoder_q.head[2].weight.requires_grad
+    q, k, negatives = moco(torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32))
     infonce(q, k, negatives, 0.2).backward()  # still has a gradient path
