@@ -22,8 +22,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from ffcv.fields.basics import IntDecoder
+from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
+from ffcv.loader import Loader, OrderOption
+from ffcv.pipeline import PipelineSpec
+from ffcv.traversal_order.base import TraversalOrder
 
 from fasthpt.data import common
+from fasthpt.data import ffcv_kernels as K
+from fasthpt.data import ffcv_ops as ops  # imports ffcv and numba: fasthpt.data reports them missing
 from fasthpt.data.manifest import Manifest
 from fasthpt.data.policy import AugPolicy
 from fasthpt.errors import UserError
@@ -37,16 +44,6 @@ BATCHES_AHEAD = 3  # FFCV's default prefetch depth
 _PIPELINES_KEPT: list = []
 
 
-def _ffcv():
-    try:
-        import ffcv.loader  # noqa: F401
-
-        from fasthpt.data import ffcv_ops
-    except ImportError as exc:
-        raise UserError(f"the ffcv backend needs ffcv 1.0.2 (pip install ffcv==1.0.2; `make setup`): {exc}") from None
-    return ffcv_ops
-
-
 def _beton(manifest: Manifest, split: str) -> Path:
     path = manifest.ffcv_path(split)
     if not path.is_file():
@@ -56,7 +53,6 @@ def _beton(manifest: Manifest, split: str) -> Path:
 
 def _rank_order(indices_for_epoch):
     """A TraversalOrder class returning this rank's sample indices for an epoch."""
-    from ffcv.traversal_order.base import TraversalOrder
 
     class RankOrder(TraversalOrder):
         def sample_order(self, epoch: int) -> np.ndarray:
@@ -66,8 +62,6 @@ def _rank_order(indices_for_epoch):
 
 
 def _ffcv_loader(path, batch_size, workers, indices_for_epoch, pipelines, drop_last):
-    from ffcv.loader import Loader, OrderOption
-
     try:
         loader = Loader(str(path), batch_size=batch_size, num_workers=workers if workers > 0 else -1,
                         os_cache=True, order=OrderOption.SEQUENTIAL, pipelines=pipelines, drop_last=drop_last,
@@ -122,9 +116,6 @@ class FFCVSSLLoader:
 
     def __init__(self, manifest: Manifest, *, split, res, batch_size, policy: AugPolicy, workers, device,
                  seed, rank, world_size, drop_last, channels_last, layout=None, debug=False):
-        ops = _ffcv()
-        from fasthpt.data import ffcv_kernels as K
-
         policy.validate()
         self.policy, self.debug = policy, debug
         self.res, self.device, self.channels_last = int(res), torch.device(device), channels_last
@@ -136,11 +127,8 @@ class FFCVSSLLoader:
         if layout is None:
             layout = K.OUT_U8 if self.device.type == "cuda" else (K.OUT_HWC if channels_last else K.OUT_CHW)
         self.layout = layout
-        self._K, self._ops = K, ops
         self.key = ops.EpochKey(seed)
         self._mean, self._inv_std = _normalizer(manifest, self.device)
-        from ffcv.pipeline import PipelineSpec
-
         augment = ops.TwoViewAugment(res, policy, self.key, manifest.mean, manifest.std, layout)
         spec = PipelineSpec("image", decoder=ops.TwoViewCropDecoder(res, policy, self.key), transforms=[augment])
         pipelines = {"image": spec, "label": None}
@@ -176,18 +164,18 @@ class FFCVSSLLoader:
         """Debug mode: each sample's pair of view parameters, recomputed in Python by the same
         kernels from the same keys as the compiled pipeline (dicts shaped like the torch backend's)."""
         meta = self._loader.reader.metadata["f0"]
-        return [self._ops.view_draws(self.key.seed, epoch, int(i), int(meta[i]["height"]), int(meta[i]["width"]),
-                                     self.policy, self.res) for i in indices]
+        return [ops.view_draws(self.key.seed, epoch, int(i), int(meta[i]["height"]), int(meta[i]["width"]),
+                               self.policy, self.res) for i in indices]
 
     def _to_views(self, batch: np.ndarray):
-        q, k = self._ops.split_views(batch, self.res, self.layout)
+        q, k = ops.split_views(batch, self.res, self.layout)
         views = []
         for v in (q, k):
             t = torch.from_numpy(v)
-            if self.layout == self._K.OUT_U8:
+            if self.layout == K.OUT_U8:
                 t = _nhwc_u8_to_float(t.to(self.device, non_blocking=True), self._mean, self._inv_std,
                                       self.channels_last)
-            elif self.layout == self._K.OUT_HWC:
+            elif self.layout == K.OUT_HWC:
                 t = t.permute(0, 3, 1, 2).to(self.device, non_blocking=True)
                 t = t if self.channels_last else t.contiguous()
             else:
@@ -204,10 +192,6 @@ class FFCVEvalLoader:
 
     def __init__(self, manifest: Manifest, *, split, res, batch_size, workers, device, rank, world_size,
                  channels_last):
-        _ffcv()
-        from ffcv.fields.basics import IntDecoder
-        from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
-
         self.device, self.channels_last, self.batch_size = torch.device(device), channels_last, batch_size
         count = manifest.count(split)
         indices = common.eval_rank_indices(count, rank, world_size).numpy()

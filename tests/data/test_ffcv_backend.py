@@ -16,7 +16,7 @@ import torchvision.transforms.functional as F
 
 from checks import (
     check_crop_areas, check_epoch, check_eval_labels, check_images, check_partition, check_policy_draws,
-    check_ssl_batch,
+    check_ssl_batch, ssl_loader,
 )
 from fasthpt.data import ffcv_backend as fb
 from fasthpt.data import ffcv_kernels as K
@@ -305,7 +305,7 @@ def test_same_seed_repeats_other_seed_and_epoch_differ(tiny_data, debug_loader):
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again))
     later = _epoch(debug_loader, 1)
     assert not torch.equal(torch.cat([b[3] for b in first]), torch.cat([b[3] for b in later]))  # reshuffled
-    other = _ssl(tiny_data, seed=1, channels_last=True)
+    other = ssl_loader(tiny_data, "ffcv", seed=1, channels_last=True)  # through the public interface
     other.set_epoch(0)
     batches = [(q.clone(), k.clone()) for q, k in other]
     for q, k in batches:
