@@ -314,12 +314,29 @@ def test_same_seed_repeats_other_seed_and_epoch_differ(tiny_data, debug_loader):
 
 
 def test_ranks_disjoint_and_cover(tiny_data):
+    """Two ranks; their loaders also take the CUDA path's layout (uint8 views normalised in torch)."""
+    manifest = load_manifest(tiny_data)
     ranks = []
     for rank in range(2):
-        loader = _ssl(tiny_data, rank=rank, world_size=2, batch_size=6, drop_last=False, debug=True, seed=4)
+        loader = fb.FFCVSSLLoader(manifest, split="train", res=32, batch_size=6, policy=AugPolicy(), workers=1,
+                                  device=torch.device("cpu"), seed=4, rank=rank, world_size=2, drop_last=False,
+                                  channels_last=False, layout=K.OUT_U8, debug=True)
         assert loader.num_samples == 18 and len(loader) == 3
-        ranks.append([i for b in _epoch(loader, 2) for i in b[3].tolist()])
+        batches = _epoch(loader, 2)
+        for q, k, _, idx in batches:
+            check_ssl_batch(q, k, manifest, batch_size=len(idx), res=32)
+        ranks.append([i for b in batches for i in b[3].tolist()])
     check_partition(ranks, list(range(36)), exact=True)
+
+
+@pytest.mark.gpu
+def test_cuda_views_are_normalised_on_the_device(tiny_data):
+    manifest = load_manifest(tiny_data)
+    for channels_last in (False, True):
+        loader = _ssl(tiny_data, device=torch.device("cuda"), channels_last=channels_last)
+        assert loader.layout == K.OUT_U8
+        for q, k in loader:
+            check_ssl_batch(q, k, manifest, batch_size=8, res=32, channels_last=channels_last, device="cuda")
 
 
 def test_eval_loader(tiny_data):
