@@ -145,10 +145,6 @@ def sample_view_params(key, cfg, out):
     out[P_FLIP] = 1.0 if uniform(key, _AUG + 12) < cfg[9] else 0.0
 
 
-# ---- pixel kernels. Layout: planar float32 scratch (3, H, W); each op runs over one row of the
-# three planes at a time (op-outer, pixel-inner, branch-free bodies) so LLVM vectorises the loops
-# and a row stays in L1 while every op of the chain passes over it.
-
 _F0, _F1, _F255 = np.float32(0.0), np.float32(1.0), np.float32(255.0)
 _FR, _FG, _FB = np.float32(_WR), np.float32(_WG), np.float32(_WB)
 
@@ -157,6 +153,105 @@ _FR, _FG, _FB = np.float32(_WR), np.float32(_WG), np.float32(_WB)
 def _clamp(v):
     return min(max(v, _F0), _F255)
 
+
+# ---- crop + resize: antialiased bilinear, the filter of torchvision's resize(antialias=True) and
+# PIL's BILINEAR (a triangle whose support widens with the downscale factor; plain bilinear with
+# half-pixel centres when upscaling). Separable: vertical first over contiguous rows, then horizontal.
+
+@njit(**_JIT)
+def aa_weights(in_size, out_size):
+    """Per output index i: first input index, tap count, and normalised weights (rows of ``w``)."""
+    scale = in_size / out_size
+    support = max(scale, 1.0)
+    inv = 1.0 / support
+    kmax = 2 * int(math.ceil(support)) + 1
+    first = np.empty(out_size, np.int64)
+    count = np.empty(out_size, np.int64)
+    w = np.zeros((out_size, kmax), np.float32)
+    for i in range(out_size):
+        center = (i + 0.5) * scale
+        lo = max(int(center - support + 0.5), 0)
+        hi = min(int(center + support + 0.5), in_size)
+        total = 0.0
+        for j in range(hi - lo):
+            v = max(0.0, 1.0 - abs((j + lo - center + 0.5) * inv))
+            w[i, j] = v
+            total += v
+        for j in range(hi - lo):
+            w[i, j] = w[i, j] / total
+        first[i], count[i] = lo, hi - lo
+    return first, count, w
+
+
+@njit(**_JIT)
+def _taps_row(src, x0, fx, cx, wx, dst):
+    """dst (C*3) = horizontal taps over the interleaved RGB row src, starting at column x0."""
+    for x in range(fx.shape[0]):
+        base = (x0 + fx[x]) * 3
+        if cx[x] == 2:  # every tap count when upscaling: unrolled
+            w0, w1 = wx[x, 0], wx[x, 1]
+            a0 = w0 * src[base] + w1 * src[base + 3]
+            a1 = w0 * src[base + 1] + w1 * src[base + 4]
+            a2 = w0 * src[base + 2] + w1 * src[base + 5]
+        else:
+            a0 = a1 = a2 = _F0
+            for k in range(cx[x]):
+                wk = wx[x, k]
+                a0 += wk * src[base + 3 * k]
+                a1 += wk * src[base + 3 * k + 1]
+                a2 += wk * src[base + 3 * k + 2]
+        dst[3 * x], dst[3 * x + 1], dst[3 * x + 2] = a0, a1, a2
+
+
+@njit(**_JIT)
+def _sum_rows(rows, first, count, w, i, dst):
+    """dst = sum_k w[i, k] * rows[first[i] + k] (whole contiguous rows: vectorised)."""
+    n = dst.shape[0]
+    r0 = rows[first[i]]
+    wt = w[i, 0]
+    for x in range(n):
+        dst[x] = wt * r0[x]
+    for k in range(1, count[i]):
+        r = rows[first[i] + k]
+        wt = w[i, k]
+        for x in range(n):
+            dst[x] += wt * r[x]
+
+
+@njit(**_JIT)
+def resize_crop_aa(img, top, left, h, w, out, tmp):
+    """out (R x C x 3 uint8) = img[top:top+h, left:left+w] (H x W x 3 uint8, C-contiguous) resized
+    with the antialiased bilinear filter, rounded. tmp: float32 scratch of at least
+    max(R, h) * max(C, w) * 3 + C * 3. The axis that shrinks the data most goes first."""
+    R, C = out.shape[0], out.shape[1]
+    fy, cy, wy = aa_weights(h, R)
+    fx, cx, wx = aa_weights(w, C)
+    flat = out.reshape(R, C * 3)
+    if h >= R:  # vertical first: R rows of the crop's width, then the taps along each row
+        w3 = w * 3
+        crop = img[top:top + h].reshape(h, img.shape[1] * 3)[:, left * 3:left * 3 + w3]
+        t = tmp[: R * w3].reshape(R, w3)
+        line = tmp[R * w3: R * w3 + C * 3]
+        for i in range(R):
+            _sum_rows(crop, fy, cy, wy, i, t[i])
+            _taps_row(t[i], 0, fx, cx, wx, line)
+            for x in range(C * 3):
+                flat[i, x] = _clamp(line[x]) + np.float32(0.5)
+    else:  # upscaling rows: taps along the h crop rows first, then R weighted sums of them
+        c3 = C * 3
+        t = tmp[: h * c3].reshape(h, c3)
+        line = tmp[h * c3: h * c3 + c3]
+        for y in range(h):
+            _taps_row(img[top + y].reshape(-1), left, fx, cx, wx, t[y])
+        for i in range(R):
+            _sum_rows(t, fy, cy, wy, i, line)
+            for x in range(c3):
+                flat[i, x] = _clamp(line[x]) + np.float32(0.5)
+
+
+# ---- pixel kernels. Layout: planar float32 scratch (3, H, W); each op runs over one row of the
+# three planes at a time (op-outer, pixel-inner, branch-free bodies) so LLVM vectorises the loops
+# and a row stays in L1 while every op of the chain passes over it.
 
 @njit(**_JIT)
 def _brightness_row(r, g, b, f):  # blend with black
