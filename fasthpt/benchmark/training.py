@@ -5,8 +5,9 @@ Method (DESIGN.md convention 9): each row is a real short run through the same T
 `fasthpt pretrain`; the first ``--warmup`` batches (model build, loader start, first-step
 allocation) stay out of the figure, the clock is read at BATCH_END (after synchronising CUDA) over
 the next ``--batches`` batches, repeated ``--repeats`` times, median reported. ``--data synthetic``
-feeds fixed random tensors already in memory: the model's own ceiling, with no loader at all. One
-JSON line per row (``--json FILE``, appended).
+feeds fixed random tensors already in memory: the model's own ceiling, with no loader at all.
+``--knn`` adds the end-of-run kNN accuracy, to see that a speed-up does not cost accuracy. One JSON
+line per row (``--json FILE``, appended).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed batches first (default 3)")
     parser.add_argument("--batches", type=int, default=10, help="timed batches per run (default 10)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per row; median reported (default 1)")
+    parser.add_argument("--knn", action="store_true",
+                        help="also report the kNN accuracy (val split) of the backbone at the end of each run")
     parser.add_argument("--json", default=None, help="append one JSON line per row to this file")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="further config overrides")
 
@@ -98,8 +101,10 @@ def measure(cfg, warmup: int, batches: int, synthetic: bool) -> dict:
     ends, waits = clock.ends[warmup - 1 :], clock.waits[warmup:]
     span = ends[-1] - ends[0]
     timed = len(ends) - 1
-    return {"samples_per_s": timed * cfg.data.batch_size / span, "step_s": span / timed,
-            "data_stall_frac": sum(waits[:timed]) / span, "backend": result["backend"]}
+    knn = [json.loads(line).get("knn/acc") for line in (cfg.run_path / "metrics.jsonl").read_text().splitlines()]
+    knn = [a for a in knn if a is not None]
+    return {"step_s": span / timed, "data_stall_frac": sum(waits[:timed]) / span, "backend": result["backend"],
+            "knn_acc": knn[-1] if knn else None}
 
 
 def _row_config(args, backend: str, algorithms: list[str], run_dir: str):
@@ -110,7 +115,8 @@ def _row_config(args, backend: str, algorithms: list[str], run_dir: str):
         f"run_dir={run_dir}", "name=bench", f"model.arch={args.arch}", f"data.res={args.res}",
         f"data.batch_size={args.batch}", f"data.workers={args.workers}", f"model.queue_size={args.queue}",
         f"train.max_duration={args.warmup + args.batches}ba", "train.progress_bar=false", "train.autoresume=false",
-        f"train.save_interval={10 ** 9}ba", "train.knn_interval=0ba", f"train.log_interval={10 ** 9}ba",
+        f"train.save_interval={10 ** 9}ba", f"train.log_interval={10 ** 9}ba",
+        f"train.knn_interval={args.warmup + args.batches if args.knn and not synthetic else 0}ba",
         f"train.algorithms=[{','.join(algorithms)}]",
     ]
     if not synthetic:
@@ -145,13 +151,16 @@ def _emit(args, algorithms: list[str], figures: list[dict]) -> None:
     def median(key):
         return statistics.median(f[key] for f in figures)
 
+    step = median("step_s")  # the median step; samples/s derived from it so the two agree
     row = {
         "bench": "train", "data": args.data, "backend": figures[0]["backend"], "arch": args.arch,
         "res": args.res, "batch": args.batch, "workers": args.workers, "queue": args.queue,
-        "algorithms": algorithms or ["none"], "samples_per_s": round(median("samples_per_s"), 2),
-        "step_s": round(median("step_s"), 4), "data_stall_frac": round(median("data_stall_frac"), 3),
+        "algorithms": algorithms or ["none"], "samples_per_s": round(args.batch / step, 2),
+        "step_s": round(step, 4), "data_stall_frac": round(median("data_stall_frac"), 3),
+        "samples_per_s_runs": [round(args.batch / f["step_s"], 2) for f in figures],
         "warmup": args.warmup, "batches": args.batches, "repeats": args.repeats,
         "load_avg_1min": round(median("load"), 2),  # the machine's other load while measuring
+        "knn_acc": figures[-1]["knn_acc"],
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu x{os.cpu_count()}",
         "torch": torch.__version__, "python": platform.python_version(), "git_sha": git_sha(),
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
