@@ -18,6 +18,7 @@ if __name__ == "__main__":  # run as a script (Composer's launcher): keep fasthp
 
 import json  # noqa: E402
 import logging  # noqa: E402
+import math  # noqa: E402
 import shutil  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -31,9 +32,10 @@ log = logging.getLogger("fasthpt.train")
 
 
 def pretrain(cfg: RunConfig) -> dict:
-    """Run ``cfg`` (every stage in order when ``cfg.stages``); returns the summary described in
-    the module doc: run_dir, backbone, iterations, wall_clock_s, samples_per_s, data_stall_frac,
-    backend, stages."""
+    """Run ``cfg`` (every stage in order when ``cfg.stages``). Returns run_dir, backbone (path of
+    the final backbone.pt), iterations (total batches trained, resumed ones included),
+    iterations_this_launch, wall_clock_s / samples_per_s / data_stall_frac (this launch),
+    backend, world_size, ranks_in_sync, and with stages a list of the same per stage."""
     from fasthpt.hpt import stage_configs
 
     if not cfg.stages:
@@ -50,14 +52,24 @@ def pretrain(cfg: RunConfig) -> dict:
         shutil.copyfile(results[-1]["backbone"], tmp)
         tmp.replace(final)
     dist.barrier()
+    return {"run_dir": str(cfg.run_path), "backbone": str(final), **_combine(results), "stages": results}
+
+
+def _combine(results: list[dict]) -> dict:
+    """Totals over stages; rates weighted by each stage's wall time (this launch's)."""
     wall = sum(r["wall_clock_s"] for r in results)
-    samples = sum(r["samples_per_s"] * r["wall_clock_s"] for r in results)
+
+    def weighted(key):
+        pairs = [(r[key], r["wall_clock_s"]) for r in results if math.isfinite(r[key])]
+        total = sum(w for _, w in pairs)
+        return sum(v * w for v, w in pairs) / total if total else float("nan")
+
     return {
-        "run_dir": str(cfg.run_path), "backbone": str(final),
-        "iterations": sum(r["iterations"] for r in results), "wall_clock_s": wall,
-        "samples_per_s": samples / wall if wall else 0.0,
-        "data_stall_frac": sum(r["data_stall_frac"] * r["wall_clock_s"] for r in results) / wall if wall else 0.0,
-        "backend": results[-1]["backend"], "stages": results,
+        "iterations": sum(r["iterations"] for r in results),
+        "iterations_this_launch": sum(r["iterations_this_launch"] for r in results), "wall_clock_s": wall,
+        "samples_per_s": weighted("samples_per_s"), "data_stall_frac": weighted("data_stall_frac"),
+        "backend": results[-1]["backend"], "world_size": results[-1]["world_size"],
+        "ranks_in_sync": all(r["ranks_in_sync"] for r in results),
     }
 
 
