@@ -39,8 +39,12 @@ def _split_nproc(items: list[str], nproc: int) -> tuple[list[str], int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
+
     from fasthpt.config import load_config
 
+    # fasthpt's own INFO lines (base import report, kNN monitor, resume) on the console
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args.overrides, args.nproc = _split_nproc(list(args.overrides), args.nproc)
     cfg = load_config(args.config, args.overrides)  # strict: bad keys fail here, before any launch
     if args.nproc > 1:

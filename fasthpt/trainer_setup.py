@@ -83,7 +83,9 @@ def build_loader(cfg: RunConfig, device: str):
     return build_ssl_loader(
         d.path, split="train", backend=d.backend, res=d.res, batch_size=d.batch_size, policy=d.aug,
         workers=d.workers, device=_torch_device(device), seed=cfg.train.seed, rank=dist.get_global_rank(),
-        world_size=dist.get_world_size(), drop_last=True, channels_last=d.channels_last,
+        world_size=dist.get_world_size(), drop_last=True,
+        # a channels_last model wants channels_last batches (else its first conv converts each one)
+        channels_last=d.channels_last or "channels_last" in cfg.train.algorithms,
     )
 
 
