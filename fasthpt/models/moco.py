@@ -133,14 +133,6 @@ class MoCo(nn.Module):
         torch._foreach_add_(pk, pq, alpha=1.0 - self.momentum)
 
     @torch.no_grad()
-    def reset_key_encoder(self) -> None:
-        """Key encoder := query encoder (after loading a base or re-initialising the head)."""
-        for pk, pq in zip(self.encoder_k.parameters(), self.encoder_q.parameters()):
-            pk.copy_(pq)
-        for bk, bq in zip(self.encoder_k.buffers(), self.encoder_q.buffers()):
-            bk.copy_(bq)
-
-    @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
         """Write ``keys`` (M x dim, all processes' keys) at the pointer, wrapping around the end."""
         size = self.queue.shape[0]
