@@ -114,10 +114,10 @@ def run_stage(cfg: RunConfig, *, callbacks: tuple = (), loader=None) -> dict:
     _init_dist()
     rank = dist.get_global_rank()
     run = cfg.run_path
-    if rank == 0:
+    parts = build_trainer(cfg, _device(), resolve_precision(cfg.train.precision, _device()), callbacks=callbacks, loader=loader)
+    if rank == 0:  # only once the base, the data and the config have all been accepted
         run.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run / "config.yaml")
-    parts = build_trainer(cfg, _device(), resolve_precision(cfg.train.precision, _device()), callbacks=callbacks, loader=loader)
     trainer, moco, loader, stall = parts.trainer, parts.moco, parts.loader, parts.stall
     start_batch, start_sample = int(trainer.state.timestamp.batch), int(trainer.state.timestamp.sample)
     t0 = time.perf_counter()

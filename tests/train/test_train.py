@@ -127,6 +127,7 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, ssl_data, capsys, case):
     assert code == 2 and len(err) == 1
     needle = {"bad_key": "optim.lrr", "missing_base": "not found", "wrong_arch": "holds a resnet18"}[case]
     assert needle in err[0] and "Traceback" not in err[0]
+    assert not (tmp_path / "cli").exists()  # a refused run leaves no run folder behind
 
 
 def _port() -> int:
