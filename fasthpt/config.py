@@ -76,6 +76,7 @@ class TrainConfig:
     knn_k: int = 20
     knn_t: float = 0.07
     progress_bar: bool = True
+    console_log: bool = True  # Composer's per-interval console lines (only when progress_bar is off)
     tensorboard: bool = False
 
 

@@ -182,7 +182,7 @@ def build_trainer(cfg: RunConfig, device: str, precision: str, callbacks=(), loa
         algorithms=algorithms, callbacks=callbacks, loggers=loggers, run_name=cfg.name,
         save_folder=str(ckpt), save_interval=cfg.train.save_interval, save_overwrite=cfg.train.autoresume,
         save_num_checkpoints_to_keep=cfg.train.save_num_checkpoints_to_keep, load_path=load_path,
-        seed=cfg.train.seed, progress_bar=cfg.train.progress_bar, log_to_console=not cfg.train.progress_bar,
+        seed=cfg.train.seed, progress_bar=cfg.train.progress_bar, log_to_console=cfg.train.console_log and not cfg.train.progress_bar,
         console_log_interval=cfg.train.log_interval, device_train_microbatch_size=cfg.data.batch_size,
         dist_timeout=1800.0,  # the kNN monitor runs on rank 0 while the others wait at the next all-reduce
     )
