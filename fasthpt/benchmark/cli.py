@@ -8,6 +8,7 @@ import importlib
 KINDS = {
     "loaders": ("fasthpt.benchmark.loaders", "two-view loader throughput per backend (+ decode ceiling)"),
     "train": ("fasthpt.benchmark.training", "training throughput and data-stall per backend / algorithm set"),
+    "plot": ("fasthpt.benchmark.plots", "bar charts of the loader and training benchmark results"),
 }
 
 
