@@ -1,7 +1,8 @@
 """The convergence experiment's arithmetic, table, plot and report (pure functions of results).
 
 A point is a dict: {"method", "iterations", "knn", "linear", "wall_clock_s", ...}. Methods:
-"scratch" (MoCo from random init), "hpt", "hpt-bn", and "direct" (the base itself, 0 iterations).
+"scratch" (MoCo from random init), "hpt", "hpt-bn", "direct" (the base itself, 0 iterations) and
+"random" (the random-init backbone, 0 iterations, for reference).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ METHOD_LABELS = {
     "hpt": "HPT (from base)",
     "hpt-bn": "HPT-BN (from base)",
     "direct": "direct transfer (base)",
+    "random": "random init (no pretraining)",
 }
 
 
@@ -100,6 +102,9 @@ def plot_convergence(points: list[dict], path, metric: str = "linear", title: st
     direct = _series(points, "direct", metric)
     if direct:
         ax.axhline(100 * direct[0][metric], color="tab:green", linestyle="--", label=METHOD_LABELS["direct"])
+    rand = _series(points, "random", metric)
+    if rand:
+        ax.axhline(100 * rand[0][metric], color="tab:red", linestyle=":", label=METHOD_LABELS["random"])
     ax.set_xscale("log")
     ax.set_xlabel("pretraining iterations on the target (log scale)")
     ax.set_ylabel(f"{metric} top-1 accuracy (%)")
