@@ -110,12 +110,12 @@ def _pretrain_cached(cfg, force: bool) -> dict:
     return result
 
 
-def _evaluate(backbone: str, data: Path, sc: Scale, cache: dict) -> dict:
+def _evaluate(backbone: str, data: Path, sc: Scale, backend: str, cache: dict) -> dict:
     from fasthpt.eval import run_knn, run_linear
 
     if backbone in cache:
         return cache[backbone]
-    common = dict(res=sc.res, batch_size=128, workers=sc.workers, progress=False)
+    common = dict(res=sc.res, batch_size=128, workers=sc.workers, backend=backend, progress=False)
     common["quiet"] = True
     knn = run_knn(backbone, str(data), k=sc.knn_k, **common)
     lin = run_linear(backbone, str(data), iters=sc.linear_iters, precomputed=True, **common)
@@ -171,10 +171,10 @@ def run(args: argparse.Namespace) -> int:
     evals: dict = {}
     points = []
     step("eval base + random init")
-    points.append({"method": "direct", "iterations": 0, "wall_clock_s": 0.0, **_evaluate(base, sat, sc, evals)})
+    points.append({"method": "direct", "iterations": 0, "wall_clock_s": 0.0, **_evaluate(base, sat, sc, args.backend, evals)})
     # random init, for reference: what scratch starts from (random conv features are not chance level)
     points.append({"method": "random", "iterations": 0, "wall_clock_s": 0.0,
-                   **_evaluate(_random_backbone(arch, out), sat, sc, evals)})
+                   **_evaluate(_random_backbone(arch, out), sat, sc, args.backend, evals)})
     bar.update()
 
     plan = [("scratch", "none", "full", sc.scratch_grid), ("hpt", base, "full", sc.hpt_grid),
@@ -185,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
             cfg = _run_config(f"{method}-{iters}", out, sat, sc, iters, init, mode, args.backend, arch)
             res = _pretrain_cached(cfg, args.force)
             point = {"method": method, "iterations": iters, **_throughput(res),
-                     **_evaluate(res["backbone"], sat, sc, evals)}
+                     **_evaluate(res["backbone"], sat, sc, args.backend, evals)}
             points.append(point)
             stages.append({"stage": f"{method} {iters} it (sat)", **_throughput(res)})
             bar.update()

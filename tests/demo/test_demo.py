@@ -20,7 +20,7 @@ def test_miniature_demo_end_to_end(tmp_path):
 
     points = results["points"]
     grid = {(p["method"], p["iterations"]) for p in points}
-    assert ("direct", 0) in grid
+    assert ("direct", 0) in grid and ("random", 0) in grid
     for method in ("scratch", "hpt", "hpt-bn"):
         assert {i for m, i in grid if m == method} == set(results["settings"][
             "scratch_grid" if method == "scratch" else "hpt_grid"])
@@ -31,7 +31,7 @@ def test_miniature_demo_end_to_end(tmp_path):
         assert row in report, row
     # the stored speed-up is the one recomputed from the stored points
     assert results["speedup"]["hpt"] == convergence_speedup(points, "hpt", results["metric"])
-    trained = [p for p in points if p["method"] != "direct"]
+    trained = [p for p in points if p["method"] not in ("direct", "random")]
     assert all(p["wall_clock_s"] > 0 and p["samples_per_s"] > 0 for p in trained)
     assert re.search(r"Total wall-clock \d+\.\d min", report)
 
