@@ -122,7 +122,9 @@ def run_stage(cfg: RunConfig, *, callbacks: tuple = (), loader=None) -> dict:
     start_batch, start_sample = int(trainer.state.timestamp.batch), int(trainer.state.timestamp.sample)
     t0 = time.perf_counter()
     try:
-        trainer.fit()
+        # a run resumed from its final checkpoint is already done: Composer would refuse to fit
+        if start_batch < batches(cfg.train.max_duration, "train.max_duration"):
+            trainer.fit()
     finally:
         wall = time.perf_counter() - t0
     done_batch, done_sample = int(trainer.state.timestamp.batch), int(trainer.state.timestamp.sample)

@@ -81,6 +81,12 @@ def test_autoresume_continues_without_losing_or_repeating_batches(tmp_path, ssl_
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
 
+    # launching a finished run again trains nothing and hands back the same backbone
+    again = pretrain(_cfg(tmp_path / "b", ssl_data, "r", *extra))
+    assert again["iterations"] == 6 and again["iterations_this_launch"] == 0
+    c = _backbone(again["backbone"])
+    assert all(torch.equal(b[key], c[key]) for key in b)
+
 
 def test_stages_chain_base_source_target(tmp_path, ssl_data):
     stages = (f"stages=[{{name: source, data: '{ssl_data}', max_duration: 2ba}},"
