@@ -8,8 +8,8 @@ and parallel over the batch with FFCV's own iterator; the label field is not rea
   drawn: clone it to keep it longer.
 - CUDA device: the slot holds uint8 views (4x fewer bytes over PCIe, page-locked by FFCV when CUDA is
   present); they are normalised on the device.
-Eval pipeline: FFCV's CenterCropRGBImageDecoder (crop 224/256 of the shorter side, resize to res:
-the paper's resize 256 / center-crop 224, scaled) + IntDecoder; normalised on the device.
+Eval pipeline: ffcv_ops.CenterCropDecoder (torchvision's Resize(round(res * 256/224)) + CenterCrop(res),
+the paper's test transform, antialiased) + IntDecoder; normalised on the device.
 
 Sharding and epoch length follow fasthpt.data.common (one rule for every backend), through a
 TraversalOrder of our own: it needs neither torch.distributed nor FFCV's distributed mode.
@@ -17,13 +17,14 @@ TraversalOrder of our own: it needs neither torch.distributed nor FFCV's distrib
 
 from __future__ import annotations
 
+import gc
 import math
 from pathlib import Path
 
+import numba
 import numpy as np
 import torch
 from ffcv.fields.basics import IntDecoder
-from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
 from ffcv.loader import Loader, OrderOption
 from ffcv.pipeline import PipelineSpec
 from ffcv.traversal_order.base import TraversalOrder
@@ -42,6 +43,9 @@ BATCHES_AHEAD = 3  # FFCV's default prefetch depth
 # functions that other pipelines' dispatchers still use (libffcv's imdecode is compiled once per
 # pipeline): the next build then fails with a KeyError, or a finalizer prints one. A few MB per build.
 _PIPELINES_KEPT: list = []
+# numba types of the pipeline arguments, made and held before the compile: without them, a second
+# pipeline's compile met the same KeyError (numba 0.68 interns types weakly; found empirically).
+_ARG_TYPES_KEPT: list = []
 
 
 def _beton(manifest: Manifest, split: str) -> Path:
@@ -73,7 +77,51 @@ def _ffcv_loader(path, batch_size, workers, indices_for_epoch, pipelines, drop_l
     _PIPELINES_KEPT.append(loader.code)
     loader.traversal_order = _rank_order(indices_for_epoch)(loader)
     loader.first_traversal_order = loader.next_traversal_order()
+    _compile_here(loader)
     return loader
+
+
+def _compile_here(loader) -> None:
+    """Run the pipeline once on this thread, so numba compiles it here and not in FFCV's thread:
+    numba 0.68 can fail with a KeyError in a dispatcher's overloads when a kernel already compiled
+    for one signature on one thread gets a new signature compiled on another. Same steps as FFCV's
+    EpochIterator.run_pipeline, on one batch of the first epoch's order."""
+    indices = np.asarray(loader.first_traversal_order[: loader.batch_size])
+    context = loader.memory_manager.schedule_epoch([indices])
+    context.__enter__()
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        context.start_batch(0)
+        memory = loader.graph.allocate_memory(loader.batch_size, 1)
+        args = {"batch_indices": indices, "storage_state": context.state, "metadata": loader.reader.metadata,
+                **{f"memory_{k}": _slot(v, len(indices)) for k, v in memory["operation"].items()},
+                **{f"shared_memory_{k}": _slot(v, len(indices)) for k, v in memory["shared"].items()}}
+        _ARG_TYPES_KEPT.append([numba.typeof(v) for v in _flatten(args.values())])
+        stages, _ = loader.code
+        for stage, outputs in stages:
+            for node_id, result in zip(outputs, stage(**args)):
+                args[f"result_{node_id}"] = result
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+        context.__exit__(None, None, None)
+
+
+def _flatten(values):
+    for v in values:
+        if isinstance(v, (tuple, list)):
+            yield from _flatten(v)
+        elif isinstance(v, np.ndarray):
+            yield v
+
+
+def _slot(buffer, count):
+    if buffer is None:
+        return None
+    if isinstance(buffer, tuple):
+        return tuple(_slot(b, count) for b in buffer)
+    return buffer[0][:count]
 
 
 def _batches(loader):
@@ -89,9 +137,10 @@ def _batches(loader):
             if not queue._qsize() and not it.is_alive():
                 raise RuntimeError("the FFCV pipeline thread stopped with an error (traceback above)")
             try:
-                yield next(it)
+                batch = next(it)
             except StopIteration:
                 return
+            yield batch
     finally:
         it.close()
 
@@ -151,14 +200,17 @@ class FFCVSSLLoader:
         epoch, self.epoch = self.epoch, self.epoch + 1
         self.key.set_epoch(epoch)
         self._loader.next_epoch = epoch
-        order = self._loader.next_traversal_order()
+        debug = self._debug_epoch(epoch) if self.debug else None
         for b, (batch,) in enumerate(_batches(self._loader)):
             q, k = self._to_views(batch)
-            if self.debug:
-                idx = order[b * self.batch_size: b * self.batch_size + q.shape[0]]
-                yield q, k, self._draws(epoch, idx), torch.from_numpy(np.asarray(idx, dtype=np.int64))
-            else:
-                yield q, k
+            yield (q, k) if debug is None else (q, k, *debug[b])
+
+    def _debug_epoch(self, epoch):
+        """Per batch: (draws, indices). Computed before FFCV's thread starts: numba 0.68 can fail
+        with a KeyError when two threads compile calls of one kernel at the same time."""
+        order = self._loader.next_traversal_order()[: len(self) * self.batch_size]
+        chunks = [order[i: i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        return [(self._draws(epoch, idx), torch.from_numpy(np.asarray(idx, dtype=np.int64))) for idx in chunks]
 
     def _draws(self, epoch, indices):
         """Debug mode: each sample's pair of view parameters, recomputed in Python by the same
@@ -199,10 +251,8 @@ class FFCVEvalLoader:
         if self._count == 0:
             raise UserError(f"{manifest.root} {split}: no samples for rank {rank} of {world_size}")
         self._mean, self._inv_std = _normalizer(manifest, self.device)
-        # Crop side = shorter side * res / round(res * 256/224): the region torchvision's
-        # Resize(round(res*256/224)) + CenterCrop(res) keeps.
-        ratio = res / common.eval_resize(res)
-        pipelines = {"image": [CenterCropRGBImageDecoder((res, res), ratio)], "label": [IntDecoder()]}
+        decoder = ops.CenterCropDecoder(res, common.eval_resize(res))  # the paper's resize 256 / crop 224
+        pipelines = {"image": PipelineSpec("image", decoder=decoder), "label": [IntDecoder()]}
         order = lambda e: indices  # noqa: E731
         self._loader = _ffcv_loader(_beton(manifest, split), batch_size, workers, order, pipelines, False)
 

@@ -18,7 +18,7 @@ import math
 import numpy as np
 from numba import njit
 
-_JIT = dict(nogil=True, fastmath=True, error_model="numpy", cache=True)
+_JIT = dict(nogil=True, fastmath=True, error_model="numpy")
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)  # splitmix64 constants (Steele et al. 2014)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -29,6 +29,10 @@ _INV53 = 1.0 / 9007199254740992.0  # 2^-53: top 53 bits -> a double in [0, 1)
 # Draw numbers: the crop uses 4 per attempt (10 attempts, as torchvision); the view's other
 # parameters start at _AUG so the two never overlap.
 _CROP_TRIES = 10
+# An int64 zero that is not a literal: numba 0.68 corrupts a dispatcher's overload table when one
+# kernel is compiled both for a Literal[int] argument and for int64 (KeyError at a later compile),
+# so no shared kernel is ever called with a literal or a closure constant (see ffcv_ops).
+_I0 = np.int64(0)
 _AUG = 64
 
 # torchvision's rgb_to_grayscale weights for tensors (ITU-R 601-2 luma).
@@ -159,9 +163,12 @@ def _clamp(v):
 # half-pixel centres when upscaling). Separable: vertical first over contiguous rows, then horizontal.
 
 @njit(**_JIT)
-def aa_weights(in_size, out_size):
-    """Per output index i: first input index, tap count, and normalised weights (rows of ``w``)."""
-    scale = in_size / out_size
+def aa_weights(in_size, out_size, start, scale):
+    """Per output index i: first input index, tap count, and normalised weights (rows of ``w``).
+    Output i is centred on input coordinate start + (i + 0.5) * scale (scale 0: in_size / out_size,
+    the whole input onto the whole output); taps stay inside [0, in_size)."""
+    if scale <= 0.0:
+        scale = in_size / out_size
     support = max(scale, 1.0)
     inv = 1.0 / support
     kmax = 2 * int(math.ceil(support)) + 1
@@ -169,7 +176,7 @@ def aa_weights(in_size, out_size):
     count = np.empty(out_size, np.int64)
     w = np.zeros((out_size, kmax), np.float32)
     for i in range(out_size):
-        center = (i + 0.5) * scale
+        center = start + (i + 0.5) * scale
         lo = max(int(center - support + 0.5), 0)
         hi = min(int(center + support + 0.5), in_size)
         total = 0.0
@@ -221,11 +228,34 @@ def _sum_rows(rows, first, count, w, i, dst):
 @njit(**_JIT)
 def resize_crop_aa(img, top, left, h, w, out, tmp):
     """out (R x C x 3 uint8) = img[top:top+h, left:left+w] (H x W x 3 uint8, C-contiguous) resized
-    with the antialiased bilinear filter, rounded. tmp: float32 scratch of at least
-    max(R, h) * max(C, w) * 3 + C * 3. The axis that shrinks the data most goes first."""
+    with the antialiased bilinear filter, rounded (torchvision's resized_crop). tmp: float32
+    scratch of at least max(R, h) * max(C, w) * 3 + C * 3."""
     R, C = out.shape[0], out.shape[1]
-    fy, cy, wy = aa_weights(h, R)
-    fx, cx, wx = aa_weights(w, C)
+    _resize_aa(img, top, left, h, w, aa_weights(h, R, 0.0, 0.0), aa_weights(w, C, 0.0, 0.0), out, tmp)
+
+
+@njit(**_JIT)
+def center_crop_aa(img, resize_to, out, tmp):
+    """torchvision's Resize(resize_to) (shorter side; antialiased bilinear) then CenterCrop to
+    out's size, in one pass: only the output pixels are computed, from the whole image."""
+    H, W = img.shape[0], img.shape[1]
+    R, C = out.shape[0], out.shape[1]
+    short, long = min(H, W), max(H, W)
+    new_long = int(resize_to * long / short)  # torchvision _compute_resized_output_size
+    new_h, new_w = (new_long, resize_to) if W <= H else (resize_to, new_long)
+    top = int(round((new_h - R) / 2.0))  # torchvision center_crop
+    left = int(round((new_w - C) / 2.0))
+    sy, sx = H / new_h, W / new_w
+    _resize_aa(img, _I0, _I0, H, W, aa_weights(H, R, top * sy, sy), aa_weights(W, C, left * sx, sx), out, tmp)
+
+
+@njit(**_JIT)
+def _resize_aa(img, top, left, h, w, wy_, wx_, out, tmp):
+    """The separable resize of the region img[top:top+h, left:left+w] with per-axis weights
+    (aa_weights); the axis that shrinks the data most goes first."""
+    R, C = out.shape[0], out.shape[1]
+    fy, cy, wy = wy_
+    fx, cx, wx = wx_
     flat = out.reshape(R, C * 3)
     if h >= R:  # vertical first: R rows of the crop's width, then the taps along each row
         w3 = w * 3
@@ -234,7 +264,7 @@ def resize_crop_aa(img, top, left, h, w, out, tmp):
         line = tmp[R * w3: R * w3 + C * 3]
         for i in range(R):
             _sum_rows(crop, fy, cy, wy, i, t[i])
-            _taps_row(t[i], 0, fx, cx, wx, line)
+            _taps_row(t[i], _I0, fx, cx, wx, line)
             for x in range(C * 3):
                 flat[i, x] = _clamp(line[x]) + np.float32(0.5)
     else:  # upscaling rows: taps along the h crop rows first, then R weighted sums of them

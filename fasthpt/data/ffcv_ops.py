@@ -20,24 +20,21 @@ block (a valid channels_last or contiguous NCHW tensor with no copy); see ``spli
 
 from __future__ import annotations
 
-import warnings
+import ctypes
 from dataclasses import replace
 
 import numpy as np
 import numba
-from numba.core.errors import NumbaWarning
+from numba.core import types
+from numba.extending import intrinsic
 from ffcv.fields.rgb_image import IMAGE_MODES
-from ffcv.libffcv import imdecode
+import ffcv.libffcv as ffcv_libffcv
 from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.operation import Operation
 
 from fasthpt.data import ffcv_kernels as K
 from fasthpt.data.policy import AugPolicy
-
-# Reading the epoch key is one object-mode call per batch (outside the parallel loop); numba warns
-# that object mode cannot run in parallel, which is the intent here.
-warnings.filterwarnings("ignore", message="Code running in object mode", category=NumbaWarning)
 
 
 class EpochKey:
@@ -55,13 +52,80 @@ class EpochKey:
         return self.value
 
 
-def _key_reader(key: EpochKey):
-    def read_key():
-        with numba.objmode(k="uint64"):
-            k = key.get()
-        return k
+_imdecode = ffcv_libffcv.ctypes_imdecode  # libffcv's C entry point (ctypes: callable from numba)
 
-    return numba.njit(read_key)
+
+def _decode_jpeg(data, dst, height, width, denominator):
+    """libffcv's imdecode of a whole JPEG at scale 1/denominator into the first bytes of dst."""
+    return _imdecode(data.ctypes.data, data.size, height, width, dst.ctypes.data, height, width, 0, 0, 1,
+                     denominator, False, False)
+
+
+decode_jpeg = numba.njit(nogil=True)(_decode_jpeg)  # for callers outside the pipelines (tests)
+
+
+_memcpy = ffcv_libffcv.ctypes_memcopy  # libffcv's memcpy(src, dst, size)
+
+
+@intrinsic
+def _voidptr(typingctx, address):
+    """An integer address as a void pointer (for numba.carray)."""
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(types.voidptr))
+
+    return types.voidptr(types.uintp), codegen
+
+
+@numba.njit(inline="always")
+def writable(a):
+    """``a`` (C-contiguous) retyped as a plain writable array. FFCV hands operations some buffers
+    typed read-only and others not; a shared kernel then gets signatures that differ only in that
+    flag, and numba 0.68 corrupts its overload table (KeyError at a later compile)."""
+    return numba.carray(_voidptr(a.ctypes.data), a.shape, a.dtype)
+
+
+def _image(address, size, buf, is_jpg, height, width, denominator):
+    """The image whose bytes (JPEG, or raw RGB) are at ``address``, as a (H/d) x (W/d) x 3 view of
+    buf. The source goes by address, never as an array: FFCV's read-only file views would give
+    shared kernels signatures that differ from others only in the read-only flag, and numba 0.68
+    then corrupts a dispatcher's overload table (KeyError at a later compile). Compiled per
+    pipeline, as FFCV compiles libffcv's calls: a dispatcher calling ctypes functions shared by
+    several pipelines met the same KeyError."""
+    if is_jpg:
+        _imdecode(address, size, height, width, buf.ctypes.data, height, width, 0, 0, 1, denominator, False, False)
+        hs, ws = (height + denominator - 1) // denominator, (width + denominator - 1) // denominator
+    else:
+        hs, ws = height, width
+        _memcpy(address, buf.ctypes.data, 3 * hs * ws)
+    return buf[: 3 * hs * ws].reshape(hs, ws, 3)
+
+
+class _Memo:
+    """generate_code once per operation: FFCV calls it again at every epoch (Graph.allocate_memory),
+    and each call would leave new numba dispatchers to be collected (see _decode_jpeg)."""
+
+    def __init__(self, make):
+        self.make = make
+
+    def __get__(self, op, owner=None):
+        def generate_code():
+            if "_code" not in op.__dict__:
+                op._code = self.make(op)
+            return op._code
+
+        return generate_code
+
+
+_KEY_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_uint64)
+
+
+def _key_reader(key: EpochKey):
+    """A C callback (numba calls ctypes function pointers natively) returning the current epoch key:
+    read once per batch. An object-mode block would do the same but leaves lifted dispatchers whose
+    collection by the GC breaks numba 0.68's later compiles (KeyError in a dispatcher's overloads)."""
+    if not hasattr(key, "_callback"):
+        key._callback = _KEY_CALLBACK(key.get)  # kept alive by the key, which the operations hold
+    return key._callback
 
 
 def policy_vector(policy: AugPolicy, res: int) -> tuple[np.ndarray, int]:
@@ -92,10 +156,11 @@ class TwoViewCropDecoder(Operation):
         return (replace(previous_state, jit_mode=True, shape=out, dtype=u8),
                 (AllocationQuery(out, u8), AllocationQuery((max_h * max_w * np.uint64(3),), u8)))
 
+    @_Memo
     def generate_code(self):
         mem_read = self.memory_read
         my_range = Compiler.get_iterator()
-        imdecode_c = Compiler.compile(imdecode)
+        get_image = Compiler.compile(_image)
         resize = K.resize_crop_aa
         read_key = _key_reader(self.key)
         jpg = IMAGE_MODES["jpg"]
@@ -107,9 +172,10 @@ class TwoViewCropDecoder(Operation):
         denominator, scale_box = K.decode_denominator, K.scale_box
 
         def decode(batch_indices, my_storage, metadata, storage_state):
-            dst, tmp = my_storage
+            dst, tmp = writable(my_storage[0]), writable(my_storage[1])
             ekey = read_key()
             scratch = np.empty((numba.get_num_threads(), scratch_len), np.float32)
+            zero, one = np.int64(0), np.int64(1)  # not literals: see ffcv_kernels._I0
             for k in my_range(len(batch_indices)):
                 rows = scratch[numba.get_thread_id()]
                 idx = batch_indices[k]
@@ -117,24 +183,58 @@ class TwoViewCropDecoder(Operation):
                 data = mem_read(field["data_ptr"], storage_state)
                 h = int(field["height"])
                 w = int(field["width"])
-                t0, l0, h0, w0 = sample_crop(view_key(ekey, idx, 0), h, w, s_lo, s_hi, r_lo, r_hi)
-                t1, l1, h1, w1 = sample_crop(view_key(ekey, idx, 1), h, w, s_lo, s_hi, r_lo, r_hi)
-                d = 1
-                if field["mode"] == jpg:
-                    d = denominator(min(h0, w0, h1, w1), res)
-                    hs, ws = (h + d - 1) // d, (w + d - 1) // d  # libjpeg-turbo's TJSCALED
-                    buf = tmp[k]
-                    imdecode_c(data, buf, np.uint32(h), np.uint32(w), np.uint32(h), np.uint32(w), 0, 0, 1, d,
-                               False, False)
-                    img = buf[: 3 * hs * ws].reshape(hs, ws, 3)
-                else:
-                    hs, ws = h, w
-                    img = data.reshape(h, w, 3)
+                t0, l0, h0, w0 = sample_crop(view_key(ekey, idx, zero), h, w, s_lo, s_hi, r_lo, r_hi)
+                t1, l1, h1, w1 = sample_crop(view_key(ekey, idx, one), h, w, s_lo, s_hi, r_lo, r_hi)
+                is_jpg = field["mode"] == jpg
+                d = denominator(min(h0, w0, h1, w1), np.int64(res)) if is_jpg else one
+                img = get_image(data.ctypes.data, data.size, tmp[k], is_jpg, h, w, d)
+                hs, ws = img.shape[0], img.shape[1]  # libjpeg-turbo's TJSCALED sizes
                 t0, l0, h0, w0 = scale_box(t0, l0, h0, w0, d, hs, ws)
                 t1, l1, h1, w1 = scale_box(t1, l1, h1, w1, d, hs, ws)
                 resize(img, t0, l0, h0, w0, dst[k, 0], rows)
                 resize(img, t1, l1, h1, w1, dst[k, 1], rows)
-            return dst[: len(batch_indices)]
+            return my_storage[0][: len(batch_indices)]
+
+        decode.is_parallel = True
+        return decode
+
+
+class CenterCropDecoder(Operation):
+    """RGBImageField decoder for evaluation: torchvision's Resize(resize_to) + CenterCrop(res) with
+    the antialiased filter (ffcv_kernels.center_crop_aa) -> (res, res, 3) uint8."""
+
+    def __init__(self, res: int, resize_to: int):
+        super().__init__()
+        self.res, self.resize_to = int(res), int(resize_to)
+
+    def declare_state_and_memory(self, previous_state):
+        self.max_w = int(self.metadata["width"].max())
+        self.max_h = int(self.metadata["height"].max())
+        out = (self.res, self.res, 3)
+        u8 = np.dtype("<u1")
+        return (replace(previous_state, jit_mode=True, shape=out, dtype=u8),
+                (AllocationQuery(out, u8), AllocationQuery((self.max_h * self.max_w * 3,), u8)))
+
+    @_Memo
+    def generate_code(self):
+        mem_read = self.memory_read
+        my_range = Compiler.get_iterator()
+        get_image = Compiler.compile(_image)
+        crop = K.center_crop_aa
+        jpg = IMAGE_MODES["jpg"]
+        resize_to = self.resize_to
+        scratch_len = int(max(self.res, self.max_h) * max(self.res, self.max_w) * 3 + self.res * 3)
+
+        def decode(batch_indices, my_storage, metadata, storage_state):
+            dst, tmp = writable(my_storage[0]), writable(my_storage[1])
+            scratch = np.empty((numba.get_num_threads(), scratch_len), np.float32)
+            for k in my_range(len(batch_indices)):
+                field = metadata[batch_indices[k]]
+                data = mem_read(field["data_ptr"], storage_state)
+                h, w = int(field["height"]), int(field["width"])
+                img = get_image(data.ctypes.data, data.size, tmp[k], field["mode"] == jpg, h, w, np.int64(1))
+                crop(img, np.int64(resize_to), dst[k], scratch[numba.get_thread_id()])
+            return my_storage[0][: len(batch_indices)]
 
         decode.is_parallel = True
         return decode
@@ -167,6 +267,7 @@ class TwoViewAugment(Operation):
         shape = (2,) + self._view_shape()
         return replace(previous_state, jit_mode=True, shape=shape, dtype=dtype), AllocationQuery(shape, dtype)
 
+    @_Memo
     def generate_code(self):
         my_range = Compiler.get_iterator()
         read_key = _key_reader(self.key)
@@ -175,7 +276,8 @@ class TwoViewAugment(Operation):
         v0, v1, v2 = self._view_shape()
         view_key, sample_params, augment_view = K.view_key, K.sample_view_params, K.augment_view
 
-        def augment(images, dst, indices):
+        def augment(images_in, dst_in, indices):
+            images, dst = writable(images_in), writable(dst_in)
             n = images.shape[0]
             ekey = read_key()
             out = dst.reshape((2, n, v0, v1, v2))  # view-major: see the module docstring
@@ -187,9 +289,9 @@ class TwoViewAugment(Operation):
                 t = numba.get_thread_id()
                 for v in range(2):
                     sample_params(view_key(ekey, indices[k], v), cfg, params[t])
-                    augment_view(images[k, v], out[v, k], params[t], cap, work[t, 0], work[t, 1], rows[t],
-                                 scale, shift, layout)
-            return dst
+                    augment_view(images[k, v], out[v, k], params[t], np.int64(cap), work[t, 0], work[t, 1], rows[t],
+                                 scale, shift, np.int64(layout))
+            return dst_in
 
         augment.is_parallel = True
         augment.with_indices = True
