@@ -21,7 +21,6 @@ import gc
 import math
 from pathlib import Path
 
-import numba
 import numpy as np
 import torch
 from ffcv.fields.basics import IntDecoder
@@ -43,9 +42,6 @@ BATCHES_AHEAD = 3  # FFCV's default prefetch depth
 # functions that other pipelines' dispatchers still use (libffcv's imdecode is compiled once per
 # pipeline): the next build then fails with a KeyError, or a finalizer prints one. A few MB per build.
 _PIPELINES_KEPT: list = []
-# numba types of the pipeline arguments, made and held before the compile: without them, a second
-# pipeline's compile met the same KeyError (numba 0.68 interns types weakly; found empirically).
-_ARG_TYPES_KEPT: list = []
 
 
 def _beton(manifest: Manifest, split: str) -> Path:
@@ -82,9 +78,10 @@ def _ffcv_loader(path, batch_size, workers, indices_for_epoch, pipelines, drop_l
 
 
 def _compile_here(loader) -> None:
-    """Run the pipeline once on this thread, so numba compiles it here and not in FFCV's thread:
-    numba 0.68 can fail with a KeyError in a dispatcher's overloads when a kernel already compiled
-    for one signature on one thread gets a new signature compiled on another. Same steps as FFCV's
+    """Run the pipeline once on this thread, so numba compiles it at build time, here: a compile
+    error then raises in the caller instead of stopping FFCV's thread, and JIT time stays out of
+    the first epoch. The cyclic GC is held off meanwhile (numba dispatcher finalizers running during
+    a compile were one source of numba 0.68 KeyErrors seen here). Same steps as FFCV's
     EpochIterator.run_pipeline, on one batch of the first epoch's order."""
     indices = np.asarray(loader.first_traversal_order[: loader.batch_size])
     context = loader.memory_manager.schedule_epoch([indices])
@@ -97,7 +94,6 @@ def _compile_here(loader) -> None:
         args = {"batch_indices": indices, "storage_state": context.state, "metadata": loader.reader.metadata,
                 **{f"memory_{k}": _slot(v, len(indices)) for k, v in memory["operation"].items()},
                 **{f"shared_memory_{k}": _slot(v, len(indices)) for k, v in memory["shared"].items()}}
-        _ARG_TYPES_KEPT.append([numba.typeof(v) for v in _flatten(args.values())])
         stages, _ = loader.code
         for stage, outputs in stages:
             for node_id, result in zip(outputs, stage(**args)):
@@ -106,14 +102,6 @@ def _compile_here(loader) -> None:
         if gc_was_enabled:
             gc.enable()
         context.__exit__(None, None, None)
-
-
-def _flatten(values):
-    for v in values:
-        if isinstance(v, (tuple, list)):
-            yield from _flatten(v)
-        elif isinstance(v, np.ndarray):
-            yield v
 
 
 def _slot(buffer, count):

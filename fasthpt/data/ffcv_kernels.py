@@ -29,9 +29,14 @@ _INV53 = 1.0 / 9007199254740992.0  # 2^-53: top 53 bits -> a double in [0, 1)
 # Draw numbers: the crop uses 4 per attempt (10 attempts, as torchvision); the view's other
 # parameters start at _AUG so the two never overlap.
 _CROP_TRIES = 10
-# An int64 zero that is not a literal: numba 0.68 corrupts a dispatcher's overload table when one
-# kernel is compiled both for a Literal[int] argument and for int64 (KeyError at a later compile),
-# so no shared kernel is ever called with a literal or a closure constant (see ffcv_ops).
+# numba note. Several FFCV pipelines in one process share these kernels. With numba 0.68 the second
+# pipeline's compile failed with a KeyError inside a kernel's overload table (dispatcher.py,
+# nopython_signatures) after the first had compiled it, whenever a kernel had been compiled for
+# both a Literal[int] and an int64 argument, or was a ctypes-calling dispatcher shared between
+# pipelines. Root cause not identified; the failures stopped with: no literal or closure-constant
+# arguments to shared kernels (this int64 zero, np.int64(...) in ffcv_ops), libffcv calls
+# compiled per pipeline, pipelines compiled on the building thread. Tests build several loaders
+# in one process, with no on-disk numba cache (the cache had hidden this on warm runs).
 _I0 = np.int64(0)
 _AUG = 64
 

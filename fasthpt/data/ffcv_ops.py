@@ -78,19 +78,18 @@ def _voidptr(typingctx, address):
 
 @numba.njit(inline="always")
 def writable(a):
-    """``a`` (C-contiguous) retyped as a plain writable array. FFCV hands operations some buffers
-    typed read-only and others not; a shared kernel then gets signatures that differ only in that
-    flag, and numba 0.68 corrupts its overload table (KeyError at a later compile)."""
+    """``a`` (C-contiguous) retyped as a plain writable C array, so that every FFCV buffer reaches the
+    shared kernels with one array type whatever flags FFCV's allocation carries (fewer signatures
+    per kernel; see the numba note in ffcv_kernels)."""
     return numba.carray(_voidptr(a.ctypes.data), a.shape, a.dtype)
 
 
 def _image(address, size, buf, is_jpg, height, width, denominator):
     """The image whose bytes (JPEG, or raw RGB) are at ``address``, as a (H/d) x (W/d) x 3 view of
-    buf. The source goes by address, never as an array: FFCV's read-only file views would give
-    shared kernels signatures that differ from others only in the read-only flag, and numba 0.68
-    then corrupts a dispatcher's overload table (KeyError at a later compile). Compiled per
-    pipeline, as FFCV compiles libffcv's calls: a dispatcher calling ctypes functions shared by
-    several pipelines met the same KeyError."""
+    buf. The source goes by address (FFCV's file views are read-only arrays). Compiled per
+    pipeline, as FFCV compiles its libffcv calls: one module-level dispatcher calling these ctypes
+    functions, shared by several pipelines, failed the second pipeline's compile with a KeyError
+    in its overload table (numba 0.68; see the numba note in ffcv_kernels)."""
     if is_jpg:
         _imdecode(address, size, height, width, buf.ctypes.data, height, width, 0, 0, 1, denominator, False, False)
         hs, ws = (height + denominator - 1) // denominator, (width + denominator - 1) // denominator
