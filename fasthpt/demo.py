@@ -228,8 +228,11 @@ def _random_backbone(arch: str, out: Path) -> str:
 
 
 def _throughput(res: dict) -> dict:
-    keys = ("wall_clock_s", "samples_per_s", "data_stall_frac", "backend")
-    return {k: res.get(k) for k in keys}
+    """Speed figures of a run; None where this launch trained nothing (a finished run found again)."""
+    out = {k: res.get(k) for k in ("wall_clock_s", "samples_per_s", "data_stall_frac", "backend")}
+    if res.get("iterations_this_launch") == 0:
+        out.update(wall_clock_s=None, samples_per_s=None, data_stall_frac=None)
+    return out
 
 
 def _cpus() -> int:
@@ -259,7 +262,8 @@ def _report(r: dict) -> str:
         f"Machine: {r['machine']['platform']}, {r['machine']['cpus']} CPUs, device {r['machine']['device']}. "
         f"Total wall-clock {r['wall_clock_s'] / 60:.1f} min.",
         f"Backbone `{r['arch']}`; base: `{r['base']}`. Every grid point is its own run with its own cosine "
-        "schedule (the paper's way), not a checkpoint of one longer run.",
+        "schedule (the paper's way), not a checkpoint of one longer run. Wall-clock figures are pretraining "
+        "time only (start-up and evaluation excluded).",
         "",
         "## Accuracy on sat val",
         "",
