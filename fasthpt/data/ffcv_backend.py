@@ -258,7 +258,8 @@ class FFCVEvalLoader:
         for images, labels in _batches(self._loader):
             x = torch.from_numpy(images).to(self.device, non_blocking=True)
             x = _nhwc_u8_to_float(x, self._mean, self._inv_std, self.channels_last)
-            y = torch.from_numpy(labels).reshape(-1).to(self.device, dtype=torch.int64)
+            # a copy: FFCV recycles its label buffers after BATCHES_AHEAD + 1 batches, and callers keep labels
+            y = torch.tensor(labels.reshape(-1), dtype=torch.int64, device=self.device)
             yield x, y
 
 

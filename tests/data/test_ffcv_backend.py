@@ -378,6 +378,18 @@ def test_eval_loader(tiny_data):
     check_eval_labels(torch.cat([y for h in halves for _, y in h]), manifest, "val")
 
 
+def test_eval_labels_survive_buffer_reuse(tiny_data):
+    """Batches kept past FFCV's reuse window (more batches than BATCHES_AHEAD + 1) keep their labels:
+    the labels must be copies, not views of FFCV's recycled buffers."""
+    manifest = load_manifest(tiny_data)
+    loader = fb.build_eval_loader(manifest, split="val", res=32, batch_size=2, workers=1, device=torch.device("cpu"),
+                                  rank=0, world_size=1, channels_last=False)
+    assert len(loader) > fb.BATCHES_AHEAD + 1
+    kept = torch.cat([y for _, y in list(loader)])
+    reference = torch.cat([y for _, y in eval_loader(tiny_data, "torch", workers=0, batch_size=2)])
+    assert torch.equal(kept, reference)
+
+
 def test_bad_input_is_one_line_user_error(tiny_data, tmp_path):
     manifest = load_manifest(tiny_data)
     with pytest.raises(UserError, match="no split"):
