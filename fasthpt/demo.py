@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fasthpt.errors import UserError
+from dataprep.synthetic import DEFAULTS
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,8 @@ SCALES = {
     "tiny": Scale(natural_images=96, sat_images=120, image_size=32, res=32, batch=16, base_iters=6,
                   scratch_grid=(2, 6), hpt_grid=(2, 6), queue=64, knn_k=5, linear_iters=30, workers=1),
     # make demo: about 15 minutes on 2 CPU cores; data sizes are `fasthpt prep`'s defaults for sat / natural
-    "default": Scale(natural_images=3000, sat_images=2600, image_size=64, res=56, batch=64, base_iters=600,
+    "default": Scale(natural_images=DEFAULTS["natural"]["num_images"], sat_images=DEFAULTS["sat"]["num_images"],
+                     image_size=DEFAULTS["sat"]["image_size"], res=56, batch=64, base_iters=1000,
                      scratch_grid=(30, 100, 300, 1000), hpt_grid=(10, 30, 100, 300), queue=1024),
     # closer to the paper's grid; hours on a CPU, minutes on a GPU
     "large": Scale(natural_images=20000, sat_images=10000, image_size=96, res=96, batch=128, base_iters=5000,
@@ -63,8 +64,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", default=None,
                    help="use this base checkpoint (e.g. an ImageNet MoCo-v2 or torchvision ResNet file) "
                         "instead of pretraining one on `natural`")
-    p.add_argument("--metric", choices=["linear", "knn"], default="linear",
-                   help="accuracy used for the speed-up (default: %(default)s, as in the paper)")
+    p.add_argument("--metric", choices=["knn", "linear"], default="knn",
+                   help="accuracy of the headline speed-up and plot (default: %(default)s; both are always "
+                        "reported). The paper uses the linear probe; at this scale its run-to-run noise "
+                        "(~2 points) exceeds the differences measured, while kNN involves no training")
     p.add_argument("--force", action="store_true",
                    help="rebuild the embedded datasets and redo every run instead of reusing finished ones")
 
@@ -192,23 +195,27 @@ def run(args: argparse.Namespace) -> int:
     bar.close()
 
     speedups = {m: convergence_speedup(points, m, args.metric) for m in ("hpt", "hpt-bn")}
-    speedups_knn = {m: convergence_speedup(points, m, "knn") for m in ("hpt", "hpt-bn")}
+    other = "linear" if args.metric == "knn" else "knn"
+    speedups_other = {m: convergence_speedup(points, m, other) for m in ("hpt", "hpt-bn")}
     results = {
         "scale": args.scale, "settings": sc.__dict__, "arch": arch, "base": str(base),
-        "metric": args.metric, "points": points, "speedup": speedups, "speedup_knn": speedups_knn,
+        "metric": args.metric, "points": points, "speedup": speedups, "speedup_other": speedups_other,
         "stages": stages, "wall_clock_s": time.time() - t_start,
         "machine": {"platform": platform.platform(), "cpus": _cpus(), "device": _device()},
     }
     _write_json(out / "results.json", results)
-    plot_convergence(points, out / "convergence.png", metric=args.metric,
-                     title=f"HPT convergence on embedded `sat` ({args.scale} scale)")
+    for metric in ("knn", "linear"):
+        name = "convergence.png" if metric == args.metric else f"convergence_{metric}.png"
+        plot_convergence(points, out / name, metric=metric,
+                         title=f"HPT convergence on embedded `sat` ({args.scale} scale, {metric})")
     report = _report(results)
     (out / "report.md.tmp").write_text(report)
     (out / "report.md.tmp").replace(out / "report.md")
 
     print(results_table(points))
     for m in ("hpt", "hpt-bn"):
-        print(speedup_sentence(speedups[m]))
+        print(f"{args.metric}: " + speedup_sentence(speedups[m]))
+        print(f"{other}: " + speedup_sentence(speedups_other[m]))
     print(f"report: {out / 'report.md'}  plot: {out / 'convergence.png'}  "
           f"({results['wall_clock_s'] / 60:.1f} min)")
     return 0
@@ -274,8 +281,10 @@ def _report(r: dict) -> str:
     ]
     for m in ("hpt", "hpt-bn"):
         lines.append(f"- {r['metric']}: " + speedup_sentence(r["speedup"][m]))
-        lines.append("- kNN: " + speedup_sentence(r["speedup_knn"][m]))
-    lines += ["", "![convergence](convergence.png)", "", "## Throughput per stage", "",
+        other = r["speedup_other"][m]
+        lines.append(f"- {other['metric']}: " + speedup_sentence(other))
+    other = "linear" if r["metric"] == "knn" else "knn"
+    lines += ["", f"![convergence, {r['metric']}](convergence.png) ![convergence, {other}](convergence_{other}.png)", "", "## Throughput per stage", "",
               "| stage | backend | samples/s | data stall % | wall-clock s |", "|---|---|---:|---:|---:|"]
     for s in r["stages"]:
         sps, stall, wall = s.get("samples_per_s"), s.get("data_stall_frac"), s.get("wall_clock_s")
