@@ -19,7 +19,17 @@ def test_speedup_follows_the_definition():
     # scratch best 0.62 first reached at 5000 (not 10000); HPT first >= 0.62 at 500
     assert (s["scratch_best"], s["scratch_iterations"], s["method_iterations"]) == (0.62, 5000, 500)
     assert s["ratio"] == 10.0 and math.isclose(s["wall_ratio"], 500 / 60)
-    assert "10.0x fewer iterations" in speedup_sentence(s)
+    assert "10.0x fewer iterations" in speedup_sentence(s) and "lower bound" not in speedup_sentence(s)
+    first = convergence_speedup(_pts(), "hpt", "knn")  # kNN: scratch best 0.57 at 5000; HPT 0.50, then 0.58 at 500
+    assert first["reached"] and first["method_iterations"] == 500
+
+
+def test_speedup_at_the_first_grid_point_is_a_lower_bound():
+    pts = [p for p in _pts() if not (p["method"] == "hpt" and p["iterations"] == 50)]
+    pts.append({"method": "hpt", "iterations": 50, "linear": 0.65, "wall_clock_s": 6})
+    s = convergence_speedup(pts, "hpt", "linear")
+    assert s["at_first_point"] and s["ratio"] == 100.0
+    assert "lower bound" in speedup_sentence(s)
 
 
 def test_speedup_not_reached():
