@@ -43,6 +43,9 @@ def _bar(ax, labels, values, title, xlabel):
     ax.set_yticks(range(len(values)), labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xscale("log")
+    from matplotlib.ticker import NullFormatter
+
+    ax.xaxis.set_minor_formatter(NullFormatter())  # minor log labels overlap on short ranges
     ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=10)
     for i, v in enumerate(values):
