@@ -38,14 +38,15 @@ def latest(rows: list[dict], key) -> list[dict]:
     return list(seen.values())
 
 
-def _bar(ax, labels, values, title, xlabel):
+def _bar(ax, labels, values, title, xlabel, log=True):
     ax.barh(range(len(values)), values, color="tab:blue")
     ax.set_yticks(range(len(values)), labels, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xscale("log")
-    from matplotlib.ticker import NullFormatter
+    if log:  # loaders span decades (decode vs torch); training rates do not
+        from matplotlib.ticker import NullFormatter
 
-    ax.xaxis.set_minor_formatter(NullFormatter())  # minor log labels overlap on short ranges
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor log labels overlap on short ranges
     ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=10)
     for i, v in enumerate(values):
@@ -88,7 +89,7 @@ def plot_train(rows: list[dict], path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.2), dpi=110)
     labels = [f"{r['backend']} | {'+'.join(r['algorithms'])} | {r['res']}px | stall {100 * r.get('data_stall_frac', 0):.0f}%"
               for r in rows]
-    _bar(ax, labels, [r["samples_per_s"] for r in rows], "MoCo-v2 training throughput", "samples/s, log scale")
+    _bar(ax, labels, [r["samples_per_s"] for r in rows], "MoCo-v2 training throughput", "samples/s", log=False)
     _save(fig, path)
     plt.close(fig)
     return True
