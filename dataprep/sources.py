@@ -9,6 +9,7 @@ processes (loading one item):
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import os
 import shutil
@@ -103,7 +104,7 @@ def fingerprint_entries(kind: str, entries: list[Entry]) -> dict:
     return {"kind": kind, "files": len(entries), "sha256": h.hexdigest()}
 
 
-class FileSource:
+class FileSource(abc.ABC):
     """Base for tree sources: subclasses provide _read(path) -> bytes."""
 
     kind = "files"
@@ -126,8 +127,9 @@ class FileSource:
         path, label = self.items[i]
         return decode_bytes(self._read(path)), label
 
+    @abc.abstractmethod
     def _read(self, path: str) -> bytes:
-        raise NotImplementedError
+        """The raw bytes of one listed file (folder, zip or tar member)."""
 
 
 class FolderSource(FileSource):
