@@ -197,7 +197,13 @@ def _converted(source, order, settings):
         yield from map(_convert_one, (int(i) for i in order))
         return
     chunk = max(1, min(32, len(order) // (workers * 8)))
-    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+    # forkserver, not fork: a fork of a parent that already runs OpenCV / torch / numba threads can
+    # deadlock in the child (seen: a worker stuck in cv2.setNumThreads in the full test suite).
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["dataprep.convert"])
+    else:
+        ctx = mp.get_context()
     with ctx.Pool(workers, initializer=_init_worker, initargs=(*opts, True)) as pool:
         yield from pool.imap(_convert_one, (int(i) for i in order), chunksize=chunk)
 
