@@ -43,20 +43,20 @@ SCALES = {
     # the test suite's miniature: seconds, numbers meaningless
     "tiny": Scale(natural_images=96, sat_images=120, image_size=32, res=32, batch=16, base_iters=6,
                   scratch_grid=(2, 6), hpt_grid=(2, 6), queue=64, knn_k=5, linear_iters=30, workers=1),
-    # make demo: about 15 minutes on 2 CPU cores; data sizes are `fasthpt prep`'s defaults for sat / natural
+    # make demo: 7.8 min measured on 2 CPU cores (bench/RESULTS.md); data sizes are `fasthpt prep`'s defaults for sat / natural
     "default": Scale(natural_images=DEFAULTS["natural"]["num_images"], sat_images=DEFAULTS["sat"]["num_images"],
                      image_size=DEFAULTS["sat"]["image_size"], res=56, batch=64, base_iters=1000,
                      scratch_grid=(30, 100, 300, 1000), hpt_grid=(10, 30, 100, 300), queue=1024),
     # closer to the paper's grid; hours on a CPU, minutes on a GPU
     "large": Scale(natural_images=20000, sat_images=10000, image_size=96, res=96, batch=128, base_iters=5000,
-                   scratch_grid=(50, 500, 5000, 20000), hpt_grid=(50, 500, 5000), queue=16384,
+                   scratch_grid=(50, 500, 5000, 20000), hpt_grid=(50, 500, 5000), queue=4096,  # < 8,000 sat train images
                    arch="resnet18", linear_iters=2000, workers=4),
 }
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", choices=sorted(SCALES), default="default",
-                   help="preset size of data, model and iteration grids (default: %(default)s, ~15 min on 2 cores)")
+                   help="preset size of data, model and iteration grids (default: %(default)s, ~8 min on 2 cores)")
     p.add_argument("--out", default="runs/demo", help="run and report folder (default: %(default)s)")
     p.add_argument("--data", default="data", help="prepared-data folder (default: %(default)s)")
     p.add_argument("--backend", default="auto", choices=["auto", "ffcv", "dali", "torch"],
