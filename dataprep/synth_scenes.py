@@ -108,14 +108,19 @@ def circular_farmland(rng, size):
     return g.mix(dry, crop * (1.0 - 0.3 * arm)[..., None], disc) * g.grain(rng, size, 0.05)
 
 
+def _soil_track(rng, size, img, warp, width):
+    """A straight-ish dirt track across ``img`` (random offset, width in [width[0], width[1]])."""
+    _, v = _frame(rng, size, warp=warp)
+    track = _band(np.abs(v - rng.uniform(-0.3, 0.3)), rng.uniform(*width), size)
+    return g.mix(img, g.soil(rng, size), track)
+
+
 def forest(rng, size):
     """Closed canopy, sometimes cut by a track or a small clearing."""
     sun = rng.uniform(0, 2 * np.pi)
     img = g.canopy(rng, size, rng.uniform(0.025, 0.07), sun)
     if rng.random() < 0.35:
-        u, v = _frame(rng, size, warp=0.05)
-        track = _band(np.abs(v - rng.uniform(-0.3, 0.3)), rng.uniform(0.008, 0.024), size)
-        img = g.mix(img, g.soil(rng, size), track)
+        img = _soil_track(rng, size, img, 0.05, (0.008, 0.024))
     return img
 
 
@@ -310,9 +315,7 @@ def meadow(rng, size):
     img = _shadow(rng, size, img, trees)
     img = g.mix(img, g.canopy(rng, size, 0.03, rng.uniform(0, 6.3)), trees)
     if rng.random() < 0.5:
-        _, v = _frame(rng, size, warp=0.08)
-        track = _band(np.abs(v - rng.uniform(-0.3, 0.3)), rng.uniform(0.006, 0.014), size)
-        img = g.mix(img, g.soil(rng, size), track)
+        img = _soil_track(rng, size, img, 0.08, (0.006, 0.014))
     return img
 
 
