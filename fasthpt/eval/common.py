@@ -130,6 +130,18 @@ def resolve_backbone(backbone: str | nn.Module, arch: str | None = None, seed: i
     return Backbone(module, spec, fingerprint, getattr(report, "arch", arch))
 
 
+def frozen_setup(backbone, data, *, arch, seed, device, res, batch_size, workers, backend, cache_dir, use_cache,
+                 progress):
+    """What the frozen-feature protocols (kNN, linear) share: the dataset, the backbone, where to
+    run it, and the keyword arguments of ``cached_features``."""
+    ds = resolve_data(data)
+    bb = resolve_backbone(backbone, arch, seed)
+    dev = module_device(bb, device)
+    feats = dict(res=res, batch_size=batch_size, workers=workers, device=dev, backend=backend,
+                 cache_dir=cache_dir, use_cache=use_cache, progress=progress)
+    return ds, bb, dev, feats
+
+
 def resolve_data(data: str | os.PathLike) -> Dataset:
     from fasthpt.data.manifest import MANIFEST, load_manifest
 

@@ -60,11 +60,9 @@ def run_knn(
     if k < 1 or t <= 0:
         raise common.UserError(f"kNN needs k >= 1 and t > 0, got k={k}, t={t}")
     t0 = time.perf_counter()
-    ds = common.resolve_data(data)
-    bb = common.resolve_backbone(backbone, arch, seed)
-    dev = common.module_device(bb, device)
-    opts = dict(res=res, batch_size=batch_size, workers=workers, device=dev, backend=backend,
-                cache_dir=cache_dir, use_cache=use_cache, progress=progress)
+    ds, bb, dev, opts = common.frozen_setup(
+        backbone, data, arch=arch, seed=seed, device=device, res=res, batch_size=batch_size, workers=workers,
+        backend=backend, cache_dir=cache_dir, use_cache=use_cache, progress=progress)
     train_x, train_y, hit_train = common.cached_features(bb, ds, "train", **opts)
     val_x, val_y, hit_val = common.cached_features(bb, ds, "val", **opts)
     top1 = knn_accuracy(train_x.to(dev), train_y.to(dev), val_x.to(dev), val_y.to(dev),

@@ -170,11 +170,9 @@ def run_linear(
     eval_every = eval_every or max(1, iters // 10)
     if iters < 1 or batch_size < 1 or eval_every < 1 or lr <= 0:
         raise common.UserError("--iters, --batch-size, --eval-every and --lr must be positive")
-    ds = common.resolve_data(data)
-    bb = common.resolve_backbone(backbone, arch, seed)
-    dev = common.module_device(bb, device)
-    feats = dict(res=res, batch_size=batch_size, workers=workers, device=dev, backend=backend,
-                 cache_dir=cache_dir, use_cache=use_cache, progress=progress)
+    ds, bb, dev, feats = common.frozen_setup(
+        backbone, data, arch=arch, seed=seed, device=device, res=res, batch_size=batch_size, workers=workers,
+        backend=backend, cache_dir=cache_dir, use_cache=use_cache, progress=progress)
     val_x, val_y, _ = common.cached_features(bb, ds, "val", **feats)
     gen = torch.Generator().manual_seed(seed)
     was_training = bb.module.training
