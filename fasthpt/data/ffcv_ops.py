@@ -136,7 +136,25 @@ def policy_vector(policy: AugPolicy, res: int) -> tuple[np.ndarray, int]:
     return cfg, (cap - 1) // 2
 
 
-class TwoViewCropDecoder(Operation):
+class _ImageDecoder(Operation):
+    """What both decoders declare: an ``out_shape`` uint8 output per sample, and one buffer as large
+    as the largest stored image for its decode (sizes from the .beton's metadata)."""
+
+    out_shape: tuple
+
+    def declare_state_and_memory(self, previous_state):
+        self.max_w = int(self.metadata["width"].max())
+        self.max_h = int(self.metadata["height"].max())
+        u8 = np.dtype("<u1")
+        return (replace(previous_state, jit_mode=True, shape=self.out_shape, dtype=u8),
+                (AllocationQuery(self.out_shape, u8), AllocationQuery((self.max_h * self.max_w * 3,), u8)))
+
+    def scratch_len(self) -> int:
+        """float32 scratch for the separable resize (see ffcv_kernels.resize_crop_aa)."""
+        return int(max(self.res, self.max_h) * max(self.res, self.max_w) * 3 + self.res * 3)
+
+
+class TwoViewCropDecoder(_ImageDecoder):
     """RGBImageField decoder: one decode, two RandomResizedCrop views -> (2, res, res, 3) uint8."""
 
     def __init__(self, res: int, policy: AugPolicy, key: EpochKey):
@@ -146,14 +164,7 @@ class TwoViewCropDecoder(Operation):
         self.log_ratio = tuple(float(np.log(v)) for v in policy.crop_ratio)
         self.key = key
 
-    def declare_state_and_memory(self, previous_state):
-        max_w = np.uint64(self.metadata["width"].max())
-        max_h = np.uint64(self.metadata["height"].max())
-        self.max_w, self.max_h = int(max_w), int(max_h)
-        out = (2, self.res, self.res, 3)
-        u8 = np.dtype("<u1")
-        return (replace(previous_state, jit_mode=True, shape=out, dtype=u8),
-                (AllocationQuery(out, u8), AllocationQuery((max_h * max_w * np.uint64(3),), u8)))
+    out_shape = property(lambda self: (2, self.res, self.res, 3))
 
     @_Memo
     def generate_code(self):
@@ -163,7 +174,7 @@ class TwoViewCropDecoder(Operation):
         resize = K.resize_crop_aa
         read_key = _key_reader(self.key)
         jpg = IMAGE_MODES["jpg"]
-        scratch_len = int(max(self.res, self.max_h) * max(self.res, self.max_w) * 3 + self.res * 3)
+        scratch_len = self.scratch_len()
         s_lo, s_hi = self.scale
         r_lo, r_hi = self.log_ratio
         res = self.res
@@ -198,7 +209,7 @@ class TwoViewCropDecoder(Operation):
         return decode
 
 
-class CenterCropDecoder(Operation):
+class CenterCropDecoder(_ImageDecoder):
     """RGBImageField decoder for evaluation: torchvision's Resize(resize_to) + CenterCrop(res) with
     the antialiased filter (ffcv_kernels.center_crop_aa) -> (res, res, 3) uint8."""
 
@@ -206,13 +217,7 @@ class CenterCropDecoder(Operation):
         super().__init__()
         self.res, self.resize_to = int(res), int(resize_to)
 
-    def declare_state_and_memory(self, previous_state):
-        self.max_w = int(self.metadata["width"].max())
-        self.max_h = int(self.metadata["height"].max())
-        out = (self.res, self.res, 3)
-        u8 = np.dtype("<u1")
-        return (replace(previous_state, jit_mode=True, shape=out, dtype=u8),
-                (AllocationQuery(out, u8), AllocationQuery((self.max_h * self.max_w * 3,), u8)))
+    out_shape = property(lambda self: (self.res, self.res, 3))
 
     @_Memo
     def generate_code(self):
@@ -222,7 +227,7 @@ class CenterCropDecoder(Operation):
         crop = K.center_crop_aa
         jpg = IMAGE_MODES["jpg"]
         resize_to = self.resize_to
-        scratch_len = int(max(self.res, self.max_h) * max(self.res, self.max_w) * 3 + self.res * 3)
+        scratch_len = self.scratch_len()
 
         def decode(batch_indices, my_storage, metadata, storage_state):
             dst, tmp = writable(my_storage[0]), writable(my_storage[1])
