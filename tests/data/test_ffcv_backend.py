@@ -333,6 +333,27 @@ def test_same_seed_repeats_other_seed_and_epoch_differ(tiny_data, debug_loader):
     assert not any(torch.equal(a[0], b[0]) for a, b in zip(first, batches))
 
 
+def test_batch_slots_allocated_once_and_an_abandoned_epoch_leaves_the_next_intact(tiny_data):
+    """FFCV's per-epoch buffers are allocated once per loader; an abandoned epoch (whose thread may
+    still be writing) makes the next epoch allocate anew, and no epoch's views change either way."""
+    loader = _ssl(tiny_data, res=DEBUG_RES, workers=2)
+    memory = loader._loader.graph.allocate_memory
+    first = _epoch(loader, 1)
+    slots = memory.memory
+    assert slots is not None
+    again = _epoch(loader, 1)
+    assert memory.memory is slots  # a complete epoch: the same buffers serve the next one
+    loader.set_epoch(0)
+    abandoned = iter(loader)
+    next(abandoned)
+    abandoned.close()
+    assert memory.memory is None
+    after = _epoch(loader, 1)
+    assert len(first) == len(again) == len(after) == 4
+    for a, b, c in zip(first, again, after):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and torch.equal(a[0], c[0]) and torch.equal(a[1], c[1])
+
+
 def test_ranks_disjoint_and_cover(tiny_data):
     """Two ranks; their loaders also take the CUDA path's layout (uint8 views normalised in torch)."""
     manifest = load_manifest(tiny_data)
