@@ -341,8 +341,10 @@ class DaliLoader:
 
 def _pipe_kwargs(batch_size, workers, device: torch.device, gpu: bool, seed: int) -> dict:
     device_id = (device.index if device.index is not None else torch.cuda.current_device()) if gpu else None
+    # exec_dynamic: DALI 2.4's default for these settings, stated because the eval pipeline reads a
+    # GPU node's shape (images.shape()), which needs it
     return dict(batch_size=batch_size, num_threads=max(1, workers), device_id=device_id, seed=seed,
-                prefetch_queue_depth=2)
+                prefetch_queue_depth=2, exec_dynamic=True)
 
 
 def _shard_size(count: int, shard_id: int, num_shards: int) -> int:

@@ -3,11 +3,12 @@
 SSL pipeline ('image' field): TwoViewCropDecoder -> TwoViewAugment (ffcv_ops.py), both numba-compiled
 and parallel over the batch with FFCV's own iterator; the label field is not read. Where the views go:
 - CPU device: the augmentation writes normalised float32 straight into FFCV's batch slot, already in
-  the final layout (channels_last or NCHW), so the loader yields views of it with no copy. Like
-  FFCV's own CPU pipelines, a batch stays valid until ``BATCHES_AHEAD + 1`` further batches are
-  drawn: clone it to keep it longer.
+  the final layout (channels_last or NCHW), so the loader yields views of it with no copy. As with
+  FFCV's own CPU pipelines, a batch stays valid only until the next one is drawn (FFCV's thread then
+  refills its slot; measured): clone it to keep it longer.
 - CUDA device: the slot holds uint8 views (4x fewer bytes over PCIe, page-locked by FFCV when CUDA is
-  present); they are normalised on the device.
+  present); they are copied in the background (done before the next draw: ``_DeviceCopies``) and
+  normalised on the device.
 Eval pipeline: ffcv_ops.CenterCropDecoder (torchvision's Resize(round(res * 256/224)) + CenterCrop(res),
 the paper's test transform, antialiased) + IntDecoder; normalised on the device.
 
@@ -86,8 +87,10 @@ class _ReusedMemory:
     for every operation's ``batches_ahead + 2`` batch slots at each epoch: ~0.5 GB at 224 px and
     batch 64 here, whose page faults (and page-locking, with CUDA) cost 36% of the throughput on a
     7-batch epoch (1,420 -> 2,250 samples/s, bench/RESULTS.md). Reuse is safe once the previous
-    epoch's thread has stopped writing: after a complete epoch it has; after an abandoned one it may
-    still be finishing a batch, so ``forget`` makes the next epoch allocate anew (FFCV's behaviour)."""
+    epoch's thread has stopped writing and its last batch's copies to the device have run: after a
+    complete epoch both hold (``_batches`` waits for the copies); after an abandoned one the thread
+    may still be finishing a batch, so ``forget`` makes the next epoch allocate anew (FFCV's
+    behaviour)."""
 
     def __init__(self, allocate):
         self.allocate = allocate
@@ -137,14 +140,16 @@ def _slot(buffer, count):
     return buffer[0][:count]
 
 
-def _batches(loader):
+def _batches(loader, copies: "_DeviceCopies"):
     """Iterate an FFCV Loader, but raise instead of hanging when its pipeline thread dies (FFCV 1.0.2's
-    EpochIterator then never posts its end marker and ``next`` would block forever)."""
+    EpochIterator then never posts its end marker and ``next`` would block forever). Before each
+    draw, the previous batch's copies to the device must have run: drawing lets FFCV refill its slot."""
     it = iter(loader)
     queue = it.output_queue
     complete = False
     try:
         while True:
+            copies.wait()
             with queue.not_empty:
                 while not queue._qsize() and it.is_alive():
                     queue.not_empty.wait(0.5)
@@ -157,9 +162,37 @@ def _batches(loader):
                 return
             yield batch
     finally:
+        copies.wait()
         it.close()
         if not complete:  # FFCV's thread may still write a batch: the next epoch gets new buffers
             loader.graph.allocate_memory.forget()
+
+
+class _DeviceCopies:
+    """Host-to-device copies out of FFCV's batch slots (page-locked when CUDA is present, so the
+    copies run in the background). FFCV's thread refills a slot on the CPU as soon as the next batch
+    is drawn, and its CUDA events only order GPU streams, so a batch's copies must have run, on the
+    host's clock, before the next draw: ``_batches`` calls ``wait``. The copies queue behind the
+    training work already on the stream: the host stays about one step ahead of the device. On the
+    CPU both calls do nothing."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.event = None
+
+    def to_device(self, array: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(array)
+        if self.device.type != "cuda":
+            return t.to(self.device)
+        t = t.to(self.device, non_blocking=True)
+        self.event = torch.cuda.Event()
+        self.event.record(torch.cuda.current_stream(self.device))
+        return t
+
+    def wait(self) -> None:
+        if self.event is not None:
+            self.event.synchronize()
+            self.event = None
 
 
 def _normalizer(manifest: Manifest, device: torch.device):
@@ -193,6 +226,7 @@ class FFCVSSLLoader:
         if layout is None:
             layout = K.OUT_U8 if self.device.type == "cuda" else (K.OUT_HWC if channels_last else K.OUT_CHW)
         self.layout = layout
+        self._copies = _DeviceCopies(self.device)
         self.key = ops.EpochKey(seed)
         self._mean, self._inv_std = _normalizer(manifest, self.device)
         augment = ops.TwoViewAugment(res, policy, self.key, manifest.mean, manifest.std, layout)
@@ -218,7 +252,7 @@ class FFCVSSLLoader:
         self.key.set_epoch(epoch)
         self._loader.next_epoch = epoch
         debug = self._debug_epoch(epoch) if self.debug else None
-        for b, (batch,) in enumerate(_batches(self._loader)):
+        for b, (batch,) in enumerate(_batches(self._loader, self._copies)):
             q, k = self._to_views(batch)
             yield (q, k) if debug is None else (q, k, *debug[b])
 
@@ -240,15 +274,13 @@ class FFCVSSLLoader:
         q, k = ops.split_views(batch, self.res, self.layout)
         views = []
         for v in (q, k):
-            t = torch.from_numpy(v)
+            t = self._copies.to_device(v)
             if self.layout == K.OUT_U8:
-                t = _nhwc_u8_to_float(t.to(self.device, non_blocking=True), self._mean, self._inv_std,
-                                      self.channels_last)
+                t = _nhwc_u8_to_float(t, self._mean, self._inv_std, self.channels_last)
             elif self.layout == K.OUT_HWC:
-                t = t.permute(0, 3, 1, 2).to(self.device, non_blocking=True)
+                t = t.permute(0, 3, 1, 2)
                 t = t if self.channels_last else t.contiguous()
             else:
-                t = t.to(self.device, non_blocking=True)
                 t = t.contiguous(memory_format=torch.channels_last) if self.channels_last else t
             views.append(t)
         return views[0], views[1]
@@ -268,6 +300,7 @@ class FFCVEvalLoader:
         if self._count == 0:
             raise UserError(f"{manifest.root} {split}: no samples for rank {rank} of {world_size}")
         self._mean, self._inv_std = _normalizer(manifest, self.device)
+        self._copies = _DeviceCopies(self.device)
         decoder = ops.CenterCropDecoder(res, common.eval_resize(res))  # the paper's resize 256 / crop 224
         pipelines = {"image": PipelineSpec("image", decoder=decoder), "label": [IntDecoder()]}
         order = lambda e: indices  # noqa: E731
@@ -284,9 +317,8 @@ class FFCVEvalLoader:
         pass
 
     def __iter__(self):
-        for images, labels in _batches(self._loader):
-            x = torch.from_numpy(images).to(self.device, non_blocking=True)
-            x = _nhwc_u8_to_float(x, self._mean, self._inv_std, self.channels_last)
+        for images, labels in _batches(self._loader, self._copies):
+            x = _nhwc_u8_to_float(self._copies.to_device(images), self._mean, self._inv_std, self.channels_last)
             # a copy: FFCV refills its label buffers once the next batch is drawn, and callers keep labels
             y = torch.tensor(labels.reshape(-1), dtype=torch.int64, device=self.device)
             yield x, y

@@ -354,6 +354,42 @@ def test_batch_slots_allocated_once_and_an_abandoned_epoch_leaves_the_next_intac
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and torch.equal(a[0], c[0]) and torch.equal(a[1], c[1])
 
 
+def test_each_draw_waits_for_the_previous_batch_copies(tiny_data):
+    """Copies to the device out of a slot must be done before the next draw lets FFCV's thread refill
+    it: _batches waits before every draw and when it stops (a recording stand-in for the copies)."""
+    loader = _ssl(tiny_data, res=DEBUG_RES)
+    events = []
+
+    class Recorder:
+        def wait(self):
+            events.append("wait")
+
+    for _ in fb._batches(loader._loader, Recorder()):
+        events.append("batch")
+    assert events == ["wait", "batch"] * 4 + ["wait", "wait"]
+
+
+@pytest.mark.gpu
+def test_cuda_batches_survive_a_device_that_lags_behind(tiny_data):
+    """The device runs behind the host (a long kernel queued before each next copy): batches kept on
+    the device equal those of a run that synchronises after every batch."""
+    loader = _ssl(tiny_data, device=torch.device("cuda"), res=DEBUG_RES)
+    loader.set_epoch(3)
+    reference = []
+    for q, k in loader:
+        torch.cuda.synchronize()
+        reference.append((q.clone(), k.clone()))
+    loader.set_epoch(3)
+    kept = []
+    for q, k in loader:
+        kept.append((q, k))
+        torch.cuda._sleep(100_000_000)  # ~50 ms of GPU time ahead of the next batch's copies
+    torch.cuda.synchronize()
+    assert len(kept) == len(reference) == 4
+    for (q, k), (rq, rk) in zip(kept, reference):
+        assert torch.equal(q, rq) and torch.equal(k, rk)
+
+
 def test_ranks_disjoint_and_cover(tiny_data):
     """Two ranks; their loaders also take the CUDA path's layout (uint8 views normalised in torch)."""
     manifest = load_manifest(tiny_data)
@@ -400,7 +436,7 @@ def test_eval_loader(tiny_data):
 
 
 def test_eval_labels_survive_buffer_reuse(tiny_data):
-    """Batches kept past FFCV's reuse window (more batches than BATCHES_AHEAD + 1) keep their labels:
+    """Batches kept past FFCV's reuse window (more batches than its BATCHES_AHEAD + 2 slots) keep their labels:
     the labels must be copies, not views of FFCV's recycled buffers."""
     manifest = load_manifest(tiny_data)
     loader = fb.build_eval_loader(manifest, split="val", res=32, batch_size=2, workers=1, device=torch.device("cpu"),
