@@ -238,6 +238,19 @@ def test_gpu_pipeline_matches_cpu_contract(tiny_data):
     check_eval_matches(torch.cat([b[0] for b in got]), torch.cat([b[0] for b in ref]), tol=0.08)
 
 
+@pytest.mark.parametrize("policy", [db.AugPolicy(), db.AugPolicy.preset("crop-only")], ids=["mocov2", "crop-only"])
+def test_gpu_graphs_define_without_a_gpu(tiny_data, policy):
+    """The GPU pipelines (mixed decode, GPU ops) are defined here, on the CPU: DALI checks at
+    definition which device each operator runs on and that argument inputs and conditions are CPU
+    nodes, so a misplaced node fails here even where the gpu tests cannot run. (Building needs CUDA.)"""
+    manifest = load_manifest(tiny_data)
+    files = db._shard_files(manifest, "train")
+    kw = dict(batch_size=4, num_threads=1, device_id=0, seed=1, prefetch_queue_depth=2, exec_dynamic=True)
+    for debug in (False, True):
+        assert db._ssl_pipeline(manifest, files, policy, 32, True, 0, 1, 8, True, debug, **kw) is not None
+    assert db._eval_pipeline(manifest, db._shard_files(manifest, "val"), 32, True, 0, 1, False, **kw) is not None
+
+
 def test_index_disagreeing_with_manifest_is_a_user_error(tiny_data, tmp_path):
     import shutil
 
