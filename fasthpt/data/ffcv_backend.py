@@ -85,7 +85,7 @@ def _ffcv_loader(path, batch_size, workers, indices_for_epoch, pipelines, drop_l
 class _ReusedMemory:
     """Graph.allocate_memory, once per loader instead of once per epoch. FFCV's EpochIterator asks
     for every operation's ``batches_ahead + 2`` batch slots at each epoch: ~0.5 GB at 224 px and
-    batch 64 here, whose page faults (and page-locking, with CUDA) cost 36% of the throughput on a
+    batch 64 here, whose page faults (and page-locking, with CUDA) cost 37% of the throughput on a
     7-batch epoch (1,420 -> 2,250 samples/s, bench/RESULTS.md). Reuse is safe once the previous
     epoch's thread has stopped writing and its last batch's copies to the device have run: after a
     complete epoch both hold (``_batches`` waits for the copies); after an abandoned one the thread
