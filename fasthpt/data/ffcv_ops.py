@@ -149,6 +149,11 @@ class _ImageDecoder(Operation):
         return (replace(previous_state, jit_mode=True, shape=self.out_shape, dtype=u8),
                 (AllocationQuery(self.out_shape, u8), AllocationQuery((self.max_h * self.max_w * 3,), u8)))
 
+    def code_parts(self):
+        """What both decoders' compiled code closes over: FFCV's reader, its parallel iterator, the
+        image fetch compiled for this pipeline (see _image), the JPEG mode code, the scratch size."""
+        return self.memory_read, Compiler.get_iterator(), Compiler.compile(_image), IMAGE_MODES["jpg"], self.scratch_len()
+
     def scratch_len(self) -> int:
         """float32 scratch for the separable resize (see ffcv_kernels.resize_crop_aa)."""
         return int(max(self.res, self.max_h) * max(self.res, self.max_w) * 3 + self.res * 3)
@@ -168,13 +173,9 @@ class TwoViewCropDecoder(_ImageDecoder):
 
     @_Memo
     def generate_code(self):
-        mem_read = self.memory_read
-        my_range = Compiler.get_iterator()
-        get_image = Compiler.compile(_image)
+        mem_read, my_range, get_image, jpg, scratch_len = self.code_parts()
         resize = K.resize_crop_aa
         read_key = _key_reader(self.key)
-        jpg = IMAGE_MODES["jpg"]
-        scratch_len = self.scratch_len()
         s_lo, s_hi = self.scale
         r_lo, r_hi = self.log_ratio
         res = self.res
@@ -221,13 +222,9 @@ class CenterCropDecoder(_ImageDecoder):
 
     @_Memo
     def generate_code(self):
-        mem_read = self.memory_read
-        my_range = Compiler.get_iterator()
-        get_image = Compiler.compile(_image)
+        mem_read, my_range, get_image, jpg, scratch_len = self.code_parts()
         crop = K.center_crop_aa
-        jpg = IMAGE_MODES["jpg"]
         resize_to = self.resize_to
-        scratch_len = self.scratch_len()
 
         def decode(batch_indices, my_storage, metadata, storage_state):
             dst, tmp = writable(my_storage[0]), writable(my_storage[1])
