@@ -38,15 +38,15 @@ class DataStall(Callback):
     (BEFORE_DATALOADER -> next BEFORE_DATALOADER), summed over a window of batches. Host-side
     figure: on a GPU the step's kernels may still run while the host waits, so it is an upper bound."""
 
-    def __init__(self, window: int = 50):
-        self.window = window
+    def __init__(self, window: int = 50, clock: Callable[[], float] = time.perf_counter):
+        self.window, self.clock = window, clock
         self.wait = self.total = 0.0
         self.all_wait = self.all_total = 0.0
         self._t0: float | None = None
         self._n = 0
 
     def before_dataloader(self, state: State, logger: Logger) -> None:
-        now = time.perf_counter()
+        now = self.clock()
         if self._t0 is not None:
             step = now - self._t0
             self.total += step
@@ -60,7 +60,7 @@ class DataStall(Callback):
 
     def after_dataloader(self, state: State, logger: Logger) -> None:
         if self._t0 is not None:
-            waited = time.perf_counter() - self._t0
+            waited = self.clock() - self._t0
             self.wait += waited
             self.all_wait += waited
 

@@ -1,5 +1,4 @@
 import json
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -41,15 +40,17 @@ def test_knn_monitor_measures_and_keeps_frozen_stages_in_eval_mode():
 
 
 def test_data_stall_is_wait_over_step_time():
-    stall, logger = DataStall(window=2), _Logger()
+    now = [0.0]  # a fake clock: the figure is arithmetic on timestamps, whatever the machine's speed
+    stall, logger = DataStall(window=2, clock=lambda: now[0]), _Logger()
     for wait, work in ((0.02, 0.02), (0.02, 0.02), (0.0, 0.04)):
         stall.before_dataloader(None, logger)
-        time.sleep(wait)
+        now[0] += wait
         stall.after_dataloader(None, logger)
-        time.sleep(work)
+        now[0] += work
     stall.before_dataloader(None, logger)
-    assert logger.rows and 0.3 < logger.rows[0]["data/stall_frac"] < 0.7
-    assert 0.2 < stall.stall_frac < 0.5
+    assert logger.rows[0]["data/stall_frac"] == pytest.approx(0.5)
+    assert logger.rows[0]["data/wait_s_per_batch"] == pytest.approx(0.02)
+    assert stall.stall_frac == pytest.approx(0.04 / 0.12)
 
 
 def test_jsonl_one_object_per_logged_step(tmp_path):

@@ -158,7 +158,7 @@ def _summary(output: str) -> dict:
 def test_composer_two_processes_keep_key_encoders_identical(tmp_path, ssl_data):
     cfg = _write_cfg(tmp_path, ssl_data, "ddp", "train.max_duration=3ba", "train.save_interval=3ba")
     proc = _launch(["-n", "2", "--master_port", str(_port())], cfg, tmp_path)
-    out, _ = proc.communicate(timeout=240)
+    out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out[-3000:]
     result = _summary(out)
     assert result["world_size"] == 2 and result["ranks_in_sync"] is True and result["iterations"] == 3
@@ -171,7 +171,7 @@ def test_two_single_process_launches_act_as_two_nodes(tmp_path, ssl_data):
     port = str(_port())
     common = ["-n", "1", "--world_size", "2", "--master_addr", "127.0.0.1", "--master_port", port]
     procs = [_launch([*common, "--node_rank", str(rank)], cfg, tmp_path) for rank in (0, 1)]
-    outs = [p.communicate(timeout=240)[0] for p in procs]
+    outs = [p.communicate(timeout=900)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
     result = _summary(outs[0])
     assert result["world_size"] == 2 and result["ranks_in_sync"] is True and result["iterations"] == 2
