@@ -3,7 +3,9 @@
 The loss is the pure function ``fasthpt.losses.infonce``; this module keeps what MoCo carries
 between steps: the query and key encoders, the momentum (EMA) update, the queue of negatives and
 its pointer, and shuffle-BN for the key encoder. Cross-process operations take the process group
-from torch.distributed and are no-ops on one process, so everything runs in a CPU unit test.
+from torch.distributed and are no-ops on one process, so everything runs in a CPU unit test. On
+one process, ``bn_groups`` emulates the authors' several devices (4 GPUs x 64 images): each encoder
+normalises each group separately, and the key encoder's groups are a random reassignment.
 """
 
 from __future__ import annotations
@@ -74,8 +76,26 @@ def replicas_in_sync(tensors: list[torch.Tensor]) -> bool:
 
 
 def mlp_head(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
-    """MoCo-v2's projection: Linear(D, hidden) - ReLU - Linear(hidden, dim) (2048-2048-128 for R-50)."""
-    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
+    """MoCo-v2's projection: Linear(D, hidden) - ReLU - Linear(hidden, dim) (2048-2048-128 for R-50),
+    initialised as the authors' neck (OpenSelfSup NonLinearNeckV1 under MOCO.init_weights:
+    ``init_linear='kaiming'``, i.e. kaiming normal, fan_in, relu gain, bias 0)."""
+    head = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
+    for m in head:
+        if isinstance(m, nn.Linear):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+    return head
+
+
+def grouped_forward(module: nn.Module, x: torch.Tensor, groups: int) -> torch.Tensor:
+    """``module`` applied to ``groups`` equal chunks of the batch separately, so that its BatchNorm
+    layers normalise each chunk with that chunk's own statistics, as ``groups`` devices each holding
+    one chunk would (train mode; running statistics are updated once per chunk). Outputs in order."""
+    if groups <= 1:
+        return module(x)
+    if x.shape[0] % groups:
+        raise ValueError(f"batch of {x.shape[0]} does not split into {groups} equal BN groups")
+    return torch.cat([module(chunk) for chunk in x.chunk(groups)])
 
 
 class Encoder(nn.Module):
@@ -99,7 +119,7 @@ class MoCo(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, dim: int = 128, mlp_hidden: int = 0, queue_size: int = 65536,
-                 momentum: float = 0.999, temperature: float = 0.2, shuffle_bn: bool = True):
+                 momentum: float = 0.999, temperature: float = 0.2, shuffle_bn: bool = True, bn_groups: int = 1):
         super().__init__()
         width = backbone.num_features
         self.encoder_q = Encoder(backbone, mlp_head(width, mlp_hidden or width, dim))
@@ -107,6 +127,9 @@ class MoCo(nn.Module):
         for p in self.encoder_k.parameters():
             p.requires_grad = False
         self.momentum, self.temperature, self.shuffle_bn = momentum, temperature, shuffle_bn
+        if bn_groups < 1:
+            raise ValueError(f"bn_groups must be >= 1, got {bn_groups}")
+        self.bn_groups = bn_groups
         # Random unit vectors as the first negatives (MoCo's reference initialisation).
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
@@ -145,13 +168,25 @@ class MoCo(nn.Module):
 
     @torch.no_grad()
     def keys(self, view_k: torch.Tensor) -> torch.Tensor:
+        """Key embeddings in the order of ``view_k``. Shuffle-BN: across processes, each process
+        encodes a random slice of the global batch; within a process split into ``bn_groups``, the
+        samples are assigned to groups by a random permutation. Either way the key encoder's BN
+        groups are not the query encoder's, so a batch cannot use BN statistics to find its
+        positives (MoCo, sec. 3.3)."""
+        perm = None
         if self.shuffle_bn:
             view_k, perm = batch_shuffle(view_k)
-            return batch_unshuffle(F.normalize(self.encoder_k(view_k), dim=1), perm)
-        return F.normalize(self.encoder_k(view_k), dim=1)
+        local, groups = None, self.bn_groups if self.training else 1
+        if groups > 1:
+            local = torch.randperm(view_k.shape[0], device=view_k.device)
+            view_k = view_k[local]
+        k = F.normalize(grouped_forward(self.encoder_k, view_k, groups), dim=1)
+        if local is not None:
+            k = k[torch.argsort(local)]
+        return batch_unshuffle(k, perm)
 
     def forward(self, view_q: torch.Tensor, view_k: torch.Tensor):
-        q = F.normalize(self.encoder_q(view_q), dim=1)
+        q = F.normalize(grouped_forward(self.encoder_q, view_q, self.bn_groups if self.training else 1), dim=1)
         if self.training:
             self.momentum_update()
         k = self.keys(view_k)
