@@ -64,6 +64,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", default=None,
                    help="use this base checkpoint (e.g. an ImageNet MoCo-v2 or torchvision ResNet file) "
                         "instead of pretraining one on `natural`")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow full unpickling of a --base file that holds more than tensors (it runs any code "
+                        "the file names); its backbone is then re-saved as plain tensors for every later step")
     p.add_argument("--metric", choices=["knn", "linear"], default="knn",
                    help="accuracy of the headline speed-up and plot (default: %(default)s; both are always "
                         "reported). The paper uses the linear probe; at this scale its run-to-run noise "
@@ -159,9 +162,12 @@ def run(args: argparse.Namespace) -> int:
 
     stages = []
     if args.base:
-        from fasthpt.models.backbones import load_backbone
+        from fasthpt.models.backbones import load_backbone, save_backbone
 
-        base, arch = args.base, load_backbone(args.base)[1].arch  # the target runs use the base's architecture
+        model, report = load_backbone(args.base, trust=args.trust_checkpoint)
+        base, arch = args.base, report.arch  # the target runs use the base's architecture
+        if args.trust_checkpoint:  # unpickle the trusted file once: the runs and evals read plain tensors
+            base = str(save_backbone(model, out / "base-trusted" / "backbone.pt"))
     else:
         arch = sc.arch
         step("base on natural")

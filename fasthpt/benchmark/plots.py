@@ -10,23 +10,42 @@ from pathlib import Path
 from fasthpt.errors import UserError
 
 
+SKIP = "none"  # an input given as this is not plotted
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--loaders", default="bench/loaders.jsonl", help="loader benchmark JSON lines")
-    p.add_argument("--train", default="bench/train.jsonl", help="training benchmark JSON lines")
+    p.add_argument("--loaders", default="bench/loaders.jsonl",
+                   help=f"loader benchmark JSON lines ('{SKIP}': no loader chart)")
+    p.add_argument("--train", default="bench/train.jsonl",
+                   help=f"training benchmark JSON lines ('{SKIP}': no training chart)")
     p.add_argument("--out", default="bench", help="folder for loaders.png and train.png")
 
 
-def read_rows(path: str | Path) -> list[dict]:
+def read_rows(path: str | Path, flag: str = "input", keys: tuple = ()) -> list[dict]:
+    """The JSON rows of one input, each holding ``keys``; a missing, unreadable or empty file is a
+    UserError naming ``flag`` (a chart silently left out would look like a successful run)."""
     path = Path(path)
-    if not path.is_file():
+    if str(path) == SKIP:
         return []
+    if not path.is_file():
+        raise UserError(f"{flag} {path}: no such file (run `fasthpt bench {flag[2:]} --json {path}`, "
+                        f"or pass {flag} {SKIP})")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{flag} {path} cannot be read ({exc.__class__.__name__}: {exc})") from None
     rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:
                 raise UserError(f"{path}:{n} is not a JSON line") from None
+            missing = [k for k in keys if not isinstance(rows[-1], dict) or k not in rows[-1]]
+            if missing:
+                raise UserError(f"{path}:{n} is not a {flag[2:]} benchmark row (no {missing[0]!r})")
+    if not rows:
+        raise UserError(f"{flag} {path} is empty: it holds no benchmark rows")
     return rows
 
 
@@ -96,17 +115,19 @@ def plot_train(rows: list[dict], path: Path) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    loaders = read_rows(args.loaders, "--loaders", ("backend", "res"))
+    train = read_rows(args.train, "--train", ("backend", "algorithms", "res"))
     import matplotlib
 
     matplotlib.use("Agg")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     made = []
-    if plot_loaders(read_rows(args.loaders), out / "loaders.png"):
+    if plot_loaders(loaders, out / "loaders.png"):
         made.append(str(out / "loaders.png"))
-    if plot_train(read_rows(args.train), out / "train.png"):
+    if plot_train(train, out / "train.png"):
         made.append(str(out / "train.png"))
     if not made:
-        raise UserError(f"no benchmark rows in {args.loaders} or {args.train}: run `fasthpt bench loaders|train --json ...` first")
+        raise UserError(f"no measured rows in {args.loaders} or {args.train} (all skipped): nothing to plot")
     print("wrote " + ", ".join(made))
     return 0

@@ -13,6 +13,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="checkpoint (fasthpt backbone.pt, torchvision state_dict, MoCo release, Composer "
                    "checkpoint) or 'random' (random init: the floor)")
     p.add_argument("--data", required=True, help="a folder written by `fasthpt prep` (holds manifest.json)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow full unpickling of a --backbone file that holds more than tensors: it runs "
+                   "any code the file names, so only for files from a source you trust")
     p.add_argument("--arch", default=None,
                    help="architecture (resnet_tiny, resnet18, resnet50): needed for 'random', else checked")
     p.add_argument("--res", type=int, default=64, help="eval side: resize + center crop to RES (default 64)")
@@ -61,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     shared = dict(arch=args.arch, res=args.res, workers=args.workers, backend=args.backend, device=args.device,
-                  seed=args.seed, json_path=args.json, progress=not args.no_progress)
+                  seed=args.seed, json_path=args.json, progress=not args.no_progress, trust=args.trust_checkpoint)
     if args.protocol == "knn":
         from fasthpt.eval.knn import run_knn
 

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import time
@@ -27,6 +28,7 @@ from fasthpt.errors import UserError
 # the same factor so that they see as much of the picture as the test crop does, or more.
 CENTER_CROP_FRACTION = 224 / 256
 IN_MEMORY = "<in-memory module>"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -106,11 +108,13 @@ def sha256_state_dict(module: nn.Module) -> str:
     return h.hexdigest()
 
 
-def resolve_backbone(backbone: str | nn.Module, arch: str | None = None, seed: int = 0) -> Backbone:
+def resolve_backbone(backbone: str | nn.Module, arch: str | None = None, seed: int = 0,
+                     trust: bool = False) -> Backbone:
     """A path / spec through the project's one backbone loader, or an in-memory module as is.
 
     ``random`` / ``none``: random init of ``arch`` under ``seed`` (repeatable, so its features can
-    be cached); ``torchvision:NAME``: weights from the local torch hub cache; else a checkpoint file.
+    be cached); ``torchvision:NAME``: weights from the local torch hub cache; else a checkpoint file,
+    read without running code it pickles unless ``trust`` (``--trust-checkpoint``).
     """
     if isinstance(backbone, nn.Module):
         return Backbone(backbone, IN_MEMORY, sha256_state_dict(backbone), arch)
@@ -124,18 +128,18 @@ def resolve_backbone(backbone: str | nn.Module, arch: str | None = None, seed: i
         raise UserError(f"backbone checkpoint not found: {spec}")
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG state
         torch.manual_seed(seed)
-        module, report = load_backbone(spec, arch=arch)
+        module, report = load_backbone(spec, arch=arch, trust=trust, arch_key="--arch")
     is_file = Path(spec).is_file()
     fingerprint = sha256_file(Path(spec)) if is_file else sha256_state_dict(module)
     return Backbone(module, spec, fingerprint, getattr(report, "arch", arch))
 
 
 def frozen_setup(backbone, data, *, arch, seed, device, res, batch_size, workers, backend, cache_dir, use_cache,
-                 progress):
+                 progress, trust=False):
     """What the frozen-feature protocols (kNN, linear) share: the dataset, the backbone, where to
     run it, and the keyword arguments of ``cached_features``."""
     ds = resolve_data(data)
-    bb = resolve_backbone(backbone, arch, seed)
+    bb = resolve_backbone(backbone, arch, seed, trust)
     dev = module_device(bb, device)
     feats = dict(res=res, batch_size=batch_size, workers=workers, device=dev, backend=backend,
                  cache_dir=cache_dir, use_cache=use_cache, progress=progress)
@@ -204,7 +208,10 @@ def cached_features(
     with autocast(device):
         feats, labels = extract_features(module, loader, device=device, progress=progress, desc=f"features {split}")
     if path is not None:
-        atomic_save({"features": feats, "labels": labels}, path)
+        try:  # the cache only saves time: a full disk or an unwritable default folder must not cost the result
+            atomic_save({"features": feats, "labels": labels}, path)
+        except OSError as exc:
+            log.warning("feature cache not written (%s); the result is unaffected", exc)
     return feats, labels, False
 
 
@@ -213,8 +220,35 @@ def atomic_save(obj, path: Path) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    tmp.replace(path)
+    try:
+        tmp.write_bytes(buf.getvalue())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only left behind when writing failed
+
+
+def check_outputs(json_path=None, cache_dir=None, use_cache: bool = True) -> None:
+    """Refuse, before any work, the outputs that could otherwise only fail once a result exists:
+    a ``--json`` that is a folder or cannot be created or appended to, an unwritable ``--cache-dir``."""
+    if json_path:
+        _check_writable(Path(json_path), "--json", folder=False)
+    if cache_dir and use_cache:
+        _check_writable(Path(cache_dir), "--cache-dir", folder=True)
+
+
+def _check_writable(path: Path, flag: str, folder: bool) -> None:
+    """``path`` (a file, or a folder when ``folder``) exists with the right kind and is writable, or
+    its nearest existing ancestor is a folder in which it can be created (nothing is created here)."""
+    want, other = ("folder", "file") if folder else ("file", "folder")
+    if path.exists():
+        if path.is_dir() != folder:
+            raise UserError(f"{flag} {path} is a {other}; give a {want}")
+        if not os.access(path, os.W_OK | (os.X_OK if folder else 0)):
+            raise UserError(f"{flag} {path} is not writable")
+        return
+    parent = next(p for p in path.absolute().parents if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path} cannot be created: {parent} is not a writable folder")
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:

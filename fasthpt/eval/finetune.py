@@ -175,11 +175,12 @@ def run_finetune(
     backbone, data, *, labels: int = 1000, arch: str | None = None, iters: int = 100, batch_size: int = 64,
     effective_batch: int = PAPER_EFFECTIVE_BATCH, lr: float = 0.01, head_mult: float = 100.0,
     eval_every: int | None = None, res: int = 64, workers: int = 2, backend: str = "auto", device="auto",
-    seed: int = 0, json_path=None, progress: bool = True, quiet: bool = False,
+    seed: int = 0, json_path=None, progress: bool = True, quiet: bool = False, trust: bool = False,
 ) -> dict:
     """Fine-tune ``backbone`` (path / spec / nn.Module; an in-memory module is copied, never
     changed) on ``labels`` images of ``data``'s train split; returns the result dict."""
     t0 = time.perf_counter()
+    common.check_outputs(json_path)
     ds = common.resolve_data(data)
     eval_every = eval_every or max(1, iters // 5)
     if min(iters, batch_size, effective_batch, eval_every) < 1 or lr <= 0:
@@ -188,7 +189,7 @@ def run_finetune(
     if not per_class or len(per_class) != ds.manifest.num_classes:
         raise UserError(f"{ds.root}/manifest.json lacks splits.train.per_class; re-run `fasthpt prep`")
     ranks = stratified_ranks([int(n) for n in per_class], labels, seed)
-    bb = common.resolve_backbone(backbone, arch, seed)
+    bb = common.resolve_backbone(backbone, arch, seed, trust)
     dev = common.module_device(bb, device)
     work = bb
     if bb.source == common.IN_MEMORY:  # fine-tune a copy: the caller's model stays as it was

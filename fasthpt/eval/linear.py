@@ -160,7 +160,7 @@ def run_linear(
     backbone, data, *, arch: str | None = None, iters: int = 300, batch_size: int = 256,
     lr: float = PAPER_LR, eval_every: int | None = None, res: int = 64, precomputed: bool = False,
     workers: int = 2, backend: str = "auto", device="auto", seed: int = 0, cache_dir=None,
-    use_cache: bool = True, json_path=None, progress: bool = True, quiet: bool = False,
+    use_cache: bool = True, json_path=None, progress: bool = True, quiet: bool = False, trust: bool = False,
 ) -> dict:
     """Linear probe of ``backbone`` (path / spec / nn.Module) on ``data``; returns the result dict.
 
@@ -170,9 +170,10 @@ def run_linear(
     eval_every = eval_every or max(1, iters // 10)
     if iters < 1 or batch_size < 1 or eval_every < 1 or lr <= 0:
         raise common.UserError("--iters, --batch-size, --eval-every and --lr must be positive")
+    common.check_outputs(json_path, cache_dir, use_cache)
     ds, bb, dev, feats = common.frozen_setup(
         backbone, data, arch=arch, seed=seed, device=device, res=res, batch_size=batch_size, workers=workers,
-        backend=backend, cache_dir=cache_dir, use_cache=use_cache, progress=progress)
+        backend=backend, cache_dir=cache_dir, use_cache=use_cache, progress=progress, trust=trust)
     val_x, val_y, _ = common.cached_features(bb, ds, "val", **feats)
     gen = torch.Generator().manual_seed(seed)
     was_training = bb.module.training

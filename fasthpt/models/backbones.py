@@ -117,27 +117,33 @@ def _plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_backbone(spec: str, arch: str | None = None) -> tuple[nn.Module, LoadReport]:
+def load_backbone(spec: str, arch: str | None = None, *, trust: bool = False,
+                  arch_key: str = "model.arch") -> tuple[nn.Module, LoadReport]:
     """Build a backbone and load base weights from ``spec``.
 
     spec: ``none`` / ``random`` (random init of ``arch``), ``torchvision:NAME`` (from the local
     torch hub cache only), or a file: a torchvision / timm / fasthpt ``backbone.pt`` state_dict,
     the official MoCo release (``state_dict`` with ``module.encoder_q.`` keys; its MLP ``fc`` is
     dropped) or a Composer checkpoint of a fasthpt run (its query backbone). The architecture is
-    inferred from key names and shapes; if ``arch`` is given and differs, that is a UserError.
+    inferred from key names and shapes; if ``arch`` is given and differs, that is a UserError
+    whose hint names ``arch_key``, the user's knob (``model.arch`` in a config, ``--arch`` on a
+    command line). Files are read without running code they pickle unless ``trust``; a base
+    holding NaN / inf is refused.
     """
     from fasthpt.models import checkpoint_formats as fmt
 
     if spec in ("none", "random", ""):
         if arch is None:
-            raise UserError("base 'none' needs an architecture (model.arch)")
+            raise UserError(f"base 'none' needs an architecture ({arch_key})")
         model = build_backbone(arch)
         return model, LoadReport(source=spec or "none", format="random", arch=arch, missing=[])
-    state, kind = fmt.read_state(spec)
+    state, kind = fmt.read_state(spec, trust)
     state, dropped = fmt.to_backbone_keys(state, spec)
+    fmt.check_finite(state, spec)
     found = fmt.infer_arch(state, {name: _reference_shapes(name) for name in ARCHS})
     if arch is not None and found is not None and found != arch:
-        raise UserError(f"base {spec} holds a {found} but model.arch is {arch}; set model.arch={found} or pick another base")
+        fix = f"{arch_key} {found}" if arch_key.startswith("--") else f"{arch_key}={found}"
+        raise UserError(f"base {spec} holds a {found} but {arch_key} is {arch}; set {fix} or pick another base")
     chosen = arch or found
     if chosen is None:
         raise UserError(f"base {spec}: not a ResNet this tool knows ({', '.join(ARCHS)}); conv1.weight is "

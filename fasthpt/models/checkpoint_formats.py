@@ -4,27 +4,39 @@ Formats: torchvision / timm ResNet state_dicts (same key names), fasthpt ``backb
 official MoCo release (``{"state_dict": {"module.encoder_q.conv1.weight": ...}}``, MLP head in
 ``fc.0`` / ``fc.2``), a Composer checkpoint of a fasthpt run (``{"state": {"model": {...
 "moco.encoder_q.backbone.conv1.weight" ...}}}``) and ``torchvision:NAME`` from the local hub cache.
+
+Checkpoints come from the internet, and unpickling runs any callable a file names: every file is
+read with ``weights_only=True`` plus an allow-list of the data-only types Composer stores; anything
+else is refused unless the user opts in (``--trust-checkpoint`` / ``hpt.trust_checkpoint=true``).
 """
 
 from __future__ import annotations
 
+import logging
+import pickle
+import re
+import warnings
 from pathlib import Path
 
 import torch
 
 from fasthpt.errors import UserError
 
+log = logging.getLogger(__name__)
 STEM = "conv1.weight"
+OPT_IN = "--trust-checkpoint (eval, demo, export, embed) or hpt.trust_checkpoint=true (pretrain)"
 
 
-def read_state(spec: str) -> tuple[dict, str]:
-    """(raw state_dict, format name) for a path or ``torchvision:NAME``."""
+def read_state(spec: str, trust: bool = False) -> tuple[dict, str]:
+    """(raw state_dict, format name) for a path or ``torchvision:NAME``. Files are unpickled with
+    ``weights_only=True`` (tensors and plain containers only); ``trust`` allows full unpickling of
+    a file that cannot be read that way, which runs whatever code the file names."""
     if spec.startswith("torchvision:"):
-        return _torchvision_cache(spec.split(":", 1)[1]), "torchvision"
+        return _torchvision_cache(spec.split(":", 1)[1], trust), "torchvision"
     path = Path(spec)
     if not path.is_file():
         raise UserError(f"base checkpoint not found: {path} (give a file, torchvision:NAME or none)")
-    obj = _torch_load(path)
+    obj = _torch_load(path, trust)
     if isinstance(obj, dict) and isinstance(obj.get("state"), dict) and "model" in obj["state"]:
         return obj["state"]["model"], "composer"
     for key in ("state_dict", "model", "module"):  # MoCo release / common training-script wrappers
@@ -35,19 +47,63 @@ def read_state(spec: str) -> tuple[dict, str]:
     raise UserError(f"{path}: not a state_dict or a known checkpoint layout")
 
 
-def _torch_load(path: Path):
+def _composer_safe_globals() -> list:
+    """The data-only types besides tensors that Composer 0.32.1's ``save_checkpoint`` pickles in a
+    fasthpt run's checkpoint (listed by ``torch.serialization.get_unsafe_globals_in_checkpoint``):
+    numpy's RNG state (a uint32 ndarray: array, dtype and the dtype's class, as torch.load's
+    documentation lists for numpy arrays), ``datetime.timedelta`` in the Timestamp and the torch
+    version string in the metadata. None of them can run code while being rebuilt."""
+    import datetime
+
+    import numpy as np
+    from numpy._core.multiarray import _reconstruct
+    from torch.torch_version import TorchVersion
+
+    numeric = [type(np.dtype(t)) for t in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
+                                           np.uint32, np.uint64, np.float16, np.float32, np.float64)]
+    # numpy < 2 wrote the same function under numpy.core (renamed numpy._core in numpy 2.0)
+    return [(_reconstruct, "numpy._core.multiarray._reconstruct"), (_reconstruct, "numpy.core.multiarray._reconstruct"),
+            np.ndarray, np.dtype, *numeric, datetime.timedelta, TorchVersion]
+
+
+def _torch_load(path: Path, trust: bool = False):
+    """The unpickled file; weights_only, so a file naming any other callable or class is refused
+    with one line, unless ``trust`` (the user's explicit opt-in) allows full unpickling."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - Composer checkpoints pickle more than tensors; retry below
-        pass
+        with torch.serialization.safe_globals(_composer_safe_globals()), warnings.catch_warnings():
+            # torch warns about pickle protocols it may not read; a failure is reported below in one line
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # torch's weights-only unpickler refused something in it
+        why = _refusal(exc)
+    except Exception as exc:  # noqa: BLE001 - empty, truncated or not a torch file at all
+        raise UserError(f"{path}: cannot be read as a PyTorch checkpoint ({_first_line(exc)})") from None
+    if not trust:
+        raise UserError(f"{path}: refused: {why}; if you trust where the file came from, pass {OPT_IN}")
+    log.warning("%s: %s; unpickling it in full because it is marked trusted: any code it names runs", path, why)
     try:
-        # The user named this file as their own base checkpoint: full unpickling, as torch < 2.6 did.
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - any failure here means "not a checkpoint"
-        raise UserError(f"{path}: cannot be read as a PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
+        raise UserError(f"{path}: cannot be read as a PyTorch checkpoint ({_first_line(exc)})") from None
 
 
-def _torchvision_cache(name: str) -> dict:
+def _refusal(exc: Exception) -> str:
+    """Why the weights-only unpickler refused: the global it names ('posix.system', a class), else
+    torch's own reason (an unsupported pickle opcode: not a torch checkpoint, or an old pickle)."""
+    text = str(exc)
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        return f"it pickles {found.group(1)!r}, which could run code when loaded"
+    reason = re.search(r"WeightsUnpickler error: (.+)", text)
+    return f"it cannot be read as plain tensors ({reason.group(1) if reason else _first_line(exc)})"
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def _torchvision_cache(name: str, trust: bool = False) -> dict:
     """torchvision weights for ``name`` from the local hub cache; never downloads."""
     from torchvision.models import get_model_weights
 
@@ -59,7 +115,7 @@ def _torchvision_cache(name: str) -> dict:
     for w in weights:
         path = cache / Path(w.url).name
         if path.is_file():
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return _torch_load(path, trust)
     wanted = weights[0]
     raise UserError(
         f"torchvision:{name} is not in the local cache {cache} and this tool does not download; fetch "
@@ -96,6 +152,16 @@ def _backbone_prefix(state: dict, spec: str) -> str:
         raise UserError(f"base {spec}: no ResNet backbone found (no conv1 / bn1 / layer1 keys)")
     candidates.sort(key=lambda p: ("encoder_k" in p or "momentum" in p or "teacher" in p, len(p)))
     return candidates[0]
+
+
+def check_finite(state: dict, spec: str) -> None:
+    """Refuse a base whose floating-point tensors hold NaN or inf: training from it can only give
+    a non-finite loss, which would then look like a learning-rate problem."""
+    floats = {k: v for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()}
+    bad = {k: n for k, v in floats.items() if (n := int((~torch.isfinite(v)).sum()))}
+    if bad:
+        raise UserError(f"base {spec}: {sum(bad.values())} NaN/inf values in {len(bad)} tensors (first: "
+                        f"{next(iter(bad))}); the checkpoint is damaged, pick another base")
 
 
 def infer_arch(state: dict, references: dict[str, dict[str, tuple]]) -> str | None:

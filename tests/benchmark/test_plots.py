@@ -24,10 +24,12 @@ def test_plots_from_jsonl(tmp_path):
     assert (tmp_path / "loaders.png").stat().st_size > 3000 and (tmp_path / "train.png").stat().st_size > 3000
 
 
-def test_plot_without_rows_is_a_clear_error(tmp_path, capsys):
-    assert main(["bench", "plot", "--loaders", str(tmp_path / "x"), "--train", str(tmp_path / "y"),
+def test_plot_with_only_skipped_rows_is_a_clear_error(tmp_path, capsys):
+    _write(tmp_path / "l.jsonl", [{"backend": "dali", "res": 64, "samples_per_s": None, "skipped": "no GPU"}])
+    assert main(["bench", "plot", "--loaders", str(tmp_path / "l.jsonl"), "--train", "none",
                  "--out", str(tmp_path)]) == 2
-    assert "no benchmark rows" in capsys.readouterr().err
+    assert "nothing to plot" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.png"))
 
 
 def test_latest_keeps_last_row():

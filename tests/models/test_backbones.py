@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -98,7 +99,8 @@ def test_composer_checkpoint_gives_query_backbone(tmp_path):
         for p in moco.encoder_k.parameters():
             p.add_(1.0)  # key encoder differs: must not be the one loaded
     state = {f"moco.{k}": v for k, v in moco.state_dict().items()}
-    torch.save({"state": {"model": state, "timestamp": {}}, "rng": [object()]}, tmp_path / "ep0-ba5-rank0.pt")
+    rng = [{"numpy": np.random.get_state()}]  # as Composer saves it: an ndarray, read under its allow-list
+    torch.save({"state": {"model": state, "timestamp": {}}, "rng": rng}, tmp_path / "ep0-ba5-rank0.pt")
     model, report = load_backbone(str(tmp_path / "ep0-ba5-rank0.pt"))
     assert report.format == "composer" and report.arch == "resnet_tiny"
     _same(moco.backbone.state_dict(), model.state_dict())
