@@ -22,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--jpeg-quality", type=int, default=90, help="JPEG quality of re-encoded images (default 90)")
     a("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
       help=f"samples per WebDataset shard (default {DEFAULT_SHARD_SIZE})")
-    a("--force", action="store_true", help="rebuild even if the output exists")
+    a("--force", action="store_true",
+      help="rebuild an existing output written by `fasthpt prep` (nothing else is ever deleted)")
     a("--no-progress", action="store_true", help="no progress bar")
 
 

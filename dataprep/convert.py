@@ -1,4 +1,4 @@
-"""One image in, one stored JPEG out: decode -> 8-bit RGB -> resize -> encode -> statistics.
+"""One image in, one stored JPEG out: decode -> upright (EXIF) 8-bit RGB -> resize -> encode -> statistics.
 
 This is the per-image work that `fasthpt prep` spreads over its worker processes. Both output
 formats store the same JPEG bytes, so every loader backend decodes exactly the same image, and each
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 # EXIF tag 0x0112 "Orientation" (EXIF 2.32, table 4); 1 means "stored upright".
 _EXIF_ORIENTATION = 0x0112
@@ -63,8 +63,12 @@ def decode_bytes(data: bytes) -> Decoded:
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()  # forces a full decode: truncated files fail here, not later
-            pixels = to_rgb8(img)
-            keep = _storable_as_is(img)
+            orientation = _orientation(img)
+            # Turned upright, as every viewer (and DALI's decoder) shows it: a camera's portrait
+            # photo is often stored landscape with an EXIF rotation.
+            turn = orientation in range(2, 9)
+            pixels = to_rgb8(ImageOps.exif_transpose(img) if turn else img)
+            keep = orientation == 1 and _storable_as_is(img)
     except UnidentifiedImageError:
         raise SkipImage("not an image (unrecognised format)") from None
     except Exception as exc:  # Pillow raises many types on malformed files (OSError, SyntaxError, ...)
@@ -74,16 +78,20 @@ def decode_bytes(data: bytes) -> Decoded:
     return Decoded(pixels, data if keep else None)
 
 
-def _storable_as_is(img: Image.Image) -> bool:
-    """A source JPEG is kept byte for byte (no generation loss, no encode) when it is RGB,
-    baseline (progressive scans decode ~2x slower in every loader, on every epoch) and upright
-    (DALI applies EXIF orientation when decoding, FFCV and PIL do not)."""
-    if img.format != "JPEG" or img.mode != "RGB" or img.info.get("progressive"):
-        return False
+def _orientation(img: Image.Image):
+    """The EXIF orientation tag (1..8 are meaningful; 1 or absent: stored upright), or None when
+    the EXIF block is malformed (the pixels are then kept as stored, and re-encoded without it)."""
     try:
-        return img.getexif().get(_EXIF_ORIENTATION, 1) == 1
-    except Exception:  # a malformed EXIF block: re-encode without it
-        return False
+        return img.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # Pillow raises several types on a malformed EXIF block
+        return None
+
+
+def _storable_as_is(img: Image.Image) -> bool:
+    """A source JPEG is kept byte for byte (no generation loss, no encode) when it is RGB and
+    baseline (progressive scans decode ~2x slower in every loader, on every epoch); the caller
+    checks it is upright (DALI applies EXIF orientation when decoding, FFCV does not)."""
+    return img.format == "JPEG" and img.mode == "RGB" and not img.info.get("progressive")
 
 
 def resize_to_max(pixels: np.ndarray, max_res: int | None) -> np.ndarray:

@@ -16,7 +16,10 @@ from pathlib import Path
 
 from fasthpt.data.manifest import MANIFEST
 
-SCHEMA_VERSION = 1
+# 2: the sample-to-file lists are samples/<split>.jsonl (were .txt, one name per line).
+SCHEMA_VERSION = 2
+# Keys every manifest written by `fasthpt prep` holds: how an output folder is recognised as its own.
+PREP_KEYS = ("schema", "name", "classes", "splits", "files", "settings", "fingerprint")
 # Settings that change the bytes written; a re-run that differs in any of these must not be
 # mistaken for a no-op. (--workers, --src's spelling and progress do not change the output.)
 # num_images / image_size are compared through the generator's fingerprint, which holds the
@@ -103,6 +106,35 @@ def read_raw(folder: Path) -> dict | None:
         return json.loads((folder / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError):
         return None
+
+
+def is_prep_manifest(raw) -> bool:
+    return isinstance(raw, dict) and all(k in raw for k in PREP_KEYS) and isinstance(raw["files"], dict)
+
+
+def foreign_files(folder: Path, raw: dict) -> list[str]:
+    """Paths under `folder` (a prep output) that its manifest does not account for: what someone
+    else put there, which rebuilding the folder must not delete."""
+    ours = _written_files(raw)
+    folders = {str(Path(p).parent) for p in ours}
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):  # links are listed, not followed
+        rel = Path(dirpath).relative_to(folder)
+        found += [(rel / d).as_posix() for d in dirnames if (rel / d).as_posix() not in folders]
+        found += [(rel / f).as_posix() for f in filenames if (rel / f).as_posix() not in ours]
+    return sorted(found)
+
+
+def _written_files(raw: dict) -> set[str]:
+    """manifest.json, every file listed under "files" and the DALI index beside each shard."""
+    ours = {MANIFEST}
+    for per_split in raw["files"].values():
+        for paths in per_split.values() if isinstance(per_split, dict) else ():
+            for p in map(str, paths if isinstance(paths, list) else [paths]):
+                ours.add(p)
+                if p.endswith(".tar"):
+                    ours.add(p[: -len(".tar")] + ".idx")
+    return ours
 
 
 def build_manifest(*, source, settings: dict, per_class: dict, stats: PixelStats, files: dict,

@@ -1,9 +1,11 @@
 """`prepare()`: images -> <out>/<dataset>/{ffcv,wds,samples}/ + manifest.json, atomically.
 
-Flow: list the source -> decide whether an existing output already answers the request -> decode,
-resize and encode in worker processes (Pool.imap over chunks, results in order) while the parent
-writes shards, routes each sample to train/val and sums pixel statistics -> FFCV files from the
-shards -> manifest -> one rename of the whole temporary folder into place.
+Flow: refuse an output that overlaps the source -> lock OUT/.DATASET.lock (one prep per output) ->
+recognise an existing output by its prep manifest (anything else is never overwritten) -> list the
+source -> decide whether the existing output already answers the request -> decode, resize and
+encode in worker processes (Pool.imap over chunks, results in order) while the parent writes
+shards, routes each sample to train/val and sums pixel statistics -> FFCV files from the shards ->
+manifest -> one rename of the whole temporary folder into place.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from tqdm import tqdm
 
 from dataprep import manifest as mf
 from dataprep.convert import SkipImage, Stored, store
-from dataprep.sources import open_source
+from dataprep.lock import output_lock
+from dataprep.samples import write_samples
+from dataprep.sources import display_name, open_source
 from dataprep.split import StreamingSplit, shuffled_order
 from dataprep.writers import ShardWriter, write_ffcv
 from fasthpt.errors import UserError
@@ -51,30 +55,43 @@ def prepare(dataset: str, out="data", src=None, *, num_images=None, image_size=N
     generated images. formats: "ffcv", "wds" or both. max_res: longer side cap (0: none).
     jpeg_quality: for images that are (re-)encoded; upright RGB JPEGs within max_res are stored
     unchanged. shard_size: samples per WebDataset shard. workers: processes (None: all cores).
-    force: rebuild an existing output. Raises UserError for bad input (one line)."""
+    force: rebuild an existing output that `fasthpt prep` wrote (nothing else is ever deleted).
+    Raises UserError for bad input (one line)."""
     formats = _check_formats(formats)
     settings = _check_settings(dataset, src, num_images, image_size, val_frac, seed, formats,
                                max_res, jpeg_quality, shard_size, workers)
     out = Path(out)
-    dest = out / dataset
-    tmp = out / f".{dataset}.tmp-{os.getpid()}"
+    _check_apart(out / dataset, src)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        _remove_stale(out, dataset)
-        tmp.mkdir()
-        source = open_source(dataset, src, num_images=num_images, image_size=image_size,
-                             seed=seed, scratch=tmp / "scratch")
-        request = mf.request_of(settings, source.fingerprint)
-        if _already_done(dest, request, force):
+        with output_lock(out, dataset):
+            return _prepare_locked(out, dataset, settings, force, progress)
+    except OSError as exc:
+        if exc.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        where = display_name(str(exc.filename or out))
+        raise UserError(f"--out {display_name(str(out))}: {exc.strerror} ({where})") from None
+
+
+def _prepare_locked(out: Path, dataset: str, settings: dict, force: bool, progress: bool) -> Path:
+    dest = out / dataset
+    _remove_stale(out, dataset)
+    existing = _existing_output(dest, force)
+    tmp = out / f".{dataset}.tmp-{os.getpid()}"
+    tmp.mkdir()
+    try:
+        source = open_source(dataset, settings["src"], num_images=settings["num_images"],
+                             image_size=settings["image_size"], seed=settings["seed"],
+                             scratch=tmp / "scratch")
+        if existing is not None and not force:
+            _check_same_request(dest, existing, settings, source)
+            print(f"{display_name(str(dest))}: already prepared with these settings and source; "
+                  "nothing to do (--force rebuilds)")
             return dest
         manifest = _build(tmp, source, settings, progress)
         shutil.rmtree(tmp / "scratch", ignore_errors=True)
         mf.write_manifest(tmp, {**manifest, "settings": settings, "fingerprint": source.fingerprint})
         _publish(tmp, dest)
-    except OSError as exc:
-        if exc.errno not in _ENVIRONMENT_ERRNOS:
-            raise
-        raise UserError(f"--out {out}: {exc.strerror} ({exc.filename or out})") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
@@ -116,11 +133,27 @@ def _default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def _check_apart(dest: Path, src) -> None:
+    """The output must neither be, contain nor lie inside the source (symlinks resolved): --force
+    would delete the user's images, and a later listing of the source would see the output."""
+    if src is None:
+        return
+    try:
+        d, s = dest.resolve(), Path(src).expanduser().resolve()
+    except (OSError, RuntimeError):  # a symlink loop: --src cannot be read, which open_source says
+        return
+    relation = "is" if d == s else "contains" if d in s.parents else "lies inside" if s in d.parents else None
+    if relation:
+        raise UserError(f"the output {display_name(str(d))} {relation} --src {display_name(str(s))}; "
+                        "choose another --out or --dataset")
+
+
 def _remove_stale(out: Path, dataset: str) -> None:
-    """Temporary folders of runs that died (Ctrl-C, kill) are removed; live runs' are kept."""
+    """Temporary folders of runs that died (Ctrl-C, kill) are removed; live runs' are kept. Only
+    prep's own names are touched: .DATASET.tmp-PID and .DATASET.old-PID."""
     for path in out.glob(f".{dataset}.*-*"):
         kind, _, pid = path.name.rpartition("-")
-        if not kind.endswith((".tmp", ".old")) or not pid.isdigit():
+        if kind not in (f".{dataset}.tmp", f".{dataset}.old") or not pid.isdigit():
             continue
         if int(pid) == os.getpid() or not _alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
@@ -136,25 +169,40 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _already_done(dest: Path, request: dict, force: bool) -> bool:
-    if not dest.exists() or force:
-        return False
-    raw = mf.read_raw(dest)
-    if raw is None:
-        raise UserError(f"{dest} exists but is not a complete `fasthpt prep` output; "
-                        "remove it or use --force")
-    diffs = mf.request_differences(raw, request)
+def _existing_output(dest: Path, force: bool) -> dict | None:
+    """The manifest of the output already at `dest` (None: nothing there). A folder that prep did
+    not write, or one holding files it did not write, is refused: --force must never delete them."""
+    if not dest.exists() and not dest.is_symlink():
+        return None
+    shown = display_name(str(dest))
+    raw = mf.read_raw(dest) if dest.is_dir() else None
+    if not mf.is_prep_manifest(raw):
+        raise UserError(f"{shown} exists and was not written by `fasthpt prep` (it has no prep "
+                        "manifest.json); choose another --out or --dataset")
+    if force and dest.is_symlink():
+        raise UserError(f"{shown} is a symbolic link; --force rebuilds only a real folder: pass the "
+                        "folder it points to as --out/--dataset")
+    foreign = mf.foreign_files(dest, raw) if force else []
+    if foreign:
+        raise UserError(f"{shown} holds {len(foreign)} files `fasthpt prep` did not write (e.g. "
+                        f"{display_name(foreign[0])}); --force would delete them: move them out first")
+    return raw
+
+
+def _check_same_request(dest: Path, raw: dict, settings: dict, source) -> None:
+    """Refuse when the existing output was prepared with other settings or from other files."""
+    diffs = mf.request_differences(raw, mf.request_of(settings, source.fingerprint))
     if diffs:
-        raise UserError(f"{dest} was prepared differently ({'; '.join(diffs)}); use --force to rebuild")
-    print(f"{dest}: already prepared with these settings and source; nothing to do (--force rebuilds)")
-    return True
+        raise UserError(f"{display_name(str(dest))} was prepared differently ({'; '.join(diffs)}); "
+                        "use --force to rebuild")
 
 
 def _publish(tmp: Path, dest: Path) -> None:
     """Swap the finished folder into place. Between the two renames `dest` is absent: never an
     incomplete folder that looks complete."""
     old = None
-    if dest.exists():
+    if dest.exists() or dest.is_symlink():
+        _existing_output(dest, force=True)  # again: someone may have written there meanwhile
         old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
         os.rename(dest, old)
     os.rename(tmp, dest)
@@ -247,7 +295,7 @@ class _Outputs:
 def _build(tmp: Path, source, settings: dict, progress: bool) -> dict:
     if len(source) == 0:
         outside = [p for p, r in source.skipped if r == "not inside a class folder"]
-        where = settings["src"] or source.name
+        where = display_name(settings["src"] or source.name)
         if outside:
             raise UserError(f"{where}: no class folders ({len(outside)} files at the top level, e.g. "
                             f"{outside[0]}); put the images in one sub-folder per class")
@@ -262,14 +310,14 @@ def _build(tmp: Path, source, settings: dict, progress: bool) -> dict:
                desc=f"prep {source.name}", unit="img", dynamic_ncols=True)
     for i, label, result in bar:
         if label is None:
-            skipped.append((source.key(i), result))
+            skipped.append((display_name(source.key(i)), display_name(result)))
         else:
             outputs.add(source.key(i), label, result)
     bar.close()
     convert_s = time.perf_counter() - start
     shards = outputs.close()
     if not outputs.records["train"]:
-        raise UserError(f"{settings['src'] or source.name}: no usable images "
+        raise UserError(f"{display_name(settings['src'] or source.name)}: no usable images "
                         f"({len(skipped)} files skipped, e.g. {_first_skip(skipped)})")
     files = _write_formats(tmp, settings, outputs.records, shards, outputs.keys, progress)
     total_s = time.perf_counter() - start
@@ -301,9 +349,8 @@ def _write_formats(tmp: Path, settings: dict, records, shards, keys, progress: b
         shutil.rmtree(tmp / "wds", ignore_errors=True)
     (tmp / "samples").mkdir()
     for s in splits:
-        # Which source file is sample j of each split (the same order in every format).
-        (tmp / "samples" / f"{s}.txt").write_text("".join(f"{k}\n" for k in keys[s]))
-    files["samples"] = {s: f"samples/{s}.txt" for s in splits}
+        write_samples(tmp / "samples" / f"{s}.jsonl", keys[s], [r.label for r in records[s]])
+    files["samples"] = {s: f"samples/{s}.jsonl" for s in splits}
     return files
 
 

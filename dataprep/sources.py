@@ -4,17 +4,20 @@ Every source exposes the same small interface, used by the parent (listing) and 
 processes (loading one item):
     .name, .classes, .fingerprint (dict), .skipped [(path, reason)], .warnings [str]
     len(src), src.key(i) -> str (a path-like id), src.load(i) -> (Decoded, label)
-`load` raises convert.SkipImage for a file that is not a usable image.
+`load` raises convert.SkipImage for a file that is not a usable image. Only regular files are ever
+opened (a FIFO blocks its reader forever, a device never ends). Class names, skipped paths and
+warnings are display_name()s; key(i) is the exact name (bytes that are not UTF-8 are kept as lone
+surrogates, as os.listdir and tarfile give them: PEP 383).
 """
 
 from __future__ import annotations
 
 import abc
+import errno
 import hashlib
 import os
-import shutil
-import tarfile
-import zipfile
+import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -24,6 +27,32 @@ from fasthpt.errors import UserError
 # Suffixes used only to find the class-folder level of a tree; files are identified by content.
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".ppm"}
 _IGNORED_DIRS = {"__MACOSX"}  # resource forks that macOS adds to zip files
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_FILE_KINDS = {stat.S_IFIFO: "fifo", stat.S_IFSOCK: "socket", stat.S_IFCHR: "character device",
+               stat.S_IFBLK: "block device", stat.S_IFLNK: "symbolic link", stat.S_IFDIR: "folder"}
+UNSAFE_PATH = "unsafe path (absolute or with '..')"
+# Errors that only writing can raise (the scratch copy of a compressed tar): the output's problem.
+_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
+
+def display_name(text: str) -> str:
+    """`text` as one printable line: bytes that are not UTF-8 become \\xNN and control characters
+    are escaped, so a file name can neither crash an encoder (JSON readers, a strict stdout) nor
+    split a one-line message or send escape sequences to a terminal."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that no file system produced
+        raw = text.encode("utf-8", "backslashreplace")
+    safe = raw.decode("utf-8", "backslashreplace")
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), safe)
+
+
+def not_regular(mode: int) -> str | None:
+    """None for a regular file, else the reason to skip it (what kind of file it is)."""
+    kind = stat.S_IFMT(mode)
+    if kind == stat.S_IFREG:
+        return None
+    return f"not a regular file ({_FILE_KINDS.get(kind, f'type {kind:o}')})"
 
 
 @dataclass
@@ -39,6 +68,7 @@ class Listing:
     items: list[tuple[str, int]]  # (path, label), sorted by path
     skipped: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    outside: list[str] = field(default_factory=list)  # exact paths of files outside class folders
 
 
 def _visible(path: str) -> bool:
@@ -63,24 +93,54 @@ def _class_root(paths: list[str]) -> tuple[str, ...]:
     return tuple(prefix[: max(0, limit)])
 
 
-def list_tree(entries: list[Entry], dirs: list[str]) -> Listing:
-    """Assign class labels from the folder structure (class = folder path below the shared root)."""
-    entries = [e for e in entries if _visible(e.path)]
+def _safe(path: str) -> bool:
+    """An archive can name a member '/etc/x.jpg' or '../x.jpg': such a name is no place inside the
+    dataset (it would make an odd class or, hidden by its '..', vanish), so it is skipped."""
+    parts = PurePosixPath(path).parts
+    return bool(parts) and not PurePosixPath(path).is_absolute() and ".." not in parts
+
+
+def _screen(entries: list[Entry], rejected) -> tuple[list[Entry], list[tuple[str, str]]]:
+    """The entries that may become samples, and (path, reason) for the others. Hidden files are
+    ignored without a word; a name held twice by an archive keeps its last copy (what extracting
+    it would leave on disk)."""
+    skipped = [(p, r if _safe(p) else UNSAFE_PATH) for p, r in rejected if not _safe(p) or _visible(p)]
+    last = {e.path: k for k, e in enumerate(entries)}
+    kept = []
+    for k, e in enumerate(entries):
+        if not _safe(e.path):
+            skipped.append((e.path, UNSAFE_PATH))
+        elif not _visible(e.path):
+            continue
+        elif last[e.path] != k:
+            skipped.append((e.path, "duplicate name in the archive (its last copy is used)"))
+        else:
+            kept.append(e)
+    return kept, skipped
+
+
+def list_tree(entries: list[Entry], dirs: list[str], rejected=()) -> Listing:
+    """Assign class labels from the folder structure (class = folder path below the shared root).
+    rejected: (path, reason) of files the source already knows it cannot use (listed as skipped)."""
+    entries, skipped = _screen(entries, rejected)
     images = [e.path for e in entries if PurePosixPath(e.path).suffix.lower() in IMAGE_SUFFIXES]
     root = _class_root(images or [e.path for e in entries])
     by_class: dict[str, list[str]] = {}
-    skipped = []
+    outside = []
     for e in sorted(entries, key=lambda e: e.path):
         parts = PurePosixPath(e.path).parts
         if parts[: len(root)] != root or len(parts) <= len(root) + 1:
             skipped.append((e.path, "not inside a class folder"))
+            outside.append(e.path)
             continue
         by_class.setdefault("/".join(parts[len(root) : -1]), []).append(e.path)
     classes = sorted(by_class)
     label = {c: i for i, c in enumerate(classes)}
     items = sorted((p, label[c]) for c, ps in by_class.items() for p in ps)
     warnings = [f"empty class folder ignored: {d}" for d in _empty_class_dirs(dirs, root, classes)]
-    return Listing(classes, items, skipped, warnings)
+    return Listing([display_name(c) for c in classes], items,
+                   [(display_name(p), display_name(r)) for p, r in sorted(skipped)],
+                   [display_name(w) for w in warnings], outside)
 
 
 def _empty_class_dirs(dirs: list[str], root: tuple[str, ...], classes: list[str]) -> list[str]:
@@ -100,7 +160,8 @@ def fingerprint_entries(kind: str, entries: list[Entry]) -> dict:
     """Hash of sorted relative paths, sizes and mtimes: changes when any file changes."""
     h = hashlib.sha256()
     for e in sorted(entries, key=lambda e: e.path):
-        h.update(f"{e.path}\0{e.size}\0{int(e.mtime)}\n".encode())
+        # surrogateescape: a name that is not UTF-8 hashes as its own bytes
+        h.update(f"{e.path}\0{e.size}\0{int(e.mtime)}\n".encode("utf-8", "surrogateescape"))
     return {"kind": kind, "files": len(entries), "sha256": h.hexdigest()}
 
 
@@ -115,6 +176,7 @@ class FileSource(abc.ABC):
         self.items = listing.items
         self.skipped = listing.skipped
         self.warnings = listing.warnings
+        self.outside = listing.outside
         self.fingerprint = fingerprint
 
     def __len__(self) -> int:
@@ -137,126 +199,82 @@ class FolderSource(FileSource):
 
     def __init__(self, name: str, root: Path):
         self.root = root
-        entries, dirs, unreadable = [], [], []
-        # followlinks: class folders are often symlinks into a shared image store (as ImageFolder does)
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            dirnames.sort()
-            rel = Path(dirpath).relative_to(root).as_posix()
-            if rel != ".":
-                dirs.append(rel)
-            for fn in filenames:
-                relpath = fn if rel == "." else f"{rel}/{fn}"
-                try:
-                    st = (Path(dirpath) / fn).stat()
-                except OSError as exc:  # a dangling link, a file that vanished
-                    if _visible(relpath):
-                        unreadable.append((relpath, f"unreadable: {exc.strerror or exc}"))
-                    continue
-                entries.append(Entry(relpath, st.st_size, st.st_mtime))
-        listing = list_tree(entries, dirs)
-        listing.skipped = sorted(listing.skipped + unreadable)
-        super().__init__(name, listing, fingerprint_entries(self.kind, entries))
+        try:
+            os.listdir(root)
+        except OSError as exc:
+            raise UserError(f"--src {display_name(str(root))}: cannot read the folder ({exc.strerror})") from None
+        entries, dirs, rejected = _walk(root)
+        super().__init__(name, list_tree(entries, dirs, rejected), fingerprint_entries(self.kind, entries))
 
     def _read(self, path: str) -> bytes:
         try:
-            return (self.root / path).read_bytes()
+            # O_NONBLOCK: were the listed file replaced by a FIFO since, opening it must not block.
+            with open(os.open(self.root / path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+                reason = not_regular(os.fstat(f.fileno()).st_mode)
+                if reason is None:
+                    return f.read()
         except OSError as exc:
             raise SkipImage(f"unreadable: {exc.strerror or exc}") from None
+        raise SkipImage(reason)
 
 
-class ZipSource(FileSource):
-    kind = "zip"
+def _walk(root: Path) -> tuple[list[Entry], list[str], list[tuple[str, str]]]:
+    """(regular files, folders, (path, reason) of what cannot be read) below root. Nothing is
+    opened here: a FIFO, socket or device is only stat()ed and rejected."""
+    entries, dirs, rejected = [], [], []
+    above = {str(root): {_identity(root)}}
 
-    def __init__(self, name: str, path: Path):
-        self.path = path
-        self._zip = None
-        self._pid = None
+    def unreadable(exc: OSError) -> None:
+        rejected.append((_relative(exc.filename, root), f"unreadable folder: {exc.strerror}"))
+
+    # followlinks: class folders are often symlinks into a shared image store (as ImageFolder does)
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=unreadable):
+        rel = _relative(dirpath, root)
+        if rel != ".":
+            dirs.append(rel)
+        dirnames[:] = _subfolders(dirpath, sorted(dirnames), above, rejected, root)
+        for fn in filenames:
+            relpath = fn if rel == "." else f"{rel}/{fn}"
+            try:
+                st = os.stat(os.path.join(dirpath, fn))
+            except OSError as exc:  # a dangling link, a file that vanished
+                rejected.append((relpath, f"unreadable: {exc.strerror or exc}"))
+                continue
+            reason = not_regular(st.st_mode)
+            if reason is None:
+                entries.append(Entry(relpath, st.st_size, st.st_mtime))
+            else:
+                rejected.append((relpath, reason))
+    return entries, dirs, rejected
+
+
+def _subfolders(dirpath: str, names: list[str], above: dict, rejected: list, root: Path) -> list[str]:
+    """The sub-folders of dirpath to walk into. A link to dirpath itself or to a folder above it is
+    not entered: os.walk(followlinks=True) would otherwise go round until the path is too long."""
+    chain = above.pop(dirpath)
+    keep = []
+    for name in names:
+        path = os.path.join(dirpath, name)
         try:
-            with zipfile.ZipFile(path) as zf:
-                infos = zf.infolist()
-        except (zipfile.BadZipFile, OSError) as exc:
-            raise UserError(f"cannot open zip archive {path}: {exc}") from None
-        entries = [Entry(i.filename, i.file_size, _zip_mtime(i)) for i in infos if not i.is_dir()]
-        dirs = [i.filename.rstrip("/") for i in infos if i.is_dir()]
-        dirs += [str(PurePosixPath(e.path).parent) for e in entries]
-        super().__init__(name, list_tree(entries, dirs), fingerprint_entries(self.kind, entries))
-
-    def __getstate__(self):
-        return {**self.__dict__, "_zip": None, "_pid": None}
-
-    def _read(self, path: str) -> bytes:
-        # One handle per process: a handle inherited through fork shares its file offset.
-        if self._zip is None or self._pid != os.getpid():
-            self._zip, self._pid = zipfile.ZipFile(self.path), os.getpid()
-        try:
-            return self._zip.read(path)
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-            raise SkipImage(f"unreadable zip member: {exc}") from None
+            ident = _identity(path)
+        except OSError:
+            keep.append(name)  # os.walk reports it through onerror
+            continue
+        if ident in chain:
+            rejected.append((_relative(path, root), "symlink loop (links to a folder above it), not entered"))
+        else:
+            above[path] = chain | {ident}
+            keep.append(name)
+    return keep
 
 
-def _zip_mtime(info: zipfile.ZipInfo) -> float:
-    y, mo, d, h, mi, s = info.date_time
-    return float(((((y * 12 + mo) * 31 + d) * 24 + h) * 60 + mi) * 60 + s)
+def _identity(path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
 
 
-class TarSource(FileSource):
-    """Members are read by offset (os.pread: safe from any process). A compressed tar is first
-    unpacked once into one scratch blob, since compressed streams cannot be read at random."""
-
-    kind = "tar"
-
-    def __init__(self, name: str, path: Path, scratch: Path):
-        self.offsets: dict[str, tuple[int, int]] = {}
-        try:
-            compressed = _is_compressed(path)
-            self.blob = scratch / "source.blob" if compressed else path
-            entries, dirs = self._index(path, compressed)
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            raise UserError(f"cannot read tar archive {path}: {exc}") from None
-        super().__init__(name, list_tree(entries, dirs), fingerprint_entries(self.kind, entries))
-
-    def _index(self, path: Path, compressed: bool) -> tuple[list[Entry], list[str]]:
-        entries, dirs = [], []
-        blob = None
-        if compressed:
-            self.blob.parent.mkdir(parents=True, exist_ok=True)
-            blob = open(self.blob, "wb")
-        try:
-            with tarfile.open(path, "r:*") as tf:
-                for m in tf:
-                    if m.isdir():
-                        dirs.append(m.name.rstrip("/"))
-                    if not m.isfile():
-                        continue
-                    offset = m.offset_data
-                    if blob is not None:
-                        offset = blob.tell()
-                        shutil.copyfileobj(tf.extractfile(m), blob)
-                    self.offsets[m.name] = (offset, m.size)
-                    entries.append(Entry(m.name, m.size, m.mtime))
-                    dirs.append(str(PurePosixPath(m.name).parent))
-        finally:
-            if blob is not None:
-                blob.close()
-        return entries, dirs
-
-    def _read(self, path: str) -> bytes:
-        offset, size = self.offsets[path]
-        fd = os.open(self.blob, os.O_RDONLY)
-        try:
-            data = os.pread(fd, size, offset)
-        finally:
-            os.close(fd)
-        if len(data) != size:
-            raise SkipImage(f"truncated archive member ({len(data)} of {size} bytes)")
-        return data
-
-
-def _is_compressed(path: Path) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(6)
-    # gzip, bzip2, xz, zstd magic numbers
-    return head[:2] == b"\x1f\x8b" or head[:3] == b"BZh" or head[:6] == b"\xfd7zXZ\x00" or head[:4] == b"\x28\xb5\x2f\xfd"
+def _relative(path: str, root: Path) -> str:
+    return Path(path).relative_to(root).as_posix()
 
 
 class GeneratorSource:
@@ -291,16 +309,26 @@ def open_source(dataset: str, src, *, num_images=None, image_size=None, seed=0, 
     """--src wins when given; otherwise --dataset must name an embedded generator."""
     if src is None:
         return _embedded(dataset, num_images, image_size, seed)
+    from dataprep.archives import open_archive  # archives build on this module's listing
+
     path = Path(src).expanduser()
+    shown = display_name(str(src))
     if not path.exists():
-        raise UserError(f"--src {src}: no such file or folder")
+        raise UserError(f"--src {shown}: no such file or folder")
     if path.is_dir():
         return FolderSource(dataset, path)
-    if zipfile.is_zipfile(path):
-        return ZipSource(dataset, path)
-    if tarfile.is_tarfile(path):
-        return TarSource(dataset, path, scratch)
-    raise UserError(f"--src {src}: not a folder, .zip or .tar archive")
+    reason = not_regular(path.stat().st_mode)
+    if reason:  # never opened: reading a FIFO waits forever for a writer
+        raise UserError(f"--src {shown}: {reason}; give a folder, .zip or .tar archive")
+    try:
+        source = open_archive(dataset, path, scratch)
+    except OSError as exc:
+        if exc.errno in _OUTPUT_ERRNOS:
+            raise  # writing the scratch copy of a compressed tar, inside --out
+        raise UserError(f"--src {shown}: cannot read it ({exc.strerror or exc})") from None
+    if source is None:
+        raise UserError(f"--src {shown}: not a folder, .zip or .tar archive")
+    return source
 
 
 def _embedded(dataset: str, num_images, image_size, seed: int):

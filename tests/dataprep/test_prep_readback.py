@@ -18,6 +18,7 @@ from PIL import Image
 from dataprep.fixtures import TINY_CLASSES, TINY_PER_CLASS
 from fasthpt.data.manifest import load_manifest
 from dataprep.readback import dali_samples, ffcv_samples, psnr, wds_samples
+from dataprep.samples import read_samples
 
 MIN_PSNR_DB = 28.0
 MIN_PSNR_FFCV_VS_OTHERS_DB = 35.0
@@ -27,8 +28,8 @@ def source_of(tiny_data, tiny_folder, split):
     """(pixels, label) of the source image behind each sample of a split, in stored order."""
     classes = load_manifest(tiny_data).classes
     refs = []
-    for rel in (tiny_data / "samples" / f"{split}.txt").read_text().split():
-        label = classes.index(rel.split("/")[0])
+    for rel, label in read_samples(tiny_data, split):
+        assert label == classes.index(rel.split("/")[0])  # the folder names the class
         refs.append((np.asarray(Image.open(tiny_folder / rel).convert("RGB")), label))
     return refs
 

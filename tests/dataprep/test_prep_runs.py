@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ import pytest
 import dataprep.prep as prep_module
 from dataprep.fixtures import write_tiny_folder
 from dataprep import prepare
+from dataprep.samples import read_samples
 from dataprep.split import StreamingSplit
 from fasthpt.cli import main
 from fasthpt.data.manifest import load_manifest
@@ -57,9 +57,10 @@ def test_different_settings_or_source_refuse_then_force_rebuilds(small_folder, t
 def test_a_folder_that_is_not_a_prep_output_is_not_overwritten(small_folder, tmp_path):
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "mine.txt").write_text("precious")
-    with pytest.raises(UserError, match="not a complete"):
-        prepare("s", out=tmp_path, src=small_folder, **FAST)
-    assert (tmp_path / "s" / "mine.txt").exists()
+    for force in (False, True):
+        with pytest.raises(UserError, match="not written by `fasthpt prep`.*choose another --out"):
+            prepare("s", out=tmp_path, src=small_folder, force=force, **FAST)
+    assert (tmp_path / "s" / "mine.txt").read_text() == "precious"
 
 
 def test_failure_mid_write_leaves_nothing_that_looks_complete(small_folder, tmp_path, monkeypatch):
@@ -141,7 +142,7 @@ def test_shards_split_at_shard_size_and_seed_changes_the_split(small_folder, tmp
     counts = [int(s.with_suffix(".idx").read_text().split()[1]) for s in shards]
     assert sum(counts) == m.count("train") and max(counts) == 4
     b = prepare("b", out=tmp_path, src=small_folder, seed=1, **FAST)
-    assert (a / "samples/val.txt").read_text() != (b / "samples/val.txt").read_text()
+    assert read_samples(a, "val") != read_samples(b, "val")
     assert load_manifest(b).raw["splits"] == m.raw["splits"]  # still stratified the same way
 
 

@@ -15,7 +15,9 @@ from PIL import Image
 from dataprep.fixtures import tiny_image, write_tiny_folder
 from dataprep import prepare
 from dataprep.convert import SkipImage, decode_bytes
-from dataprep.sources import FolderSource, TarSource, ZipSource, list_tree, Entry
+from dataprep.archives import TarSource, ZipSource
+from dataprep.samples import read_samples
+from dataprep.sources import FolderSource, list_tree, Entry
 
 FORMATS = {"jpg": "JPEG", "png": "PNG", "tif": "TIFF", "bmp": "BMP", "webp": "WEBP"}
 LOSSLESS = {"png", "tif", "bmp"}
@@ -102,6 +104,7 @@ def test_class_root_is_found_below_wrapper_folders():
     listing = list_tree(entries, ["UCMerced_LandUse/Images/empty"])
     assert listing.classes == ["beach", "forest"]
     assert listing.skipped == [("UCMerced_LandUse/readme.txt", "not inside a class folder")]
+    assert listing.outside == ["UCMerced_LandUse/readme.txt"]  # the exact names, for callers that keep them
     assert listing.warnings == ["empty class folder ignored: UCMerced_LandUse/Images/empty"]
 
 
@@ -138,8 +141,7 @@ def test_messy_folder_skips_and_counts(messy_folder, tmp_path, capsys):
     m = json.loads((out / "manifest.json").read_text())
     assert m["classes"] == ["fields", "forest"]
     assert m["splits"]["train"]["count"] == len(good)
-    assert (out / "samples" / "train.txt").read_text().split() != []
-    assert sorted((out / "samples" / "train.txt").read_text().split()) == sorted(good)
+    assert sorted(read_samples(out, "train")) == sorted(good.items())
     reasons = {s["path"]: s["reason"] for s in m["skipped"]}
     assert set(reasons) == {"fields/truncated.jpg", "fields/notes.txt", "forest/zero.png",
                             "forest/garbage.jpg", "forest/dangling.jpg", "README.md"}
@@ -175,9 +177,8 @@ def test_archives_give_the_same_dataset_as_the_folder(tmp_path, kind):
     assert ma["classes"] == mb["classes"] and ma["splits"] == mb["splits"]
     assert mb["fingerprint"]["kind"] == kind.split(".")[0]
     for split in ("train", "val"):
-        keys_a = (a / "samples" / f"{split}.txt").read_text().split()
-        keys_b = (b / "samples" / f"{split}.txt").read_text().split()
-        assert ["wrap/" + k for k in keys_a] == keys_b
+        keys_a, keys_b = read_samples(a, split), read_samples(b, split)
+        assert keys_a and [("wrap/" + k, label) for k, label in keys_a] == keys_b
         # Same order, same stored bytes: the shards are byte-identical.
         assert (a / "wds" / f"{split}-000000.tar").read_bytes() == (b / "wds" / f"{split}-000000.tar").read_bytes()
     assert not list((tmp_path / "out").glob(".*"))  # scratch space and temp folders are gone
@@ -225,7 +226,7 @@ def test_every_format_reads_back_through_every_reader(messy_folder, tmp_path):
     root, good = messy_folder
     out = prepare("messy", out=tmp_path, src=root, val_frac=0.0, workers=1, progress=False)
     m = load_manifest(out)
-    keys = (out / "samples" / "train.txt").read_text().split()
+    keys = [k for k, _ in read_samples(out, "train")]
     refs = []
     for key in keys:
         img = Image.open(root / key)
