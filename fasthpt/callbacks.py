@@ -143,13 +143,46 @@ class NonFiniteGuard(Callback):
 
 class JSONLLogger(LoggerDestination):
     """metrics.jsonl: one JSON object per logged step (rank 0): {"step": N, metric: value, ...},
-    written for every ``interval``-th batch, any step with a kNN figure, and the last step."""
+    written for every ``interval``-th batch (0: none), any step with a kNN figure, and the last step.
+
+    Step N's row holds batch N's training metrics (0-based) and what was measured after N batches
+    (kNN). A resumed run redoes the batches after its checkpoint, so at fit start the rows past the
+    resumed batch M are dropped (the file rewritten atomically) and row M is carried into memory to
+    merge with the redone batch's metrics: no step appears twice."""
 
     def __init__(self, path: str | Path, interval: int = 10):
-        self.path, self.interval = Path(path), max(1, interval)
+        self.path, self.interval = Path(path), max(0, interval)
         self._step: int | None = None
         self._row: dict = {}
         self._fh = None
+
+    def fit_start(self, state: State, logger: Logger) -> None:
+        if dist.get_global_rank() != 0 or not self.path.is_file() or self._fh is not None:
+            return
+        resumed = int(state.timestamp.batch)
+        kept, carried, dropped = [], {}, 0
+        for line in self.path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+                step = int(row["step"])
+            except (ValueError, KeyError, TypeError):
+                dropped += 1  # a line cut short by a kill: nothing to keep
+                continue
+            if step < resumed:
+                kept.append(line)
+            elif step == resumed:
+                carried.update({k: v for k, v in row.items() if k != "step"})
+            else:
+                dropped += 1
+        if not carried and not dropped:
+            return
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(self.path)
+        if carried and self._step in (None, resumed):
+            self._step, self._row = resumed, {**carried, **self._row}
+        if dropped:
+            log.info("%s: dropped %d row(s) past batch %d, which this launch redoes", self.path, dropped, resumed)
 
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
         if dist.get_global_rank() != 0:
@@ -167,7 +200,8 @@ class JSONLLogger(LoggerDestination):
     def _flush(self, force: bool) -> None:
         if self._step is None or not self._row:
             return
-        if force or self._step % self.interval == 0 or any(k.startswith("knn/") for k in self._row):
+        on_interval = self.interval > 0 and self._step % self.interval == 0
+        if force or on_interval or any(k.startswith("knn/") for k in self._row):
             if self._fh is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._fh = open(self.path, "a")

@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("fasthpt.eval.cli", "evaluate a backbone: kNN, linear probe, K-label fine-tuning"),
     "bench": ("fasthpt.benchmark.cli", "benchmark the data loaders and training throughput"),
     "demo": ("fasthpt.demo", "reproduce HPT's convergence experiment on the embedded data"),
+    "export": ("fasthpt.export", "export a backbone for torchvision, timm, TorchScript or ONNX, with its record"),
+    "embed": ("fasthpt.embed", "pooled features of a folder of images or a prepared dataset (.npy/.parquet)"),
 }
 
 
@@ -71,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"fasthpt {name}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"fasthpt {name}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # a run's Interrupted says where a relaunch resumes (fasthpt.run_folder)
+        print(f"fasthpt {name}: {str(exc) or 'interrupted'}", file=sys.stderr)
         return 130
 
 

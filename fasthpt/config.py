@@ -6,12 +6,14 @@ raised before any work starts (OmegaConf structured configs in struct mode).
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
-from omegaconf import OmegaConf
+import yaml
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fasthpt.data.policy import AugPolicy
@@ -52,6 +54,7 @@ class HPTConfig:
     base: str = "none"  # checkpoint path | torchvision:resnet50 | none (random init)
     mode: str = "full"  # full | bn (HPT-BN: convs frozen, BN + head train)
     freeze_stages: int = 0  # additionally freeze stem + the first k ResNet stages
+    trust_checkpoint: bool = False  # true: a base that pickles more than tensors is unpickled in full (runs its code)
 
 
 @dataclass
@@ -119,6 +122,8 @@ def _explain(exc: OmegaConfBaseException) -> UserError:
 
 
 def validate(cfg: RunConfig) -> RunConfig:
+    """Every choice, duration and numeric key against its valid range; one line naming the first
+    bad key. ``check_queue`` adds the queue's bound once the world size is known."""
     choices = {
         "data.backend": (cfg.data.backend, BACKENDS),
         "model.shuffle_bn": (cfg.model.shuffle_bn, ("shuffle", "sync", "none")),
@@ -133,20 +138,98 @@ def validate(cfg: RunConfig) -> RunConfig:
     for key, (value, valid) in choices.items():
         if value not in valid:
             raise UserError(f"config key {key!r} is {value!r}; valid: {', '.join(valid)}")
-    durations = {"train.max_duration": cfg.train.max_duration, "train.save_interval": cfg.train.save_interval,
-                 "train.log_interval": cfg.train.log_interval, "train.knn_interval": cfg.train.knn_interval,
-                 "optim.warmup": cfg.optim.warmup}
-    durations.update({f"stages.{s.name}.max_duration": s.max_duration for s in cfg.stages})
-    for key, value in durations.items():
-        if not _BATCHES.match(str(value)):
-            raise UserError(f"config key {key!r} is {value!r}; give a number of batches, e.g. '5000ba'")
-    if not 0 <= cfg.hpt.freeze_stages <= 4:
-        raise UserError(f"config key 'hpt.freeze_stages' must be in 0..4, got {cfg.hpt.freeze_stages}")
-    for key, value in (("data.res", cfg.data.res), ("data.batch_size", cfg.data.batch_size)):
-        if value <= 0:
-            raise UserError(f"config key {key!r} must be positive, got {value}")
+    _check_names(cfg)
+    for key, value, ok, valid in _ranges(cfg) + _duration_ranges(cfg):
+        if not ok(value):
+            raise UserError(f"config key {key!r} is {value!r}; valid: {valid}")
     cfg.data.aug.validate()
+    check_queue(cfg, world_size=1)
     return cfg
+
+
+def check_queue(cfg: RunConfig, world_size: int) -> None:
+    """MoCo enqueues the keys of the whole global batch every step (MoCo's reference code asserts
+    ``K % batch_size == 0``); a queue that cannot hold one batch keeps no negatives from earlier
+    batches, so it is refused rather than trained silently."""
+    batch = cfg.data.batch_size * world_size
+    processes = f"{world_size} process" + ("es" if world_size > 1 else "")
+    if cfg.model.queue_size < batch:
+        raise UserError(f"config key 'model.queue_size' is {cfg.model.queue_size}; valid: >= the global batch "
+                        f"{batch} (data.batch_size {cfg.data.batch_size} x {processes}), since MoCo enqueues a "
+                        f"whole batch of keys per step")
+
+
+def _finite(lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: bool = False):
+    """A predicate for a number in [lo, hi] (ends open when asked); NaN and inf never pass."""
+    return lambda v: (isinstance(v, (int, float)) and math.isfinite(v) and (v > lo if lo_open else v >= lo)
+                      and (v < hi if hi_open else v <= hi))
+
+
+def _ranges(cfg: RunConfig) -> list[tuple]:
+    """(key, value, predicate, valid range as text) for every numeric key."""
+    d, m, h, o, t = cfg.data, cfg.model, cfg.hpt, cfg.optim, cfg.train
+    return [
+        ("data.res", d.res, _finite(1), ">= 1"),
+        ("data.batch_size", d.batch_size, _finite(1), ">= 1"),
+        ("data.workers", d.workers, _finite(0), ">= 0"),
+        ("model.dim", m.dim, _finite(1), ">= 1"),
+        ("model.mlp_hidden", m.mlp_hidden, _finite(0), ">= 0 (0: the backbone's feature width)"),
+        ("model.queue_size", m.queue_size, _finite(1), ">= 1"),
+        ("model.momentum", m.momentum, _finite(0, 1), "[0, 1] (key-encoder EMA; 1 freezes the key encoder)"),
+        ("model.temperature", m.temperature, _finite(0, lo_open=True), "> 0"),
+        ("hpt.freeze_stages", h.freeze_stages, _finite(0, 4), "0..4"),
+        ("optim.lr", o.lr, _finite(0, lo_open=True), "> 0"),
+        ("optim.momentum", o.momentum, _finite(0, 1, hi_open=True), "[0, 1)"),
+        ("optim.weight_decay", o.weight_decay, _finite(0), ">= 0"),
+        ("train.seed", t.seed, _finite(0, 2**32, hi_open=True), "0 <= seed < 2**32 (numpy's seed range)"),
+        # 0 would keep no checkpoint at all on local disk (Composer: 0 = keep none), so nothing to resume
+        ("train.save_num_checkpoints_to_keep", t.save_num_checkpoints_to_keep,
+         lambda v: v == -1 or v >= 1, "-1 (keep all) or >= 1"),
+        ("train.knn_k", t.knn_k, _finite(1), ">= 1"),
+        ("train.knn_t", t.knn_t, _finite(0, lo_open=True), "> 0"),
+    ]
+
+
+def _duration_ranges(cfg: RunConfig) -> list[tuple]:
+    """Durations in batches: each run trains >= 1 batch; an interval of 0 switches its feature off;
+    warmup ends before the shortest run that uses it (a run that is all warmup never reaches lr)."""
+    t = cfg.train
+    # with stages, each stage's max_duration replaces train.max_duration (fasthpt.hpt.stage_configs)
+    runs = ({f"stages.{s.name}.max_duration": s.max_duration for s in cfg.stages}
+            or {"train.max_duration": t.max_duration})
+    spans = {"train.max_duration": t.max_duration, **runs}
+    intervals = {"train.save_interval": t.save_interval, "train.log_interval": t.log_interval,
+                 "train.knn_interval": t.knn_interval}
+    for key, value in {**spans, **intervals, "optim.warmup": cfg.optim.warmup}.items():
+        _batches(key, value)  # the spelling first: the predicates below parse it
+    shortest = min(_batches(key, value) for key, value in runs.items())
+    return ([(key, value, _in_batches(_finite(1)), ">= 1 batch, e.g. '5000ba'") for key, value in spans.items()]
+            + [(key, value, _in_batches(_finite(0)), ">= 0 batches (0: off), e.g. '100ba'")
+               for key, value in intervals.items()]
+            + [("optim.warmup", cfg.optim.warmup, _in_batches(_finite(0, shortest, hi_open=True)),
+                f"0ba <= warmup < the run's max_duration ({shortest}ba)")])
+
+
+def _in_batches(ok):
+    return lambda value: ok(_batches("", value))
+
+
+def _batches(key: str, value) -> int:
+    """'500ba' -> 500; the one spelling of a duration the config takes."""
+    if not _BATCHES.match(str(value)):
+        raise UserError(f"config key {key!r} is {value!r}; give a number of batches, e.g. '5000ba'")
+    return int(str(value)[:-2])
+
+
+def _check_names(cfg: RunConfig) -> None:
+    """Run and stage names become folder names: non-empty, not '.' / '..', stage names unique."""
+    names = {"name": cfg.name, **{f"stages[{i}].name": s.name for i, s in enumerate(cfg.stages)}}
+    for key, value in names.items():
+        if value in ("", ".", ".."):
+            raise UserError(f"config key {key!r} is {value!r}; valid: a folder name (not empty, '.' or '..')")
+    stage_names = [s.name for s in cfg.stages]
+    if len(set(stage_names)) != len(stage_names):
+        raise UserError(f"config key 'stages': stage names must be unique, got {stage_names}")
 
 
 def load_config(path: str | Path | None = None, overrides: Optional[list[str]] = None) -> RunConfig:
@@ -156,19 +239,75 @@ def load_config(path: str | Path | None = None, overrides: Optional[list[str]] =
     try:
         merged = schema
         if path is not None:
-            path = Path(path)
-            if not path.is_file():
-                raise UserError(f"config file not found: {path}")
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
-        if overrides:
-            bad = [o for o in overrides if "=" not in o]
-            if bad:
-                raise UserError(f"overrides must be key=value, got {bad[0]!r}")
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+            merged = OmegaConf.merge(merged, _read_yaml(Path(path)))
+        bad = [o for o in overrides or [] if "=" not in o]
+        if bad:
+            raise UserError(f"overrides must be key=value, got {bad[0]!r}")
+        for item in overrides or []:  # one at a time, so that a syntax error names its override
+            try:
+                merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+            except yaml.YAMLError as exc:
+                raise UserError(f"override {item!r}: YAML syntax error: {_yaml_problem(exc)}") from None
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         raise _explain(exc) from None
     return validate(cfg)
+
+
+def _read_yaml(path: Path):
+    """The file's mapping, or one line naming the file (and line:column for a syntax error)."""
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        node = OmegaConf.load(path)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise UserError(f"{where}: YAML syntax error: {_yaml_problem(exc)}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a UTF-8 text file") from None
+    if not isinstance(node, DictConfig):
+        raise UserError(f"{path}: the top level must be a mapping of config keys (name:, data:, ...)")
+    return node
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's problem and, when it names one, the construct it was reading ('while parsing ...')."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context, mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    return f"{problem} ({context} at line {mark.line + 1})" if context and mark else problem
+
+
+# Keys a relaunch may change and still continue the same run: they decide how batches are made
+# and computed, what is reported, and how checkpoints are kept, not what is learned. Every other
+# key (model, optimizer, data, augmentation, seed, schedule: max_duration and warmup set the
+# cosine's length, so a longer run is another run, as in HPT's per-budget schedules) must match.
+RELAUNCH_MAY_CHANGE = frozenset({
+    "run_dir", "name",  # the run folder itself is what is compared
+    "data.workers", "data.backend", "data.channels_last", "train.precision",
+    "train.progress_bar", "train.console_log", "train.tensorboard", "train.log_interval",
+    "train.knn_interval", "train.knn_k", "train.knn_t",
+    "train.save_interval", "train.save_num_checkpoints_to_keep", "train.autoresume",
+    "hpt.trust_checkpoint",  # permission to read the base file, which a resumed run replaces anyway
+})
+
+
+def config_differences(old: RunConfig, new: RunConfig) -> list[tuple[str, object, object]]:
+    """(key, old value, new value) for each key outside ``RELAUNCH_MAY_CHANGE`` that differs,
+    in schema order; lists (stages, algorithms, aug ranges) compare whole."""
+    a, b = (_flatten(OmegaConf.to_container(OmegaConf.structured(c))) for c in (old, new))
+    keys = list(a) + [k for k in b if k not in a]
+    return [(k, a.get(k), b.get(k)) for k in keys if k not in RELAUNCH_MAY_CHANGE and a.get(k) != b.get(k)]
+
+
+def _flatten(node: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def to_yaml(cfg: RunConfig) -> str:

@@ -51,12 +51,10 @@ def apply_mode(moco: MoCo, mode: str = "full", freeze_stages: int = 0) -> dict[s
 
 def stage_configs(cfg: RunConfig) -> list[RunConfig]:
     """One RunConfig per stage; stage i's base is stage i-1's backbone.pt (the first one's is
-    ``cfg.hpt.base``); runs land in runs/<name>/<stage.name>/. No stages: [cfg]."""
+    ``cfg.hpt.base``); runs land in runs/<name>/<stage.name>/. No stages: [cfg]. Stage names are
+    unique folder names (checked by fasthpt.config.validate)."""
     if not cfg.stages:
         return [cfg]
-    names = [s.name for s in cfg.stages]
-    if len(set(names)) != len(names):
-        raise UserError(f"stage names must be unique, got {names}")
     out, base = [], cfg.hpt.base
     for stage in cfg.stages:
         sub = copy.deepcopy(cfg)

@@ -41,16 +41,24 @@ def _split_nproc(items: list[str], nproc: int) -> tuple[list[str], int]:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from fasthpt.config import load_config
+    from fasthpt.config import check_queue, load_config
 
     # fasthpt's own INFO lines (base import report, kNN monitor, resume) on the console
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args.overrides, args.nproc = _split_nproc(list(args.overrides), args.nproc)
     cfg = load_config(args.config, args.overrides)  # strict: bad keys fail here, before any launch
     if args.nproc > 1:
+        check_queue(cfg, args.nproc)  # before the launch; each rank checks again with the whole world size
         script = Path(__file__).with_name("train.py")
         cmd = [sys.executable, "-m", "composer.cli.launcher", "-n", str(args.nproc), str(script), args.config, *args.overrides]
-        return subprocess.call(cmd)
+        launcher = subprocess.Popen(cmd)
+        try:
+            return launcher.wait()
+        except KeyboardInterrupt:
+            # Ctrl-C reached the launcher and its ranks too (one process group): rank 0 prints where
+            # the run resumes and the launcher returns its exit code (130); killing it here, as
+            # subprocess.call would, would leave the ranks without their launcher's cleanup.
+            return launcher.wait()
     from fasthpt.train import pretrain
 
     result = pretrain(cfg)

@@ -24,7 +24,7 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
-from fasthpt.config import RunConfig, load_config, save_config  # noqa: E402
+from fasthpt.config import RunConfig, check_queue, load_config, save_config, validate  # noqa: E402
 from fasthpt.errors import UserError  # noqa: E402
 
 log = logging.getLogger("fasthpt.train")
@@ -37,20 +37,28 @@ def pretrain(cfg: RunConfig) -> dict:
     backend, world_size, ranks_in_sync, and with stages a list of the same per stage."""
     from fasthpt.hpt import stage_configs
 
+    validate(cfg)  # a RunConfig built in code gets the checks a loaded one had
     if not cfg.stages:
         return run_stage(cfg)
     from composer.utils import dist
 
+    from fasthpt.run_folder import claim
+
     _init_dist()
-    if dist.get_global_rank() == 0:
-        save_config(cfg, cfg.run_path / "config.yaml")
-    results = [run_stage(stage) for stage in stage_configs(cfg)]
-    final = cfg.run_path / "backbone.pt"
-    if dist.get_global_rank() == 0:
-        tmp = final.with_suffix(".pt.tmp")
-        shutil.copyfile(results[-1]["backbone"], tmp)
-        tmp.replace(final)
-    dist.barrier()
+    lock = claim(cfg)
+    try:
+        if dist.get_global_rank() == 0:
+            save_config(cfg, cfg.run_path / "config.yaml")
+        results = [run_stage(stage) for stage in stage_configs(cfg)]
+        final = cfg.run_path / "backbone.pt"
+        if dist.get_global_rank() == 0:
+            tmp = final.with_suffix(".pt.tmp")
+            shutil.copyfile(results[-1]["backbone"], tmp)
+            tmp.replace(final)
+        dist.barrier()
+    finally:
+        if lock is not None:
+            lock.release()
     return {"run_dir": str(cfg.run_path), "backbone": str(final), **_combine(results), "stages": results}
 
 
@@ -106,27 +114,61 @@ def batches(value: str, key: str) -> int:
 
 def run_stage(cfg: RunConfig, *, callbacks: tuple = (), loader=None) -> dict:
     """One MoCo-v2 / HPT run (no stages) on this process' share of the job. ``callbacks`` are
-    added to the Trainer's; ``loader`` replaces the one built from ``cfg.data`` (benchmarks)."""
+    added to the Trainer's; ``loader`` replaces the one built from ``cfg.data`` (benchmarks).
+    Before any heavy work: the config's ranges (the queue's against the world size), then the run
+    folder (writable, not another run's, not in use: fasthpt.run_folder.claim)."""
     from composer.utils import dist
 
+    from fasthpt.run_folder import claim
+
+    validate(cfg)
+    _init_dist()
+    check_queue(cfg, dist.get_world_size())
+    lock = claim(cfg)
+    try:
+        return _train(cfg, callbacks, loader)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: RunConfig, callbacks: tuple, loader) -> dict:
+    from composer.utils import dist
+
+    from fasthpt.run_folder import Interrupted, resume_hint, write_failure
     from fasthpt.trainer_setup import build_trainer
 
-    _init_dist()
     rank = dist.get_global_rank()
     run = cfg.run_path
-    parts = build_trainer(cfg, _device(), resolve_precision(cfg.train.precision, _device()), callbacks=callbacks, loader=loader)
-    if rank == 0:  # only once the base, the data and the config have all been accepted
-        run.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run / "config.yaml")
-    trainer, moco, loader, stall = parts.trainer, parts.moco, parts.loader, parts.stall
-    start_batch, start_sample = int(trainer.state.timestamp.batch), int(trainer.state.timestamp.sample)
-    t0 = time.perf_counter()
+    parts = None
     try:
+        parts = build_trainer(cfg, _device(), resolve_precision(cfg.train.precision, _device()), callbacks=callbacks,
+                              loader=loader)
+        if rank == 0:  # only once the base, the data and the config have all been accepted
+            save_config(cfg, run / "config.yaml")
+        start_batch, start_sample = int(parts.trainer.state.timestamp.batch), int(parts.trainer.state.timestamp.sample)
+        t0 = time.perf_counter()
         # a run resumed from its final checkpoint is already done: Composer would refuse to fit
         if start_batch < batches(cfg.train.max_duration, "train.max_duration"):
-            trainer.fit()
-    finally:
-        wall = time.perf_counter() - t0
+            parts.trainer.fit()
+    except KeyboardInterrupt:
+        where = f"at batch {int(parts.trainer.state.timestamp.batch)}" if parts else "before training started"
+        raise Interrupted(f"interrupted {where}; {resume_hint(cfg)}") from None
+    except (OSError, RuntimeError) as exc:
+        failure = write_failure(exc, run)
+        if failure is None:
+            raise
+        raise UserError(f"{failure}; free some space, then {resume_hint(cfg)}") from None
+    wall = time.perf_counter() - t0
+    return _finish(cfg, parts, start_batch, start_sample, wall)
+
+
+def _finish(cfg: RunConfig, parts, start_batch: int, start_sample: int, wall: float) -> dict:
+    """backbone.pt (rank 0), the replicas' agreement, and the run's summary."""
+    from composer.utils import dist
+
+    trainer, moco, loader, stall = parts.trainer, parts.moco, parts.loader, parts.stall
+    rank, run = dist.get_global_rank(), cfg.run_path
     done_batch, done_sample = int(trainer.state.timestamp.batch), int(trainer.state.timestamp.sample)
     from fasthpt.models.moco import replicas_in_sync
 
@@ -162,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"fasthpt train: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # fasthpt.run_folder.Interrupted says where a relaunch resumes
+        print(f"fasthpt train: {str(exc) or 'interrupted'}", file=sys.stderr)
+        return 130
     from composer.utils import dist
 
     if dist.get_global_rank() == 0:

@@ -35,7 +35,7 @@ def build_model(cfg: RunConfig, device: str):
     from fasthpt.models.moco import MoCo
 
     reproducibility.seed_all(cfg.train.seed)
-    backbone, report = load_backbone(cfg.hpt.base, cfg.model.arch)
+    backbone, report = load_backbone(cfg.hpt.base, cfg.model.arch, trust=cfg.hpt.trust_checkpoint)
     m = cfg.model
     world = dist.get_world_size()
     moco = MoCo(backbone, dim=m.dim, mlp_hidden=m.mlp_hidden, queue_size=m.queue_size, momentum=m.momentum,
@@ -116,17 +116,25 @@ def knn_monitor(cfg: RunConfig, moco, device: str):
 
 
 def resume_path(cfg: RunConfig, folder: Path) -> str | None:
-    """The checkpoint to continue from: ``latest-rank0.pt`` in the run's checkpoint folder when
-    ``train.autoresume``, decided on rank 0 and broadcast. (Composer's own ``autoresume`` does the
-    same lookup but its per-node signal file has one name on every node, so two nodes sharing a
-    filesystem race to delete it: FileNotFoundError. Passing ``load_path`` avoids that dance.)"""
+    """The checkpoint to continue from when ``train.autoresume``: the newest one in the run's
+    checkpoint folder that can be read (fasthpt.run_folder.resume_checkpoint), chosen on rank 0 and
+    broadcast. (Composer's own ``autoresume`` does a similar lookup but its per-node signal file has
+    one name on every node, so two nodes sharing a filesystem race to delete it:
+    FileNotFoundError. Passing ``load_path`` avoids that dance.)"""
     from composer.utils import dist
 
-    if not cfg.train.autoresume and folder.is_dir() and any(folder.glob("*.pt")):
-        raise UserError(f"{folder} already holds checkpoints; set train.autoresume=true to continue "
-                        f"that run, or choose another name=")
-    latest = folder / "latest-rank0.pt"
-    found = [str(latest.resolve()) if cfg.train.autoresume and latest.exists() else None]
+    from fasthpt.run_folder import checkpoints, on_rank_zero, resume_checkpoint
+
+    def choose():
+        if not cfg.train.autoresume:
+            if checkpoints(folder):
+                raise UserError(f"{folder} already holds checkpoints; set train.autoresume=true to continue "
+                                f"that run, or choose another name=")
+            return None
+        path = resume_checkpoint(folder)
+        return str(path.resolve()) if path else None
+
+    found = [on_rank_zero(choose)]
     dist.broadcast_object_list(found, src=0)
     if found[0]:
         log.info("resuming from %s", found[0])
@@ -168,7 +176,7 @@ def build_trainer(cfg: RunConfig, device: str, precision: str, callbacks=(), loa
 
     model = ComposerMoCo(moco)
     spec = DataSpec(loader, num_samples=loader.num_samples, get_num_samples_in_batch=lambda b: int(b[0].shape[0]))
-    stall = DataStall(window=max(1, log_every))
+    stall = DataStall(window=log_every or 50)  # with logging off (0ba) only its whole-run figure is used
     callbacks = [*callbacks, SetEpoch(loader), stall, SpeedMonitor(window_size=20), NonFiniteGuard(ckpt)]
     monitor = knn_monitor(cfg, moco, device)
     if monitor is not None:
@@ -182,7 +190,8 @@ def build_trainer(cfg: RunConfig, device: str, precision: str, callbacks=(), loa
         algorithms=algorithms, callbacks=callbacks, loggers=loggers, run_name=cfg.name,
         save_folder=str(ckpt), save_interval=cfg.train.save_interval, save_overwrite=cfg.train.autoresume,
         save_num_checkpoints_to_keep=cfg.train.save_num_checkpoints_to_keep, load_path=load_path,
-        seed=cfg.train.seed, progress_bar=cfg.train.progress_bar, log_to_console=cfg.train.console_log and not cfg.train.progress_bar,
+        seed=cfg.train.seed, progress_bar=cfg.train.progress_bar,
+        log_to_console=cfg.train.console_log and not cfg.train.progress_bar and log_every > 0,  # 0ba: off
         console_log_interval=cfg.train.log_interval, device_train_microbatch_size=cfg.data.batch_size,
         dist_timeout=1800.0,  # the kNN monitor runs on rank 0 while the others wait at the next all-reduce
     )

@@ -1,6 +1,6 @@
 import pytest
 
-from fasthpt.config import RunConfig, load_config, save_config
+from fasthpt.config import RELAUNCH_MAY_CHANGE, RunConfig, check_queue, config_differences, load_config, save_config
 from fasthpt.data.policy import AugPolicy
 from fasthpt.errors import UserError
 
@@ -62,3 +62,79 @@ def test_policy_presets_and_kernel_size():
     assert p.blur_kernel_size(64, 2.0) == 7  # capped near 10% of 64 px (odd)
     with pytest.raises(UserError):
         AugPolicy.preset("nope")
+
+
+@pytest.mark.parametrize(
+    "override, valid",
+    [
+        ("optim.lr=0", "> 0"),
+        ("optim.lr=-0.1", "> 0"),
+        ("optim.lr=nan", "> 0"),
+        ("optim.momentum=1.0", "[0, 1)"),
+        ("optim.weight_decay=-1e-4", ">= 0"),
+        ("model.queue_size=0", ">= 1"),
+        ("model.dim=0", ">= 1"),
+        ("model.temperature=0", "> 0"),
+        ("model.momentum=1.5", "[0, 1]"),
+        ("data.workers=-1", ">= 0"),
+        ("train.max_duration=0ba", ">= 1 batch"),
+        ("train.save_num_checkpoints_to_keep=0", "-1 (keep all) or >= 1"),
+        ("train.knn_k=0", ">= 1"),
+        ("train.seed=-1", "0 <= seed < 2**32"),
+        ("optim.warmup=5000ba", "0ba <= warmup < the run's max_duration (5000ba)"),
+    ],
+)
+def test_numeric_keys_out_of_range_name_key_and_range(override, valid):
+    key = override.split("=")[0]
+    with pytest.raises(UserError) as err:
+        load_config(None, [override])
+    assert f"config key {key!r} is " in str(err.value) and f"valid: {valid}" in str(err.value)
+
+
+def test_stage_duration_and_names_are_checked():
+    with pytest.raises(UserError, match=r"'stages\.a\.max_duration' is '0ba'"):
+        load_config(None, ["stages=[{name: a, max_duration: 0ba}]"])
+    with pytest.raises(UserError, match="stage names must be unique"):
+        load_config(None, ["stages=[{name: a}, {name: a}]"])
+
+
+def test_zero_intervals_switch_their_feature_off():
+    cfg = load_config(None, ["train.save_interval=0ba", "train.log_interval=0ba", "train.knn_interval=0ba"])
+    assert (cfg.train.save_interval, cfg.train.log_interval) == ("0ba", "0ba")
+
+
+def test_queue_must_hold_the_global_batch():
+    with pytest.raises(UserError, match="valid: >= the global batch 64 "):
+        load_config(None, ["model.queue_size=32", "data.batch_size=64"])
+    cfg = load_config(None, ["model.queue_size=128", "data.batch_size=64"])
+    check_queue(cfg, world_size=2)  # 128 keys: exactly one global batch
+    with pytest.raises(UserError, match=r"global batch 256 \(data.batch_size 64 x 4 processes\)"):
+        check_queue(cfg, world_size=4)
+
+
+def test_yaml_syntax_error_is_one_line_with_file_and_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\ndata:\n  res: [32\n  batch_size: 4\n")
+    with pytest.raises(UserError) as err:
+        load_config(path)
+    assert str(err.value).startswith(f"{path}:4:13: YAML syntax error: did not find expected ',' or ']'")
+    assert "\n" not in str(err.value)
+
+
+def test_override_syntax_error_names_the_override():
+    with pytest.raises(UserError, match=r"override 'data.res=\[32': YAML syntax error"):
+        load_config(None, ["name=x", "data.res=[32"])
+
+
+def test_top_level_must_be_a_mapping(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("- name\n- data\n")
+    with pytest.raises(UserError, match="top level must be a mapping"):
+        load_config(path)
+
+
+def test_config_differences_skip_what_a_relaunch_may_change():
+    a = load_config(None, ["model.arch=resnet50", "data.workers=2"])
+    b = load_config(None, ["model.arch=resnet18", "data.workers=8", "train.progress_bar=false", "optim.lr=0.06"])
+    assert config_differences(a, b) == [("model.arch", "resnet50", "resnet18"), ("optim.lr", 0.03, 0.06)]
+    assert RELAUNCH_MAY_CHANGE >= {"data.workers", "train.progress_bar"}

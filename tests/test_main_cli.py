@@ -4,12 +4,13 @@ import sys
 from fasthpt.cli import COMMANDS, main
 
 
-def test_help_lists_the_five_subcommands(capsys):
+def test_help_lists_every_subcommand(capsys):
+    names = ("prep", "pretrain", "eval", "bench", "demo", "export", "embed")
     assert main([]) == 2
     out = capsys.readouterr().out
-    for name in ("prep", "pretrain", "eval", "bench", "demo"):
+    for name in names:
         assert name in out
-    assert set(COMMANDS) == {"prep", "pretrain", "eval", "bench", "demo"}
+    assert set(COMMANDS) == set(names)
 
 
 def test_console_script_help_runs():
@@ -22,3 +23,23 @@ def test_unknown_subcommand_is_an_error():
     proc = subprocess.run([sys.executable, "-m", "fasthpt.cli", "frobnicate"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "invalid choice" in proc.stderr
+
+
+def test_ctrl_c_exits_130_with_the_run_s_own_line(monkeypatch, capsys):
+    import fasthpt.pretrain
+    from fasthpt.run_folder import Interrupted
+
+    def stopped(args):
+        raise Interrupted("interrupted at batch 7; relaunch the same command to resume from x.pt (batch 6)")
+
+    monkeypatch.setattr(fasthpt.pretrain, "run", stopped)
+    assert main(["pretrain", "c.yaml"]) == 130
+    assert capsys.readouterr().err.splitlines() == [
+        "fasthpt pretrain: interrupted at batch 7; relaunch the same command to resume from x.pt (batch 6)"]
+
+    def plain(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fasthpt.pretrain, "run", plain)
+    assert main(["pretrain", "c.yaml"]) == 130
+    assert capsys.readouterr().err.splitlines() == ["fasthpt pretrain: interrupted"]

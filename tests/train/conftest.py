@@ -51,3 +51,34 @@ def ssl_data(request, tmp_path_factory):
         return request.getfixturevalue("tiny_data")
     except pytest.FixtureLookupError:
         return write_wds_dataset(tmp_path_factory.mktemp("ssl_data") / "tiny")
+
+
+# A run small enough for a CPU test: 32 px, batches of 8, resnet_tiny, a 64-key queue.
+TINY_RUN = ["data.backend=torch", "data.res=32", "data.batch_size=8", "data.workers=0", "model.arch=resnet_tiny",
+            "model.queue_size=64", "model.dim=16", "model.mlp_hidden=32", "train.progress_bar=false",
+            "train.log_interval=1ba"]
+
+
+@pytest.fixture
+def tiny_run(tmp_path, ssl_data):
+    """``make(name, *overrides, run_dir=tmp_path)``: the RunConfig of a tiny run on ``ssl_data``."""
+    from fasthpt.config import load_config
+
+    def make(name, *extra, run_dir=None):
+        return load_config(None, [f"run_dir={run_dir or tmp_path}", f"name={name}", f"data.path={ssl_data}",
+                                  *TINY_RUN, *extra])
+
+    return make
+
+
+@pytest.fixture
+def tiny_yaml(tmp_path, tiny_run):
+    """``make(name, *overrides)``: that config saved as tmp_path/<name>.yaml (for the CLI)."""
+    from fasthpt.config import save_config
+
+    def make(name, *extra):
+        path = tmp_path / f"{name}.yaml"
+        save_config(tiny_run(name, *extra), path)
+        return path
+
+    return make

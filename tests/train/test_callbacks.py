@@ -70,3 +70,29 @@ def test_set_epoch_reaches_our_loader():
     loader = SimpleNamespace(set_epoch=seen.append)
     SetEpoch(loader).epoch_start(SimpleNamespace(timestamp=SimpleNamespace(epoch=3)), None)
     assert seen == [3]
+
+
+def test_jsonl_after_resume_drops_redone_rows_and_merges_the_resumed_one(tmp_path):
+    path = tmp_path / "m.jsonl"
+    rows = [{"step": s, "loss": float(s)} for s in range(26)]
+    rows[20]["knn/acc"] = 0.5  # measured after 20 batches, before the checkpoint at batch 20
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 26, "lo')  # last line cut short
+    log = JSONLLogger(path, interval=1)
+    log.fit_start(SimpleNamespace(timestamp=SimpleNamespace(batch=20)), None)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == list(range(20))
+    for step in range(20, 23):  # the batches redone after the resume
+        log.log_metrics({"loss": -1.0}, step=step)
+    log.close(None, None)
+    after = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["step"] for r in after] == list(range(23))
+    assert after[20] == {"step": 20, "loss": -1.0, "knn/acc": 0.5} and after[19]["loss"] == 19.0
+
+
+def test_jsonl_interval_zero_writes_only_knn_and_last_rows(tmp_path):
+    log = JSONLLogger(tmp_path / "m.jsonl", interval=0)
+    for step in range(4):
+        log.log_metrics({"loss": 1.0}, step=step)
+        if step == 2:
+            log.log_metrics({"knn/acc": 0.5}, step=step)
+    log.close(None, None)
+    assert [json.loads(line)["step"] for line in (tmp_path / "m.jsonl").read_text().splitlines()] == [2, 3]

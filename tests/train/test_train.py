@@ -14,27 +14,20 @@ import pytest
 import torch
 
 from fasthpt.cli import main as cli_main
-from fasthpt.config import load_config, save_config
+from fasthpt.config import load_config
 from fasthpt.errors import UserError
 from fasthpt.models.backbones import load_backbone
 from fasthpt.train import pretrain
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = ["data.backend=torch", "data.res=32", "data.batch_size=8", "data.workers=0", "model.arch=resnet_tiny",
-        "model.queue_size=64", "model.dim=16", "model.mlp_hidden=32", "train.progress_bar=false",
-        "train.log_interval=1ba"]
-
-
-def _cfg(tmp_path, data, name, *extra):
-    return load_config(None, [f"run_dir={tmp_path}", f"name={name}", f"data.path={data}", *TINY, *extra])
 
 
 def _backbone(path):
     return torch.load(path, weights_only=True)
 
 
-def test_pretrain_writes_run_folder_with_knn_and_metrics(tmp_path, ssl_data):
-    cfg = _cfg(tmp_path, ssl_data, "r1", "train.max_duration=4ba", "train.knn_interval=2ba", "train.save_interval=2ba",
+def test_pretrain_writes_run_folder_with_knn_and_metrics(tmp_path, tiny_run):
+    cfg = tiny_run("r1", "train.max_duration=4ba", "train.knn_interval=2ba", "train.save_interval=2ba",
                "train.tensorboard=true")
     result = pretrain(cfg)
     run = tmp_path / "r1"
@@ -51,13 +44,22 @@ def test_pretrain_writes_run_folder_with_knn_and_metrics(tmp_path, ssl_data):
     assert list((run / "tensorboard").rglob("events.out.tfevents*"))
 
 
+def test_zero_intervals_switch_checkpoints_and_log_rows_off(tmp_path, tiny_run):
+    cfg = tiny_run("quiet", "train.max_duration=3ba", "train.save_interval=0ba", "train.log_interval=0ba",
+                   "train.console_log=true")
+    assert pretrain(cfg)["iterations"] == 3
+    rows = [json.loads(line) for line in (tmp_path / "quiet" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["step"] >= 2  # the last step only
+    assert not list((tmp_path / "quiet" / "checkpoints").glob("ep*.pt"))
+
+
 class _Crash(RuntimeError):
     pass
 
 
-def test_autoresume_continues_without_losing_or_repeating_batches(tmp_path, ssl_data, monkeypatch):
+def test_autoresume_continues_without_losing_or_repeating_batches(tmp_path, tiny_run, monkeypatch):
     extra = ("train.max_duration=6ba", "train.save_interval=2ba")
-    whole = pretrain(_cfg(tmp_path / "a", ssl_data, "r", *extra))
+    whole = pretrain(tiny_run("r", *extra, run_dir=tmp_path / "a"))
 
     from fasthpt.models.moco import ComposerMoCo
 
@@ -72,9 +74,9 @@ def test_autoresume_continues_without_losing_or_repeating_batches(tmp_path, ssl_
 
     monkeypatch.setattr(ComposerMoCo, "forward", crash_on_fifth)
     with pytest.raises(_Crash):
-        pretrain(_cfg(tmp_path / "b", ssl_data, "r", *extra))
+        pretrain(tiny_run("r", *extra, run_dir=tmp_path / "b"))
     monkeypatch.setattr(ComposerMoCo, "forward", original)
-    resumed = pretrain(_cfg(tmp_path / "b", ssl_data, "r", *extra))
+    resumed = pretrain(tiny_run("r", *extra, run_dir=tmp_path / "b"))
     assert resumed["iterations"] == 6 and resumed["iterations_this_launch"] == 2
     a, b = _backbone(whole["backbone"]), _backbone(resumed["backbone"])
     assert a.keys() == b.keys()
@@ -82,16 +84,16 @@ def test_autoresume_continues_without_losing_or_repeating_batches(tmp_path, ssl_
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
 
     # launching a finished run again trains nothing and hands back the same backbone
-    again = pretrain(_cfg(tmp_path / "b", ssl_data, "r", *extra))
+    again = pretrain(tiny_run("r", *extra, run_dir=tmp_path / "b"))
     assert again["iterations"] == 6 and again["iterations_this_launch"] == 0
     c = _backbone(again["backbone"])
     assert all(torch.equal(b[key], c[key]) for key in b)
 
 
-def test_stages_chain_base_source_target(tmp_path, ssl_data):
+def test_stages_chain_base_source_target(tmp_path, ssl_data, tiny_run):
     stages = (f"stages=[{{name: source, data: '{ssl_data}', max_duration: 2ba}},"
               f" {{name: target, data: '{ssl_data}', max_duration: 2ba, mode: bn}}]")
-    result = pretrain(_cfg(tmp_path, ssl_data, "chain", stages))
+    result = pretrain(tiny_run("chain", stages))
     source, target = result["stages"]
     assert result["iterations"] == 4 and source["iterations"] == 2 and target["iterations"] == 2
     assert str(tmp_path / "chain" / "source" / "backbone.pt") in target["base"]
@@ -104,24 +106,18 @@ def test_stages_chain_base_source_target(tmp_path, ssl_data):
     assert not torch.equal(final["layer2.0.bn1.weight"], src["layer2.0.bn1.weight"])
 
 
-def test_nonfinite_loss_stops_with_checkpoint(tmp_path, ssl_data, monkeypatch):
+def test_nonfinite_loss_stops_with_checkpoint(tmp_path, tiny_run, monkeypatch):
     import fasthpt.models.moco as moco_module
 
     monkeypatch.setattr(moco_module, "infonce", lambda q, k, queue, t: q.sum() * float("nan"))
     with pytest.raises(UserError, match="loss became nan at batch 0"):
-        pretrain(_cfg(tmp_path, ssl_data, "nan", "train.max_duration=3ba"))
+        pretrain(tiny_run("nan", "train.max_duration=3ba"))
     assert list((tmp_path / "nan" / "checkpoints").glob("nonfinite-ba0-rank0.pt"))
 
 
-def _write_cfg(tmp_path, data, name, *extra):
-    path = tmp_path / f"{name}.yaml"
-    save_config(_cfg(tmp_path, data, name, *extra), path)
-    return path
-
-
 @pytest.mark.parametrize("case", ["bad_key", "missing_base", "wrong_arch"])
-def test_cli_errors_are_one_line_exit_2(tmp_path, ssl_data, capsys, case):
-    cfg = _write_cfg(tmp_path, ssl_data, "cli", "train.max_duration=2ba")
+def test_cli_errors_are_one_line_exit_2(tmp_path, tiny_yaml, capsys, case):
+    cfg = tiny_yaml("cli", "train.max_duration=2ba")
     overrides = {"bad_key": ["optim.lrr=0.1"], "missing_base": [f"hpt.base={tmp_path / 'none.pth'}"]}
     if case == "wrong_arch":
         import torchvision
@@ -155,8 +151,8 @@ def _summary(output: str) -> dict:
 
 
 @pytest.mark.slow
-def test_composer_two_processes_keep_key_encoders_identical(tmp_path, ssl_data):
-    cfg = _write_cfg(tmp_path, ssl_data, "ddp", "train.max_duration=3ba", "train.save_interval=3ba")
+def test_composer_two_processes_keep_key_encoders_identical(tmp_path, tiny_yaml):
+    cfg = tiny_yaml("ddp", "train.max_duration=3ba", "train.save_interval=3ba")
     proc = _launch(["-n", "2", "--master_port", str(_port())], cfg, tmp_path)
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out[-3000:]
@@ -166,8 +162,8 @@ def test_composer_two_processes_keep_key_encoders_identical(tmp_path, ssl_data):
 
 
 @pytest.mark.slow
-def test_two_single_process_launches_act_as_two_nodes(tmp_path, ssl_data):
-    cfg = _write_cfg(tmp_path, ssl_data, "nodes", "train.max_duration=2ba", "train.save_interval=2ba")
+def test_two_single_process_launches_act_as_two_nodes(tmp_path, tiny_yaml):
+    cfg = tiny_yaml("nodes", "train.max_duration=2ba", "train.save_interval=2ba")
     port = str(_port())
     common = ["-n", "1", "--world_size", "2", "--master_addr", "127.0.0.1", "--master_port", port]
     procs = [_launch([*common, "--node_rank", str(rank)], cfg, tmp_path) for rank in (0, 1)]
