@@ -1,0 +1,224 @@
+"""`fasthpt embed --backbone B (--images DIR | --data DIR) --out FILE.npy|FILE.parquet`.
+
+Pooled features of every image (L2-normalised with --l2), in batches, on the CPU or a GPU (bf16
+autocast there, as in the evaluators), through the eval transform of the loaders: resize the
+shorter side to round(res * 256/224), center-crop res.
+
+- ``--data DIR`` (a `fasthpt prep` folder): the eval loaders themselves, over the chosen splits,
+  normalised with that dataset's mean/std (as `fasthpt eval` does); paths are the source files
+  prep recorded (samples/<split>.jsonl).
+- ``--images DIR``: any folder (recursive; class folders give labels, else -1), decoded as prep
+  decodes, normalised with the backbone's training data (the run's) or --norm-data / --mean/--std.
+  Unusable files are skipped and listed.
+
+FILE.npy holds float32 N x D; FILE.parquet (needs pyarrow) columns path, label, [split], feature.
+Beside it, FILE.json: paths, labels, classes, skipped files, resolution, normalisation and the
+backbone's provenance. Both are written to temporary names and renamed into place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from fasthpt import provenance as pv
+from fasthpt.errors import UserError
+
+SHOW_SKIPPED = 10  # as many as `fasthpt prep` prints
+
+
+@dataclass
+class Rows:
+    features: torch.Tensor  # N x D float32
+    paths: list[str]
+    labels: list[int]
+    classes: list[str]
+    norm: pv.Norm
+    origin: dict  # what was embedded
+    splits: list[str] | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def embed(backbone: str, out, *, images=None, data=None, splits=None, res=None, arch=None, l2=False,
+          norm_data=None, mean=None, std=None, batch_size=256, workers=2, device="auto", backend="auto",
+          force=False, trust=False, progress=True) -> dict:
+    """Embed ``images`` or ``data`` with ``backbone``; write ``out`` and its record; return the record."""
+    from fasthpt.eval.common import autocast, module_device, place
+
+    if (images is None) == (data is None):
+        raise UserError("give exactly one of --images DIR or --data DIR")
+    if data is not None and (norm_data or mean or std):
+        raise UserError("--data is normalised with its own manifest's mean/std; --norm-data, --mean and --std "
+                        "apply to --images")
+    if batch_size < 1 or workers < 0:
+        raise UserError(f"--batch-size must be >= 1 and --workers >= 0, got {batch_size} and {workers}")
+    out = pv.check_out(Path(out), (".npy", ".parquet"), force)
+    if out.suffix.lower() == ".parquet":
+        _pyarrow()  # before any work
+    source = pv.resolve_source(backbone, arch=arch, trust=trust)
+    res = pv.resolve_res(source.run, res)
+    dev = module_device(source.backbone, device)
+    module = place(source.backbone, dev)
+    opts = dict(res=res, batch_size=batch_size, workers=workers, device=dev, progress=progress)
+    with autocast(dev):
+        if images is not None:
+            rows = _images(module, images, pv.resolve_norm(source.run, norm_data, mean, std), **opts)
+        else:
+            rows = _data(module, data, splits, backend=backend, **opts)
+    if l2:
+        rows.features = torch.nn.functional.normalize(rows.features, dim=1)
+    record = _record(rows, pv.record(source, rows.norm, res), l2=l2, device=dev)
+    _write(out, rows, record)
+    _report_skipped(rows.skipped, pv.sidecar(out))
+    return record | {"path": str(out), "record_path": str(pv.sidecar(out))}
+
+
+def _images(module, root, norm: pv.Norm, *, res, batch_size, workers, device, progress) -> Rows:
+    from dataprep.sources import display_name
+    from fasthpt.eval.features import extract_features
+    from fasthpt.image_folder import UNUSABLE, eval_loader, list_images
+
+    source = list_images(root)
+    dataset, loader = eval_loader(source, res, batch_size=batch_size, workers=workers, device=device,
+                                  mean=norm.mean, std=norm.std)
+    feats, labels = extract_features(module, loader, device=device, progress=progress, desc="embed images")
+    ok = labels != UNUSABLE
+    shown = lambda i: display_name(source.key(i))  # noqa: E731 - printable, JSON- and parquet-safe
+    skipped = list(source.skipped) + [(shown(i), dataset.reason(i)) for i in (~ok).nonzero().flatten().tolist()]
+    if not ok.any():
+        first = f"{skipped[0][0]}: {skipped[0][1]}" if skipped else "none"
+        raise UserError(f"--images {root}: no usable images ({len(skipped)} files skipped, e.g. {first})")
+    keep = ok.nonzero().flatten().tolist()
+    return Rows(feats[ok], [shown(i) for i in keep], labels[ok].tolist(), list(source.classes), norm,
+                {"images": str(root), "loader": "torch eval transform over the original files"}, skipped=skipped)
+
+
+def _data(module, data, splits, *, backend, res, batch_size, workers, device, progress) -> Rows:
+    from fasthpt.data.manifest import MANIFEST
+    from fasthpt.eval.common import eval_loader, resolve_data
+    from fasthpt.eval.features import extract_features
+
+    ds = resolve_data(data)
+    names = [s for s in (splits or ds.manifest.raw["splits"]) if ds.manifest.count(s) > 0]
+    feats, labels, paths, split_of, used = [], [], [], [], set()
+    for split in names:
+        loader = eval_loader(ds, split, res, batch_size, workers, device, backend)
+        used.add(loader.backend)
+        f, y = extract_features(module, loader, device=device, progress=progress, desc=f"embed {split}")
+        feats.append(f)
+        labels += y.tolist()
+        paths += _sample_paths(ds.manifest, split, len(f))
+        split_of += [split] * len(f)
+    if not feats:
+        raise UserError(f"--data {data}: the splits {', '.join(names) or '(none)'} hold no samples")
+    norm = pv.Norm(ds.manifest.mean, ds.manifest.std, str(Path(data) / MANIFEST))
+    origin = {"data": str(data), "dataset_name": ds.manifest.raw.get("name"), "dataset_sha256": ds.fingerprint,
+              "loader": "+".join(sorted(used))}
+    return Rows(torch.cat(feats), paths, labels, ds.manifest.classes, norm, origin, splits=split_of)
+
+
+def _sample_paths(manifest, split: str, count: int) -> list[str]:
+    """The source file of each sample (prep's samples/<split>.jsonl), else <split>/<index> (an
+    output of an older prep)."""
+    from dataprep.samples import read_samples
+    from dataprep.sources import display_name
+
+    try:
+        names = [display_name(path) for path, _ in read_samples(manifest.root, split)]
+    except UserError:
+        names = []
+    return names if len(names) == count else [f"{split}/{i:07d}" for i in range(count)]
+
+
+def _record(rows: Rows, backbone: dict, *, l2: bool, device) -> dict:
+    return {
+        "count": len(rows.paths), "dim": int(rows.features.shape[1]), "dtype": "float32", "l2_normalised": l2,
+        **rows.origin, "res": backbone["res"], "normalisation": backbone["normalisation"],
+        "device": device.type, "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
+        "classes": rows.classes, "skipped_count": len(rows.skipped),
+        "skipped": [{"path": p, "reason": r} for p, r in rows.skipped], "backbone": backbone,
+        "paths": rows.paths, "labels": rows.labels, **({"splits": rows.splits} if rows.splits else {}),
+    }
+
+
+def _pyarrow():
+    try:
+        import pyarrow  # noqa: F401
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        raise UserError("--out *.parquet needs pyarrow: pip install pyarrow (or write .npy)") from None
+    return pyarrow
+
+
+def _write(out: Path, rows: Rows, record: dict) -> None:
+    with pv.atomic_path(out) as tmp, pv.atomic_path(pv.sidecar(out)) as tmp_record:
+        if out.suffix.lower() == ".npy":
+            import numpy as np
+
+            with open(tmp, "wb") as fh:  # a file object: np.save would append .npy to the temporary name
+                np.save(fh, rows.features.float().numpy())
+        else:
+            _write_parquet(tmp, rows, record)
+        pv.write_json(tmp_record, record)
+
+
+def _write_parquet(path: Path, rows: Rows, record: dict) -> None:
+    pa = _pyarrow()
+    columns = {"path": pa.array(rows.paths, pa.string()), "label": pa.array(rows.labels, pa.int64())}
+    if rows.splits:
+        columns["split"] = pa.array(rows.splits, pa.string())
+    flat = pa.array(rows.features.float().numpy().reshape(-1))
+    columns["feature"] = pa.FixedSizeListArray.from_arrays(flat, int(rows.features.shape[1]))
+    meta = {k: v for k, v in record.items() if k not in ("paths", "labels", "splits")}
+    table = pa.table(columns).replace_schema_metadata({"fasthpt": json.dumps(meta, default=str)})
+    pa.parquet.write_table(table, str(path))
+
+
+def _report_skipped(skipped, record_path: Path) -> None:
+    if not skipped:
+        return
+    lines = [f"skipped {len(skipped)} unusable files (all listed in {record_path}):"]
+    lines += [f"  {p}: {r}" for p, r in skipped[:SHOW_SKIPPED]]
+    if len(skipped) > SHOW_SKIPPED:
+        lines.append(f"  ... and {len(skipped) - SHOW_SKIPPED} more")
+    pv.say("embed", "\n".join(lines))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    a = parser.add_argument
+    a("--backbone", required=True, help="a run folder (runs/<name>), a checkpoint file, torchvision:NAME or random")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--images", default=None, metavar="DIR", help="any folder of images (recursive)")
+    what.add_argument("--data", default=None, metavar="DIR", help="a `fasthpt prep` folder (holds manifest.json)")
+    a("--out", required=True, metavar="FILE", help="FILE.npy (float32 N x D) or FILE.parquet; record in FILE.json")
+    a("--splits", default=None, help="--data: comma-separated splits (default: all)")
+    a("--l2", action="store_true", help="L2-normalise each feature vector")
+    a("--res", type=int, default=None, help="eval side (default: the run's data.res; needed for a bare checkpoint)")
+    a("--norm-data", default=None, metavar="DIR", help="--images: a `fasthpt prep` folder whose mean/std to use "
+      "(default: the run's training data)")
+    a("--mean", default=None, metavar="R,G,B", help="--images: normalisation mean in 0..255 units (with --std)")
+    a("--std", default=None, metavar="R,G,B", help="--images: normalisation std in 0..255 units (with --mean)")
+    a("--arch", default=None, help="architecture (resnet_tiny, resnet18, resnet50): needed for 'random', else checked")
+    a("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
+    a("--workers", type=int, default=2, help="loader processes (default 2; 0: in this process)")
+    a("--device", default="auto", help="auto | cpu | cuda[:N] (bf16 autocast on CUDA)")
+    a("--backend", default="auto", choices=("auto", "ffcv", "dali", "torch"), help="--data: loader backend")
+    a("--force", action="store_true", help="replace FILE and its record when they exist")
+    a("--trust-checkpoint", action="store_true", help="allow a checkpoint that needs full unpickling "
+      "(runs code from the file: only for files you trust)")
+    a("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()] if args.splits else None
+    result = embed(args.backbone, args.out, images=args.images, data=args.data, splits=splits, res=args.res,
+                   arch=args.arch, l2=args.l2, norm_data=args.norm_data, mean=args.mean, std=args.std,
+                   batch_size=args.batch_size, workers=args.workers, device=args.device, backend=args.backend,
+                   force=args.force, trust=args.trust_checkpoint, progress=not args.no_progress)
+    print(f"embed: wrote {result['count']} x {result['dim']} features to {result['path']} "
+          f"and {result['record_path']} ({result['skipped_count']} skipped)")
+    return 0
