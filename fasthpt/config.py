@@ -20,6 +20,8 @@ from fasthpt.data.policy import AugPolicy
 from fasthpt.errors import UserError
 
 BACKENDS = ("auto", "ffcv", "dali", "torch")
+SSL_SPLITS = ("train", "train+val")
+AUTHORS_BATCH_PER_DEVICE = 64  # imgs_per_gpu in the authors' configs: 4 GPUs x 64 = 256
 # Checked here, before any heavy import; fasthpt.models.backbones.ARCHS and
 # fasthpt.algorithms.ALGORITHMS hold the implementations (a test keeps the names in step).
 ARCH_NAMES = ("resnet_tiny", "resnet18", "resnet50")
@@ -35,6 +37,7 @@ class DataConfig:
     batch_size: int = 64  # per process
     workers: int = 2  # loader threads / processes
     channels_last: bool = False
+    ssl_splits: str = "train"  # train | train+val (the authors pretrained on train+val); val and test stay for evaluation
     aug: AugPolicy = field(default_factory=AugPolicy)
 
 
@@ -46,7 +49,11 @@ class ModelConfig:
     queue_size: int = 65536
     momentum: float = 0.999  # key-encoder EMA
     temperature: float = 0.2
-    shuffle_bn: str = "shuffle"  # shuffle | sync | none (cross-process; no-op on one process)
+    shuffle_bn: str = "shuffle"  # shuffle | sync | none: how the key encoder's BN avoids the query's statistics
+    # BN groups per process (shuffle only): each normalised apart, as on that many devices, the key
+    # encoder's groups a random reassignment. 0 = auto: the authors' 64 images per device
+    # (4 GPUs x 64), i.e. data.batch_size // 64, at least 2 on one process (see bn_groups()).
+    bn_groups: int = 0
 
 
 @dataclass
@@ -61,7 +68,8 @@ class HPTConfig:
 class OptimConfig:
     lr: float = 0.03  # per 256 images; scaled linearly with the global batch
     momentum: float = 0.9
-    weight_decay: float = 1e-4  # never on norm / bias parameters (chosen by ndim <= 1)
+    weight_decay: float = 1e-4  # MoCo-v2 / the authors' SGD
+    wd_norm_bias: bool = True  # decay every parameter, BN and biases too, as MoCo and the authors do; false: ndim > 1 only
     warmup: str = "0ba"
 
 
@@ -127,6 +135,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     choices = {
         "data.backend": (cfg.data.backend, BACKENDS),
         "model.shuffle_bn": (cfg.model.shuffle_bn, ("shuffle", "sync", "none")),
+        "data.ssl_splits": (cfg.data.ssl_splits, SSL_SPLITS),
         "hpt.mode": (cfg.hpt.mode, ("full", "bn")),
         "train.precision": (cfg.train.precision, ("auto", "fp32", "amp_bf16", "amp_fp16")),
     }
@@ -159,6 +168,20 @@ def check_queue(cfg: RunConfig, world_size: int) -> None:
                         f"whole batch of keys per step")
 
 
+def bn_groups(cfg: RunConfig, world_size: int) -> int:
+    """BN groups per process for ``cfg`` on ``world_size`` processes: ``model.bn_groups`` when set;
+    auto: one per 64 images of the per-process batch, at least 2 on one process (a single process
+    otherwise normalises keys and queries over the same batch: the leak shuffle-BN prevents), the
+    largest such count that divides the batch. 1 without shuffle (sync or none)."""
+    m, batch = cfg.model, cfg.data.batch_size
+    if m.shuffle_bn != "shuffle":
+        return 1
+    if m.bn_groups:
+        return m.bn_groups
+    want = max(2 if world_size == 1 else 1, batch // AUTHORS_BATCH_PER_DEVICE)
+    return next(g for g in range(min(want, batch), 0, -1) if batch % g == 0)
+
+
 def _finite(lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: bool = False):
     """A predicate for a number in [lo, hi] (ends open when asked); NaN and inf never pass."""
     return lambda v: (isinstance(v, (int, float)) and math.isfinite(v) and (v > lo if lo_open else v >= lo)
@@ -175,6 +198,8 @@ def _ranges(cfg: RunConfig) -> list[tuple]:
         ("model.dim", m.dim, _finite(1), ">= 1"),
         ("model.mlp_hidden", m.mlp_hidden, _finite(0), ">= 0 (0: the backbone's feature width)"),
         ("model.queue_size", m.queue_size, _finite(1), ">= 1"),
+        ("model.bn_groups", m.bn_groups, lambda v: v == 0 or (_finite(1)(v) and d.batch_size % v == 0),
+         f"0 (auto) or a divisor of data.batch_size {d.batch_size}"),
         ("model.momentum", m.momentum, _finite(0, 1), "[0, 1] (key-encoder EMA; 1 freezes the key encoder)"),
         ("model.temperature", m.temperature, _finite(0, lo_open=True), "> 0"),
         ("hpt.freeze_stages", h.freeze_stages, _finite(0, 4), "0..4"),

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fasthpt.config import RunConfig
+from fasthpt.config import RunConfig, bn_groups
 from fasthpt.errors import UserError
 
 log = logging.getLogger("fasthpt.train")
@@ -38,8 +38,11 @@ def build_model(cfg: RunConfig, device: str):
     backbone, report = load_backbone(cfg.hpt.base, cfg.model.arch, trust=cfg.hpt.trust_checkpoint)
     m = cfg.model
     world = dist.get_world_size()
+    groups = bn_groups(cfg, world)
     moco = MoCo(backbone, dim=m.dim, mlp_hidden=m.mlp_hidden, queue_size=m.queue_size, momentum=m.momentum,
-                temperature=m.temperature, shuffle_bn=m.shuffle_bn == "shuffle" and world > 1)
+                temperature=m.temperature, shuffle_bn=m.shuffle_bn == "shuffle" and world > 1, bn_groups=groups)
+    log.info("shuffle-BN: %s across %d process(es), %d BN group(s) of %d images per process", m.shuffle_bn,
+             world, groups, cfg.data.batch_size // groups)
     if m.shuffle_bn == "sync" and world > 1:
         if device == "gpu":
             moco = nn.SyncBatchNorm.convert_sync_batchnorm(moco)
@@ -54,11 +57,14 @@ def build_model(cfg: RunConfig, device: str):
 
 
 def build_optimizer(moco, cfg: RunConfig, global_batch: int) -> torch.optim.Optimizer:
-    """SGD, lr = optim.lr * global_batch / 256 (linear scaling, MoCo: 0.03 at 256); weight decay
-    only on parameters with ndim > 1 (never norm weights or biases; DESIGN.md convention 8)."""
+    """SGD, lr = optim.lr * global_batch / 256 (linear scaling, MoCo: 0.03 at 256). Weight decay on
+    every trainable parameter, BN weights and biases included, as MoCo's and the authors' SGD
+    (OpenSelfSup builds one param group); ``optim.wd_norm_bias=false`` exempts those with
+    ndim <= 1 (chosen by shape, never by name: DESIGN.md convention 8)."""
     params = [p for p in moco.encoder_q.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.optim.weight_decay},
-              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    wd = cfg.optim.weight_decay
+    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": wd},
+              {"params": [p for p in params if p.ndim <= 1], "weight_decay": wd if cfg.optim.wd_norm_bias else 0.0}]
     lr = cfg.optim.lr * global_batch / 256
     return torch.optim.SGD([g for g in groups if g["params"]], lr=lr, momentum=cfg.optim.momentum)
 
@@ -81,7 +87,7 @@ def build_loader(cfg: RunConfig, device: str):
 
     d = cfg.data
     return build_ssl_loader(
-        d.path, split="train", backend=d.backend, res=d.res, batch_size=d.batch_size, policy=d.aug,
+        d.path, split=d.ssl_splits, backend=d.backend, res=d.res, batch_size=d.batch_size, policy=d.aug,
         workers=d.workers, device=_torch_device(device), seed=cfg.train.seed, rank=dist.get_global_rank(),
         world_size=dist.get_world_size(), drop_last=True,
         # a channels_last model wants channels_last batches (else its first conv converts each one)

@@ -60,6 +60,12 @@ def test_policy_presets_and_kernel_size():
     assert p.blur_kernel_size(224, 2.0) == 13  # radius ceil(3*2) = 6
     assert p.blur_kernel_size(224, 0.1) == 3
     assert p.blur_kernel_size(64, 2.0) == 7  # capped near 10% of 64 px (odd)
+    assert p.sigma_range(224) == (0.1, 2.0)  # MoCo-v2's range, in pixels of a 224 px view
+    assert p.sigma_range(56) == pytest.approx((0.025, 0.5))  # the same fraction of a 56 px view
+    assert p.blur_kernel_size(56) == 5  # radius ceil(3 * 0.5): the cap (5 at 56 px) does not bind
+    assert AugPolicy(blur_ref_res=0).sigma_range(56) == (0.1, 2.0)
+    with pytest.raises(UserError, match="blur_ref_res"):
+        AugPolicy(blur_ref_res=-1).validate()
     with pytest.raises(UserError):
         AugPolicy.preset("nope")
 

@@ -155,7 +155,7 @@ def _view(fn, dmath, types, images, shape, policy: AugPolicy, res: int, norm: di
                (policy.brightness, policy.contrast, policy.saturation)]
     factors.append(_uniform(fn, types, -policy.hue, policy.hue))
     blur, flip = _coin(fn, types, policy.blur_p), _coin(fn, types, policy.flip_p)
-    sigma = _uniform(fn, types, *policy.blur_sigma)
+    sigma = _uniform(fn, types, *policy.sigma_range(res))
     if policy.uses_color or policy.gray_p > 0:  # static: the op is left out of the graph entirely
         if jitter | gray:  # DALI conditional: only the samples that drew it pay for the pass
             view = _colour(fn, dmath, types, view, factors, jitter, gray)

@@ -131,7 +131,7 @@ def policy_vector(policy: AugPolicy, res: int) -> tuple[np.ndarray, int]:
     """(cfg for K.sample_view_params, blur radius cap from AugPolicy.blur_kernel_size)."""
     cfg = np.zeros(K.CFG_LEN, np.float64)
     cfg[:10] = (policy.jitter_p, policy.brightness, policy.contrast, policy.saturation, policy.hue,
-                policy.gray_p, policy.blur_p, policy.blur_sigma[0], policy.blur_sigma[1], policy.flip_p)
+                policy.gray_p, policy.blur_p, *policy.sigma_range(res), policy.flip_p)
     cap = policy.blur_kernel_size(res, sigma=1e9)  # the cap alone: sigma so large it never binds
     return cfg, (cap - 1) // 2
 

@@ -1,9 +1,10 @@
 """The augmentation policy as data: one dataclass that every loader backend translates.
 
-Defaults are MoCo-v2 as used by HPT (../shared/HPT.md; Reed et al. 2022, configs of
-cjrd/self-supervised-pretraining): RandomResizedCrop scale (0.2, 1.0); ColorJitter
-(0.4, 0.4, 0.4, hue 0.4 -- HPT's configs; plain MoCo-v2 uses hue 0.1) applied with p 0.8;
-grayscale p 0.2; Gaussian blur sigma in [0.1, 2.0] with p 0.5; horizontal flip p 0.5.
+Defaults are MoCo-v2 as used by HPT (Reed et al. 2022; the OpenSelfSup configs of
+cjrd/self-supervised-pretraining, e.g. configs/hpt-pretrain/resisc-ucmerced/
+base-resisc-ucmerced-config.py): RandomResizedCrop scale (0.2, 1.0); ColorJitter (0.4, 0.4, 0.4,
+hue 0.4 -- HPT's configs; plain MoCo-v2 uses hue 0.1) applied with p 0.8; grayscale p 0.2; Gaussian
+blur sigma in [0.1, 2.0] px for 224 px views with p 0.5; horizontal flip p 0.5.
 """
 
 from __future__ import annotations
@@ -27,9 +28,15 @@ class AugPolicy:
     hue: float = 0.4  # HPT's configs; MoCo-v2 uses 0.1 (preset "mocov2-hue0.1")
     gray_p: float = 0.2
     blur_p: float = 0.5
+    # MoCo-v2's blur is PIL's GaussianBlur(radius=sigma), sigma ~ U(0.1, 2.0) px, on 224 px views,
+    # with no fixed kernel size. The range is in pixels of a view of side blur_ref_res: a view of
+    # another side draws sigma from the range scaled by res / blur_ref_res, so the blur covers the
+    # same fraction of the view (0: the range is in pixels at every side).
     blur_sigma: List[float] = field(default_factory=lambda: [0.1, 2.0])
-    # MoCo-v2 uses a 23 px kernel at 224 px, i.e. ~10% of the side; the kernel actually applied
-    # is sized by sigma (radius ceil(3 sigma)) and capped by this fraction of the resolution.
+    blur_ref_res: int = 224
+    # The kernel applied is sized by sigma, radius ceil(3 sigma) (exact to ~1e-3), and never wider
+    # than this fraction of the view: a bound on the cost of a user's very large sigma, not a
+    # MoCo constant (with the default range it never binds).
     blur_kernel_frac: float = 0.1
     flip_p: float = 0.5
 
@@ -52,7 +59,16 @@ class AugPolicy:
                 raise UserError(f"aug.{name} must be >= 0")
         if not 0 <= self.hue <= 0.5:
             raise UserError(f"aug.hue must be in [0, 0.5], got {self.hue}")
+        if self.blur_ref_res < 0:
+            raise UserError(f"aug.blur_ref_res must be >= 0 (0: sigma in pixels at every side), got {self.blur_ref_res}")
+        if not 0 < self.blur_kernel_frac <= 1:
+            raise UserError(f"aug.blur_kernel_frac must be in (0, 1], got {self.blur_kernel_frac}")
         return self
+
+    def sigma_range(self, res: int) -> tuple[float, float]:
+        """The blur sigma range in pixels for views of side ``res`` (see ``blur_ref_res``)."""
+        scale = res / self.blur_ref_res if self.blur_ref_res else 1.0
+        return self.blur_sigma[0] * scale, self.blur_sigma[1] * scale
 
     @property
     def uses_color(self) -> bool:
@@ -61,8 +77,9 @@ class AugPolicy:
         )
 
     def blur_kernel_size(self, res: int, sigma: float | None = None) -> int:
-        """Odd kernel size: radius ceil(3 sigma) (exact to ~1e-3), capped at blur_kernel_frac*res."""
-        sigma = self.blur_sigma[1] if sigma is None else sigma
+        """Odd kernel size: radius ceil(3 sigma) (exact to ~1e-3), capped at blur_kernel_frac*res;
+        ``sigma`` None: the largest of ``sigma_range(res)``."""
+        sigma = self.sigma_range(res)[1] if sigma is None else sigma
         cap = max(3, int(round(self.blur_kernel_frac * res)) | 1)
         return min(2 * math.ceil(3 * sigma) + 1, cap)
 

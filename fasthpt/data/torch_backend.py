@@ -55,8 +55,9 @@ def _jitter_ranges(policy: AugPolicy):
     return around_one(policy.brightness), around_one(policy.contrast), around_one(policy.saturation), hue
 
 
-def draw_params(policy: AugPolicy, width: int, height: int) -> ViewParams:
-    """Draw one view's parameters from torch's global RNG, exactly as the MoCo-v2 transforms do."""
+def draw_params(policy: AugPolicy, width: int, height: int, res: int) -> ViewParams:
+    """Draw one view's parameters from torch's global RNG, exactly as the MoCo-v2 transforms do
+    (the blur sigma from the policy's range for views of side ``res``)."""
     probe = Image.new("L", (width, height))  # get_params only reads the size
     crop = T.RandomResizedCrop.get_params(probe, list(policy.crop_scale), list(policy.crop_ratio))
     jitter = bool(torch.rand(1).item() < policy.jitter_p)
@@ -64,7 +65,7 @@ def draw_params(policy: AugPolicy, width: int, height: int) -> ViewParams:
     factors = tuple(1.0 if v is None else float(v) for v in (b, c, s)) + (0.0 if h is None else float(h),)
     gray = bool(torch.rand(1).item() < policy.gray_p)
     blur = bool(torch.rand(1).item() < policy.blur_p)
-    sigma = float(torch.empty(1).uniform_(*policy.blur_sigma).item())
+    sigma = float(torch.empty(1).uniform_(*policy.sigma_range(res)).item())
     flip = bool(torch.rand(1).item() < policy.flip_p)
     return ViewParams(tuple(crop), jitter, tuple(int(i) for i in order), factors, gray, blur, sigma, flip)
 
@@ -88,7 +89,9 @@ def op_gray(img: Image.Image) -> Image.Image:
 
 
 def moco_kernel(policy: AugPolicy, res: int) -> int:
-    """MoCo-v2's fixed odd kernel, ~10% of the side (23 px at 224): the cap of policy.blur_kernel_size."""
+    """The widest kernel the policy allows at ``res`` (the cap of policy.blur_kernel_size: 23 taps at
+    224 px), wide enough for any sigma in its range: the baseline blurs with torchvision's
+    fixed-size GaussianBlur, where MoCo-v2 used PIL's GaussianBlur(radius=sigma)."""
     return policy.blur_kernel_size(res, sigma=float(res))
 
 
@@ -161,7 +164,7 @@ class _WdsImages(Dataset):
             return eval_view(img, self.res), self.samples[index].label
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(common.epoch_seed(self.seed, epoch, index))
-            params = [draw_params(self.policy, *img.size) for _ in range(2)]
+            params = [draw_params(self.policy, *img.size, self.res) for _ in range(2)]
         views = tuple(apply_view(img, p, self.policy, self.res) for p in params)
         if self.debug:
             return views + ([asdict(p) for p in params], index)

@@ -32,11 +32,14 @@ def read_state(spec: str, trust: bool = False) -> tuple[dict, str]:
     ``weights_only=True`` (tensors and plain containers only); ``trust`` allows full unpickling of
     a file that cannot be read that way, which runs whatever code the file names."""
     if spec.startswith("torchvision:"):
-        return _torchvision_cache(spec.split(":", 1)[1], trust), "torchvision"
+        return _torchvision_cache(spec.split(":", 1)[1], trust)
     path = Path(spec)
     if not path.is_file():
         raise UserError(f"base checkpoint not found: {path} (give a file, torchvision:NAME or none)")
     obj = _torch_load(path, trust)
+    release = torchvision_release(path.name)
+    if release:  # a torchvision release file under its own name: say which weights it holds
+        return obj, release
     if isinstance(obj, dict) and isinstance(obj.get("state"), dict) and "model" in obj["state"]:
         return obj["state"]["model"], "composer"
     for key in ("state_dict", "model", "module"):  # MoCo release / common training-script wrappers
@@ -103,24 +106,46 @@ def _first_line(exc: Exception) -> str:
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
-def _torchvision_cache(name: str, trust: bool = False) -> dict:
-    """torchvision weights for ``name`` from the local hub cache; never downloads."""
+# The paper's supervised base is torchvision's original ImageNet ResNet-50 (HPT's configs name
+# imagenet_r50_supervised; released in 2017, before the V2 recipe of 2021): `torchvision:NAME`
+# means these weights, another release is asked for by name (torchvision:resnet50:IMAGENET1K_V2).
+PAPER_WEIGHTS = "IMAGENET1K_V1"
+
+
+def torchvision_release(filename: str) -> str | None:
+    """'torchvision resnet50 IMAGENET1K_V2 (not the paper's IMAGENET1K_V1)' for a file named as a
+    torchvision ResNet release (resnet50-11ad3fa6.pth), else None."""
     from torchvision.models import get_model_weights
 
+    for arch in ("resnet18", "resnet50"):
+        for w in get_model_weights(arch):
+            if Path(w.url).name == filename:
+                note = "" if w.name == PAPER_WEIGHTS else f" (not the paper's {PAPER_WEIGHTS})"
+                return f"torchvision {arch} {w.name}{note}"
+    return None
+
+
+def _torchvision_cache(name: str, trust: bool = False) -> tuple[dict, str]:
+    """(state_dict, format) of torchvision's ``NAME[:WEIGHTS]`` from the local hub cache (WEIGHTS
+    defaults to the paper's IMAGENET1K_V1); never downloads."""
+    from torchvision.models import get_model_weights
+
+    arch, _, which = name.partition(":")
     try:
-        weights = list(get_model_weights(name))
+        weights = {w.name: w for w in get_model_weights(arch)}
     except (ValueError, KeyError):
-        raise UserError(f"torchvision:{name}: no such torchvision model") from None
-    cache = Path(torch.hub.get_dir()) / "checkpoints"
-    for w in weights:
-        path = cache / Path(w.url).name
-        if path.is_file():
-            return _torch_load(path, trust)
-    wanted = weights[0]
-    raise UserError(
-        f"torchvision:{name} is not in the local cache {cache} and this tool does not download; fetch "
-        f"{wanted.url} into that folder, or pass the file itself as hpt.base=/path/to/{Path(wanted.url).name}"
-    )
+        raise UserError(f"torchvision:{arch}: no such torchvision model") from None
+    which = which or PAPER_WEIGHTS
+    if which not in weights:
+        raise UserError(f"torchvision:{name}: {arch} has no weights {which!r}; valid: {', '.join(weights)}")
+    wanted = weights[which]
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(wanted.url).name
+    if not path.is_file():
+        raise UserError(
+            f"torchvision:{name} ({which}) is not in the local cache {path.parent} and this tool does not "
+            f"download; fetch {wanted.url} into that folder, or pass the file itself as "
+            f"hpt.base=/path/to/{path.name}")
+    return _torch_load(path, trust), torchvision_release(path.name)
 
 
 def to_backbone_keys(state: dict, spec: str) -> tuple[dict, list[str]]:

@@ -15,7 +15,7 @@ For the ffcv backend (tests/data/test_ffcv_backend.py) reuse, with ``backend="ff
 - ``check_fraction(flags, p, name)``: a Bernoulli(p) frequency within 4.5 standard errors.
 - ``check_crop_areas(area_fracs, policy, width, height)``: the crop-area distribution agrees with
   torchvision's RandomResizedCrop.get_params (two-sample Kolmogorov-Smirnov, alpha ~1e-3).
-- ``check_policy_draws(draws, policy, width, height)``: all of the above for a dict of draws:
+- ``check_policy_draws(draws, policy, width, height, res)``: all of the above for a dict of draws:
   jitter, gray, blur, flip (bool arrays), sigma, brightness..hue (floats), area (crop area fraction).
 """
 
@@ -168,12 +168,12 @@ def check_uniform(values, low, high, name):
     assert abs(values.mean() - (low + high) / 2) <= 4.5 * sd / math.sqrt(values.size) + 1e-9, name
 
 
-def check_policy_draws(draws: dict, policy: AugPolicy, width, height):
+def check_policy_draws(draws: dict, policy: AugPolicy, width, height, res):
     check_fraction(draws["jitter"], policy.jitter_p if policy.uses_color else 0.0, "jitter")
     check_fraction(draws["gray"], policy.gray_p, "gray")
     check_fraction(draws["blur"], policy.blur_p, "blur")
     check_fraction(draws["flip"], policy.flip_p, "flip")
-    check_uniform(draws["sigma"], *policy.blur_sigma, "sigma")
+    check_uniform(draws["sigma"], *policy.sigma_range(res), "sigma")  # scaled to the view side
     for name in ("brightness", "contrast", "saturation"):
         v = getattr(policy, name)
         check_uniform(draws[name], max(0.0, 1 - v), 1 + v, name)

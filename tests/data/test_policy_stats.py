@@ -64,20 +64,20 @@ POLICIES = {name: AugPolicy.preset(name) for name in ("mocov2", "crop-blur", "no
 
 @pytest.mark.parametrize("preset", sorted(POLICIES))
 def test_torch_draws_follow_policy(tiny_data, preset):
-    check_policy_draws(torch_draws(tiny_data, POLICIES[preset]), POLICIES[preset], SIDE, SIDE)
+    check_policy_draws(torch_draws(tiny_data, POLICIES[preset]), POLICIES[preset], SIDE, SIDE, res=8)
 
 
 @pytest.mark.parametrize("preset", sorted(POLICIES))
 def test_dali_draws_follow_policy(tiny_data, preset):
     pytest.importorskip("nvidia.dali")
-    check_policy_draws(dali_draws(tiny_data, POLICIES[preset]), POLICIES[preset], SIDE, SIDE)
+    check_policy_draws(dali_draws(tiny_data, POLICIES[preset]), POLICIES[preset], SIDE, SIDE, res=8)
 
 
 def test_checks_catch_a_wrong_policy(tiny_data):
     """The statistics are sharp enough to notice a backend that ignores a probability."""
     draws = torch_draws(tiny_data, AugPolicy(gray_p=0.5))
     with pytest.raises(AssertionError, match="gray"):
-        check_policy_draws(draws, AugPolicy(), SIDE, SIDE)
+        check_policy_draws(draws, AugPolicy(), SIDE, SIDE, res=8)
     # areas drawn from scale (0.3, 1) stay inside the bounds of (0.2, 1): only the distribution test sees it
     narrow = torch_draws(tiny_data, AugPolicy(crop_scale=[0.3, 1.0]))
     with pytest.raises(AssertionError, match="crop areas: KS"):

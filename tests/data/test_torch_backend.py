@@ -37,9 +37,9 @@ def test_ops_are_the_torchvision_transforms():
     assert same(tb.op_flip(IMG), T.RandomHorizontalFlip(p=1.0)(IMG))
 
 
-def test_moco_kernel_is_ten_percent_of_res():
+def test_baseline_kernel_is_the_policy_cap():
     policy = AugPolicy()
-    assert tb.moco_kernel(policy, 224) == 23  # MoCo-v2's kernel at 224 px
+    assert tb.moco_kernel(policy, 224) == 23  # 10% of 224 px, odd
     assert tb.moco_kernel(policy, 64) % 2 == 1
 
 

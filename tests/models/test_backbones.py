@@ -144,3 +144,24 @@ def test_random_base_needs_arch():
     assert report.format == "random" and model.num_features == 256
     with pytest.raises(UserError):
         load_backbone("none")
+
+
+def test_torchvision_resnet50_is_pinned_to_the_papers_v1_and_v2_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    state = torchvision.models.resnet50(weights=None).state_dict()
+    v2 = torchvision.models.ResNet50_Weights.IMAGENET1K_V2.url.rsplit("/", 1)[1]
+    torch.save(state, cache / v2)
+    with pytest.raises(UserError, match="IMAGENET1K_V1"):  # V2 alone in the cache: not the paper's base
+        load_backbone("torchvision:resnet50")
+    _, report = load_backbone("torchvision:resnet50:IMAGENET1K_V2")
+    assert report.format == "torchvision resnet50 IMAGENET1K_V2 (not the paper's IMAGENET1K_V1)"
+    _, report = load_backbone(str(cache / v2))  # the file itself: named by its release too
+    assert "IMAGENET1K_V2 (not the paper's" in report.summary()
+    v1 = torchvision.models.ResNet50_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[1]
+    torch.save(state, cache / v1)
+    _, report = load_backbone("torchvision:resnet50")
+    assert report.format == "torchvision resnet50 IMAGENET1K_V1"
+    with pytest.raises(UserError, match="no weights 'V3'"):
+        load_backbone("torchvision:resnet50:V3")

@@ -1,0 +1,68 @@
+"""The authors' pretraining protocol: weight decay on every parameter, the neck's init, and how many
+BN groups (emulated devices) a run gets."""
+
+import pytest
+import torch
+from torch import nn
+
+from fasthpt.config import bn_groups, load_config
+from fasthpt.errors import UserError
+from fasthpt.models.backbones import build_backbone
+from fasthpt.models.moco import MoCo, mlp_head
+from fasthpt.trainer_setup import build_optimizer
+
+
+def _moco():
+    torch.manual_seed(0)
+    return MoCo(build_backbone("resnet_tiny"), dim=8, mlp_hidden=16, queue_size=16)
+
+
+def _decay(opt) -> dict[int, float]:
+    return {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+
+
+def test_weight_decay_reaches_every_parameter_by_default():
+    moco = _moco()
+    opt = build_optimizer(moco, load_config(None, ["optim.weight_decay=0.0001"]), global_batch=256)
+    decay = _decay(opt)
+    params = list(moco.encoder_q.parameters())
+    assert len(decay) == len(params) and set(decay.values()) == {0.0001}
+    bn = moco.backbone.layer1[0].bn1  # norm weights and biases are decayed too (MoCo, OpenSelfSup)
+    assert decay[id(bn.weight)] == decay[id(bn.bias)] == 0.0001
+
+
+def test_norm_and_bias_exclusion_is_an_option_chosen_by_shape():
+    moco = _moco()
+    opt = build_optimizer(moco, load_config(None, ["optim.wd_norm_bias=false"]), global_batch=256)
+    decay = _decay(opt)
+    for p in moco.encoder_q.parameters():
+        assert decay[id(p)] == (1e-4 if p.ndim > 1 else 0.0)
+    downsample_bn = moco.backbone.layer2[0].downsample[1]  # torchvision's name holds no "bn"
+    assert decay[id(downsample_bn.weight)] == 0.0
+
+
+def test_projection_head_is_initialised_as_the_authors_neck():
+    torch.manual_seed(0)
+    head = mlp_head(2048, 2048, 128)
+    for layer, fan_in in ((head[0], 2048), (head[2], 2048)):
+        assert torch.count_nonzero(layer.bias) == 0
+        # kaiming normal, fan_in, relu gain: std = sqrt(2 / fan_in)
+        assert layer.weight.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.02)
+        assert abs(layer.weight.mean().item()) < 1e-3
+    default = nn.Linear(2048, 2048)  # PyTorch's default (kaiming uniform, a=sqrt(5)) is ~2.4x narrower
+    assert default.weight.std().item() < 0.5 * head[0].weight.std().item()
+
+
+@pytest.mark.parametrize("batch, world, want", [(64, 1, 2), (256, 1, 4), (256, 4, 4), (64, 4, 1), (48, 1, 2),
+                                                (96, 1, 2), (33, 1, 1), (512, 2, 8)])
+def test_auto_bn_groups_follow_the_authors_64_images_per_device(batch, world, want):
+    cfg = load_config(None, [f"data.batch_size={batch}", f"model.queue_size={batch * world}"])
+    assert bn_groups(cfg, world) == want
+
+
+def test_explicit_bn_groups_must_divide_the_batch_and_sync_or_none_mean_one_group():
+    assert bn_groups(load_config(None, ["model.bn_groups=4"]), 1) == 4
+    with pytest.raises(UserError, match="model.bn_groups"):
+        load_config(None, ["data.batch_size=64", "model.bn_groups=3"])
+    assert bn_groups(load_config(None, ["model.shuffle_bn=none"]), 1) == 1
+    assert bn_groups(load_config(None, ["model.shuffle_bn=sync"]), 1) == 1
