@@ -3,10 +3,12 @@ non-finite-loss guard, and a JSONL metrics file (one object per logged step)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -73,31 +75,68 @@ class DataStall(Callback):
         return self.all_wait / self.all_total if self.all_total else float("nan")
 
 
+@dataclass
+class PlateauRule:
+    """Convergence in a run: the best value so far has not improved by more than ``delta`` for
+    ``patience`` evaluations in a row. Pure bookkeeping, fed one (step, value) at a time."""
+
+    patience: int
+    delta: float
+    best: float = -math.inf
+    best_step: int | None = None
+    waited: int = 0
+
+    def update(self, step: int, value: float) -> bool:
+        """Record one evaluation; True when the run has reached its plateau."""
+        if self.best_step is None or value > self.best + self.delta:
+            self.best, self.best_step, self.waited = value, step, 0
+        else:
+            self.waited += 1
+        return self.waited >= self.patience
+
+
 class KNNMonitor(Callback):
     """Weighted cosine kNN accuracy of ``moco.backbone`` (the query backbone) on the labelled val split, every
-    ``interval`` batches and at the end (rank 0 only; the others continue). ``make_loaders``
-    returns (train_eval_loader, val_loader); built on first use."""
+    ``interval`` batches and at the end (measured on rank 0). ``make_loaders`` returns
+    (train_eval_loader, val_loader); built on first use.
+
+    With a ``plateau`` rule the run stops at the evaluation where the rule fires: rank 0 decides and
+    broadcasts, so every rank stops after the same batch. History and rule state are part of the
+    checkpoint (Composer saves callbacks' ``state_dict``), so a resumed run goes on where it was."""
 
     def __init__(self, moco: torch.nn.Module, make_loaders: Callable, num_classes: int,
-                 interval: int, k: int = 20, t: float = 0.07):
+                 interval: int, k: int = 20, t: float = 0.07, plateau: PlateauRule | None = None):
         self.moco, self.make_loaders, self.num_classes = moco, make_loaders, num_classes
-        self.interval, self.k, self.t = interval, k, t
+        self.interval, self.k, self.t, self.plateau = interval, k, t, plateau
         self._loaders = None
         self.history: list[tuple[int, float]] = []
+        self.stopped_at: int | None = None  # the batch the plateau rule stopped the run after
 
     def batch_end(self, state: State, logger: Logger) -> None:
         batch = int(state.timestamp.batch)
         if self.interval > 0 and batch % self.interval == 0:
-            self._measure(batch, logger)
+            acc = self._measure(batch, logger)
+            if self.plateau is not None and self._plateau_reached(batch, acc):
+                self.stopped_at = batch
+                log.info("kNN plateau at batch %d: best %.4f at batch %d, no gain above %.4f in %d evaluations; "
+                         "stopping", batch, self.plateau.best, self.plateau.best_step, self.plateau.delta,
+                         self.plateau.patience)
+                state.stop_training()
 
     def fit_end(self, state: State, logger: Logger) -> None:
         batch = int(state.timestamp.batch)
         if not self.history or self.history[-1][0] != batch:
             self._measure(batch, logger)
 
-    def _measure(self, batch: int, logger: Logger) -> None:
+    def _plateau_reached(self, batch: int, acc: float | None) -> bool:
+        """Rank 0's verdict, the same on every rank."""
+        verdict = [self.plateau.update(batch, acc) if dist.get_global_rank() == 0 else None]
+        dist.broadcast_object_list(verdict, src=0)
+        return bool(verdict[0])
+
+    def _measure(self, batch: int, logger: Logger) -> float | None:
         if dist.get_global_rank() != 0:
-            return
+            return None
         from fasthpt.eval.features import extract_features
         from fasthpt.eval.knn import knn_accuracy
 
@@ -111,6 +150,29 @@ class KNNMonitor(Callback):
         self.history.append((batch, acc))
         logger.log_metrics({"knn/acc": acc, "knn/seconds": time.perf_counter() - start})
         log.info("kNN monitor at batch %d: top-1 %.4f", batch, acc)
+        return acc
+
+    def plateau_result(self) -> dict | None:
+        """What the plateau rule concluded (None without a rule): whether it stopped the run, where,
+        and the best value and its batch."""
+        if self.plateau is None:
+            return None
+        return {"stopped": self.stopped_at is not None, "iteration": self.stopped_at,
+                "best_iteration": self.plateau.best_step,
+                "best_value": None if self.plateau.best_step is None else self.plateau.best,
+                "patience": self.plateau.patience, "delta": self.plateau.delta, "history": list(self.history)}
+
+    def state_dict(self) -> dict:
+        rule = None if self.plateau is None else dataclasses.asdict(self.plateau)
+        return {"history": list(self.history), "stopped_at": self.stopped_at, "plateau": rule}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = [tuple(h) for h in state.get("history", [])]
+        self.stopped_at = state.get("stopped_at")
+        if self.plateau is not None and state.get("plateau"):
+            saved = state["plateau"]
+            self.plateau.best, self.plateau.best_step, self.plateau.waited = (
+                saved["best"], saved["best_step"], saved["waited"])
 
 
 class NonFiniteLoss(UserError):

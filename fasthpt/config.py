@@ -86,6 +86,11 @@ class TrainConfig:
     knn_interval: str = "0ba"  # 0ba: kNN monitor off
     knn_k: int = 20
     knn_t: float = 0.07
+    # Convergence in a run: stop when the kNN monitor (on val, every knn_interval) has not improved
+    # its best by more than plateau_delta for plateau_patience evaluations; plateau.json says where.
+    stop_on_plateau: bool = False
+    plateau_patience: int = 3
+    plateau_delta: float = 0.005
     progress_bar: bool = True
     console_log: bool = True  # Composer's per-interval console lines (only when progress_bar is off)
     tensorboard: bool = False
@@ -151,6 +156,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     for key, value, ok, valid in _ranges(cfg) + _duration_ranges(cfg):
         if not ok(value):
             raise UserError(f"config key {key!r} is {value!r}; valid: {valid}")
+    if cfg.train.stop_on_plateau and _batches("train.knn_interval", cfg.train.knn_interval) == 0:
+        raise UserError("config key 'train.stop_on_plateau' needs train.knn_interval > 0: the kNN monitor on "
+                        "val is what it watches, e.g. train.knn_interval=100ba")
     cfg.data.aug.validate()
     check_queue(cfg, world_size=1)
     return cfg
@@ -212,6 +220,8 @@ def _ranges(cfg: RunConfig) -> list[tuple]:
          lambda v: v == -1 or v >= 1, "-1 (keep all) or >= 1"),
         ("train.knn_k", t.knn_k, _finite(1), ">= 1"),
         ("train.knn_t", t.knn_t, _finite(0, lo_open=True), "> 0"),
+        ("train.plateau_patience", t.plateau_patience, _finite(1), ">= 1 evaluations"),
+        ("train.plateau_delta", t.plateau_delta, _finite(0, 1), "[0, 1] (accuracy as a fraction)"),
     ]
 
 

@@ -21,6 +21,7 @@ import logging  # noqa: E402
 import math  # noqa: E402
 import shutil  # noqa: E402
 import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -148,8 +149,10 @@ def _train(cfg: RunConfig, callbacks: tuple, loader) -> dict:
             save_config(cfg, run / "config.yaml")
         start_batch, start_sample = int(parts.trainer.state.timestamp.batch), int(parts.trainer.state.timestamp.sample)
         t0 = time.perf_counter()
-        # a run resumed from its final checkpoint is already done: Composer would refuse to fit
-        if start_batch < batches(cfg.train.max_duration, "train.max_duration"):
+        # a run resumed from its final checkpoint, or from where its plateau stopped it, is already
+        # done: Composer would refuse to fit, or would train on past the plateau
+        stopped = parts.monitor is not None and parts.monitor.stopped_at is not None
+        if start_batch < batches(cfg.train.max_duration, "train.max_duration") and not stopped:
             parts.trainer.fit()
     except KeyboardInterrupt:
         where = f"at batch {int(parts.trainer.state.timestamp.batch)}" if parts else "before training started"
@@ -187,10 +190,19 @@ def _finish(cfg: RunConfig, parts, start_batch: int, start_sample: int, wall: fl
         "samples_per_s": (done_sample - start_sample) / wall if wall > 0 else 0.0,
         "data_stall_frac": stall.stall_frac, "backend": getattr(loader, "backend", "?"),
         "base": parts.report.summary(), "world_size": dist.get_world_size(), "ranks_in_sync": in_sync,
+        "plateau": parts.monitor.plateau_result() if parts.monitor is not None else None,
     }
     if rank == 0:
+        if result["plateau"] is not None:
+            _write_json(run / "plateau.json", result["plateau"])
         log.info("run %s: %s", cfg.name, json.dumps(result))
     return result
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,7 @@ class Parts:
     loader: object
     stall: object
     report: object
+    monitor: object = None  # the kNN monitor (and plateau rule), when train.knn_interval > 0
 
 
 def build_model(cfg: RunConfig, device: str):
@@ -102,7 +103,7 @@ def _torch_device(device: str) -> torch.device:
 
 
 def knn_monitor(cfg: RunConfig, moco, device: str):
-    from fasthpt.callbacks import KNNMonitor
+    from fasthpt.callbacks import KNNMonitor, PlateauRule
     from fasthpt.data import build_eval_loader
     from fasthpt.data.manifest import load_manifest
     from fasthpt.train import batches
@@ -118,7 +119,9 @@ def knn_monitor(cfg: RunConfig, moco, device: str):
         return build_eval_loader(d.path, split="train", **kw), build_eval_loader(d.path, split="val", **kw)
 
     classes = load_manifest(d.path).num_classes
-    return KNNMonitor(moco, loaders, classes, interval, k=cfg.train.knn_k, t=cfg.train.knn_t)
+    t = cfg.train
+    rule = PlateauRule(t.plateau_patience, t.plateau_delta) if t.stop_on_plateau else None
+    return KNNMonitor(moco, loaders, classes, interval, k=t.knn_k, t=t.knn_t, plateau=rule)
 
 
 def resume_path(cfg: RunConfig, folder: Path) -> str | None:
@@ -201,4 +204,4 @@ def build_trainer(cfg: RunConfig, device: str, precision: str, callbacks=(), loa
         console_log_interval=cfg.train.log_interval, device_train_microbatch_size=cfg.data.batch_size,
         dist_timeout=1800.0,  # the kNN monitor runs on rank 0 while the others wait at the next all-reduce
     )
-    return Parts(trainer=trainer, moco=moco, loader=loader, stall=stall, report=report)
+    return Parts(trainer=trainer, moco=moco, loader=loader, stall=stall, report=report, monitor=monitor)
