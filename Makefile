@@ -6,7 +6,7 @@ STAMP := $(VENV)/.fasthpt-installed
 APT_PKGS := pkg-config libopencv-dev libturbojpeg0-dev
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-gpu bench clean-data
+.PHONY: setup demo test test-gpu bench clean-data test-latest smoke-latest gpu-bundle
 
 setup: $(STAMP)
 
@@ -39,3 +39,40 @@ test-gpu: setup
 
 bench: setup
 	$(VENV)/bin/fasthpt bench loaders --data data/sat --json bench/loaders.jsonl
+
+# ---- the same code on the newest torch that installs here (issue 17) -------------------------
+# Composer 0.32.1 pins torch < 2.7.1, so .venv-latest installs it with --no-deps and takes its other
+# requirements from its own metadata (requirements/stack.py). The torch pair defaults to the newest
+# that installs on the development machines (a CUDA 13 build; the tests run it on the CPU); another
+# pair: make test-latest LATEST_TORCH='torch==X torchvision==Y' after removing $(LATEST_STAMP).
+LATEST := .venv-latest
+LATEST_STAMP := $(LATEST)/.fasthpt-installed
+LATEST_TORCH ?= torch==2.14.1 torchvision==0.29.1
+COMPOSER := mosaicml==0.32.1
+SMOKE_TESTS := tests/bench/test_latest_smoke.py
+
+$(LATEST)/bin/python:
+	$(PY) -m venv $(LATEST)
+	$(LATEST)/bin/pip install -q --upgrade pip setuptools wheel
+
+$(LATEST_STAMP): pyproject.toml requirements/stack.py .apt-ok | $(LATEST)/bin/python
+	@mkdir -p $(LATEST)/wheels && printf '%s\n' $(LATEST_TORCH) > $(LATEST)/torch-pin.txt
+	$(LATEST)/bin/pip install -q $(LATEST_TORCH)
+	$(LATEST)/bin/pip download -q --no-deps -d $(LATEST)/wheels $(COMPOSER)
+	$(LATEST)/bin/pip install -q --no-deps $(LATEST)/wheels/mosaicml-0.32.1-*.whl
+	$(LATEST)/bin/python requirements/stack.py latest $(LATEST)/wheels/mosaicml-0.32.1-*.whl > $(LATEST)/requirements.txt
+	$(LATEST)/bin/pip install -q -r $(LATEST)/requirements.txt -c $(LATEST)/torch-pin.txt
+	$(LATEST)/bin/pip install -q --no-deps -e .
+	@$(LATEST)/bin/python -c 'import torch, composer; print("test-latest: torch", torch.__version__, "composer", composer.__version__)'
+	@touch $@
+
+test-latest: $(LATEST_STAMP)
+	$(LATEST)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# prep, a 2-batch pretrain and kNN on the newest torch: the subset cheap enough for every CI run
+smoke-latest: $(LATEST_STAMP)
+	$(LATEST)/bin/python -m pytest -q -p no:cacheprovider $(SMOKE_TESTS) $(PYTEST_ARGS)
+
+# wheels the GPU machine lacks (cp312), in folders of one device call each: see bench/gpu_bundle.py
+gpu-bundle: .apt-ok
+	$(PY) bench/gpu_bundle.py

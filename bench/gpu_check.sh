@@ -1,0 +1,217 @@
+#!/usr/bin/env bash
+# One prepared check for a GPU machine drawn by chance (issue 17): install the bundle, then the most
+# valuable figures first, each step under its own `timeout`, 8 minutes in all (of a 10-minute call).
+#
+#   bash bench/gpu_check.sh [--dry-run] [--no-install] [--bundle DIR] [--stage DIR]
+#
+# Steps, in order: stage + install the bundle (bench/gpu_bundle.py's call folders), versions,
+# `pytest -m gpu`, prep 256 px photos, the loader benchmark at 224 px (FFCV -> CUDA, DALI `mixed`,
+# torch), the training benchmark (ResNet-50 MoCo-v2 bf16, two views: samples/s and data-stall
+# fraction per loader, and with no loader at all), then `fasthpt demo --scale large` for whatever
+# is left of the 8 minutes. Writes under $OUT (default out/gpu-check): gpu_check.jsonl (one line
+# per step: status, exit code, seconds, limit, command), gpu_check.log (everything printed),
+# loaders.jsonl, train.jsonl, gpu_tests.xml.
+#
+# Device calls. Plan B (the default): carry .gpu-bundle/call-1 (Composer, FFCV for cp312 and
+# friends, ~13 MiB with the tree) and run this script once: DALI rows and tests are skipped, with
+# the reason. Plan A adds DALI for CUDA 13 (256 MiB, 5 parts of 60 MiB): one call per part
+# folder, back to back on the warm machine, each running this same script, which stages what the
+# call carried and stops until call-1 arrives; the manifest's plan_a lists the carry of each call.
+#
+# --no-install runs the steps on the environment as it is (DALI's steps where it imports).
+# --dry-run (the test suite runs it, tests/bench/test_gpu_check.py): every step's command printed
+# and its wiring checked on the CPU (fasthpt command lines parsed by bench/parse_only.py, the gpu
+# tests collected, the bundle's checksums verified where one is built), nothing CUDA executed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+DRY=0
+INSTALL=1
+BUNDLE=.gpu-bundle
+STAGE=/tmp/fasthpt-bundle
+while (($#)); do
+  case $1 in
+    --dry-run) DRY=1 ;;
+    --no-install) INSTALL=0 ;;
+    --bundle) BUNDLE=$2; shift ;;
+    --stage) STAGE=$2; shift ;;
+    *) echo "gpu_check.sh: error: unknown argument $1 (valid: --dry-run, --no-install, --bundle DIR, --stage DIR)" >&2; exit 2 ;;
+  esac
+  shift
+done
+if ((DRY)); then PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
+else PYTHON=${PYTHON:-python3}; fi  # the GPU machine's python3 holds torch 2.11
+OUT=${OUT:-out/gpu-check}
+SCRATCH=${SCRATCH:-/tmp/fasthpt-check}
+NPROC=$(nproc)
+# 8 minutes of a 10-minute call: each step's limit in seconds; the demo takes what is left (a call
+# with less time left can shrink the demo's share with GPU_CHECK_BUDGET_S)
+BUDGET_S=${GPU_CHECK_BUDGET_S:-480}
+declare -A LIMIT=([install]=60 [env]=20 [gpu_tests]=75 [prep]=45 [loaders]=75 [train_ffcv]=75 [train_dali]=50
+                  [train_synthetic]=40)
+mkdir -p "$OUT"
+JSONL=$OUT/gpu_check.jsonl
+exec > >(tee -a "$OUT/gpu_check.log") 2>&1
+TEE=$!
+finish() {  # exit once the log's last lines are on disk (before the call returns)
+  exec >&- 2>&-
+  wait "$TEE"
+  exit "$1"
+}
+START=$SECONDS
+FAILED=0
+DALI_READY=0
+
+# emit STEP STATUS RC SECONDS LIMIT DETAIL CMD...: one JSON line (DETAIL: JSON or text, may be empty)
+emit() {
+  "$PYTHON" - "$@" >>"$JSONL" <<'PY'
+import json, sys
+step, status, rc, secs, limit, detail, *cmd = sys.argv[1:]
+row = {"step": step, "status": status, "rc": int(rc), "seconds": int(secs), "limit_s": int(limit), "cmd": cmd}
+if detail:
+    try:
+        row["detail"] = json.loads(detail)
+    except ValueError:
+        row["detail"] = detail.strip().splitlines()[-1]
+print(json.dumps(row))
+PY
+}
+
+# run STEP KIND ARGS...: KIND fasthpt (ARGS: a fasthpt command line) or pytest (ARGS: pytest's).
+# Real: the command under `timeout`. Dry: the fasthpt line parsed (bench/parse_only.py), the tests
+# collected; nothing runs.
+run() {
+  local step=$1 limit=${LIMIT[$1]} kind=$2 t0=$SECONDS rc out="" status cmd
+  shift 2
+  case $kind in
+    fasthpt) cmd=("$PYTHON" -m fasthpt.cli "$@") ;;
+    pytest) cmd=("$PYTHON" -m pytest "$@") ;;
+  esac
+  echo "=== $step (limit ${limit}s): ${cmd[*]}"
+  if ((DRY)); then
+    case $kind in
+      fasthpt) out=$("$PYTHON" bench/parse_only.py "$@" 2>&1); rc=$? ;;
+      pytest) out=$("${cmd[@]}" --collect-only 2>&1); rc=$?
+              local n; n=$(grep -c '::' <<<"$out")
+              if ((rc == 0 && n > 0)); then out="{\"collected\": $n}"; elif ((rc == 0)); then rc=1; fi ;;
+    esac
+    echo "$out"
+    status=$([ "$rc" = 0 ] && echo wired || echo not_wired)
+  else
+    timeout -k 10 "$limit" "${cmd[@]}"; rc=$?
+    case $rc in 0) status=ok ;; 124 | 137) status=timed_out ;; *) status=failed ;; esac
+    [ "$step" = demo ] && [ "$status" = timed_out ] && status=bounded  # it runs until the budget ends
+  fi
+  [[ $status == ok || $status == wired || $status == bounded ]] || FAILED=1
+  emit "$step" "$status" "$rc" $((SECONDS - t0)) "$limit" "$out" "${cmd[@]}"
+}
+
+skip() {  # skip STEP REASON CMD...
+  echo "=== $1: skipped: $2"
+  emit "$1" skipped 0 0 0 "$2" "${@:3}"
+}
+
+left() { echo $((BUDGET_S - (SECONDS - START))); }
+
+# within LIMIT T0 CMD...: CMD under `timeout` for what is left of LIMIT seconds counted from T0
+within() {
+  local limit=$1 t0=$2
+  shift 2
+  timeout -k 5 $((limit - (SECONDS - t0) > 1 ? limit - (SECONDS - t0) : 1)) "$@"
+}
+
+install() {
+  local t0=$SECONDS st rc limit=${LIMIT[install]}
+  if ((DRY)); then
+    st=$("$PYTHON" bench/gpu_stage.py --bundle "$BUNDLE" --check-only); rc=$?
+    echo "$st"
+    emit install "$([ $rc = 0 ] && echo wired || echo not_wired)" $rc $((SECONDS - t0)) $limit "$st" \
+      "$PYTHON" bench/gpu_stage.py --bundle "$BUNDLE" --stage "$STAGE" "&&" "$PYTHON" -m pip install --no-index --no-deps
+    return $rc
+  fi
+  st=$(within $limit "$t0" "$PYTHON" bench/gpu_stage.py --bundle "$BUNDLE" --stage "$STAGE") || {
+    emit install failed 1 $((SECONDS - t0)) $limit "staging failed (see the log)" bench/gpu_stage.py; finish 1; }
+  echo "$st"
+  field() { "$PYTHON" -c 'import json, sys; print(json.loads(sys.argv[1]).get(sys.argv[2], False))' "$st" "$1"; }
+  if [ "$(field base_ready)" != True ]; then  # a plan-A part call: staged; call-1 comes in the last call
+    emit install staged 0 $((SECONDS - t0)) $limit "$st" bench/gpu_stage.py
+    finish 0
+  fi
+  [ "$(field dali_ready)" = True ] && DALI_READY=1
+  local wheels=("$STAGE"/base/*.whl) pip=("$PYTHON" -m pip install -q --no-index --no-deps --no-compile --upgrade)
+  ((DALI_READY)) && wheels+=("$STAGE"/dali/*.whl)
+  # Into the interpreter's own environment (the machine is bare at each start), so that the
+  # `nvidia` package of DALI's wheels merges with torch's; a separate folder on PYTHONPATH if not.
+  if ! within $limit "$t0" "${pip[@]}" "${wheels[@]}"; then
+    within $limit "$t0" "${pip[@]}" --target "$STAGE/site" "${wheels[@]}" || {
+      emit install failed 1 $((SECONDS - t0)) $limit "pip install failed (see the log)" "${pip[@]}"; finish 1; }
+    export PYTHONPATH="$STAGE/site${PYTHONPATH:+:$PYTHONPATH}"
+  fi
+  "$PYTHON" -m pip check || true  # reported, not fatal: Composer's own pins (torch < 2.7.1, ...) fail it
+  emit install ok 0 $((SECONDS - t0)) $limit "$st" "${pip[@]}" "${#wheels[@]} wheels"
+}
+
+# the versions that the figures belong to; runs in the dry run too (it asks CUDA nothing but
+# whether it is there)
+versions() {
+  local t0=$SECONDS out rc
+  echo "=== env (limit ${LIMIT[env]}s)"
+  out=$(timeout "${LIMIT[env]}" "$PYTHON" - 2>&1 <<'PY'
+import importlib, json, platform
+import torch
+row = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+       "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+for name in ("torchvision", "numpy", "composer", "ffcv", "nvidia.dali", "cv2", "numba"):
+    try:
+        row[name] = getattr(importlib.import_module(name), "__version__", "?")
+    except Exception as exc:  # a missing or broken package is a finding here, not a stop
+        row[name] = f"unavailable: {type(exc).__name__}: {exc}"
+print(json.dumps(row))
+PY
+  ); rc=$?
+  echo "$out"
+  ((rc)) && FAILED=1
+  emit env "$([ $rc = 0 ] && echo ok || echo failed)" $rc $((SECONDS - t0)) "${LIMIT[env]}" "$out" "$PYTHON" "(version probe)"
+}
+
+main() {
+  emit start "$( ((DRY)) && echo dry_run || echo real)" 0 0 $BUDGET_S "{\"nproc\": $NPROC}" bench/gpu_check.sh
+  if ((INSTALL)); then
+    install || FAILED=1
+  else
+    "$PYTHON" -c "import nvidia.dali" 2>/dev/null && DALI_READY=1
+    skip install "--no-install: the environment as it is" "$PYTHON"
+  fi
+  versions
+  local data=$SCRATCH/natural nodali=()
+  ((DRY || DALI_READY)) || nodali=(-k "not dali")
+  run gpu_tests pytest -q -p no:cacheprovider -m gpu --timeout 60 --junitxml "$OUT/gpu_tests.xml" \
+    "${nodali[@]}" tests
+  # 256 px photos stored as JPEG, views cropped to 224 (as bench/run_all.sh's loader rows)
+  run prep fasthpt prep --dataset natural --num-images 3000 --image-size 256 --out "$SCRATCH" \
+    --workers "$NPROC" --no-progress
+  run loaders fasthpt bench loaders --data "$data" --backends ffcv,dali,torch --res 224 --batch 256 \
+    --workers "$NPROC" --device cuda --warmup 5 --batches 15 --repeats 3 --json "$OUT/loaders.jsonl"
+  local train=(bench train --arch resnet50 --res 224 --batch 128 --workers "$NPROC" --queue 65536
+               --warmup 10 --batches 40 --algorithms channels_last --json "$OUT/train.jsonl")
+  # one command per loader: a row that fails costs no other row its figure
+  run train_ffcv fasthpt "${train[@]}" --data "$data" --backends ffcv train.precision=amp_bf16
+  if ((DRY || DALI_READY)); then
+    run train_dali fasthpt "${train[@]}" --data "$data" --backends dali train.precision=amp_bf16
+  else
+    skip train_dali "DALI is not in this bundle (plan B)" fasthpt "${train[@]}" --data "$data" --backends dali
+  fi
+  run train_synthetic fasthpt "${train[@]}" --data synthetic train.precision=amp_bf16
+  # the demo gets what is left of the budget (in the dry run: what is left if every step used its limit)
+  local fixed=0 k
+  for k in "${!LIMIT[@]}"; do fixed=$((fixed + LIMIT[$k])); done
+  LIMIT[demo]=$(($(left) > 20 ? $(left) : 20))
+  ((DRY)) && LIMIT[demo]=$((BUDGET_S - fixed))
+  run demo fasthpt demo --scale large --out "$SCRATCH/demo" --data "$SCRATCH/demo-data"
+  emit end "$( ((FAILED)) && echo failed || echo ok)" $FAILED $((SECONDS - START)) $BUDGET_S "" bench/gpu_check.sh
+  echo "gpu_check: $( ((FAILED)) && echo 'some steps failed' || echo 'every step passed') in $((SECONDS - START)) s; see $JSONL"
+  return $FAILED
+}
+
+main
+finish $?
