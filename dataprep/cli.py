@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dataprep.prep import DEFAULT_SHARD_SIZE, prepare
+from dataprep.prep import DEFAULT_SHARD_SIZE, DEFAULT_TEST_FRAC, DEFAULT_VAL_FRAC, prepare
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,7 +13,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--src", default=None, help="folder with one sub-folder per class, or a .zip / .tar of one")
     a("--out", default="data", help="output root; the dataset goes to OUT/DATASET (default: data)")
     a("--formats", default="ffcv,wds", help="comma-separated subset of ffcv,wds (default: both)")
-    a("--val-frac", type=float, default=0.2, help="stratified validation fraction (default 0.2)")
+    a("--val-frac", type=float, default=None,
+      help=f"stratified validation fraction (default {DEFAULT_VAL_FRAC})")
+    a("--test-frac", type=float, default=None,
+      help=f"stratified test fraction (default {DEFAULT_TEST_FRAC}: HPT's 60/20/20; 0: no test split)")
+    a("--splits", default=None, metavar="DIR",
+      help="your own splits instead of the fractions: DIR/train.txt, val.txt and optional test.txt, "
+           "one image per line (its path relative to --src, or a trailing part of it that names one "
+           "image); images in no list are left out")
     a("--seed", type=int, default=0, help="fixes the split, the sample order and generated images")
     a("--workers", type=int, default=None, help="decode/encode processes (default: all cores)")
     a("--num-images", type=int, default=None, help="embedded datasets: how many images")
@@ -29,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     prepare(args.dataset, out=args.out, src=args.src, num_images=args.num_images,
-            image_size=args.image_size, val_frac=args.val_frac, seed=args.seed,
+            image_size=args.image_size, val_frac=args.val_frac, test_frac=args.test_frac,
+            splits=args.splits, seed=args.seed,
             formats=args.formats, max_res=args.max_res, jpeg_quality=args.jpeg_quality,
             shard_size=args.shard_size, workers=args.workers, force=args.force,
             progress=not args.no_progress)

@@ -17,14 +17,18 @@ from pathlib import Path
 from fasthpt.data.manifest import MANIFEST
 
 # 2: the sample-to-file lists are samples/<split>.jsonl (were .txt, one name per line).
-SCHEMA_VERSION = 2
+# 3: a test split (--test-frac, or the user's lists: --splits); settings.test_frac, .split_source;
+#    "excluded" (images no list names). Readers tell an older folder by its missing test split.
+SCHEMA_VERSION = 3
 # Keys every manifest written by `fasthpt prep` holds: how an output folder is recognised as its own.
 PREP_KEYS = ("schema", "name", "classes", "splits", "files", "settings", "fingerprint")
 # Settings that change the bytes written; a re-run that differs in any of these must not be
-# mistaken for a no-op. (--workers, --src's spelling and progress do not change the output.)
+# mistaken for a no-op. (--workers, the spelling of --src and --splits and progress do not change
+# the output; split_source holds the digests of the --splits lists.)
 # num_images / image_size are compared through the generator's fingerprint, which holds the
 # resolved values (so `--num-images 2400` equals the default it spells out).
-OUTPUT_SETTINGS = ("val_frac", "seed", "formats", "max_res", "jpeg_quality", "shard_size")
+OUTPUT_SETTINGS = ("val_frac", "test_frac", "split_source", "seed", "formats", "max_res", "jpeg_quality",
+                   "shard_size")
 _PACKAGES = ("numpy", "pillow", "opencv-python", "ffcv", "webdataset", "nvidia-dali-cuda120", "fasthpt")
 
 
@@ -70,7 +74,7 @@ def request_differences(raw: dict, request: dict) -> list[str]:
     """Human-readable list of what differs between an existing manifest and a new request."""
     old_settings = raw.get("settings", {})
     diffs = [
-        f"{k} {old_settings.get(k)!r} -> {v!r}"
+        f"{k} {_shown(old_settings.get(k))} -> {_shown(v)}"
         for k, v in request["settings"].items()
         if _norm(old_settings.get(k)) != _norm(v)
     ]
@@ -81,6 +85,13 @@ def request_differences(raw: dict, request: dict) -> list[str]:
         else:
             diffs.append("source contents changed")
     return diffs
+
+
+def _shown(value) -> str:
+    """A setting as the difference line shows it: a list source by its files and digest prefixes."""
+    if isinstance(value, dict) and isinstance(value.get("sha256"), dict):
+        return "lists(" + ", ".join(f"{n} {h[:12]}" for n, h in value["sha256"].items()) + ")"
+    return repr(value)
 
 
 def _norm(value):
@@ -138,7 +149,8 @@ def _written_files(raw: dict) -> set[str]:
 
 
 def build_manifest(*, source, settings: dict, per_class: dict, stats: PixelStats, files: dict,
-                   skipped: list, passthrough: int, sizes: dict, timing: dict) -> dict:
+                   skipped: list, excluded: dict | None, passthrough: int, sizes: dict,
+                   timing: dict) -> dict:
     splits = {s: {"count": sum(c), "per_class": list(c)} for s, c in per_class.items() if sum(c)}
     return {
         "schema": SCHEMA_VERSION,
@@ -153,6 +165,8 @@ def build_manifest(*, source, settings: dict, per_class: dict, stats: PixelStats
         "storage": {"encoding": "jpeg", "chroma": "4:4:4", "jpeg_quality": settings["jpeg_quality"],
                     "max_res": settings["max_res"], "passthrough_jpegs": passthrough, **sizes},
         "skipped": [{"path": p, "reason": r} for p, r in skipped],
+        # --splits: the source images that no list names ({count, per_class, examples}).
+        "excluded": excluded or {"count": 0},
         "warnings": list(source.warnings),
         "versions": library_versions(),
         "timing": timing,

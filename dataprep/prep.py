@@ -4,8 +4,8 @@ Flow: refuse an output that overlaps the source -> lock OUT/.DATASET.lock (one p
 recognise an existing output by its prep manifest (anything else is never overwritten) -> list the
 source -> decide whether the existing output already answers the request -> decode, resize and
 encode in worker processes (Pool.imap over chunks, results in order) while the parent writes
-shards, routes each sample to train/val and sums pixel statistics -> FFCV files from the shards ->
-manifest -> one rename of the whole temporary folder into place.
+shards, routes each sample to train/val/test and sums pixel statistics -> FFCV files from the
+shards -> manifest -> one rename of the whole temporary folder into place.
 """
 
 from __future__ import annotations
@@ -29,13 +29,18 @@ from dataprep.convert import SkipImage, Stored, store
 from dataprep.lock import output_lock
 from dataprep.samples import write_samples
 from dataprep.sources import display_name, open_source
-from dataprep.split import StreamingSplit, shuffled_order
+from dataprep.split import ListedSplit, StreamingSplit, shuffled_order
+from dataprep.split_lists import SplitLists, assign_listed, read_split_lists
 from dataprep.writers import ShardWriter, write_ffcv
 from fasthpt.errors import UserError
 
 FORMATS = ("ffcv", "wds")
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "test")
+# 60/20/20: HPT's RESISC-45 splits, 18,900 / 6,300 / 6,300 images (the TensorFlow Datasets lists in
+# github.com/cjrd/self-supervised-pretraining, utils/raw-tf-splits/resisc45).
+DEFAULT_VAL_FRAC = DEFAULT_TEST_FRAC = 0.2
 DEFAULT_SHARD_SIZE = 1000  # samples per WebDataset shard: a few shards even for small data sets
+_EXAMPLES = 10  # file names shown in the summary and kept as examples of the excluded ones
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # Failures of the output location, reported as one line: full disk, quota, permissions, read-only
 # file system, a file where a folder should be.
@@ -44,28 +49,32 @@ _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, er
 
 
 def prepare(dataset: str, out="data", src=None, *, num_images=None, image_size=None,
-            val_frac=0.2, seed=0, formats=FORMATS, max_res=256, jpeg_quality=90,
-            shard_size=DEFAULT_SHARD_SIZE, workers=None, force=False, progress=True) -> Path:
+            val_frac=None, test_frac=None, splits=None, seed=0, formats=FORMATS, max_res=256,
+            jpeg_quality=90, shard_size=DEFAULT_SHARD_SIZE, workers=None, force=False,
+            progress=True) -> Path:
     """Convert a dataset once into the formats the loaders read; return the dataset folder.
 
     dataset: output name, and the embedded generator to use when `src` is None ("sat", "natural").
     src: a folder with one sub-folder per class, or a .zip / .tar(.gz|.bz2|.xz) of one.
     num_images, image_size: embedded generators only (None: the generator's defaults).
-    val_frac: stratified validation fraction; seed fixes the split, the sample order and the
-    generated images. formats: "ffcv", "wds" or both. max_res: longer side cap (0: none).
+    val_frac, test_frac: stratified validation and test fractions (None: 0.2 each; test_frac 0: no
+    test split). splits: a folder of the user's own lists instead (dataprep.split_lists).
+    seed: fixes the split, the sample order and the generated images. formats: "ffcv", "wds" or
+    both. max_res: longer side cap (0: none).
     jpeg_quality: for images that are (re-)encoded; upright RGB JPEGs within max_res are stored
     unchanged. shard_size: samples per WebDataset shard. workers: processes (None: all cores).
     force: rebuild an existing output that `fasthpt prep` wrote (nothing else is ever deleted).
     Raises UserError for bad input (one line)."""
     formats = _check_formats(formats)
-    settings = _check_settings(dataset, src, num_images, image_size, val_frac, seed, formats,
-                               max_res, jpeg_quality, shard_size, workers)
+    settings = _check_settings(dataset, src, num_images, image_size, seed, formats, max_res,
+                               jpeg_quality, shard_size, workers)
+    lists = _split_settings(settings, val_frac, test_frac, splits)
     out = Path(out)
     _check_apart(out / dataset, src)
     try:
         out.mkdir(parents=True, exist_ok=True)
         with output_lock(out, dataset):
-            return _prepare_locked(out, dataset, settings, force, progress)
+            return _prepare_locked(out, dataset, settings, lists, force, progress)
     except OSError as exc:
         if exc.errno not in _ENVIRONMENT_ERRNOS:
             raise
@@ -73,7 +82,8 @@ def prepare(dataset: str, out="data", src=None, *, num_images=None, image_size=N
         raise UserError(f"--out {display_name(str(out))}: {exc.strerror} ({where})") from None
 
 
-def _prepare_locked(out: Path, dataset: str, settings: dict, force: bool, progress: bool) -> Path:
+def _prepare_locked(out: Path, dataset: str, settings: dict, lists: SplitLists | None, force: bool,
+                    progress: bool) -> Path:
     dest = out / dataset
     _remove_stale(out, dataset)
     existing = _existing_output(dest, force)
@@ -88,7 +98,7 @@ def _prepare_locked(out: Path, dataset: str, settings: dict, force: bool, progre
             print(f"{display_name(str(dest))}: already prepared with these settings and source; "
                   "nothing to do (--force rebuilds)")
             return dest
-        manifest = _build(tmp, source, settings, progress)
+        manifest = _build(tmp, source, settings, lists, progress)
         shutil.rmtree(tmp / "scratch", ignore_errors=True)
         mf.write_manifest(tmp, {**manifest, "settings": settings, "fingerprint": source.fingerprint})
         _publish(tmp, dest)
@@ -106,12 +116,11 @@ def _check_formats(formats) -> tuple[str, ...]:
     return tuple(f for f in FORMATS if f in formats)
 
 
-def _check_settings(dataset, src, num_images, image_size, val_frac, seed, formats, max_res,
-                    jpeg_quality, shard_size, workers) -> dict:
+def _check_settings(dataset, src, num_images, image_size, seed, formats, max_res, jpeg_quality,
+                    shard_size, workers) -> dict:
     if not isinstance(dataset, str) or not _NAME.match(dataset):
         raise UserError(f"--dataset {dataset!r}: use letters, digits, '.', '_' or '-' (a folder name)")
     checks = [
-        (0 <= val_frac < 1, f"--val-frac {val_frac}: must be in [0, 1)"),
         (max_res is None or max_res >= 0, f"--max-res {max_res}: must be >= 0 (0: keep size)"),
         (1 <= jpeg_quality <= 100, f"--jpeg-quality {jpeg_quality}: must be in 1..100"),
         (shard_size >= 1, f"--shard-size {shard_size}: must be >= 1"),
@@ -123,10 +132,32 @@ def _check_settings(dataset, src, num_images, image_size, val_frac, seed, format
     for ok, message in checks:
         if not ok:
             raise UserError(message)
-    return {"dataset": dataset, "src": None if src is None else str(src), "val_frac": val_frac,
-            "seed": seed, "formats": list(formats), "max_res": max_res or 0,
-            "jpeg_quality": jpeg_quality, "shard_size": shard_size, "num_images": num_images,
-            "image_size": image_size, "workers": workers or _default_workers()}
+    return {"dataset": dataset, "src": None if src is None else str(src), "seed": seed,
+            "formats": list(formats), "max_res": max_res or 0, "jpeg_quality": jpeg_quality,
+            "shard_size": shard_size, "num_images": num_images, "image_size": image_size,
+            "workers": workers or _default_workers()}
+
+
+def _split_settings(settings: dict, val_frac, test_frac, splits) -> SplitLists | None:
+    """Record how the splits are made in `settings`: fractions, or the user's lists (returned)."""
+    if splits is None:
+        val_frac = DEFAULT_VAL_FRAC if val_frac is None else val_frac
+        test_frac = DEFAULT_TEST_FRAC if test_frac is None else test_frac
+        for flag, frac in (("--val-frac", val_frac), ("--test-frac", test_frac)):
+            if not 0 <= frac < 1:
+                raise UserError(f"{flag} {frac}: must be in [0, 1)")
+        if val_frac + test_frac >= 1:
+            raise UserError(f"--val-frac {val_frac} + --test-frac {test_frac}: must be below 1 "
+                            "(the rest is the train split)")
+        settings.update(val_frac=val_frac, test_frac=test_frac, split_source="fractions", splits_dir=None)
+        return None
+    if val_frac is not None or test_frac is not None:
+        raise UserError("--splits names every image's split itself: drop --val-frac/--test-frac")
+    if settings["src"] is None:
+        raise UserError("--splits needs --src (the embedded datasets split by --val-frac/--test-frac)")
+    lists = read_split_lists(splits)
+    settings.update(val_frac=None, test_frac=None, split_source=lists.source, splits_dir=str(splits))
+    return lists
 
 
 def _default_workers() -> int:
@@ -260,17 +291,20 @@ class _Outputs:
     """Parent side of the conversion pass: routes each converted image to its split, appends it to
     that split's shards and keeps what the manifest needs (counts, sample ids, pixel sums)."""
 
-    def __init__(self, tmp: Path, num_classes: int, settings: dict):
+    def __init__(self, tmp: Path, num_classes: int, settings: dict, router):
         self.writers = {s: ShardWriter(tmp / "wds", s, settings["shard_size"]) for s in SPLITS}
         self.records = {s: [] for s in SPLITS}
         self.keys = {s: [] for s in SPLITS}
         self.per_class = {s: [0] * num_classes for s in SPLITS}
         self.stats = mf.PixelStats()
-        self.splitter = StreamingSplit(settings["val_frac"], num_classes)
+        self.router = router
         self.passthrough = 0
 
     def add(self, source_key: str, label: int, result: Stored) -> None:
-        split = self.splitter.assign(label)
+        for split, item in self.router.assign(source_key, label, (source_key, label, result)):
+            self._write(split, *item)
+
+    def _write(self, split: str, source_key: str, label: int, result: Stored) -> None:
         key = f"{len(self.keys[split]):07d}"  # position in the split: the same in every format
         writer = self.writers[split]
         self.records[split].append(writer.write(key, result.jpeg, label, result.height, result.width))
@@ -281,6 +315,8 @@ class _Outputs:
             self.stats.add(result.pixel_count, result.sums, result.sq_sums)
 
     def close(self) -> dict[str, list[Path]]:
+        for split, item in self.router.flush():
+            self._write(split, *item)
         return {s: self.writers[s].close() for s in SPLITS}
 
     @property
@@ -292,7 +328,19 @@ class _Outputs:
         return {"min_hw": hw.min(0).tolist(), "max_hw": hw.max(0).tolist()}
 
 
-def _build(tmp: Path, source, settings: dict, progress: bool) -> dict:
+def _plan(source, settings: dict, lists: SplitLists | None):
+    """(router, items to convert in the seeded order, excluded items): every item with fractions;
+    with lists, the listed ones (the others are left out before any decoding)."""
+    order = shuffled_order(len(source), settings["seed"])
+    if lists is None:
+        fracs = settings["val_frac"], settings["test_frac"]
+        return StreamingSplit(*fracs, len(source.classes)), order, []
+    split_of = assign_listed(lists, [source.key(i) for i in range(len(source))])
+    listed = np.array([source.key(int(i)) in split_of for i in order], bool)
+    return ListedSplit(split_of), order[listed], sorted(int(i) for i in order[~listed])
+
+
+def _build(tmp: Path, source, settings: dict, lists: SplitLists | None, progress: bool) -> dict:
     if len(source) == 0:
         outside = [p for p, r in source.skipped if r == "not inside a class folder"]
         where = display_name(settings["src"] or source.name)
@@ -302,10 +350,11 @@ def _build(tmp: Path, source, settings: dict, progress: bool) -> dict:
         raise UserError(f"{where}: no image files found")
     for w in source.warnings:
         print(f"warning: {w}", file=sys.stderr)
+    router, order, left_out = _plan(source, settings, lists)
+    excluded = _excluded(source, left_out)
     start = time.perf_counter()
-    outputs = _Outputs(tmp, len(source.classes), settings)
+    outputs = _Outputs(tmp, len(source.classes), settings, router)
     skipped = list(source.skipped)
-    order = shuffled_order(len(source), settings["seed"])
     bar = tqdm(_converted(source, order, settings), total=len(order), disable=not progress,
                desc=f"prep {source.name}", unit="img", dynamic_ncols=True)
     for i, label, result in bar:
@@ -317,18 +366,30 @@ def _build(tmp: Path, source, settings: dict, progress: bool) -> dict:
     convert_s = time.perf_counter() - start
     shards = outputs.close()
     if not outputs.records["train"]:
-        raise UserError(f"{display_name(settings['src'] or source.name)}: no usable images "
-                        f"({len(skipped)} files skipped, e.g. {_first_skip(skipped)})")
+        _no_train(settings["src"] or source.name, outputs.per_class, skipped)
     files = _write_formats(tmp, settings, outputs.records, shards, outputs.keys, progress)
     total_s = time.perf_counter() - start
     n = outputs.count
-    print(_summary(source, settings, outputs.per_class, skipped, n, convert_s, total_s), file=sys.stderr)
+    print(_summary(source, settings, outputs.per_class, skipped, excluded, n, convert_s, total_s),
+          file=sys.stderr)
     return mf.build_manifest(
         source=source, settings=settings, per_class=outputs.per_class, stats=outputs.stats,
-        files=files, skipped=skipped, passthrough=outputs.passthrough, sizes=outputs.sizes(),
+        files=files, skipped=skipped, excluded=excluded, passthrough=outputs.passthrough,
+        sizes=outputs.sizes(),
         timing={"convert_s": round(convert_s, 3), "total_s": round(total_s, 3),
                 "images_per_s": round(n / max(total_s, 1e-9), 1)},
     )
+
+
+def _excluded(source, items: list[int]) -> dict | None:
+    """What the manifest says of the images no list names: how many, per class, a few of them."""
+    if not items:
+        return None
+    per_class = [0] * len(source.classes)
+    for i in items:
+        per_class[source.items[i][1]] += 1
+    return {"count": len(items), "per_class": per_class,
+            "examples": [display_name(source.key(i)) for i in items[:_EXAMPLES]]}
 
 
 def _write_formats(tmp: Path, settings: dict, records, shards, keys, progress: bool) -> dict:
@@ -354,24 +415,37 @@ def _write_formats(tmp: Path, settings: dict, records, shards, keys, progress: b
     return files
 
 
+def _no_train(where: str, per_class: dict, skipped: list) -> None:
+    held = {s: sum(per_class[s]) for s in SPLITS if s != "train"}
+    if not any(held.values()):
+        raise UserError(f"{display_name(where)}: no usable images ({len(skipped)} files skipped, "
+                        f"e.g. {_first_skip(skipped)})")
+    raise UserError(f"{display_name(where)}: no usable train images ("
+                    f"{' / '.join(f'{n} {s}' for s, n in held.items())}, {len(skipped)} files "
+                    "skipped); lower --val-frac/--test-frac, or list more images in train.txt")
+
+
 def _first_skip(skipped) -> str:
     return f"{skipped[0][0]}: {skipped[0][1]}" if skipped else "none"
 
 
-def _summary(source, settings, per_class, skipped, n, convert_s, total_s) -> str:
-    counts = {s: sum(per_class[s]) for s in SPLITS}
+def _summary(source, settings, per_class, skipped, excluded, n, convert_s, total_s) -> str:
+    counts = " / ".join(f"{sum(per_class[s])} {s}" for s in SPLITS)
     lines = [
-        f"prepared {source.name}: {counts['train']} train / {counts['val']} val images, "
+        f"prepared {source.name}: {counts} images, "
         f"{len(source.classes)} classes, formats {'+'.join(settings['formats'])}, "
         f"{n / max(total_s, 1e-9):.0f} images/s ({n / max(convert_s, 1e-9):.0f}/s decode+encode, "
         f"{settings['workers']} workers, {total_s:.1f} s)"
     ]
+    if excluded:
+        lines.append(f"excluded {excluded['count']} images that no --splits list names (e.g. "
+                     f"{', '.join(excluded['examples'][:3])}; counted in manifest.json)")
     if skipped:
         lines.append(f"skipped {len(skipped)} files:")
-        lines += [f"  {p}: {r}" for p, r in skipped[:10]]
-        if len(skipped) > 10:
-            lines.append(f"  ... and {len(skipped) - 10} more (all listed in manifest.json)")
+        lines += [f"  {p}: {r}" for p, r in skipped[:_EXAMPLES]]
+        if len(skipped) > _EXAMPLES:
+            lines.append(f"  ... and {len(skipped) - _EXAMPLES} more (all listed in manifest.json)")
     for c, name in enumerate(source.classes):
-        if per_class["train"][c] + per_class["val"][c] == 0:
-            lines.append(f"warning: class {name!r} has no usable images")
+        if not any(per_class[s][c] for s in SPLITS):
+            lines.append(f"warning: class {name!r} has no images in any split")
     return "\n".join(lines)

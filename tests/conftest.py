@@ -1,10 +1,10 @@
 """Shared fixtures for the whole test suite.
 
-- ``tiny_folder``: a folder-per-class image tree (4 classes x 12 images, 48x48 RGB, JPEG and PNG
+- ``tiny_folder``: a folder-per-class image tree (4 classes x 15 images, 48x48 RGB, JPEG and PNG
   mixed), deterministic, each class with its own colour and pattern so a classifier can tell them
   apart.
-- ``tiny_data``: that tree prepared by ``dataprep.prepare`` (both formats, 36 train / 12 val),
-  the folder a loader or a trainer reads with ``load_manifest``.
+- ``tiny_data``: that tree prepared by ``dataprep.prepare`` (both formats, 36 train / 12 val /
+  12 test: 9 / 3 / 3 per class), the folder a loader or a trainer reads with ``load_manifest``.
 """
 
 from __future__ import annotations
@@ -34,5 +34,5 @@ def tiny_data(tmp_path_factory, tiny_folder) -> Path:
     from dataprep import prepare
 
     out = tmp_path_factory.mktemp("tiny_data")
-    return prepare("tiny", out=out, src=tiny_folder, val_frac=0.25, max_res=64, workers=1,
-                   progress=False)
+    return prepare("tiny", out=out, src=tiny_folder, val_frac=0.2, test_frac=0.2, max_res=64,
+                   workers=1, progress=False)

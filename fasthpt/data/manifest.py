@@ -2,7 +2,8 @@
 
 Written last, atomically, by dataprep: a dataset folder without it is incomplete. Keys read here:
 - ``name``, ``classes`` (list of class names; label i is classes[i])
-- ``splits``: {"train": {"count": int, "per_class": [int, ...]}, "val": {...}}
+- ``splits``: {"train": {"count": int, "per_class": [int, ...]}, "val": {...}, "test": {...}}
+  (a split that holds no image is absent: --val-frac 0, --test-frac 0, no test.txt in --splits)
 - ``mean``, ``std``: per-channel RGB statistics of the training images in 0..255 pixel units
 - ``formats``: subset of ["ffcv", "wds"]
 - ``files``: {"ffcv": {"train": "ffcv/train.beton", "val": ...},
@@ -20,6 +21,8 @@ from pathlib import Path
 from fasthpt.errors import UserError
 
 MANIFEST = "manifest.json"
+# The first manifest schema of `fasthpt prep` with a test split (dataprep/manifest.py SCHEMA_VERSION).
+TEST_SPLIT_SCHEMA = 3
 
 
 @dataclass
@@ -66,8 +69,26 @@ class Manifest:
         return [self.root / p for p in self.raw["files"]["wds"][split]]
 
     def _check_split(self, split: str) -> None:
-        if split not in self.raw["splits"]:
-            raise UserError(f"{self.root}: no split {split!r}; has {sorted(self.raw['splits'])}")
+        if split in self.raw["splits"]:
+            return
+        if split == "test":
+            reason, fix = self._why_no_test()
+            raise UserError(f"{self.root} has no test split ({reason}): re-run `fasthpt prep "
+                            f"--dataset {self.raw.get('name', 'NAME')} ... {fix}`")
+        raise UserError(f"{self.root}: no split {split!r}; has {sorted(self.raw['splits'])}")
+
+    def _why_no_test(self) -> tuple[str, str]:
+        """Why a prepared folder has no test split, and the prep flags that make one."""
+        settings = self.raw.get("settings") or {}
+        schema = self.raw.get("schema")
+        if not isinstance(schema, int) or schema < TEST_SPLIT_SCHEMA:
+            return "prepared by an older fasthpt", "--force"
+        if isinstance(settings.get("split_source"), dict):
+            return "its --splits lists name no test image: DIR/test.txt", "--splits DIR --force"
+        if not settings.get("test_frac"):
+            return "prepared with --test-frac 0", "--test-frac 0.2 --force"
+        too_few = f"--test-frac {settings['test_frac']} left no image: too few per class"
+        return too_few, "--test-frac F --force"
 
     def _check_format(self, fmt: str) -> None:
         if fmt not in self.formats:

@@ -20,7 +20,7 @@ BACKENDS = ("ffcv", "dali", "torch")
 @pytest.fixture(scope="module")
 def prepped(tmp_path_factory, tiny_folder):
     out = tmp_path_factory.mktemp("smoke_data")
-    assert main(["prep", "--dataset", "smoke", "--src", str(tiny_folder), "--out", str(out), "--val-frac", "0.25",
+    assert main(["prep", "--dataset", "smoke", "--src", str(tiny_folder), "--out", str(out), "--val-frac", "0.2",
                  "--max-res", "64", "--workers", "1", "--no-progress"]) == 0
     return out / "smoke"
 

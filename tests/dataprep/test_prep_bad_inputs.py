@@ -24,7 +24,7 @@ from dataprep.sources import UNSAFE_PATH
 from fasthpt.cli import main
 from fasthpt.data.manifest import load_manifest
 
-FAST = dict(formats=("wds",), workers=1, progress=False, val_frac=0.0)
+FAST = dict(formats=("wds",), workers=1, progress=False, val_frac=0.0, test_frac=0.0)
 
 
 def png(label: int = 0, index: int = 0, size: int = 16) -> bytes:
@@ -159,7 +159,7 @@ def test_names_that_are_not_utf8_are_kept_and_written_safely(tmp_path, capsys):
         Path(os.fsdecode(root + name)).write_bytes(png(2, 3))
     Path(os.fsdecode(root + b"/red_stripes/bad\xff.jpg")).write_bytes(b"not an image")
     argv = ["prep", "--dataset", "n", "--src", str(src), "--out", str(tmp_path / "out"),
-            "--formats", "wds", "--workers", "1", "--val-frac", "0", "--no-progress"]
+            "--formats", "wds", "--workers", "1", "--val-frac", "0", "--test-frac", "0", "--no-progress"]
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert "red_stripes/bad\\xff.jpg: not an image" in err

@@ -148,9 +148,9 @@ def test_files_added_to_the_output_during_a_forced_rebuild_are_not_deleted(image
     out = prepare("q", out=tmp_path / "out", src=images, **FAST)
     real_build = prep_module._build
 
-    def build_while_someone_writes(tmp, source, settings, progress):
+    def build_while_someone_writes(*args):
         (out / "added_meanwhile.txt").write_text("precious")
-        return real_build(tmp, source, settings, progress)
+        return real_build(*args)
 
     monkeypatch.setattr(prep_module, "_build", build_while_someone_writes)
     with pytest.raises(UserError, match="did not write.*added_meanwhile.txt"):

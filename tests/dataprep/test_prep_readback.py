@@ -37,16 +37,16 @@ def source_of(tiny_data, tiny_folder, split):
 def test_manifest_counts_and_classes(tiny_data):
     m = load_manifest(tiny_data)
     assert m.classes == list(TINY_CLASSES)
-    assert m.count("val") == len(TINY_CLASSES) * TINY_PER_CLASS // 4  # val_frac 0.25, stratified
-    assert m.raw["splits"]["val"]["per_class"] == [3, 3, 3, 3]
+    assert m.count("val") == m.count("test") == len(TINY_CLASSES) * TINY_PER_CLASS // 5  # 0.2 each
+    assert m.raw["splits"]["val"]["per_class"] == m.raw["splits"]["test"]["per_class"] == [3, 3, 3, 3]
     assert m.raw["splits"]["train"]["per_class"] == [9, 9, 9, 9]
     assert m.formats == ["ffcv", "wds"]
-    for split in ("train", "val"):
+    for split in ("train", "val", "test"):
         assert m.ffcv_path(split).is_file()
         assert all(s.is_file() and s.with_suffix(".idx").is_file() for s in m.wds_shards(split))
 
 
-@pytest.mark.parametrize("split", ["train", "val"])
+@pytest.mark.parametrize("split", ["train", "val", "test"])
 def test_every_reader_gives_the_source_labels_and_pixels(tiny_data, tiny_folder, split):
     m = load_manifest(tiny_data)
     refs = source_of(tiny_data, tiny_folder, split)

@@ -14,7 +14,6 @@ import dataprep.prep as prep_module
 from dataprep.fixtures import write_tiny_folder
 from dataprep import prepare
 from dataprep.samples import read_samples
-from dataprep.split import StreamingSplit
 from fasthpt.cli import main
 from fasthpt.data.manifest import load_manifest
 from fasthpt.errors import UserError
@@ -127,7 +126,7 @@ def test_temp_dir_of_a_live_run_is_left_alone(small_folder, tmp_path):
 def test_pool_workers_write_the_same_bytes_as_one_process(small_folder, tmp_path):
     a = prepare("one", out=tmp_path, src=small_folder, **FAST)
     b = prepare("two", out=tmp_path, src=small_folder, **{**FAST, "workers": 2})
-    for split in ("train", "val"):
+    for split in ("train", "val", "test"):
         name = f"wds/{split}-000000.tar"
         assert (a / name).read_bytes() == (b / name).read_bytes()
     ma, mb = load_manifest(a), load_manifest(b)
@@ -146,15 +145,6 @@ def test_shards_split_at_shard_size_and_seed_changes_the_split(small_folder, tmp
     assert load_manifest(b).raw["splits"] == m.raw["splits"]  # still stratified the same way
 
 
-@pytest.mark.parametrize("n", [1, 2, 5, 12, 37])
-@pytest.mark.parametrize("frac", [0.1, 0.2, 0.25, 0.5])
-def test_streaming_split_is_stratified(n, frac):
-    split = StreamingSplit(frac, 3)
-    got = [[split.assign(c) for _ in range(n + c)] for c in range(3)]
-    for c, assigned in enumerate(got):
-        assert assigned.count("val") == int((n + c) * frac + 0.5)
-
-
 def test_embedded_generator_end_to_end(tmp_path, capsys):
     from dataprep import synthetic
 
@@ -162,7 +152,7 @@ def test_embedded_generator_end_to_end(tmp_path, capsys):
     m = load_manifest(out)
     gen = synthetic.get_generator("sat", num_images=36, image_size=32)
     assert m.classes == list(gen.classes)
-    assert m.count("train") + m.count("val") == 36
+    assert m.count("train") + m.count("val") + m.count("test") == 36
     assert m.raw["fingerprint"]["kind"] == "generator"
     assert m.raw["storage"]["max_hw"] == [32, 32]
     prepare("sat", out=tmp_path, num_images=36, image_size=32, val_frac=0.25, **FAST)

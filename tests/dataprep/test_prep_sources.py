@@ -136,8 +136,8 @@ def messy_folder(tmp_path_factory):
 
 def test_messy_folder_skips_and_counts(messy_folder, tmp_path, capsys):
     root, good = messy_folder
-    out = prepare("messy", out=tmp_path, src=root, formats=("wds",), val_frac=0.0, workers=1,
-                  progress=False)
+    out = prepare("messy", out=tmp_path, src=root, formats=("wds",), val_frac=0.0, test_frac=0.0,
+                  workers=1, progress=False)
     m = json.loads((out / "manifest.json").read_text())
     assert m["classes"] == ["fields", "forest"]
     assert m["splits"]["train"]["count"] == len(good)
@@ -151,7 +151,7 @@ def test_messy_folder_skips_and_counts(messy_folder, tmp_path, capsys):
     assert reasons["forest/dangling.jpg"].startswith("unreadable")
     assert reasons["README.md"] == "not inside a class folder"
     assert m["warnings"] == ["empty class folder ignored: snow"]
-    assert "val" not in m["splits"]  # --val-frac 0: no val files at all
+    assert "val" not in m["splits"] and "test" not in m["splits"]  # fractions 0: no files at all
     err = capsys.readouterr().err
     assert "skipped 6 files" in err and "snow" in err
 
@@ -176,7 +176,7 @@ def test_archives_give_the_same_dataset_as_the_folder(tmp_path, kind):
     ma, mb = (json.loads((p / "manifest.json").read_text()) for p in (a, b))
     assert ma["classes"] == mb["classes"] and ma["splits"] == mb["splits"]
     assert mb["fingerprint"]["kind"] == kind.split(".")[0]
-    for split in ("train", "val"):
+    for split in ("train", "val", "test"):
         keys_a, keys_b = read_samples(a, split), read_samples(b, split)
         assert keys_a and [("wrap/" + k, label) for k, label in keys_a] == keys_b
         # Same order, same stored bytes: the shards are byte-identical.
@@ -224,7 +224,7 @@ def test_every_format_reads_back_through_every_reader(messy_folder, tmp_path):
     from dataprep.readback import dali_samples, ffcv_samples, psnr, wds_samples
 
     root, good = messy_folder
-    out = prepare("messy", out=tmp_path, src=root, val_frac=0.0, workers=1, progress=False)
+    out = prepare("messy", out=tmp_path, src=root, val_frac=0.0, test_frac=0.0, workers=1, progress=False)
     m = load_manifest(out)
     keys = [k for k, _ in read_samples(out, "train")]
     refs = []

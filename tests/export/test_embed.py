@@ -83,15 +83,15 @@ def test_data_features_equal_the_backbone_on_the_eval_loader(run_dir, r18, tiny_
     ds = resolve_data(tiny_data)
     expected, labels = [], []
     with torch.no_grad():
-        for split in ("train", "val"):
+        for split in ("train", "val", "test"):
             for x, y in eval_loader(ds, split, RES, 64, 0, torch.device("cpu"), "torch"):
                 expected.append(r18[0](x))
                 labels += y.tolist()
     torch.testing.assert_close(features, torch.cat(expected), atol=1e-5, rtol=1e-5)
-    assert record["labels"] == labels and record["splits"] == ["train"] * 36 + ["val"] * 12
+    assert record["labels"] == labels and record["splits"] == ["train"] * 36 + ["val"] * 12 + ["test"] * 12
     from dataprep.samples import read_samples
 
-    assert record["paths"][36:] == [path for path, _ in read_samples(tiny_data, "val")] and record["res"] == RES
+    assert record["paths"][36:48] == [path for path, _ in read_samples(tiny_data, "val")] and record["res"] == RES
     assert record["backbone"]["run"]["run"] == str(run_dir)
 
 
@@ -137,7 +137,7 @@ def test_bad_input_is_one_line(r18, tiny_backbone, folder, tiny_data, tmp_path, 
         (("--backbone", r18[1], "--images", tmp_path / "missing", *base), ("not a folder",)),
         (("--backbone", r18[1], "--images", folder, "--res", RES), ("--norm-data",)),
         (("--backbone", r18[1], "--data", tiny_data, *base), ("own manifest",)),
-        (("--backbone", r18[1], "--data", tiny_data, "--res", RES, "--splits", "test"), ("no split 'test'",)),
+        (("--backbone", r18[1], "--data", tiny_data, "--res", RES, "--splits", "nope"), ("no split 'nope'",)),
     ]
     for argv, words in cases:
         code, _, err = run_cli(capsys, "embed", *argv, "--out", tmp_path / "f.npy", "--workers", 0, "--no-progress")

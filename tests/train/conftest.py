@@ -12,13 +12,17 @@ import pytest
 from PIL import Image
 
 
-def write_wds_dataset(root, classes=4, train_per_class=16, val_per_class=4, size=48, seed=0):
-    """Class c: a noisy image whose mean colour and stripe frequency depend on c."""
+def write_wds_dataset(root, classes=4, train_per_class=16, val_per_class=4, test_per_class=4, size=48,
+                      seed=0):
+    """Class c: a noisy image whose mean colour and stripe frequency depend on c. The splits are
+    drawn in the order train, val, test, so test_per_class does not change the train and val images."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     (root / "wds").mkdir(exist_ok=True)
     files, splits, sums = {}, {}, []
-    for split, per in (("train", train_per_class), ("val", val_per_class)):
+    for split, per in (("train", train_per_class), ("val", val_per_class), ("test", test_per_class)):
+        if per == 0:  # as `fasthpt prep` does: a split without images is absent
+            continue
         name = f"wds/{split}-000000.tar"
         with tarfile.open(root / name, "w") as tar:
             for i in range(classes * per):
@@ -38,7 +42,7 @@ def write_wds_dataset(root, classes=4, train_per_class=16, val_per_class=4, size
         files[split] = [name]
         splits[split] = {"count": classes * per, "per_class": [per] * classes}
     pix = np.concatenate(sums)
-    manifest = {"name": "tiny", "classes": [f"c{c}" for c in range(classes)], "splits": splits,
+    manifest = {"schema": 3, "name": "tiny", "classes": [f"c{c}" for c in range(classes)], "splits": splits,
                 "mean": pix.mean(0).tolist(), "std": pix.std(0).tolist(), "formats": ["wds"],
                 "files": {"wds": files}}
     (root / "manifest.json").write_text(json.dumps(manifest))
