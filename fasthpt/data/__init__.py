@@ -5,12 +5,21 @@
            mean/std, on ``device``; two independently augmented views of the same images.
     build_eval_loader(data, split="val", ...)
         -> iterable of (images, labels int64): resize to round(res * 256/224), center-crop res.
+    build_labelled_loader(data, split="train", ...)
+        -> iterable of (images, labels int64): one RandomResizedCrop(res, scale (0.08, 1)) + flip view
+           of the whole decoded image per sample (the linear probe's and fine-tuning's train view),
+           shuffled per epoch, full batches only; optionally over a subset of the split's samples.
+    split_labels(data, split) -> int64 tensor: the labels of a split in sample-index order (the
+        order of the eval loader's batches, and the numbering of ``indices``), read without decoding.
+
+A split is a manifest split or several joined by "+": "train+val" is both splits as one epoch
+(SSL and labelled loaders; common.py).
 
 Every loader also has ``len()`` (batches per epoch on this rank), ``.num_samples`` (samples per
 epoch on this rank), ``.backend`` and ``.set_epoch(epoch)`` (deterministic reshuffle from seed+epoch).
-Each backend is a module (``fasthpt.data.<name>_backend``) exposing ``build_ssl_loader`` and
-``build_eval_loader`` with the keyword-only signature used below; it is imported only when chosen,
-so ``import fasthpt.data`` stays cheap.
+Each backend is a module (``fasthpt.data.<name>_backend``) exposing ``build_ssl_loader``,
+``build_eval_loader`` and ``build_labelled_loader`` with the keyword-only signatures used below; it
+is imported only when chosen, so ``import fasthpt.data`` stays cheap.
 """
 
 from __future__ import annotations
@@ -22,15 +31,20 @@ from fasthpt.data.manifest import Manifest, load_manifest
 from fasthpt.data.policy import AugPolicy
 from fasthpt.errors import UserError
 
-__all__ = ["build_ssl_loader", "build_eval_loader", "available_backends", "resolve_backend", "AugPolicy"]
+__all__ = ["build_ssl_loader", "build_eval_loader", "build_labelled_loader", "split_labels", "available_backends",
+           "resolve_backend", "AugPolicy"]
 
 # Fastest first: the order `auto` tries (cpu-loader-ceiling.md: FFCV and DALI far ahead of torchvision).
 BACKENDS = ("ffcv", "dali", "torch")
 _MODULES = {name: f"fasthpt.data.{name}_backend" for name in BACKENDS}
 # What each backend reads from the prepared folder.
 _FORMAT = {"ffcv": "ffcv", "dali": "wds", "torch": "wds"}
+# FFCV is an extra (pyproject.toml): pip builds it from source against these Debian packages
+# (ffcv's setup.py: pkg-config --cflags --libs opencv4, then libturbojpeg).
+FFCV_INSTALL = ("pip install 'fasthpt[ffcv]' after the Debian packages pkg-config libopencv-dev "
+                "libturbojpeg0-dev (`make setup` installs both)")
 _INSTALL = {
-    "ffcv": "pip install ffcv==1.0.2 (needs libturbojpeg and opencv: `make setup`)",
+    "ffcv": FFCV_INSTALL,
     "dali": "pip install nvidia-dali-cuda120==2.4.0",
     "torch": "pip install torch torchvision pillow",
 }
@@ -124,3 +138,28 @@ def build_eval_loader(data, *, split="val", backend="auto", res=224, batch_size=
         manifest, split=split, res=res, batch_size=batch_size, workers=workers, device=device, rank=rank,
         world_size=world_size, channels_last=channels_last,
     )
+
+
+def build_labelled_loader(data, *, split="train", backend="auto", res=224, batch_size=256, workers=2, device=None,
+                          seed=0, rank=None, world_size=None, channels_last=False, indices=None):
+    """Labelled one-view train loader (see the module doc). Per epoch, like the SSL loaders: each
+    pass is one epoch, ``set_epoch`` reshuffles (from seed + epoch); ``indices``: sample indices of
+    ``split`` to draw from (default: all of them)."""
+    _check_common(res, batch_size, workers)
+    manifest, module, device, rank, world_size = _setup(data, backend, device, rank, world_size)
+    return module.build_labelled_loader(
+        manifest, split=split, res=res, batch_size=batch_size, workers=workers, device=device, seed=seed,
+        rank=rank, world_size=world_size, channels_last=channels_last, indices=indices,
+    )
+
+
+def split_labels(data, split: str = "train"):
+    """Labels (int64 tensor) of ``split`` in sample-index order: from the WebDataset shards' .cls
+    members, else from the FFCV file's label field; no image is decoded."""
+    from fasthpt.data import common
+
+    manifest = _manifest(data)
+    if "wds" in manifest.formats:
+        return common.wds_labels(manifest, split)
+    resolve_backend("ffcv")  # a UserError saying what to install when FFCV cannot be imported
+    return importlib.import_module(_MODULES["ffcv"]).ffcv_labels(manifest, split)

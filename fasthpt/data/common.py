@@ -6,6 +6,11 @@ Sharding rules (one place, so every backend agrees on epoch length):
   samples, and together cover the split except ``count % world_size`` (< world_size) samples, which
   change from epoch to epoch. With ``drop_last`` the partial last batch is dropped too.
 - Eval: no shuffle, no drop: rank r takes samples r, r + W, r + 2W, ... (every sample once overall).
+- Labelled (one view + label, for the linear probe and fine-tuning): the SSL rule, over the split
+  or over a subset of its sample indices (the K labelled images of fine-tuning).
+
+Splits: a split name may join several of the manifest's splits with "+" ("train+val": the authors
+pretrained on train and val together); its samples are the parts' samples, in part order.
 """
 
 from __future__ import annotations
@@ -18,9 +23,72 @@ from pathlib import Path
 
 import torch
 
+from fasthpt.data.policy import AugPolicy
 from fasthpt.errors import UserError
 
 log = logging.getLogger("fasthpt.data")
+
+# The labelled train view: torchvision's RandomResizedCrop defaults, scale (0.08, 1) and ratio
+# (3/4, 4/3), on the whole decoded image, then a horizontal flip (MoCo's main_lincls; the
+# train_pipeline of the authors' linear-eval and finetune configs). No colour, gray or blur.
+LABELLED_SCALE = (0.08, 1.0)
+LABELLED_RATIO = (3 / 4, 4 / 3)
+SPLIT_JOIN = "+"
+
+
+def labelled_policy() -> AugPolicy:
+    """The labelled view as an augmentation policy: every backend's SSL view code, crop and flip only."""
+    return AugPolicy(crop_scale=list(LABELLED_SCALE), crop_ratio=list(LABELLED_RATIO), jitter_p=0.0, gray_p=0.0,
+                     blur_p=0.0, flip_p=0.5).validate()
+
+
+def split_parts(split: str) -> list[str]:
+    """"train+val" -> ["train", "val"]; a plain split name -> [name]."""
+    parts = split.split(SPLIT_JOIN)
+    if not all(parts) or len(set(parts)) != len(parts):
+        raise UserError(f"bad split {split!r}: split names joined by '+', each once (e.g. train+val)")
+    return parts
+
+
+def split_count(manifest, split: str) -> int:
+    """Samples of ``split`` (summed over its parts); UserError naming the splits when one is missing."""
+    return sum(manifest.count(part) for part in split_parts(split))
+
+
+def split_wds_shards(manifest, split: str) -> list[Path]:
+    """The shards of ``split``, in part order (samples are numbered in this order)."""
+    return [shard for part in split_parts(split) for shard in manifest.wds_shards(part)]
+
+
+def wds_labels(manifest, split: str) -> torch.Tensor:
+    """Labels of ``split``'s samples in sample-index order, from the shards' .cls members (no image is read)."""
+    samples = require_labels(manifest, split, index_wds(split_wds_shards(manifest, split)))
+    return torch.tensor([s.label for s in samples], dtype=torch.int64)
+
+
+def require_labels(manifest, split: str, samples: list) -> list:
+    """``samples`` (WdsSample), refused when one has no label: a labelled loader needs every label."""
+    if any(s.label < 0 for s in samples):
+        raise UserError(f"{manifest.root}: {split} samples without a label (.cls); re-run `fasthpt prep`")
+    return samples
+
+
+def labelled_rank_indices(indices: torch.Tensor, rank: int, world_size: int, seed: int, epoch: int) -> torch.Tensor:
+    """This rank's sample indices for one labelled epoch: the SSL rule over ``indices``."""
+    return indices[ssl_rank_indices(len(indices), rank, world_size, seed, epoch)]
+
+
+def subset_indices(manifest, split: str, indices) -> torch.Tensor:
+    """``indices`` (sample indices of ``split``) checked and as int64, or every index when None."""
+    count = split_count(manifest, split)
+    if indices is None:
+        return torch.arange(count)
+    indices = torch.as_tensor(indices, dtype=torch.int64).flatten()
+    if len(indices) == 0 or len(set(indices.tolist())) != len(indices):
+        raise UserError(f"a subset of the {split} split must name each sample once, and at least one")
+    if indices.min() < 0 or indices.max() >= count:
+        raise UserError(f"subset index out of range: the {split} split has {count} samples")
+    return indices
 
 # The paper's test transform: resize the shorter side to 256 then center-crop 224 (HPT.md), scaled to res.
 EVAL_RESIZE_RATIO = 256 / 224
@@ -129,3 +197,50 @@ def index_wds(shards: list[Path]) -> list[WdsSample]:
 def read_bytes(handle, sample: WdsSample) -> bytes:
     handle.seek(sample.offset)
     return handle.read(sample.size)
+
+
+def part_seed(seed: int, part: int) -> int:
+    """The seed of part ``part`` of a joined split (a loader per part): distinct per part, so that
+    sample i of one part is not augmented like sample i of another."""
+    return seed if part == 0 else epoch_seed(seed, 0, 1_000_003 * part)
+
+
+class InterleavedLoader:
+    """Several loaders as one: each epoch runs every part's epoch to its end, batches taken from the
+    parts in a random order drawn from (seed, epoch), each part's batches in their own order. Has the
+    loader interface (len, num_samples, backend, set_epoch)."""
+
+    def __init__(self, parts: list, seed: int):
+        self.parts, self.seed, self.epoch = parts, seed, 0
+        self.backend = parts[0].backend
+
+    @property
+    def num_samples(self) -> int:
+        return sum(p.num_samples for p in self.parts)
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def order(self, epoch: int) -> list[int]:
+        """Which part each batch of ``epoch`` comes from."""
+        which = torch.repeat_interleave(torch.arange(len(self.parts)), torch.tensor([len(p) for p in self.parts]))
+        perm = torch.randperm(len(which), generator=torch.Generator().manual_seed(epoch_seed(self.seed, epoch)))
+        return which[perm].tolist()
+
+    def __iter__(self):
+        epoch, self.epoch = self.epoch, self.epoch + 1  # successive passes are successive epochs
+        for part in self.parts:
+            part.set_epoch(epoch)
+        its = [iter(p) for p in self.parts]
+        try:
+            for j in self.order(epoch):
+                yield next(its[j])
+            for it in its:  # each part to its end: its epoch completes (FFCV: buffers reused, thread done)
+                for _ in it:
+                    pass
+        finally:
+            for it in its:
+                it.close()

@@ -22,12 +22,18 @@ much as an epoch of a small dataset); its reader moves each rank to the next sha
 pads every shard to whole batches of the largest shard (``pad_last_batch``); the iterator runs the
 reader's epoch to its end and yields only ``num_samples`` real samples (common.py's sharding
 rules). DALI's reader shuffles within a buffer (``initial_fill``), not globally: `fasthpt prep`
-writes shards in random order.
+writes shards in random order; a joined split ("train+val") lists its parts' shards interleaved.
+
+Labelled loader (linear probe, fine-tuning): the same view graph with the labelled policy (crop and
+flip only) and one view, fed by ``fn.external_source`` with JPEG bytes read by offset in the order
+of common.labelled_rank_indices (the torch and ffcv backends' order, an exact permutation of the
+split or of a subset of it per epoch: the webdataset reader can do neither), labels alongside.
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import torch
@@ -185,17 +191,27 @@ def _index_count(path) -> int:
 
 
 def _shard_files(manifest: Manifest, split: str) -> tuple[list[str], list[str]]:
-    """The split's shards and index files, checked against the manifest (before any work starts)."""
-    shards = manifest.wds_shards(split)
+    """The split's shards and index files, checked against the manifest (before any work starts).
+    A joined split ("train+val") spreads each part's shards evenly through the list (_spread)."""
+    shards = _spread([manifest.wds_shards(part) for part in common.split_parts(split)])
     indexes = [p.with_suffix(".idx") for p in shards]
     missing = [str(p) for p in shards + indexes if not p.is_file()]
     if missing:
         raise UserError(f"missing WebDataset file {missing[0]} (and {len(missing) - 1} more): re-run `fasthpt prep`")
     indexed = sum(_index_count(p) for p in indexes)
-    if indexed != manifest.count(split):  # the epoch length is computed from the manifest's count
-        raise UserError(f"{manifest.root}: manifest says {manifest.count(split)} {split} samples, the DALI index "
+    expected = common.split_count(manifest, split)
+    if indexed != expected:  # the epoch length is computed from the manifest's count
+        raise UserError(f"{manifest.root}: manifest says {expected} {split} samples, the DALI index "
                         f"files list {indexed}; re-run `fasthpt prep`")
     return [str(p) for p in shards], [str(p) for p in indexes]
+
+
+def _spread(parts: list[list]) -> list:
+    """The parts' items merged by their relative position within their part: the reader walks the
+    shards in list order and shuffles only within its buffer, so appended val shards would all come
+    at the end of every epoch; spread out, they come throughout it."""
+    keyed = [((i + 0.5) / len(items), p, item) for p, items in enumerate(parts) for i, item in enumerate(items)]
+    return [item for _, _, item in sorted(keyed, key=lambda k: k[:2])]
 
 
 def _reader(fn, files, shard_id: int, num_shards: int, shuffle: bool, fill: int):
@@ -260,6 +276,63 @@ def _eval_pipeline(manifest, files, res, gpu, shard_id, num_shards, channels_las
     return evaluation()
 
 
+class _LabelledSource:
+    """``fn.external_source`` callback of the labelled pipeline: for batch ``info.iteration`` (counted
+    from ``first_epoch``, ``batches`` per epoch), the JPEG bytes, labels and sample indices of this
+    rank's permutation of the subset (common.labelled_rank_indices: the torch and ffcv backends'
+    order), read by offset from the shards (common.index_wds). A pure function of the iteration, so
+    DALI may call it ahead of the batches it runs. ``os.pread``: no shared file position."""
+
+    def __init__(self, shards, samples, subset, *, batch_size, batches, seed, rank, world_size, first_epoch):
+        self.shards, self.samples, self.subset = shards, samples, subset
+        self.batch_size, self.batches, self.first_epoch = batch_size, batches, first_epoch
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self._order = (None, None)
+        self._fds: dict[int, int] = {}
+
+    def order(self, epoch: int):
+        if self._order[0] != epoch:
+            self._order = (epoch, common.labelled_rank_indices(self.subset, self.rank, self.world_size, self.seed,
+                                                               epoch).tolist())
+        return self._order[1]
+
+    def _bytes(self, sample) -> np.ndarray:
+        fd = self._fds.get(sample.shard)
+        if fd is None:
+            fd = self._fds[sample.shard] = os.open(self.shards[sample.shard], os.O_RDONLY)
+        return np.frombuffer(os.pread(fd, sample.size, sample.offset), dtype=np.uint8)
+
+    def __call__(self, info):
+        epoch, b = divmod(info.iteration, self.batches)
+        chosen = self.order(self.first_epoch + epoch)[b * self.batch_size: (b + 1) * self.batch_size]
+        samples = [self.samples[i] for i in chosen]
+        return ([self._bytes(s) for s in samples], [np.array([s.label], np.int64) for s in samples],
+                [np.array([i], np.int64) for i in chosen])
+
+    def __del__(self):
+        for fd in getattr(self, "_fds", {}).values():
+            os.close(fd)
+
+
+def _labelled_pipeline(manifest, source, res, gpu, channels_last, debug, **kw):
+    """Decode (nvJPEG on a GPU) and one crop-and-flip view per sample: the SSL view graph (_view)
+    under the labelled policy, which leaves colour, gray and blur out of the graph."""
+    from nvidia.dali import pipeline_def
+
+    fn, dmath, types = _dali()
+
+    @pipeline_def(enable_conditionals=True, **kw)
+    def labelled():
+        jpegs, labels, index = fn.external_source(source=source, num_outputs=3, batch=True, batch_info=True)
+        images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
+        shape = fn.peek_image_shape(jpegs)
+        norm = _norm_args(manifest, channels_last)
+        view, draws = _view(fn, dmath, types, images, shape, common.labelled_policy(), res, norm)
+        return (view, labels, index, *draws) if debug else (view, labels)
+
+    return labelled()
+
+
 def _to_torch(tensor_list, device: torch.device) -> torch.Tensor:
     from nvidia.dali.plugin.pytorch import feed_ndarray
 
@@ -285,9 +358,9 @@ class DaliLoader:
 
     backend = BACKEND
 
-    def __init__(self, build, *, num_samples, batch_size, drop_last, device, channels_last, ssl, debug=False):
+    def __init__(self, build, *, num_samples, batch_size, drop_last, device, channels_last, kind, debug=False):
         self.build, self.num_samples, self.batch_size = build, num_samples, batch_size
-        self.device, self.channels_last, self.ssl, self.debug = device, channels_last, ssl, debug
+        self.device, self.channels_last, self.kind, self.debug = device, channels_last, kind, debug
         self._len = common.num_batches(num_samples, batch_size, drop_last)
         self.epoch = 0
         self._pipe = None
@@ -301,7 +374,7 @@ class DaliLoader:
 
     def pipeline(self):
         """A pipeline positioned at the start of ``self.epoch``: the running one when it has just
-        finished the previous epoch (SSL; eval repeats itself), else a new one seeded for this epoch."""
+        finished the previous epoch (SSL, labelled; eval repeats itself), else a new one seeded for this epoch."""
         if self._pipe is None or self._pipe_epoch != self.epoch:
             self._pipe = None  # release the old pipeline's threads and buffers first
             self._pipe = self.build(self.epoch)
@@ -310,6 +383,8 @@ class DaliLoader:
         return self._pipe
 
     def _reader_batches(self, pipe) -> int:
+        if self.kind == "labelled":  # its source yields exactly the epoch's full batches
+            return self._len
         meta = pipe.reader_meta("reader")  # every shard padded to the largest one, then to whole batches
         return math.ceil(meta["epoch_size_padded"] // meta["number_of_shards"] / self.batch_size)
 
@@ -318,7 +393,14 @@ class DaliLoader:
         return x.permute(0, 3, 1, 2) if self.channels_last else x
 
     def _batch(self, outputs, n):
-        if not self.ssl:
+        if self.kind == "labelled":
+            labels = _to_torch(outputs[1], torch.device("cpu")).view(-1).to(self.device)
+            if self.debug:
+                index = _to_torch(outputs[2], torch.device("cpu")).view(-1)
+                draws = [_to_torch(t, torch.device("cpu")) for t in outputs[3:]]
+                return self._images(outputs[0], n), labels, index, draws
+            return self._images(outputs[0], n), labels
+        if self.kind == "eval":
             return self._images(outputs[0], n), _labels(outputs[1])[:n].to(self.device)
         if self.debug:
             draws = [_to_torch(t, torch.device("cpu"))[:n] for t in outputs[3:]]
@@ -336,7 +418,7 @@ class DaliLoader:
                 n = min(self.batch_size, remaining)
                 remaining -= n
                 yield self._batch(outputs, n)
-        self._pipe_epoch = self.epoch + 1 if self.ssl else self.epoch
+        self._pipe_epoch = self.epoch if self.kind == "eval" else self.epoch + 1
 
 
 def _pipe_kwargs(batch_size, workers, device: torch.device, gpu: bool, seed: int) -> dict:
@@ -358,7 +440,7 @@ def build_ssl_loader(manifest: Manifest, *, split, res, batch_size, policy, work
     draws lists, per view, the tensors named by DRAW_NAMES."""
     policy = policy.validate()
     gpu = _on_gpu(device)
-    count = manifest.count(split)
+    count = common.split_count(manifest, split)
     per_rank = common.ssl_rank_count(count, world_size)
     common.check_batch(batch_size, per_rank, drop_last, f"{split} split")
     fill = min(SHUFFLE_BUFFER, per_rank + 1)
@@ -370,7 +452,30 @@ def build_ssl_loader(manifest: Manifest, *, split, res, batch_size, policy, work
         return _ssl_pipeline(manifest, files, policy, res, gpu, shard, world_size, fill, channels_last, debug, **kw)
 
     return DaliLoader(build, num_samples=per_rank, batch_size=batch_size, drop_last=drop_last, device=device,
-                      channels_last=channels_last, ssl=True, debug=debug)
+                      channels_last=channels_last, kind="ssl", debug=debug)
+
+
+def build_labelled_loader(manifest: Manifest, *, split, res, batch_size, workers, device, seed, rank, world_size,
+                          channels_last, indices=None, debug: bool = False) -> DaliLoader:
+    """One labelled crop-and-flip view per sample, full batches, an exact permutation per epoch.
+    ``debug``: batches are (images, labels, indices, draws), draws the tensors named by DRAW_NAMES."""
+    gpu = _on_gpu(device)
+    _shard_files(manifest, split)  # the files exist and agree with the manifest
+    shards = common.split_wds_shards(manifest, split)
+    samples = common.require_labels(manifest, split, common.index_wds(shards))
+    subset = common.subset_indices(manifest, split, indices)
+    per_rank = common.ssl_rank_count(len(subset), world_size)
+    common.check_batch(batch_size, per_rank, True, f"{split} split")
+    batches = per_rank // batch_size
+
+    def build(epoch):
+        source = _LabelledSource([str(p) for p in shards], samples, subset, batch_size=batch_size, batches=batches,
+                                 seed=seed, rank=rank, world_size=world_size, first_epoch=epoch)
+        kw = _pipe_kwargs(batch_size, workers, device, gpu, common.epoch_seed(seed, epoch, rank) % 2**31)
+        return _labelled_pipeline(manifest, source, res, gpu, channels_last, debug, **kw)
+
+    return DaliLoader(build, num_samples=batches * batch_size, batch_size=batch_size, drop_last=True, device=device,
+                      channels_last=channels_last, kind="labelled", debug=debug)
 
 
 def build_eval_loader(manifest: Manifest, *, split, res, batch_size, workers, device, rank, world_size,
@@ -385,7 +490,7 @@ def build_eval_loader(manifest: Manifest, *, split, res, batch_size, workers, de
         return _eval_pipeline(manifest, files, res, gpu, rank, world_size, channels_last, **kw)
 
     return DaliLoader(build, num_samples=n, batch_size=batch_size, drop_last=False, device=device,
-                      channels_last=channels_last, ssl=False)
+                      channels_last=channels_last, kind="eval")
 
 
 def _const(fn, types, value, dtype):

@@ -1,7 +1,9 @@
 """`ffcv` backend: the .beton files through FFCV, two views from ONE decode, compiled augmentations.
 
-SSL pipeline ('image' field): TwoViewCropDecoder -> TwoViewAugment (ffcv_ops.py), both numba-compiled
-and parallel over the batch with FFCV's own iterator; the label field is not read. Where the views go:
+SSL pipeline ('image' field): ViewsCropDecoder -> ViewsAugment (ffcv_ops.py) with two views, both
+numba-compiled and parallel over the batch with FFCV's own iterator; the label field is not read.
+Labelled pipeline (linear probe, fine-tuning): the same with one view, the labelled policy
+(common.labelled_policy: crop and flip only) and the label field (IntDecoder). Where the views go:
 - CPU device: the augmentation writes normalised float32 straight into FFCV's batch slot, already in
   the final layout (channels_last or NCHW), so the loader yields views of it with no copy. As with
   FFCV's own CPU pipelines, a batch stays valid only until the next one is drawn (FFCV's thread then
@@ -17,6 +19,8 @@ them when CUDA is present); here they are allocated once per loader (``_ReusedMe
 
 Sharding and epoch length follow fasthpt.data.common (one rule for every backend), through a
 TraversalOrder of our own: it needs neither torch.distributed nor FFCV's distributed mode.
+A joined split ("train+val") is one .beton per part: one loader per part, their batches interleaved
+in a seeded random order (common.InterleavedLoader), so a batch holds samples of one part only.
 """
 
 from __future__ import annotations
@@ -208,19 +212,21 @@ def _nhwc_u8_to_float(x: torch.Tensor, mean, inv_std, channels_last: bool) -> to
     return x if channels_last else x.contiguous()
 
 
-class FFCVSSLLoader:
-    """Two-view SSL loader: yields (view_q, view_k) float32 N x 3 x res x res on ``device``."""
+class FFCVAugLoader:
+    """Augmented loader over one .beton, ``views`` augmented views per sample, on ``device``:
+    2 (SSL): yields (view_q, view_k); 1 (labelled): yields (images, labels int64), over the split or
+    the subset ``indices`` of its samples. Views are float32 N x 3 x res x res, normalised."""
 
     backend = BACKEND
 
     def __init__(self, manifest: Manifest, *, split, res, batch_size, policy: AugPolicy, workers, device,
-                 seed, rank, world_size, drop_last, channels_last, layout=None, debug=False):
+                 seed, rank, world_size, drop_last, channels_last, layout=None, debug=False, views=2, indices=None):
         policy.validate()
-        self.policy, self.debug = policy, debug
+        self.policy, self.debug, self.views = policy, debug, int(views)
         self.res, self.device, self.channels_last = int(res), torch.device(device), channels_last
         self.seed, self.rank, self.world_size = int(seed), rank, world_size
-        count = manifest.count(split)
-        self._per_rank = common.ssl_rank_count(count, world_size)
+        subset = common.subset_indices(manifest, split, indices)
+        self._per_rank = common.ssl_rank_count(len(subset), world_size)
         common.check_batch(batch_size, self._per_rank, drop_last, f"{manifest.root} {split}")
         self.batch_size, self.drop_last = batch_size, drop_last
         if layout is None:
@@ -229,10 +235,11 @@ class FFCVSSLLoader:
         self._copies = _DeviceCopies(self.device)
         self.key = ops.EpochKey(seed)
         self._mean, self._inv_std = _normalizer(manifest, self.device)
-        augment = ops.TwoViewAugment(res, policy, self.key, manifest.mean, manifest.std, layout)
-        spec = PipelineSpec("image", decoder=ops.TwoViewCropDecoder(res, policy, self.key), transforms=[augment])
-        pipelines = {"image": spec, "label": None}
-        order = lambda e: common.ssl_rank_indices(count, rank, world_size, self.seed, e).numpy()  # noqa: E731
+        augment = ops.ViewsAugment(res, policy, self.key, manifest.mean, manifest.std, layout, self.views)
+        spec = PipelineSpec("image", decoder=ops.ViewsCropDecoder(res, policy, self.key, self.views),
+                            transforms=[augment])
+        pipelines = {"image": spec, "label": [IntDecoder()] if self.views == 1 else None}
+        order = lambda e: common.labelled_rank_indices(subset, rank, world_size, self.seed, e).numpy()  # noqa: E731
         self._loader = _ffcv_loader(_beton(manifest, split), batch_size, workers, order, pipelines, drop_last)
         self.epoch = 0
 
@@ -252,9 +259,11 @@ class FFCVSSLLoader:
         self.key.set_epoch(epoch)
         self._loader.next_epoch = epoch
         debug = self._debug_epoch(epoch) if self.debug else None
-        for b, (batch,) in enumerate(_batches(self._loader, self._copies)):
-            q, k = self._to_views(batch)
-            yield (q, k) if debug is None else (q, k, *debug[b])
+        for b, batch in enumerate(_batches(self._loader, self._copies)):
+            out = self._to_views(batch[0])
+            if self.views == 1:  # a copy: FFCV refills its label buffers once the next batch is drawn
+                out += (torch.tensor(batch[1].reshape(-1), dtype=torch.int64, device=self.device),)
+            yield out if debug is None else out + debug[b]
 
     def _debug_epoch(self, epoch):
         """Per batch: (draws, indices). Computed before FFCV's thread starts: numba 0.68 can fail
@@ -264,16 +273,17 @@ class FFCVSSLLoader:
         return [(self._draws(epoch, idx), torch.from_numpy(np.asarray(idx, dtype=np.int64))) for idx in chunks]
 
     def _draws(self, epoch, indices):
-        """Debug mode: each sample's pair of view parameters, recomputed in Python by the same
-        kernels from the same keys as the compiled pipeline (dicts shaped like the torch backend's)."""
+        """Debug mode: each sample's view parameters (a pair of dicts for SSL, one dict for labelled), recomputed in
+        Python by the same kernels from the same keys as the compiled pipeline (dicts shaped like the
+        torch backend's)."""
         meta = self._loader.reader.metadata["f0"]
-        return [ops.view_draws(self.key.seed, epoch, int(i), int(meta[i]["height"]), int(meta[i]["width"]),
-                               self.policy, self.res) for i in indices]
+        draws = [ops.view_draws(self.key.seed, epoch, int(i), int(meta[i]["height"]), int(meta[i]["width"]),
+                                self.policy, self.res) for i in indices]
+        return draws if self.views == 2 else [pair[0] for pair in draws]
 
-    def _to_views(self, batch: np.ndarray):
-        q, k = ops.split_views(batch, self.res, self.layout)
+    def _to_views(self, batch: np.ndarray) -> tuple:
         views = []
-        for v in (q, k):
+        for v in ops.split_views(batch, self.res, self.layout):
             t = self._copies.to_device(v)
             if self.layout == K.OUT_U8:
                 t = _nhwc_u8_to_float(t, self._mean, self._inv_std, self.channels_last)
@@ -283,7 +293,7 @@ class FFCVSSLLoader:
             else:
                 t = t.contiguous(memory_format=torch.channels_last) if self.channels_last else t
             views.append(t)
-        return views[0], views[1]
+        return tuple(views)
 
 
 class FFCVEvalLoader:
@@ -324,14 +334,56 @@ class FFCVEvalLoader:
             yield x, y
 
 
+def _per_part(build_one, manifest: Manifest, split: str, seed: int):
+    """One loader per part of a joined split ("train+val": one .beton each), batches interleaved
+    (common.InterleavedLoader); each part draws under its own key."""
+    parts = common.split_parts(split)
+    if len(parts) == 1:
+        return build_one(split, seed)
+    return common.InterleavedLoader([build_one(part, common.part_seed(seed, i)) for i, part in enumerate(parts)],
+                                    seed)
+
+
 def build_ssl_loader(manifest: Manifest, *, split: str, res: int, batch_size: int, policy: AugPolicy,
                      workers: int, device: torch.device, seed: int, rank: int, world_size: int,
-                     drop_last: bool, channels_last: bool, debug: bool = False) -> FFCVSSLLoader:
+                     drop_last: bool, channels_last: bool, debug: bool = False):
     """See fasthpt.data. debug=True: batches are (view_q, view_k, draws, indices) where draws[i] is
     the pair of parameter dicts of sample indices[i] (crop, jitter, order, factors, gray, blur, sigma, flip)."""
-    return FFCVSSLLoader(manifest, split=split, res=res, batch_size=batch_size, policy=policy, workers=workers,
-                         device=device, seed=seed, rank=rank, world_size=world_size, drop_last=drop_last,
-                         channels_last=channels_last, debug=debug)
+    return _per_part(lambda part, part_seed: FFCVAugLoader(
+        manifest, split=part, res=res, batch_size=batch_size, policy=policy, workers=workers, device=device,
+        seed=part_seed, rank=rank, world_size=world_size, drop_last=drop_last, channels_last=channels_last,
+        debug=debug), manifest, split, seed)
+
+
+def build_labelled_loader(manifest: Manifest, *, split: str, res: int, batch_size: int, workers: int,
+                          device: torch.device, seed: int, rank: int, world_size: int, channels_last: bool,
+                          indices=None, debug: bool = False):
+    """See fasthpt.data: the SSL pipeline with one view, the labelled policy and the label field.
+    debug=True: batches are (images, labels, draws, indices), draws[i] the parameter dict of sample indices[i]."""
+    if indices is not None and len(common.split_parts(split)) > 1:
+        raise UserError(f"a subset of samples needs a single split, not {split!r}")
+    return _per_part(lambda part, part_seed: FFCVAugLoader(
+        manifest, split=part, res=res, batch_size=batch_size, policy=common.labelled_policy(), workers=workers,
+        device=device, seed=part_seed, rank=rank, world_size=world_size, drop_last=True,
+        channels_last=channels_last, debug=debug, views=1, indices=indices), manifest, split, seed)
+
+
+def ffcv_labels(manifest: Manifest, split: str) -> torch.Tensor:
+    """Labels of ``split`` in sample order, from the .beton's 'label' field metadata (no image decoded)."""
+    from ffcv.reader import Reader
+
+    labels = []
+    for part in common.split_parts(split):
+        path = _beton(manifest, part)
+        try:
+            reader = Reader(str(path))
+        except (OSError, ValueError, AssertionError) as exc:
+            raise UserError(f"cannot read FFCV file {path}: {exc}") from None
+        if "label" not in reader.field_names:
+            raise UserError(f"{path} has no label field; re-run `fasthpt prep`")
+        field = f"f{reader.field_names.index('label')}"
+        labels.append(torch.from_numpy(np.asarray(reader.metadata[field], dtype=np.int64).reshape(-1).copy()))
+    return torch.cat(labels)
 
 
 def build_eval_loader(manifest: Manifest, *, split: str, res: int, batch_size: int, workers: int,

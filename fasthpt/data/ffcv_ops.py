@@ -1,20 +1,21 @@
-"""FFCV operations for two-view SSL loading: ONE JPEG decode per image, two augmented views.
+"""FFCV operations for augmented loading: ONE JPEG decode per image, V augmented views (V = 2 for
+SSL, 1 for the labelled train view of the linear probe and fine-tuning).
 
 Upstream FFCV 1.0.2 has no multi-view pipelines and no blur / grayscale / hue operations, so:
-- ``TwoViewCropDecoder`` (the 'image' field's decoder) draws both crops, decodes each JPEG once
-  with libffcv's ``imdecode`` (at 1/2, 1/4 or 1/8 scale in the DCT domain when both crops stay
-  at least res wide after it) and writes two random-resized crops into a (2, res, res, 3) uint8
+- ``ViewsCropDecoder`` (the 'image' field's decoder) draws the V crops, decodes each JPEG once
+  with libffcv's ``imdecode`` (at 1/2, 1/4 or 1/8 scale in the DCT domain when every crop stays
+  at least res wide after it) and writes V random-resized crops into a (V, res, res, 3) uint8
   slot per sample, resized with torchvision's antialiased bilinear filter (ffcv_kernels.
   resize_crop_aa: equal to torchvision to rounding; OpenCV's INTER_AREA in libffcv's resize_crop
   is up to 44 levels off when upscaling and not faster on average at 224 px);
-- ``TwoViewAugment`` applies, per view, colour jitter / grayscale / blur / flip / normalisation in
+- ``ViewsAugment`` applies, per view, colour jitter / grayscale / blur / flip / normalisation in
   a few fused passes (ffcv_kernels.augment_view), parallel over the batch with FFCV's iterator.
 Both are compiled the way FFCV compiles its own operations (``Compiler.compile`` with numba,
 ``Compiler.get_iterator`` -> prange). Random draws are counter-based (see ffcv_kernels) keyed by
 ``EpochKey``, which the loader sets per epoch and the compiled code reads once per batch.
 
-Output of TwoViewAugment: the batch slot (count x 2 x ...) is written as if it were
-2 x count x ...: view v of sample i at [v, i], so that each view of the batch is one contiguous
+Output of ViewsAugment: the batch slot (count x V x ...) is written as if it were
+V x count x ...: view v of sample i at [v, i], so that each view of the batch is one contiguous
 block (a valid channels_last or contiguous NCHW tensor with no copy); see ``split_views``.
 """
 
@@ -159,17 +160,18 @@ class _ImageDecoder(Operation):
         return int(max(self.res, self.max_h) * max(self.res, self.max_w) * 3 + self.res * 3)
 
 
-class TwoViewCropDecoder(_ImageDecoder):
-    """RGBImageField decoder: one decode, two RandomResizedCrop views -> (2, res, res, 3) uint8."""
+class ViewsCropDecoder(_ImageDecoder):
+    """RGBImageField decoder: one decode, ``views`` RandomResizedCrop views -> (views, res, res, 3) uint8.
+    View v of sample i is drawn from view_key(epoch key, i, v), whatever the number of views."""
 
-    def __init__(self, res: int, policy: AugPolicy, key: EpochKey):
+    def __init__(self, res: int, policy: AugPolicy, key: EpochKey, views: int = 2):
         super().__init__()
-        self.res = int(res)
+        self.res, self.views = int(res), int(views)
         self.scale = tuple(float(v) for v in policy.crop_scale)
         self.log_ratio = tuple(float(np.log(v)) for v in policy.crop_ratio)
         self.key = key
 
-    out_shape = property(lambda self: (2, self.res, self.res, 3))
+    out_shape = property(lambda self: (self.views, self.res, self.res, 3))
 
     @_Memo
     def generate_code(self):
@@ -178,7 +180,7 @@ class TwoViewCropDecoder(_ImageDecoder):
         read_key = _key_reader(self.key)
         s_lo, s_hi = self.scale
         r_lo, r_hi = self.log_ratio
-        res = self.res
+        res, views = self.res, self.views
         sample_crop, view_key = K.sample_crop, K.view_key
         denominator, scale_box = K.decode_denominator, K.scale_box
 
@@ -186,7 +188,8 @@ class TwoViewCropDecoder(_ImageDecoder):
             dst, tmp = writable(my_storage[0]), writable(my_storage[1])
             ekey = read_key()
             scratch = np.empty((numba.get_num_threads(), scratch_len), np.float32)
-            zero, one = np.int64(0), np.int64(1)  # not literals: see ffcv_kernels._I0
+            boxes = np.empty((len(batch_indices), views, 4), np.int64)
+            one = np.int64(1)  # not a literal: see ffcv_kernels._I0
             for k in my_range(len(batch_indices)):
                 rows = scratch[numba.get_thread_id()]
                 idx = batch_indices[k]
@@ -194,16 +197,18 @@ class TwoViewCropDecoder(_ImageDecoder):
                 data = mem_read(field["data_ptr"], storage_state)
                 h = int(field["height"])
                 w = int(field["width"])
-                t0, l0, h0, w0 = sample_crop(view_key(ekey, idx, zero), h, w, s_lo, s_hi, r_lo, r_hi)
-                t1, l1, h1, w1 = sample_crop(view_key(ekey, idx, one), h, w, s_lo, s_hi, r_lo, r_hi)
+                smallest = np.int64(max(h, w))
+                for v in range(views):
+                    t, l, hv, wv = sample_crop(view_key(ekey, idx, np.int64(v)), h, w, s_lo, s_hi, r_lo, r_hi)
+                    boxes[k, v, 0], boxes[k, v, 1], boxes[k, v, 2], boxes[k, v, 3] = t, l, hv, wv
+                    smallest = min(smallest, hv, wv)
                 is_jpg = field["mode"] == jpg
-                d = denominator(min(h0, w0, h1, w1), np.int64(res)) if is_jpg else one
+                d = denominator(smallest, np.int64(res)) if is_jpg else one
                 img = get_image(data.ctypes.data, data.size, tmp[k], is_jpg, h, w, d)
                 hs, ws = img.shape[0], img.shape[1]  # libjpeg-turbo's TJSCALED sizes
-                t0, l0, h0, w0 = scale_box(t0, l0, h0, w0, d, hs, ws)
-                t1, l1, h1, w1 = scale_box(t1, l1, h1, w1, d, hs, ws)
-                resize(img, t0, l0, h0, w0, dst[k, 0], rows)
-                resize(img, t1, l1, h1, w1, dst[k, 1], rows)
+                for v in range(views):
+                    t, l, hv, wv = scale_box(boxes[k, v, 0], boxes[k, v, 1], boxes[k, v, 2], boxes[k, v, 3], d, hs, ws)
+                    resize(img, t, l, hv, wv, dst[k, v], rows)
             return my_storage[0][: len(batch_indices)]
 
         decode.is_parallel = True
@@ -241,16 +246,16 @@ class CenterCropDecoder(_ImageDecoder):
         return decode
 
 
-class TwoViewAugment(Operation):
+class ViewsAugment(Operation):
     """Per view: jitter (p) -> grayscale (p) -> blur (p) -> flip (p) -> normalise, fused.
 
     layout K.OUT_HWC / K.OUT_CHW: float32 normalised with ``mean``/``std`` (0..255 units);
     K.OUT_U8: uint8 H x W x 3, left for the device to normalise (4x fewer bytes to transfer).
     """
 
-    def __init__(self, res: int, policy: AugPolicy, key: EpochKey, mean, std, layout: int):
+    def __init__(self, res: int, policy: AugPolicy, key: EpochKey, mean, std, layout: int, views: int = 2):
         super().__init__()
-        self.res = int(res)
+        self.res, self.views = int(res), int(views)
         self.cfg, self.blur_cap = policy_vector(policy, res)
         self.key = key
         std = np.asarray(std, np.float32)
@@ -263,16 +268,16 @@ class TwoViewAugment(Operation):
         return (3, r, r) if self.layout == K.OUT_CHW else (r, r, 3)
 
     def declare_state_and_memory(self, previous_state):
-        assert previous_state.shape == (2, self.res, self.res, 3), previous_state.shape
+        assert previous_state.shape == (self.views, self.res, self.res, 3), previous_state.shape
         dtype = np.dtype("<u1") if self.layout == K.OUT_U8 else np.dtype("<f4")
-        shape = (2,) + self._view_shape()
+        shape = (self.views,) + self._view_shape()
         return replace(previous_state, jit_mode=True, shape=shape, dtype=dtype), AllocationQuery(shape, dtype)
 
     @_Memo
     def generate_code(self):
         my_range = Compiler.get_iterator()
         read_key = _key_reader(self.key)
-        res, cfg, cap, layout = self.res, self.cfg, self.blur_cap, self.layout
+        res, cfg, cap, layout, views = self.res, self.cfg, self.blur_cap, self.layout, self.views
         scale, shift = self.scale, self.shift
         v0, v1, v2 = self._view_shape()
         view_key, sample_params, augment_view = K.view_key, K.sample_view_params, K.augment_view
@@ -281,14 +286,14 @@ class TwoViewAugment(Operation):
             images, dst = writable(images_in), writable(dst_in)
             n = images.shape[0]
             ekey = read_key()
-            out = dst.reshape((2, n, v0, v1, v2))  # view-major: see the module docstring
+            out = dst.reshape((views, n, v0, v1, v2))  # view-major: see the module docstring
             nt = numba.get_num_threads()
             work = np.empty((nt, 2, 3, res, res), np.float32)
             rows = np.empty((nt, res), np.float32)
             params = np.empty((nt, K.PARAMS_LEN), np.float64)
             for k in my_range(n):
                 t = numba.get_thread_id()
-                for v in range(2):
+                for v in range(views):
                     sample_params(view_key(ekey, indices[k], v), cfg, params[t])
                     augment_view(images[k, v], out[v, k], params[t], np.int64(cap), work[t, 0], work[t, 1], rows[t],
                                  scale, shift, np.int64(layout))
@@ -300,12 +305,12 @@ class TwoViewAugment(Operation):
 
 
 def split_views(batch: np.ndarray, res: int, layout: int):
-    """The (count, 2, ...) slot written view-major -> (view_q, view_k) numpy arrays, no copy:
+    """The (count, V, ...) slot written view-major -> a tuple of V numpy arrays, no copy:
     N x 3 x res x res for OUT_CHW, N x res x res x 3 otherwise."""
-    n = batch.shape[0]
+    n, count = batch.shape[0], batch.shape[1]
     shape = (3, res, res) if layout == K.OUT_CHW else (res, res, 3)
-    views = batch.reshape((2, n) + shape)
-    return views[0], views[1]
+    views = batch.reshape((count, n) + shape)
+    return tuple(views[v] for v in range(count))
 
 
 def view_draws(seed: int, epoch: int, index: int, height: int, width: int, policy: AugPolicy, res: int):

@@ -12,6 +12,10 @@ exactly whatever the number of workers.
 Shards are read by random access (offsets from the tar headers, see ``common.index_wds``) rather
 than streamed, so that an epoch is an exact permutation split across ranks (no shuffle buffer,
 no repeated or dropped samples). Workers send uint8 views; normalisation happens on the device.
+
+The labelled loader (linear probe, fine-tuning) is the same code with one view per sample under the
+labelled policy (common.labelled_policy: RandomResizedCrop scale (0.08, 1) + flip, as torchvision's
+RandomResizedCrop and RandomHorizontalFlip in MoCo's main_lincls), and the label.
 """
 
 from __future__ import annotations
@@ -123,17 +127,26 @@ def eval_view(img: Image.Image, res: int) -> torch.Tensor:
 
 
 class _WdsImages(Dataset):
-    """Random access to the JPEGs of a split; items are addressed as (epoch, index)."""
+    """Random access to the JPEGs of a split; items are addressed as (epoch, index).
 
-    def __init__(self, manifest: Manifest, split: str, res: int, policy: AugPolicy | None, seed: int, debug=False):
-        self.shards = manifest.wds_shards(split)
+    ``views`` 0: the eval view and the label; 1: one augmented view and the label (the labelled
+    loader); 2: two augmented views (SSL). Each augmented item draws its parameters under its own
+    seed (seed, epoch, index)."""
+
+    def __init__(self, manifest: Manifest, split: str, res: int, policy: AugPolicy | None, seed: int, debug=False,
+                 views: int = 2):
+        self.shards = common.split_wds_shards(manifest, split)
         self.samples = common.index_wds(self.shards)
-        if len(self.samples) != manifest.count(split):
+        expected = common.split_count(manifest, split)
+        if len(self.samples) != expected:
             raise UserError(
-                f"{manifest.root}: manifest says {manifest.count(split)} {split} samples, "
+                f"{manifest.root}: manifest says {expected} {split} samples, "
                 f"the shards hold {len(self.samples)}; re-run `fasthpt prep`"
             )
+        if policy is not None and views == 1:
+            common.require_labels(manifest, split, self.samples)
         self.res, self.policy, self.seed, self.debug = res, policy, seed, debug
+        self.views = views if policy is not None else 0
         self._handles: dict[int, object] = {}
 
     def __len__(self):
@@ -160,14 +173,18 @@ class _WdsImages(Dataset):
     def __getitem__(self, item):
         epoch, index = item
         img = self._image(index)
-        if self.policy is None:
-            return eval_view(img, self.res), self.samples[index].label
+        label = self.samples[index].label
+        if self.views == 0:
+            return eval_view(img, self.res), label
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(common.epoch_seed(self.seed, epoch, index))
-            params = [draw_params(self.policy, *img.size, self.res) for _ in range(2)]
+            params = [draw_params(self.policy, *img.size, self.res) for _ in range(self.views)]
         views = tuple(apply_view(img, p, self.policy, self.res) for p in params)
+        drawn = [asdict(p) for p in params]
+        if self.views == 1:
+            views, drawn = views + (label,), drawn[0]
         if self.debug:
-            return views + ([asdict(p) for p in params], index)
+            return views + (drawn, index)
         return views
 
 
@@ -185,19 +202,33 @@ class _EpochSampler:
         return len(self.indices_for_epoch(self.epoch))
 
 
-def _collate_ssl(batch):
-    """Stack the two views; debug extras (per-view parameter dicts, sample indices) stay lists."""
-    views = tuple(torch.stack([item[v] for item in batch]) for v in (0, 1))
-    if len(batch[0]) == 2:
-        return views
-    return views + ([item[2] for item in batch], torch.tensor([item[3] for item in batch]))
+def _collate(views: int):
+    """Stack the ``views`` augmented views (and the labels of a one-view batch); debug extras (per-view
+    parameter dicts, sample indices) stay lists / become an index tensor."""
+
+    def collate(batch):
+        out = tuple(torch.stack([item[v] for item in batch]) for v in range(views))
+        rest = views
+        if views == 1:
+            out += (torch.tensor([item[1] for item in batch], dtype=torch.int64),)
+            rest = 2
+        if len(batch[0]) == rest:
+            return out
+        return out + ([item[rest] for item in batch], torch.tensor([item[rest + 1] for item in batch]))
+
+    return collate
 
 
 class TorchLoader:
+    """Batches of ``dataset`` in ``sampler`` order, normalised on ``device``. ``views``: 2 (SSL:
+    (view_q, view_k)), 1 (labelled) or 0 (eval): (images, labels); ``ssl=True`` is ``views=2``."""
+
     backend = BACKEND
 
-    def __init__(self, dataset, sampler, *, batch_size, workers, device, drop_last, channels_last, mean, std, ssl):
-        self.sampler, self.device, self.channels_last, self.ssl = sampler, device, channels_last, ssl
+    def __init__(self, dataset, sampler, *, batch_size, workers, device, drop_last, channels_last, mean, std,
+                 ssl=False, views=None):
+        self.sampler, self.device, self.channels_last = sampler, device, channels_last
+        self.views = views if views is not None else (2 if ssl else 0)
         self.num_samples = len(sampler)
         self._len = common.num_batches(self.num_samples, batch_size, drop_last)
         shape = (1, 3, 1, 1)
@@ -206,7 +237,7 @@ class TorchLoader:
         self.loader = DataLoader(
             dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
             pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-            prefetch_factor=4 if workers > 0 else None, collate_fn=_collate_ssl if ssl else None,
+            prefetch_factor=4 if workers > 0 else None, collate_fn=_collate(self.views) if self.views else None,
         )
 
     def set_epoch(self, epoch: int) -> None:
@@ -223,10 +254,17 @@ class TorchLoader:
 
     def __iter__(self):
         for batch in self.loader:
-            if self.ssl:
+            if self.views == 2:
                 yield (self._normalise(batch[0]), self._normalise(batch[1])) + tuple(batch[2:])
-            else:
-                yield self._normalise(batch[0]), batch[1].to(self.device, torch.int64)
+            else:  # eval, labelled: (images, labels) (+ debug extras)
+                yield (self._normalise(batch[0]), batch[1].to(self.device, torch.int64)) + tuple(batch[2:])
+
+
+def _loader(dataset, indices_for_epoch, *, batch_size, workers, device, drop_last, channels_last, manifest, what):
+    sampler = _EpochSampler(indices_for_epoch)
+    common.check_batch(batch_size, len(sampler), drop_last, what)
+    return TorchLoader(dataset, sampler, batch_size=batch_size, workers=workers, device=device, drop_last=drop_last,
+                       channels_last=channels_last, mean=manifest.mean, std=manifest.std, views=dataset.views)
 
 
 def build_ssl_loader(manifest: Manifest, *, split, res, batch_size, policy, workers, device, seed, rank,
@@ -235,19 +273,25 @@ def build_ssl_loader(manifest: Manifest, *, split, res, batch_size, policy, work
     sample indices: (view_q, view_k, [params_q, params_k], indices)."""
     dataset = _WdsImages(manifest, split, res, policy.validate(), seed, debug)
     count = len(dataset)
-    sampler = _EpochSampler(lambda epoch: common.ssl_rank_indices(count, rank, world_size, seed, epoch))
-    common.check_batch(batch_size, len(sampler), drop_last, f"{split} split")
-    return TorchLoader(dataset, sampler, batch_size=batch_size, workers=workers, device=device,
-                       drop_last=drop_last, channels_last=channels_last, mean=manifest.mean,
-                       std=manifest.std, ssl=True)
+    return _loader(dataset, lambda epoch: common.ssl_rank_indices(count, rank, world_size, seed, epoch),
+                   batch_size=batch_size, workers=workers, device=device, drop_last=drop_last,
+                   channels_last=channels_last, manifest=manifest, what=f"{split} split")
+
+
+def build_labelled_loader(manifest: Manifest, *, split, res, batch_size, workers, device, seed, rank, world_size,
+                          channels_last, indices=None, debug: bool = False) -> TorchLoader:
+    """One labelled view per sample (common.labelled_policy), shuffled per epoch, full batches.
+    ``debug``: batches are (images, labels, [params dict per sample], indices)."""
+    dataset = _WdsImages(manifest, split, res, common.labelled_policy(), seed, debug, views=1)
+    subset = common.subset_indices(manifest, split, indices)
+    return _loader(dataset, lambda epoch: common.labelled_rank_indices(subset, rank, world_size, seed, epoch),
+                   batch_size=batch_size, workers=workers, device=device, drop_last=True,
+                   channels_last=channels_last, manifest=manifest, what=f"{split} split")
 
 
 def build_eval_loader(manifest: Manifest, *, split, res, batch_size, workers, device, rank, world_size,
                       channels_last) -> TorchLoader:
     dataset = _WdsImages(manifest, split, res, None, 0)
     indices = common.eval_rank_indices(len(dataset), rank, world_size)
-    sampler = _EpochSampler(lambda epoch: indices)
-    common.check_batch(batch_size, len(sampler), False, f"{split} split")
-    return TorchLoader(dataset, sampler, batch_size=batch_size, workers=workers, device=device,
-                       drop_last=False, channels_last=channels_last, mean=manifest.mean,
-                       std=manifest.std, ssl=False)
+    return _loader(dataset, lambda epoch: indices, batch_size=batch_size, workers=workers, device=device,
+                   drop_last=False, channels_last=channels_last, manifest=manifest, what=f"{split} split")

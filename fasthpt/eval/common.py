@@ -1,8 +1,8 @@
 """Shared set-up for the evaluation protocols (kNN, linear probe, fine-tuning).
 
-Backbone and dataset resolution with fingerprints, the eval loaders, the on-disk feature cache and
-the one-JSON-line-per-run result record. Heavy teammates' modules (loaders, backbone loader) are
-imported lazily so that `fasthpt.eval.knn` stays importable from the training monitor.
+Backbone and dataset resolution with fingerprints, the eval and labelled train loaders, the on-disk
+feature cache, notices, and the one-JSON-line-per-run result record. Heavy modules (loaders, backbone
+loader) are imported lazily so that `fasthpt.eval.knn` stays importable from the training monitor.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import hashlib
 import io
 import json
 import logging
-import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +24,7 @@ from torch import nn
 from fasthpt.errors import UserError
 
 # Test transform of the paper (resize 256, center crop 224: HPT.md, OpenSelfSup's test_pipeline):
-# the crop keeps 224/256 = 0.875 of the side. Train-time crops are cut from an image resized by
-# the same factor so that they see as much of the picture as the test crop does, or more.
+# the crop keeps 224/256 = 0.875 of the side.
 CENTER_CROP_FRACTION = 224 / 256
 IN_MEMORY = "<in-memory module>"
 log = logging.getLogger(__name__)
@@ -136,9 +135,9 @@ def resolve_backbone(backbone: str | nn.Module, arch: str | None = None, seed: i
 
 def frozen_setup(backbone, data, *, arch, seed, device, res, batch_size, workers, backend, cache_dir, use_cache,
                  progress, trust=False):
-    """What the frozen-feature protocols (kNN, linear) share: the dataset, the backbone, where to
-    run it, and the keyword arguments of ``cached_features``."""
-    ds = resolve_data(data)
+    """What the frozen-feature protocols (kNN, linear) share: the dataset (with its test split), the
+    backbone, where to run it, and the keyword arguments of ``cached_features``."""
+    ds = resolve_protocol_data(data)
     bb = resolve_backbone(backbone, arch, seed, trust)
     dev = module_device(bb, device)
     feats = dict(res=res, batch_size=batch_size, workers=workers, device=dev, backend=backend,
@@ -153,6 +152,15 @@ def resolve_data(data: str | os.PathLike) -> Dataset:
     return Dataset(Path(data), manifest, sha256_file(Path(data) / MANIFEST))
 
 
+def resolve_protocol_data(data: str | os.PathLike) -> Dataset:
+    """The dataset of a protocol run, refused up front (before any backbone is loaded) when it has no
+    test split: the protocols select on val and report test. The manifest says why it is missing."""
+    ds = resolve_data(data)
+    for split in ("train", "val", "test"):
+        ds.manifest.count(split)  # UserError naming the split (and, for test, how to get one)
+    return ds
+
+
 def eval_loader(data: Dataset, split: str, res: int, batch_size: int, workers: int, device, backend="auto"):
     """Resize + center-crop loader (no shuffle) over one split, the dataset's mean/std applied."""
     data.manifest.count(split)  # UserError naming the splits when this one is missing
@@ -165,9 +173,47 @@ def eval_loader(data: Dataset, split: str, res: int, batch_size: int, workers: i
     )
 
 
-def source_res(res: int) -> int:
-    """Side of the center crop that train-time random crops are cut from (see CENTER_CROP_FRACTION)."""
-    return int(math.ceil(res / CENTER_CROP_FRACTION))
+def labelled_batches(data: Dataset, *, res: int, batch_size: int, workers: int, device, backend="auto",
+                     seed: int = 0, indices=None):
+    """Endless labelled train batches (fasthpt.data.build_labelled_loader: RandomResizedCrop + flip of
+    the whole image, the dataset's mean/std applied), reshuffled every epoch."""
+    from fasthpt.data import build_labelled_loader
+
+    loader = build_labelled_loader(
+        data.root, split="train", backend=backend, res=res, batch_size=batch_size, workers=workers, device=device,
+        seed=seed, rank=0, world_size=1, channels_last=torch.device(device).type == "cuda", indices=indices,
+    )
+    return endless(loader)
+
+
+def endless(loader):
+    """Successive epochs of a per-epoch loader (set_epoch 0, 1, 2, ...)."""
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise UserError("the train split yielded no batches")
+        epoch += 1
+
+
+def note(message: str, quiet: bool = False) -> str:
+    """One "note: ..." line on stderr (unless quiet); returns the message, for the result's notices."""
+    if not quiet:
+        print(f"note: {message}", file=sys.stderr, flush=True)
+    return message
+
+
+def clamp_batch(batch_size: int, available: int, what: str, notices: list, quiet: bool = False) -> int:
+    """``batch_size``, or ``available`` when it is smaller (a notice; not refused)."""
+    if 0 < available < batch_size:
+        notices.append(note(f"--batch-size {batch_size} is more than the {available} {what}; using {available}",
+                            quiet))
+        return available
+    return batch_size
 
 
 def default_cache_dir(data: Dataset) -> Path:
@@ -195,8 +241,8 @@ def cached_features(
     """
     from fasthpt.eval.features import extract_features
 
-    key = f"{backbone.fingerprint[:16]}-{data.fingerprint[:12]}-{split}-r{res}-{backend}-{device.type}.pt"
-    path = (Path(cache_dir) if cache_dir else default_cache_dir(data)) / key if use_cache else None
+    path = cache_path(backbone, data, split, res=res, device=device, backend=backend, cache_dir=cache_dir,
+                      use_cache=use_cache)
     if path is not None and path.is_file():
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -213,6 +259,21 @@ def cached_features(
         except OSError as exc:
             log.warning("feature cache not written (%s); the result is unaffected", exc)
     return feats, labels, False
+
+
+def cache_path(backbone: Backbone, data: Dataset, split: str, *, res: int, device: torch.device, backend: str = "auto",
+               cache_dir: Path | None = None, use_cache: bool = True, **_) -> Path | None:
+    """Where ``cached_features`` keeps one split's features (None without a cache)."""
+    if not use_cache:
+        return None
+    key = f"{backbone.fingerprint[:16]}-{data.fingerprint[:12]}-{split}-r{res}-{backend}-{device.type}.pt"
+    return (Path(cache_dir) if cache_dir else default_cache_dir(data)) / key
+
+
+def is_cached(backbone: Backbone, data: Dataset, split: str, feats: dict) -> bool:
+    """Whether ``cached_features(backbone, data, split, **feats)`` would read its features from disk."""
+    path = cache_path(backbone, data, split, **feats)
+    return path is not None and path.is_file()
 
 
 def atomic_save(obj, path: Path) -> None:
@@ -263,12 +324,15 @@ def step_lr(base_lr: float, it: int, iters: int, gamma: float) -> float:
     return base_lr * gamma**drops
 
 
-def make_result(protocol: str, mode: str, backbone: Backbone, data: Dataset, options: dict, **fields) -> dict:
+def make_result(protocol: str, mode: str, backbone: Backbone, data: Dataset, options: dict, settings: dict,
+                **fields) -> dict:
+    """One result record; ``settings``: eval.paper.settings_fields (protocol version, settings vs the paper)."""
     from fasthpt import __version__
 
     return {
         "protocol": protocol,
         "mode": mode,
+        **settings,
         "backbone": backbone.source,
         "backbone_fingerprint": backbone.fingerprint,
         "arch": backbone.arch,
@@ -297,11 +361,14 @@ def append_json(result: dict, path: str | os.PathLike) -> None:
 
 
 def summary(result: dict) -> str:
-    best = f" best_iter={result['best_iter']}" if result.get("best_iter") is not None else ""
+    """``MODE: top1=T (test; selected on val V at iteration I) ...``: the reported number first."""
+    where = f" at iteration {result['best_iter']}" if result.get("best_iter") is not None else ""
+    if result.get("k") is not None:
+        where = f" with k={result['k']} t={result['t']}"
     return (
-        f"{result['mode']}: top1={result['top1']:.4f}{best} backbone={result['backbone']} "
-        f"data={result['dataset']} ({result['wall_clock_s']:.1f} s, "
-        f"{result['samples_per_s']:.0f} samples/s, {result['device']})"
+        f"{result['mode']}: top1={result['top1']:.4f} (test; selected on val {result['val_top1']:.4f}{where}) "
+        f"seed={result['options'].get('seed')} backbone={result['backbone']} data={result['dataset']} "
+        f"({result['wall_clock_s']:.1f} s, {result['samples_per_s']:.0f} samples/s, {result['device']})"
     )
 
 

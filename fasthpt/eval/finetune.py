@@ -1,20 +1,17 @@
 """K-label fine-tuning (HPT's semi-supervised protocol): the whole network, K labelled images.
 
-Recipe (HPT.md; OpenSelfSup configs/benchmarks/semi_classification/resisc_1000/base.py and its
-r50_lr0_01_head100.py): SGD momentum 0.9, weight decay 0, lr 0.01 (or 0.001) for the backbone and
-x100 for the linear head, effective batch 256 (here by gradient accumulation when the batch is
-smaller), lr x0.2 at 1/3 and 2/3 of the schedule (that config's step [200, 400] of 600 epochs,
-gamma 0.2), BatchNorm in train mode, RandomResizedCrop + flip train aug, resize + center crop test.
-The best validation top-1 is reported, and the final one.
-
-The K labelled images are held in memory (K is small by definition: 1,000 in the paper) as the
-eval loader's center crops at a slightly larger side, and augmented on the device per step.
+Recipe: the authors' finetune/1000-labels configs (eval.paper): SGD momentum 0.9, weight decay 0,
+lr 0.01 (or 0.001) for the backbone and x100 for the linear head, batch 64 with an update every 4
+iterations (256 images per update), 2,500 iterations with lr x0.1 at 1/3 and 2/3 (their steps
+833 and 1667), BatchNorm in train mode; train views RandomResizedCrop + flip of the whole image
+(the labelled loader of fasthpt.data over the K images), val and test resize + center crop, both
+evaluated every 100 iterations. The reported ``top1`` is test at the best val point of the second
+half (eval.selection).
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import time
 from typing import Iterator
 
@@ -23,12 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from fasthpt.errors import UserError
-from fasthpt.eval import common
-from fasthpt.eval.augment import random_resized_crop_flip
-from fasthpt.eval.linear import ProbeCurve
+from fasthpt.eval import budget, common, paper
+from fasthpt.eval.selection import Curves
 
-PAPER_EFFECTIVE_BATCH = 256
-LR_GAMMA = 0.2  # OpenSelfSup semi_classification/resisc_1000/base.py lr_config gamma
+LR_GAMMA = 0.1  # the authors' finetune/1000-labels configs: lr_config gamma 0.1
 
 
 def stratified_ranks(per_class: list[int], k: int, seed: int) -> list[torch.Tensor]:
@@ -65,41 +60,6 @@ def subset_indices(labels: torch.Tensor, ranks: list[torch.Tensor]) -> torch.Ten
     return torch.cat(picked).sort().values if picked else torch.zeros(0, dtype=torch.long)
 
 
-def collect_subset(loader, ranks: list[torch.Tensor], progress: bool = False):
-    """One pass over the (unshuffled) train loader keeping the selected images, on the CPU in
-    float16 (normalised pixels need no more precision). Returns (images K x 3 x S x S, labels K)."""
-    wanted = [set(r.tolist()) for r in ranks]
-    seen = [0] * len(ranks)
-    keep_x, keep_y = [], []
-    batches = loader
-    if progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(loader, desc="labelled subset", unit="batch", leave=False)
-    for images, labels in batches:
-        mask = torch.zeros(len(labels), dtype=torch.bool)
-        for i, c in enumerate(labels.tolist()):
-            if 0 <= c < len(seen):
-                mask[i] = seen[c] in wanted[c]
-                seen[c] += 1
-        if mask.any():
-            keep_x.append(images[mask.to(images.device)].to("cpu", torch.float16))
-            keep_y.append(labels.cpu()[mask])
-    expected = [len(r) for r in ranks]
-    got = torch.bincount(torch.cat(keep_y), minlength=len(ranks)).tolist() if keep_y else [0] * len(ranks)
-    if got != expected:
-        raise UserError(f"train split per-class counts differ from manifest.json (got {seen}); re-run `fasthpt prep`")
-    return torch.cat(keep_x), torch.cat(keep_y)
-
-
-def index_batches(n: int, batch_size: int, generator=None) -> Iterator[torch.Tensor]:
-    """Endless random minibatches of indices into n samples, a fresh permutation per epoch."""
-    while True:
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, n, batch_size):
-            yield order[start : start + batch_size]
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device) -> float:
     was_training = model.training
@@ -125,91 +85,124 @@ def make_optimizer(backbone: nn.Module, head: nn.Module, lr: float, head_mult: f
 
 
 def finetune(
-    backbone: nn.Module, num_features: int, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
-    val_loader_fn, *, iters: int, batch_size: int, effective_batch: int, lr: float, head_mult: float,
-    res: int, eval_every: int, device, seed: int, progress: bool = False,
-) -> tuple[ProbeCurve, float, int]:
-    """Train backbone + a fresh linear head; returns (curve, train seconds, train samples)."""
-    torch.manual_seed(seed)
-    head = nn.Linear(num_features, num_classes)
-    nn.init.normal_(head.weight, std=0.01)  # OpenSelfSup ClsHead init
-    nn.init.zeros_(head.bias)
-    model = nn.Sequential(backbone, head).to(device).train()
-    opt = make_optimizer(backbone, head, lr, head_mult)
-    accum = max(1, math.ceil(effective_batch / batch_size))
-    gen = torch.Generator().manual_seed(seed)
-    idx_stream = index_batches(len(labels), batch_size, gen)
-    curve, train_s, seen = ProbeCurve(), 0.0, 0
+    model: nn.Module, opt: torch.optim.Optimizer, batches: Iterator, evals: dict, *, iters: int, accum_steps: int,
+    eval_every: int, device, progress: bool = False,
+) -> tuple[Curves, float, int]:
+    """Train ``model`` (backbone + head, BatchNorm in train mode) for ``iters`` iterations of one batch
+    each, an optimizer update every ``accum_steps`` iterations and after the last one (the authors'
+    update_interval; the loss is divided by it, as their optimizer hook does); the lr steps by
+    LR_GAMMA at 1/3 and 2/3 of the iterations; ``evals`` ({"val": loader, "test": loader}) every
+    ``eval_every`` iterations and after the last. Returns (curves, train seconds, train samples)."""
+    curves, train_s, seen = Curves(), 0.0, 0
+    model.train()
     steps = range(1, iters + 1)
     if progress:
         from tqdm.auto import tqdm
 
         steps = tqdm(steps, desc="fine-tune", unit="it", leave=False)
+    opt.zero_grad(set_to_none=True)
     for it in steps:
         t = time.perf_counter()
         for group in opt.param_groups:
             group["lr"] = common.step_lr(group["base_lr"], it - 1, iters, LR_GAMMA)
-        opt.zero_grad(set_to_none=True)
-        for _ in range(accum):
-            idx = next(idx_stream)
-            x = random_resized_crop_flip(images[idx].to(device).float(), res, generator=gen)
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            with common.autocast(device):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), labels[idx].to(device)) / accum
-            loss.backward()
-            seen += len(idx)
-        opt.step()
+        x, y = next(batches)
+        with common.autocast(device):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y.to(device)) / accum_steps
+        loss.backward()
+        seen += len(y)
+        if it % accum_steps == 0 or it == iters:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize()
         train_s += time.perf_counter() - t
         if it % eval_every == 0 or it == iters:
-            curve.add(it, evaluate(model, val_loader_fn(), device))
+            curves.add(it, evaluate(model, evals["val"], device), evaluate(model, evals["test"], device))
             if progress:
-                steps.set_postfix(loss=f"{loss.item() * accum:.3f}", top1=f"{curve.final_top1:.3f}")
-    return curve, train_s, seen
+                steps.set_postfix(loss=f"{loss.item() * accum_steps:.3f}", val=f"{curves.val[-1]:.3f}")
+    return curves, train_s, seen
 
 
-def run_finetune(
-    backbone, data, *, labels: int = 1000, arch: str | None = None, iters: int = 100, batch_size: int = 64,
-    effective_batch: int = PAPER_EFFECTIVE_BATCH, lr: float = 0.01, head_mult: float = 100.0,
-    eval_every: int | None = None, res: int = 64, workers: int = 2, backend: str = "auto", device="auto",
-    seed: int = 0, json_path=None, progress: bool = True, quiet: bool = False, trust: bool = False,
-) -> dict:
-    """Fine-tune ``backbone`` (path / spec / nn.Module; an in-memory module is copied, never
-    changed) on ``labels`` images of ``data``'s train split; returns the result dict."""
-    t0 = time.perf_counter()
-    common.check_outputs(json_path)
-    ds = common.resolve_data(data)
-    eval_every = eval_every or max(1, iters // 5)
-    if min(iters, batch_size, effective_batch, eval_every) < 1 or lr <= 0:
-        raise UserError("--iters, --batch-size, --effective-batch, --eval-every and --lr must be positive")
+def labelled_subset(ds, k: int, seed: int) -> torch.Tensor:
+    """Sample indices of the K labelled train images: stratified_ranks over the manifest's per-class
+    counts, placed with the split's labels (read without decoding: fasthpt.data.split_labels)."""
+    from fasthpt.data import split_labels
+
     per_class = ds.manifest.raw["splits"]["train"].get("per_class")
     if not per_class or len(per_class) != ds.manifest.num_classes:
         raise UserError(f"{ds.root}/manifest.json lacks splits.train.per_class; re-run `fasthpt prep`")
-    ranks = stratified_ranks([int(n) for n in per_class], labels, seed)
+    labels = split_labels(ds.manifest, "train")
+    counts = torch.bincount(labels, minlength=len(per_class)).tolist()
+    if counts != [int(n) for n in per_class]:
+        raise UserError(f"{ds.root}: train labels per class {counts} differ from manifest.json {per_class}; "
+                        "re-run `fasthpt prep`")
+    return subset_indices(labels, stratified_ranks([int(n) for n in per_class], k, seed))
+
+
+def run_finetune(
+    backbone, data, *, labels: int = 1000, arch: str | None = None, iters: int = 2500, batch_size: int = 64,
+    accum_steps: int = 4, lr: float = 0.01, head_mult: float = 100.0, eval_every: int = 100, res: int = 224,
+    workers: int = 2, backend: str = "auto", device="auto", seed: int = 0, subset_seed: int = 0, json_path=None,
+    progress: bool = True, quiet: bool = False, trust: bool = False, settings_name: str | None = None,
+    estimate_runs: int = 1,
+) -> dict:
+    """Fine-tune ``backbone`` (path / spec / nn.Module; an in-memory module is copied, never changed)
+    on ``labels`` train images of ``data`` (a stratified subset drawn with ``subset_seed``: the same
+    subset for every ``seed``, as the authors' one labelled list); returns the result dict."""
+    t0 = time.perf_counter()
+    if min(iters, batch_size, accum_steps, eval_every) < 1 or lr <= 0:
+        raise UserError("--iters, --batch-size, --accum-steps, --eval-every and --lr must be positive")
+    common.check_outputs(json_path)
+    ds = common.resolve_protocol_data(data)
+    subset = labelled_subset(ds, labels, subset_seed)
     bb = common.resolve_backbone(backbone, arch, seed, trust)
     dev = common.module_device(bb, device)
     work = bb
     if bb.source == common.IN_MEMORY:  # fine-tune a copy: the caller's model stays as it was
         work = common.Backbone(copy.deepcopy(bb.module), "<copy>", bb.fingerprint, bb.arch)
     module = common.place(work, dev)
-    src = common.source_res(res)
-    train_loader = common.eval_loader(ds, "train", src, batch_size, workers, dev, backend)
-    images, targets = collect_subset(train_loader, ranks, progress)
-    curve, train_s, seen = finetune(
-        module, bb.num_features, images, targets, ds.manifest.num_classes,
-        lambda: common.eval_loader(ds, "val", res, batch_size, workers, dev, backend),
-        iters=iters, batch_size=batch_size, effective_batch=effective_batch, lr=lr, head_mult=head_mult,
-        res=res, eval_every=eval_every, device=dev, seed=seed, progress=progress,
-    )
-    options = dict(labels=labels, iters=iters, batch_size=batch_size, effective_batch=effective_batch,
-                   accumulation=max(1, math.ceil(effective_batch / batch_size)), lr=lr, head_mult=head_mult,
-                   eval_every=eval_every, res=res, seed=seed, backend=backend, workers=workers)
+    notices = []
+    batch = common.clamp_batch(batch_size, labels, "labelled images", notices, quiet)
+    _announce(module, ds, dev, notices, quiet, labels=labels, iters=iters, batch=batch, eval_every=eval_every,
+              res=res, runs=estimate_runs)
+    evals = {s: common.eval_loader(ds, s, res, batch, workers, dev, backend) for s in ("val", "test")}
+    model = _with_head(module, bb.num_features, ds.manifest.num_classes, seed).to(dev)
+    opt = make_optimizer(module, model[1], lr, head_mult)
+    batches = common.labelled_batches(ds, res=res, batch_size=batch, workers=workers, device=dev, backend=backend,
+                                      seed=seed, indices=subset)
+    curves, train_s, seen = finetune(model, opt, batches, evals, iters=iters, accum_steps=accum_steps,
+                                     eval_every=eval_every, device=dev, progress=progress)
+    options = dict(labels=labels, iters=iters, batch_size=batch, batch_size_requested=batch_size,
+                   accum_steps=accum_steps, images_per_update=batch * accum_steps,
+                   updates=-(-iters // accum_steps), lr=lr, head_mult=head_mult, eval_every=eval_every, res=res,
+                   seed=seed, subset_seed=subset_seed, backend=backend, workers=workers)
     result = common.make_result(
-        "finetune", f"finetune-{labels}", bb, ds, options, top1=curve.best_top1, best_iter=curve.best_iter,
-        final_top1=curve.final_top1, curve=curve.points, wall_clock_s=time.perf_counter() - t0,
+        "finetune", f"finetune-{labels}", bb, ds, options, paper.settings_fields("finetune", options, settings_name),
+        **curves.report(), notices=notices, num_train=labels, num_val=ds.manifest.count("val"),
+        num_test=ds.manifest.count("test"), wall_clock_s=time.perf_counter() - t0,
         samples_per_s=seen / max(train_s, 1e-9), device=str(dev),
     )
     return common.finish(result, json_path, quiet)
+
+
+def _announce(module, ds, dev, notices, quiet, *, labels, iters, batch, eval_every, res, runs) -> None:
+    """The up-front CPU estimate (eval.budget): every training image costs TRAIN_PASSES passes, every
+    evaluation one pass per val and test image."""
+    evaluations = iters // eval_every + (iters % eval_every > 0)
+    passes = budget.TRAIN_PASSES * iters * batch + evaluations * sum(ds.manifest.count(s) for s in ("val", "test"))
+    message = budget.estimate(module, dev, res, f"fine-tuning on {labels} labels", passes,
+                              "fewer --iters or a larger --eval-every is faster", runs)
+    if message:
+        notices.append(common.note(message, quiet))
+
+
+def _with_head(backbone: nn.Module, num_features: int, num_classes: int, seed: int) -> nn.Sequential:
+    """backbone -> a fresh linear head, N(0, 0.01) weights and zero bias (OpenSelfSup's ClsHead init),
+    drawn under ``seed`` without touching the caller's RNG stream."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = nn.Linear(num_features, num_classes)
+        nn.init.normal_(head.weight, std=0.01)
+        nn.init.zeros_(head.bias)
+    return nn.Sequential(backbone, head)

@@ -1,11 +1,13 @@
 """Linear probe: a frozen backbone (eval mode, BatchNorm statistics frozen), one linear layer on its
-pooled features, the paper's recipe scaled by options.
+pooled features; the paper's recipe by default (eval.paper).
 
-Recipe (HPT.md; OpenSelfSup configs/benchmarks/linear_classification/resisc45/r50_last.py; MoCo's
-main_lincls): SGD lr 30 for a batch of 512, scaled linearly with the batch; momentum 0.9; weight
-decay 0; lr x0.1 at 1/3 and 2/3 of the iterations; features not normalised (lr 30 is sized for
-raw ResNet features). Train aug RandomResizedCrop + flip, test resize + center crop. The best
-validation point is reported, and the final one.
+Recipe (HPT.md; the authors' linear-eval configs; MoCo's main_lincls): SGD lr 30 for a batch of
+512, scaled linearly with the batch; momentum 0.9; weight decay 0; lr x0.1 at 1/3 and 2/3 of the
+iterations; head initialised N(0, 0.01), bias 0; features not normalised (lr 30 is sized for raw
+ResNet features). Train views: RandomResizedCrop + flip of the whole image (the labelled loader
+of fasthpt.data, every backend); val and test: resize + center crop. Val and test are evaluated at
+iteration 0 and every ``eval_every`` iterations (the authors' hooks, initial=True); the reported
+``top1`` is test at the best val point of the second half (eval.selection).
 
 Two modes, named in the result: ``linear`` (augmented: every step runs the frozen backbone on
 fresh random crops) and ``linear-precomputed`` (fast: trains on the cached center-crop features,
@@ -15,33 +17,18 @@ no augmentation).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fasthpt.eval import common
-from fasthpt.eval.augment import random_resized_crop_flip
+from fasthpt.eval import budget, common, paper
+from fasthpt.eval.selection import Curves
 
-PAPER_LR = 30.0  # for a batch of 512 (MoCo main_lincls, OpenSelfSup r50_last.py)
+PAPER_LR = 30.0  # for a batch of 512 (MoCo main_lincls, the authors' linear-eval-lr-s0.py)
 PAPER_BATCH = 512
 LR_GAMMA = 0.1  # step decay factor at 1/3 and 2/3 (HPT.md)
-
-
-@dataclass
-class ProbeCurve:
-    best_top1: float = float("nan")
-    best_iter: int | None = None
-    final_top1: float = float("nan")
-    points: list = field(default_factory=list)  # [(iteration, top1), ...]
-
-    def add(self, it: int, top1: float) -> None:
-        self.points.append((it, top1))
-        self.final_top1 = top1
-        if self.best_iter is None or top1 > self.best_top1:
-            self.best_top1, self.best_iter = top1, it
 
 
 def feature_batches(feats: torch.Tensor, labels: torch.Tensor, batch_size: int, generator=None) -> Iterator:
@@ -65,22 +52,27 @@ def evaluate_head(head: nn.Module, feats: torch.Tensor, labels: torch.Tensor, ch
 
 
 def train_linear(
-    batches: Iterator, val_feats: torch.Tensor, val_labels: torch.Tensor, num_features: int,
-    num_classes: int, *, iters: int, lr: float, eval_every: int, device="cpu", seed: int = 0,
-    progress: bool = False,
-) -> tuple[nn.Linear, ProbeCurve]:
+    batches: Iterator, evals: dict, num_features: int, num_classes: int, *, iters: int, lr: float,
+    eval_every: int, device="cpu", seed: int = 0, progress: bool = False,
+) -> tuple[nn.Linear, Curves]:
     """SGD (momentum 0.9, wd 0) on one linear layer; ``batches`` yields (features, labels).
 
-    ``lr`` is the effective learning rate (already scaled to the batch). Evaluates on the val
-    features every ``eval_every`` iterations and after the last one.
+    ``evals``: {"val": (features, labels), "test": (features, labels)}, evaluated at iteration 0,
+    every ``eval_every`` iterations and after the last one. ``lr`` is the effective learning rate
+    (already scaled to the batch).
     """
     torch.manual_seed(seed)
     head = nn.Linear(num_features, num_classes).to(device)
-    # MoCo main_lincls initialises the probe with N(0, 0.01) weights and zero bias.
+    # MoCo main_lincls and OpenSelfSup's ClsHead initialise the probe with N(0, 0.01), bias 0.
     nn.init.normal_(head.weight, std=0.01)
     nn.init.zeros_(head.bias)
     opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=0.0)
-    curve = ProbeCurve()
+    curves = Curves()
+
+    def evaluate(it):
+        curves.add(it, evaluate_head(head, *evals["val"]), evaluate_head(head, *evals["test"]))
+
+    evaluate(0)
     steps = range(1, iters + 1)
     if progress:
         from tqdm.auto import tqdm
@@ -95,114 +87,88 @@ def train_linear(
         loss.backward()
         opt.step()
         if it % eval_every == 0 or it == iters:
-            curve.add(it, evaluate_head(head, val_feats, val_labels))
+            evaluate(it)
             if progress:
-                steps.set_postfix(loss=f"{loss.item():.3f}", top1=f"{curve.final_top1:.3f}")
-    return head, curve
+                steps.set_postfix(loss=f"{loss.item():.3f}", val=f"{curves.val[-1]:.3f}")
+    return head, curves
 
 
-def shuffled(batches: Iterator, batch_size: int, pool_batches: int = 8, generator=None) -> Iterator:
-    """Shuffle buffer over a stream of (images, labels) batches (the eval loader does not shuffle):
-    keeps ~pool_batches batches of samples and draws each output batch at random from them."""
-    pool_x, pool_y = None, None
-    for x, y in batches:
-        pool_x = x if pool_x is None else torch.cat([pool_x, x])
-        pool_y = y if pool_y is None else torch.cat([pool_y, y])
-        while pool_x.shape[0] >= pool_batches * batch_size:
-            perm = torch.randperm(pool_x.shape[0], generator=generator)
-            take, keep = perm[:batch_size].to(pool_x.device), perm[batch_size:].to(pool_x.device)
-            yield pool_x[take], pool_y[take.to(pool_y.device)]
-            pool_x, pool_y = pool_x[keep], pool_y[keep.to(pool_y.device)]
-
-
-def endless(make_loader: Callable) -> Iterator:
-    while True:
-        empty = True
-        for batch in make_loader():
-            empty = False
-            yield batch
-        if empty:
-            raise common.UserError("the train split yielded no batches")
-
-
-def frozen_feature_batches(module: nn.Module, images: Iterator, device, crop_res: int | None = None,
-                           generator=None) -> Iterator:
-    """Frozen-backbone features of a stream of (images, labels); with ``crop_res`` each image is first
-    given a RandomResizedCrop + flip on the device (the fallback when only FFCV files exist)."""
+def frozen_feature_batches(module: nn.Module, images: Iterator, device) -> Iterator:
+    """Frozen-backbone features of a stream of (images, labels) batches."""
     module.eval()
     for x, y in images:
         with torch.no_grad(), common.autocast(device):
-            x = x.to(device, non_blocking=True)
-            if crop_res:
-                x = random_resized_crop_flip(x, crop_res, generator=generator)
-            feats = module(x).float().flatten(1)
+            feats = module(x.to(device, non_blocking=True)).float().flatten(1)
         yield feats, y  # outside the no_grad block: a suspended generator would keep grad mode off
 
 
-def augmented_batches(ds: common.Dataset, module: nn.Module, *, res, batch_size, workers, device, backend,
-                      seed, generator) -> Iterator:
-    """Features of fresh RandomResizedCrop + flip train views. With WebDataset shards: torchvision
-    transforms on whole images, shuffled per epoch (labelled.py). FFCV-only data: the eval loader's
-    center crops at a slightly larger side (common.source_res), shuffled through a buffer, cropped
-    on the device; those crops see the central 87.5% of each image only."""
-    if "wds" in ds.manifest.formats:
-        from fasthpt.eval.labelled import labelled_train_batches
-
-        images = labelled_train_batches(ds.manifest, res, batch_size, workers, device, seed)
-        return frozen_feature_batches(module, images, device)
-    src = common.source_res(res)
-    loader = lambda: common.eval_loader(ds, "train", src, batch_size, workers, device, backend)  # noqa: E731
-    images = shuffled(endless(loader), batch_size, generator=generator)
-    return frozen_feature_batches(module, images, device, res, generator)
-
-
 def run_linear(
-    backbone, data, *, arch: str | None = None, iters: int = 300, batch_size: int = 256,
-    lr: float = PAPER_LR, eval_every: int | None = None, res: int = 64, precomputed: bool = False,
+    backbone, data, *, arch: str | None = None, iters: int = 5000, batch_size: int = PAPER_BATCH,
+    lr: float = PAPER_LR, eval_every: int = 100, res: int = 224, precomputed: bool = False,
     workers: int = 2, backend: str = "auto", device="auto", seed: int = 0, cache_dir=None,
     use_cache: bool = True, json_path=None, progress: bool = True, quiet: bool = False, trust: bool = False,
+    settings_name: str | None = None, estimate_runs: int = 1,
 ) -> dict:
     """Linear probe of ``backbone`` (path / spec / nn.Module) on ``data``; returns the result dict.
 
-    ``lr`` is given for a batch of 512 and scaled linearly to ``batch_size``.
+    ``lr`` is given for a batch of 512 and scaled linearly to the batch used (a batch larger than
+    the train split is lowered to it, with a notice). ``estimate_runs``: runs of this budget the
+    caller will make (seeds), for the up-front CPU time estimate (0: none).
     """
     t0 = time.perf_counter()
-    eval_every = eval_every or max(1, iters // 10)
-    if iters < 1 or batch_size < 1 or eval_every < 1 or lr <= 0:
+    if min(iters, batch_size, eval_every) < 1 or lr <= 0:
         raise common.UserError("--iters, --batch-size, --eval-every and --lr must be positive")
     common.check_outputs(json_path, cache_dir, use_cache)
     ds, bb, dev, feats = common.frozen_setup(
         backbone, data, arch=arch, seed=seed, device=device, res=res, batch_size=batch_size, workers=workers,
         backend=backend, cache_dir=cache_dir, use_cache=use_cache, progress=progress, trust=trust)
-    val_x, val_y, _ = common.cached_features(bb, ds, "val", **feats)
+    notices = []
+    n_train = ds.manifest.count("train")
+    batch = common.clamp_batch(batch_size, n_train, "train images", notices, quiet)
+    _announce(bb, ds, dev, feats, notices, quiet, iters=iters, batch=batch, res=res, precomputed=precomputed,
+              runs=estimate_runs)
+    evals = {s: common.cached_features(bb, ds, s, **feats)[:2] for s in ("val", "test")}
     gen = torch.Generator().manual_seed(seed)
     was_training = bb.module.training
     try:
         if precomputed:
             train_x, train_y, _ = common.cached_features(bb, ds, "train", **feats)
-            batches = feature_batches(train_x, train_y, batch_size, gen)
+            batches = feature_batches(train_x, train_y, batch, gen)
         else:
-            batches = augmented_batches(ds, common.place(bb, dev), res=res, batch_size=batch_size, workers=workers,
-                                        device=dev, backend=backend, seed=seed, generator=gen)
-        eff_lr = lr * batch_size / PAPER_BATCH
+            images = common.labelled_batches(ds, res=res, batch_size=batch, workers=workers, device=dev,
+                                             backend=backend, seed=seed)
+            batches = frozen_feature_batches(common.place(bb, dev), images, dev)
+        eff_lr = lr * batch / PAPER_BATCH
         t_train = time.perf_counter()
-        _, curve = train_linear(
-            batches, val_x, val_y, bb.num_features, ds.manifest.num_classes, iters=iters, lr=eff_lr,
-            eval_every=eval_every, device=dev, seed=seed, progress=progress,
-        )
+        _, curves = train_linear(batches, evals, bb.num_features, ds.manifest.num_classes, iters=iters, lr=eff_lr,
+                                 eval_every=eval_every, device=dev, seed=seed, progress=progress)
         train_s = time.perf_counter() - t_train
     finally:
         bb.module.train(was_training)
-    views = "center-crop features" if precomputed else (
-        "torchvision RandomResizedCrop+flip on WDS shards" if "wds" in ds.manifest.formats
-        else "device RandomResizedCrop+flip of 87.5% center crops")
-    options = dict(iters=iters, batch_size=batch_size, lr=lr, lr_effective=eff_lr, eval_every=eval_every,
-                   res=res, precomputed=precomputed, train_views=views, seed=seed, backend=backend,
-                   workers=workers)
+    options = dict(iters=iters, batch_size=batch, batch_size_requested=batch_size, lr=lr, lr_effective=eff_lr,
+                   eval_every=eval_every, res=res, precomputed=precomputed,
+                   train_views="center-crop features" if precomputed else "RandomResizedCrop+flip of the whole image",
+                   seed=seed, backend=backend, workers=workers)
     result = common.make_result(
         "linear", "linear-precomputed" if precomputed else "linear", bb, ds, options,
-        top1=curve.best_top1, best_iter=curve.best_iter, final_top1=curve.final_top1, curve=curve.points,
-        wall_clock_s=time.perf_counter() - t0, samples_per_s=iters * batch_size / max(train_s, 1e-9),
-        device=str(dev),
+        paper.settings_fields("linear", options, settings_name), **curves.report(), notices=notices,
+        num_train=n_train, num_val=len(evals["val"][1]), num_test=len(evals["test"][1]),
+        wall_clock_s=time.perf_counter() - t0, samples_per_s=iters * batch / max(train_s, 1e-9), device=str(dev),
     )
     return common.finish(result, json_path, quiet)
+
+
+def _announce(bb, ds, dev, feats, notices, quiet, *, iters, batch, res, precomputed, runs) -> None:
+    """The up-front CPU estimate (eval.budget): the uncached feature extractions, plus one backbone
+    pass per training image in the augmented mode."""
+    uncached = {s: ds.manifest.count(s) for s in ("train", "val", "test") if not common.is_cached(bb, ds, s, feats)}
+    extraction = sum(uncached.values())
+    if precomputed:
+        passes, hint = extraction, "a lower --res is faster"
+    else:
+        passes = iters * batch + extraction - uncached.get("train", 0)
+        hint = "--precomputed trains on cached center-crop features instead (about {fast}), or use fewer --iters"
+    message = budget.estimate(common.place(bb, dev), dev, res, "linear probe", passes, hint, runs,
+                              fast_passes=extraction)
+    if message:
+        notices.append(common.note(message, quiet))

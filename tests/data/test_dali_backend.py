@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torchvision.transforms.functional as F
 from PIL import Image
 
 pytest.importorskip("nvidia.dali")
@@ -278,3 +279,84 @@ def test_policy_variants_run(tiny_data, policy):
         manifest = load_manifest(tiny_data)
         pixels = q * torch.tensor(manifest.std).view(1, 3, 1, 1) + torch.tensor(manifest.mean).view(1, 3, 1, 1)
         assert (pixels[:, 0] - pixels[:, 1]).abs().max() < 1e-2 and (pixels[:, 1] - pixels[:, 2]).abs().max() < 1e-2
+
+
+# ---- the labelled loader (linear probe / fine-tuning train view) and joined splits ----
+
+def _labelled(tiny_data, **kw):
+    opts = dict(split="train", res=16, batch_size=6, workers=1, device=torch.device("cpu"), seed=2, rank=0,
+                world_size=1, channels_last=False, debug=True)
+    opts.update(kw)
+    return db.build_labelled_loader(load_manifest(tiny_data), **opts)
+
+
+def test_labelled_views_match_torchvision_crop_and_flip(tiny_data):
+    """Each view against torchvision's resized_crop + hflip of the whole image with the box DALI drew
+    (both antialiased bilinear; the decoders may differ by a level: within 1.5 levels on average);
+    labels are the samples' (split_labels), and the epoch order is the torch backend's."""
+    import fasthpt.data as data_api
+
+    manifest = load_manifest(tiny_data)
+    loader = _labelled(tiny_data)
+    assert len(loader) == 6 and loader.num_samples == 36
+    labels = data_api.split_labels(tiny_data, "train")
+    images = tb._WdsImages(manifest, "train", 16, None, 0)
+    mean, std = torch.tensor(manifest.mean).view(3, 1, 1), torch.tensor(manifest.std).view(3, 1, 1)
+    batches = list(loader)
+    reference_order = torch.cat([b[3] for b in tb.build_labelled_loader(
+        manifest, split="train", res=16, batch_size=6, workers=0, device=torch.device("cpu"), seed=2, rank=0,
+        world_size=1, channels_last=False, debug=True)])
+    assert torch.equal(torch.cat([b[2] for b in batches]), reference_order)
+    errs = []
+    for x, y, idx, draws in batches:
+        assert torch.equal(y, labels[idx])
+        names = dict(zip(db.DRAW_NAMES, draws))
+        assert not (names["jitter"].any() or names["gray"].any() or names["blur"].any())
+        for j, i in enumerate(idx.tolist()):
+            (top, left), (h, w) = names["anchor"][j].tolist(), names["size"][j].tolist()
+            ref = F.pil_to_tensor(tb.op_crop(images._image(i), (top, left, h, w), 16)).float()
+            ref = ref.flip(-1) if names["flip"][j] else ref
+            errs.append((x[j] * std + mean - ref).abs().mean().item())
+    assert np.mean(errs) < 1.5 and max(errs) < 4, (np.mean(errs), max(errs))
+
+
+def test_labelled_crop_areas_follow_the_policy(tiny_data):
+    from checks import check_crop_areas, check_fraction
+
+    loader = _labelled(tiny_data, batch_size=12)
+    areas, flips = [], []
+    for epoch in range(12):
+        loader.set_epoch(epoch)
+        for _, _, idx, draws in loader:
+            names = dict(zip(db.DRAW_NAMES, draws))
+            areas += (names["size"].prod(1).float() / 48**2).tolist()
+            flips += names["flip"].tolist()
+    check_crop_areas(areas, db.common.labelled_policy(), 48, 48)
+    check_fraction(flips, 0.5, "flip")
+
+
+def test_labelled_subset(tiny_data):
+    subset = [3, 7, 8, 20, 21, 30, 35, 1]
+    loader = _labelled(tiny_data, batch_size=4, indices=subset)
+    seen = [torch.cat([b[2] for b in loader]) for _ in range(2)]
+    assert all(sorted(s.tolist()) == sorted(subset) for s in seen)
+
+
+def test_labelled_gpu_graph_defines_without_a_gpu(tiny_data):
+    """Mixed decode + GPU crop/flip/normalise, defined on the CPU (see test_gpu_graphs_define_without_a_gpu)."""
+    manifest = load_manifest(tiny_data)
+    kw = dict(batch_size=4, num_threads=1, device_id=0, seed=1, prefetch_queue_depth=2, exec_dynamic=True)
+    for debug in (False, True):
+        assert db._labelled_pipeline(manifest, lambda info: None, 32, True, True, debug, **kw) is not None
+
+
+def test_train_plus_val_is_both_splits_as_one_epoch(tiny_data):
+    manifest = load_manifest(tiny_data)
+    loader = db.build_ssl_loader(manifest, split="train+val", res=16, batch_size=8, policy=db.AugPolicy(), workers=1,
+                                 device=torch.device("cpu"), seed=3, rank=0, world_size=1, drop_last=False,
+                                 channels_last=False, debug=True)
+    assert loader.num_samples == 48 and len(loader) == 6
+    keys = [key for batch in loader for key in batch[3]]  # "shard path:sample key": unique over both splits
+    assert len(keys) == len(set(keys)) == 48
+    assert sum("/train-" in k for k in keys) == 36 and sum("/val-" in k for k in keys) == 12
+    assert db._spread([["t0", "t1", "t2", "t3"], ["v0"]]) == ["t0", "t1", "v0", "t2", "t3"]

@@ -65,7 +65,8 @@ def test_unknown_backend():
 
 @pytest.mark.parametrize("kw, match", [
     (dict(res=0), "res"), (dict(batch_size=0), "batch_size"), (dict(workers=-1), "workers"),
-    (dict(split="test"), "no split"), (dict(batch_size=100), "fewer than batch_size"),
+    (dict(split="unlabeled"), "no split"), (dict(batch_size=100), "fewer than batch_size"),
+    (dict(split="train+train"), "each once"), (dict(split="train+nope"), "no split"),
     (dict(rank=2, world_size=2), "rank 2"), (dict(policy="no-such-preset"), "preset"),
 ])
 def test_bad_arguments_are_user_errors(tiny_data, kw, match):
@@ -96,3 +97,61 @@ def test_sharding_helpers():
     assert [len(r) for r in ranks] == [3, 3, 3] and len(set(torch.cat(ranks).tolist())) == 9
     assert not torch.equal(ranks[0], common.ssl_rank_indices(10, 0, 3, seed=0, epoch=3))
     assert common.num_batches(10, 4, True) == 2 and common.num_batches(10, 4, False) == 3
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(batch_size=37), "fewer than batch_size"), (dict(res=0), "res"), (dict(split="nope"), "no split"),
+    (dict(indices=[0, 0]), "each sample once"), (dict(indices=[36]), "out of range"),
+    (dict(indices=[]), "at least one"),
+])
+def test_labelled_bad_arguments_are_user_errors(tiny_data, kw, match):
+    with pytest.raises(UserError, match=match):
+        data_api.build_labelled_loader(tiny_data, backend="torch", **{"batch_size": 8, **kw})
+
+
+def test_labelled_dispatch_and_contract(tiny_data):
+    manifest = load_manifest(tiny_data)
+    loader = data_api.build_labelled_loader(tiny_data, backend="torch", res=16, batch_size=8, workers=0, device="cpu")
+    assert loader.backend == "torch" and len(loader) == 4
+    batches = list(loader)
+    assert [len(y) for _, y in batches] == [8] * 4  # full batches only
+    x, y = batches[0]
+    assert x.shape == (8, 3, 16, 16) and y.dtype == torch.int64
+    labels = data_api.split_labels(tiny_data, "val")
+    assert labels.dtype == torch.int64 and torch.bincount(labels).tolist() == manifest.raw["splits"]["val"]["per_class"]
+    assert torch.equal(data_api.split_labels(tiny_data, "train+val"),
+                       torch.cat([data_api.split_labels(tiny_data, "train"), labels]))
+
+
+class _Fake:
+    backend = "fake"
+
+    def __init__(self, name, n):
+        self.name, self.n, self.epochs = name, n, []
+
+    num_samples = property(lambda self: 2 * self.n)
+
+    def __len__(self):
+        return self.n
+
+    def set_epoch(self, epoch):
+        self.epochs.append(epoch)
+
+    def __iter__(self):
+        for i in range(self.n):
+            yield (self.name, i)
+
+
+def test_interleaved_loader_takes_every_part_batch_once_in_a_seeded_order():
+    a, b = _Fake("a", 5), _Fake("b", 2)
+    loader = common.InterleavedLoader([a, b], seed=1)
+    assert len(loader) == 7 and loader.num_samples == 14 and loader.backend == "fake"
+    first = list(loader)
+    assert sorted(first) == [("a", i) for i in range(5)] + [("b", 0), ("b", 1)]
+    assert [x for x in first if x[0] == "a"] == [("a", i) for i in range(5)]  # each part in its own order
+    second = list(loader)  # successive passes are successive epochs, as FFCV's loader does
+    assert a.epochs == b.epochs == [0, 1]
+    assert [x[0] for x in first] == ["ab"[p] for p in loader.order(0)] != [x[0] for x in second]
+    loader.set_epoch(0)
+    assert list(loader) == first
+    assert common.part_seed(3, 0) == 3 and len({common.part_seed(3, p) for p in range(4)}) == 4

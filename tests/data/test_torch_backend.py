@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms as T
+import torchvision.transforms.functional as F
 from PIL import Image
 
 from checks import (
-    check_epoch, check_eval_labels, check_partition, check_repeatable, check_ssl_batch, eval_loader, ssl_loader,
+    check_epoch, check_eval_labels, check_images, check_partition, check_repeatable, check_ssl_batch, eval_loader,
+    ssl_loader,
 )
 from fasthpt.data import torch_backend as tb
 from fasthpt.data.manifest import load_manifest
@@ -104,3 +106,86 @@ def test_eval_loader(tiny_data):
     split = [torch.cat([b[1] for b in eval_loader(tiny_data, "torch", workers=0, rank=r, world_size=5)])
              for r in range(5)]
     check_eval_labels(torch.cat(split), manifest, "val")
+
+
+# ---- the labelled loader (linear probe / fine-tuning train view) and joined splits ----
+
+def _labelled(tiny_data, **kw):
+    opts = dict(split="train", res=16, batch_size=6, workers=0, device=torch.device("cpu"), seed=2, rank=0,
+                world_size=1, channels_last=False, debug=True)
+    opts.update(kw)
+    return tb.build_labelled_loader(load_manifest(tiny_data), **opts)
+
+
+def test_labelled_views_are_torchvision_crop_and_flip_of_the_whole_image(tiny_data):
+    """Each view equals torchvision's resized_crop (antialiased bilinear) + hflip of the whole decoded
+    image with the drawn box; labels are the sample's; no colour, gray or blur is drawn."""
+    manifest = load_manifest(tiny_data)
+    loader = _labelled(tiny_data)
+    assert len(loader) == 6 and loader.num_samples == 36
+    images = tb._WdsImages(manifest, "train", 16, None, 0)
+    mean, std = torch.tensor(manifest.mean).view(3, 1, 1), torch.tensor(manifest.std).view(3, 1, 1)
+    labels = tb.common.wds_labels(manifest, "train")
+    x, y, params, idx = next(iter(loader))
+    check_images(x, manifest, n=6, res=16)
+    assert torch.equal(y, labels[idx])
+    for view, p, i in zip(x, params, idx.tolist()):
+        assert not (p["jitter"] or p["gray"] or p["blur"])
+        top, left, h, w = p["crop"]
+        ref = T.RandomResizedCrop(16, antialias=True)  # what MoCo's main_lincls applies to a PIL image
+        ref = F.resized_crop(images._image(i), top, left, h, w, ref.size, ref.interpolation, antialias=True)
+        ref = F.pil_to_tensor(F.hflip(ref) if p["flip"] else ref)
+        assert torch.equal(torch.round(view * std + mean).to(torch.uint8), ref)
+
+
+def test_labelled_draws_follow_torchvisions_random_resized_crop(tiny_data):
+    """Crop areas against RandomResizedCrop.get_params at scale (0.08, 1) (KS test), flips at p 0.5,
+    over several epochs; every epoch a permutation of the split."""
+    from checks import check_crop_areas, check_fraction
+
+    loader = _labelled(tiny_data, batch_size=12)
+    policy = tb.common.labelled_policy()
+    assert tuple(policy.crop_scale) == (0.08, 1.0)
+    areas, flips = [], []
+    for epoch in range(12):
+        loader.set_epoch(epoch)
+        batches = list(loader)
+        assert sorted(torch.cat([b[3] for b in batches]).tolist()) == list(range(36))
+        for _, _, params, _ in batches:
+            areas += [p["crop"][2] * p["crop"][3] / 48**2 for p in params]
+            flips += [p["flip"] for p in params]
+    check_crop_areas(areas, policy, 48, 48)
+    check_fraction(flips, 0.5, "flip")
+
+
+def test_labelled_subset_and_labels_match_the_eval_loader(tiny_data):
+    """Labels by sample index (split_labels) are the eval loader's, in its order; a subset loader
+    draws only its samples, each once per epoch."""
+    import fasthpt.data as data_api
+
+    manifest = load_manifest(tiny_data)
+    labels = data_api.split_labels(tiny_data, "train")
+    eval_labels = torch.cat([b[1] for b in eval_loader(tiny_data, "torch", split="train", workers=0)])
+    assert torch.equal(labels, eval_labels)
+    check_eval_labels(labels, manifest, "train")
+    subset = torch.tensor([3, 7, 8, 20, 21, 30, 35, 1])
+    loader = _labelled(tiny_data, batch_size=4, indices=subset)
+    batches = list(loader)
+    assert len(batches) == 2 and sorted(torch.cat([b[3] for b in batches]).tolist()) == sorted(subset.tolist())
+    assert all(torch.equal(b[1], labels[b[3]]) for b in batches)
+
+
+def test_train_plus_val_is_both_splits_as_one_epoch(tiny_data):
+    """split="train+val": one permutation over both splits' samples (train first in the numbering)."""
+    manifest = load_manifest(tiny_data)
+    loader = tb.build_ssl_loader(manifest, split="train+val", res=16, batch_size=8, policy=AugPolicy(), workers=0,
+                                 device=torch.device("cpu"), seed=0, rank=0, world_size=1, drop_last=False,
+                                 channels_last=False, debug=True)
+    assert loader.num_samples == 48 and len(loader) == 6
+    seen = torch.cat([b[3] for b in loader])
+    assert sorted(seen.tolist()) == list(range(48))
+    positions = [p for p, i in enumerate(seen.tolist()) if i >= 36]  # the val samples spread through the epoch
+    assert min(positions) < 24 < max(positions)
+    joined = tb._WdsImages(manifest, "train+val", 16, None, 0)
+    val = tb._WdsImages(manifest, "val", 16, None, 0)
+    assert [s.key for s in joined.samples[36:]] == [s.key for s in val.samples]

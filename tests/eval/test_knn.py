@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from fasthpt.eval.knn import knn_accuracy, knn_predict
@@ -42,3 +43,27 @@ def test_knn_accuracy_on_clustered_features_and_empty_query():
     # Unstructured features (pure noise) give no better than a coin flip per query.
     assert knn_accuracy(torch.randn(100, 32, generator=gen), y_train, x_val, y_val, 4) < 0.6
     assert math.isnan(knn_accuracy(x_train, y_train, x_val[:0], y_val[:0], 4))
+
+
+def test_grid_equals_one_knn_per_point():
+    from fasthpt.eval.knn import knn_grid_accuracy
+
+    gen = torch.Generator().manual_seed(2)
+    centers = torch.randn(3, 16, generator=gen) * 2
+    y_train, y_query = torch.arange(3).repeat(20), torch.arange(3).repeat(15)
+    x_train = centers[y_train] + torch.randn(60, 16, generator=gen) * 2
+    x_query = centers[y_query] + torch.randn(45, 16, generator=gen) * 2
+    ks, ts = [1, 5, 20, 100], [0.02, 0.07, 0.5]  # k 100 > 60 train features: lowered to 60
+    grid = knn_grid_accuracy(x_train, y_train, x_query, y_query, 3, ks, ts, chunk=16)
+    assert grid.shape == (4, 3)
+    for i, k in enumerate(ks):
+        for j, t in enumerate(ts):
+            assert grid[i, j].item() == pytest.approx(knn_accuracy(x_train, y_train, x_query, y_query, 3, k=k, t=t))
+    assert len({round(v, 6) for v in grid.flatten().tolist()}) > 1  # the grid points differ
+
+
+def test_selection_on_the_grid_takes_the_first_best():
+    from fasthpt.eval.knn import select_on_grid
+
+    val = torch.tensor([[0.5, 0.7, 0.7], [0.7, 0.6, 0.2]])
+    assert select_on_grid(val) == (0, 1)  # k-major order: (0, 1) comes before (0, 2) and (1, 0)

@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 
 from fasthpt.eval.knn import run_knn
-from fasthpt.eval.labelled import labelled_train_batches
 from fasthpt.eval.linear import run_linear
 from fasthpt.models.backbones import build_backbone
 
@@ -44,13 +43,14 @@ def disc_data(tmp_path_factory):
 
 
 def train_supervised(data, steps: int) -> torch.nn.Module:
-    from fasthpt.data.manifest import load_manifest
+    from fasthpt.eval import common
 
     torch.manual_seed(0)
     net = build_backbone("resnet_tiny")
     head = torch.nn.Linear(net.num_features, len(COLOURS))
     opt = torch.optim.SGD([*net.parameters(), *head.parameters()], lr=0.05, momentum=0.9)
-    batches = labelled_train_batches(load_manifest(data), 32, 16, 0, "cpu", seed=0)
+    batches = common.labelled_batches(common.resolve_data(data), res=32, batch_size=16, workers=0, device="cpu",
+                                      backend="torch")
     for _ in range(steps):
         x, y = next(batches)
         loss = torch.nn.functional.cross_entropy(head(net(x)), y)

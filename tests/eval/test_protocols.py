@@ -1,18 +1,22 @@
-"""End to end on the prepared tiny dataset (tests/conftest.py): results, cache, JSON lines."""
+"""End to end on the prepared tiny dataset (tests/conftest.py: 36 train / 12 val / 12 test): results
+select on val and report test, cache, JSON lines, seeds, notices, the test split required up front."""
 
 import json
+import shutil
 
 import pytest
 import torch
 
+from fasthpt import stats
+from fasthpt.errors import UserError
+from fasthpt.eval import budget, paper
 from fasthpt.eval.finetune import run_finetune
 from fasthpt.eval.knn import run_knn
 from fasthpt.eval.linear import run_linear
+from fasthpt.eval.seeds import run_seeds
 from fasthpt.models.backbones import build_backbone
 
 FAST = dict(res=32, batch_size=16, workers=0, backend="torch", progress=False, quiet=True)
-
-
 
 
 @pytest.fixture
@@ -21,82 +25,178 @@ def tiny_backbone():
     return build_backbone("resnet_tiny")
 
 
-def test_knn_result_cache_and_json(tiny_data, tiny_backbone, tmp_path):
+def test_knn_selects_k_and_t_on_val_and_reports_test(tiny_data, tiny_backbone, tmp_path):
     out = tmp_path / "r.jsonl"
     cache = tmp_path / "cache"
-    first = run_knn(tiny_backbone, tiny_data, k=5, cache_dir=cache, json_path=out, **FAST)
-    second = run_knn(tiny_backbone, tiny_data, k=5, cache_dir=cache, json_path=out, **FAST)
+    first = run_knn(tiny_backbone, tiny_data, k=[1, 5], t=[0.07, 0.5], cache_dir=cache, json_path=out, **FAST)
+    second = run_knn(tiny_backbone, tiny_data, k=[1, 5], t=[0.07, 0.5], cache_dir=cache, json_path=out, **FAST)
     assert not first["features_cached"] and second["features_cached"]
-    assert first["top1"] == second["top1"] and 0.0 <= first["top1"] <= 1.0
-    assert (first["num_train"], first["num_val"]) == (36, 12)
-    assert len(list(cache.iterdir())) == 2  # train + val features, keyed by fingerprints
+    assert (first["num_train"], first["num_val"], first["num_test"]) == (36, 12, 12)
+    assert len(list(cache.iterdir())) == 3  # train, val and test features, keyed by fingerprints
+    grid = first["grid"]
+    i, j = grid["k"].index(first["k"]), grid["t"].index(first["t"])
+    assert first["val_top1"] == grid["val_top1"][i][j] == max(max(row) for row in grid["val_top1"])
+    assert first["top1"] == grid["test_top1"][i][j] and first["top1"] == second["top1"]
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["protocol"] for r in lines] == ["knn", "knn"]
+    assert lines[0]["protocol_version"] == paper.PROTOCOL_VERSION and lines[0]["at_paper_settings"] is None
     for key in ("backbone_fingerprint", "dataset_fingerprint", "options", "wall_clock_s", "samples_per_s", "device"):
         assert key in lines[0]
     with torch.no_grad():  # other weights -> other fingerprint -> a fresh extraction
         next(tiny_backbone.parameters()).mul_(0.5)
-    third = run_knn(tiny_backbone, tiny_data, k=5, cache_dir=cache, **FAST)
+    third = run_knn(tiny_backbone, tiny_data, k=5, t=0.07, cache_dir=cache, **FAST)
     assert not third["features_cached"] and third["backbone_fingerprint"] != first["backbone_fingerprint"]
+    assert third["grid"]["k"] == [5] and third["k"] == 5
 
 
 @pytest.mark.parametrize("precomputed", [True, False])
-def test_linear_modes(tiny_data, tiny_backbone, tmp_path, precomputed):
-    r = run_linear(tiny_backbone, tiny_data, iters=12, eval_every=4, precomputed=precomputed,
-                   cache_dir=tmp_path, **FAST)
+def test_linear_evaluates_val_and_test_from_iteration_0(tiny_data, tiny_backbone, tmp_path, precomputed):
+    r = run_linear(tiny_backbone, tiny_data, iters=12, eval_every=4, precomputed=precomputed, cache_dir=tmp_path,
+                   **FAST)
     assert r["mode"] == ("linear-precomputed" if precomputed else "linear")
-    assert [p[0] for p in r["curve"]] == [4, 8, 12]
-    assert r["top1"] == max(p[1] for p in r["curve"]) and r["final_top1"] == r["curve"][-1][1]
+    curves = r["curves"]
+    assert curves["iter"] == [0, 4, 8, 12] and len(curves["val_top1"]) == len(curves["test_top1"]) == 4
+    # 4 evaluations: the candidate is the last (ct > round(2) = 2); its test is reported
+    assert r["best_iter"] == 12 and r["top1"] == curves["test_top1"][3] and r["val_top1"] == curves["val_top1"][3]
+    assert r["final_test_top1"] == curves["test_top1"][-1]
     assert r["options"]["lr_effective"] == pytest.approx(30.0 * 16 / 512)
+    assert r["settings"] == "custom" and r["settings_vs_paper"]["iters"] == [5000, 12]
     assert tiny_backbone.training  # the caller's module mode is restored
 
 
-def test_finetune_leaves_caller_module_untouched(tiny_data, tiny_backbone):
+def test_linear_train_views_come_from_the_labelled_loader_of_the_chosen_backend(tiny_data, tiny_backbone, tmp_path,
+                                                                               monkeypatch):
+    """Every backend trains on RandomResizedCrop + flip of the whole image: the data API's labelled
+    loader, asked for the run's backend (here torch; ffcv and dali are tested in tests/data)."""
+    import fasthpt.data as data_api
+
+    calls = []
+    real = data_api.build_labelled_loader
+
+    def spy(*args, **kw):
+        calls.append(kw)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(data_api, "build_labelled_loader", spy)
+    r = run_linear(tiny_backbone, tiny_data, iters=3, eval_every=3, cache_dir=tmp_path, **FAST)
+    assert [(c["split"], c["backend"], c["res"], c["batch_size"]) for c in calls] == [("train", "torch", 32, 16)]
+    assert r["options"]["train_views"] == "RandomResizedCrop+flip of the whole image"
+
+
+def test_batch_larger_than_the_train_split_is_clamped_with_a_notice(tiny_data, tiny_backbone, tmp_path, capsys):
+    r = run_linear(tiny_backbone, tiny_data, iters=2, eval_every=1, precomputed=True, cache_dir=tmp_path,
+                   **dict(FAST, batch_size=512, quiet=False))
+    err = capsys.readouterr().err
+    assert "note: --batch-size 512 is more than the 36 train images; using 36" in err
+    assert r["notices"] == ["--batch-size 512 is more than the 36 train images; using 36"]
+    assert r["options"]["batch_size"] == 36 and r["options"]["batch_size_requested"] == 512
+    assert r["options"]["lr_effective"] == pytest.approx(30.0 * 36 / 512)
+
+
+def test_finetune_reports_test_at_the_selected_val_and_leaves_caller_module_untouched(tiny_data, tiny_backbone):
     before = {k: v.clone() for k, v in tiny_backbone.state_dict().items()}
-    r = run_finetune(tiny_backbone, tiny_data, labels=10, iters=2, effective_batch=32, eval_every=1, **FAST)
-    assert r["mode"] == "finetune-10" and r["options"]["accumulation"] == 2
-    assert r["best_iter"] in (1, 2) and 0.0 <= r["top1"] <= 1.0
+    r = run_finetune(tiny_backbone, tiny_data, labels=10, iters=4, accum_steps=2, eval_every=1, **FAST)
+    assert r["mode"] == "finetune-10" and r["options"]["updates"] == 2 and r["options"]["images_per_update"] == 20
+    assert r["options"]["batch_size"] == 10 and r["notices"]  # the batch of 16 lowered to the 10 labelled images
+    assert r["curves"]["iter"] == [1, 2, 3, 4]
+    assert r["best_iter"] == 4 and r["top1"] == r["curves"]["test_top1"][3]  # 4 points: only the last is a candidate
+    assert r["settings_vs_paper"]["accum_steps"] == [4, 2] and "lr" not in r["settings_vs_paper"]
     after = tiny_backbone.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_linear_without_shards_crops_on_device(tiny_data, tiny_backbone, tmp_path, monkeypatch):
-    """FFCV-only data: train views are the eval loader's crops, shuffled and cropped on the device."""
-    from fasthpt.eval import common, labelled
-
-    real = common.resolve_data
-
-    def ffcv_only(data):
-        ds = real(data)
-        ds.manifest.raw["formats"] = ["ffcv"]
-        return ds
-
-    def forbidden(*a, **k):
-        raise AssertionError("the WDS labelled loader must not be used without shards")
-
-    monkeypatch.setattr(common, "resolve_data", ffcv_only)
-    monkeypatch.setattr(labelled, "labelled_train_batches", forbidden)
-    r = run_linear(tiny_backbone, tiny_data, iters=6, eval_every=3, cache_dir=tmp_path, **FAST)
-    assert r["mode"] == "linear" and [p[0] for p in r["curve"]] == [3, 6]
-
-
-def test_labelled_subset_from_loader_is_stratified_and_repeatable(tiny_data):
+def test_labelled_subset_is_stratified_repeatable_and_seeded(tiny_data):
+    from fasthpt.data import split_labels
     from fasthpt.eval import common
-    from fasthpt.eval.finetune import collect_subset, stratified_ranks
+    from fasthpt.eval.finetune import labelled_subset
 
     ds = common.resolve_data(tiny_data)
-    per_class = ds.manifest.raw["splits"]["train"]["per_class"]
+    labels = split_labels(tiny_data, "train")
+    a, b, c = labelled_subset(ds, 10, 3), labelled_subset(ds, 10, 3), labelled_subset(ds, 10, 4)
+    assert sorted(torch.bincount(labels[a], minlength=4).tolist()) == [2, 2, 3, 3]
+    assert torch.equal(a, b) and not torch.equal(a, c) and len(set(a.tolist())) == 10
 
-    def pick(seed):
-        ranks = stratified_ranks(per_class, 10, seed)
-        return collect_subset(common.eval_loader(ds, "train", 32, 8, 0, torch.device("cpu"), "torch"), ranks)
 
-    x1, y1 = pick(3)
-    x2, y2 = pick(3)
-    x3, _ = pick(4)
-    assert sorted(torch.bincount(y1, minlength=4).tolist()) == [2, 2, 3, 3]
-    assert torch.equal(x1, x2) and torch.equal(y1, y2)
-    assert not torch.equal(x1, x3)
+def test_seeds_give_distinct_runs_and_a_summary_line(tiny_data, tiny_backbone, tmp_path):
+    out = tmp_path / "r.jsonl"
+    results, summary = run_seeds(run_linear, tiny_backbone, tiny_data, seed=5, seeds=3, json_path=out, iters=6,
+                                 eval_every=2, precomputed=True, cache_dir=tmp_path / "cache", **FAST)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == 4 and [r.get("summary") for r in lines] == [None, None, None, True]
+    assert [r["options"]["seed"] for r in lines[:3]] == [5, 6, 7] == summary["seeds"]
+    curves = [json.dumps(r["curves"]) for r in results]
+    assert len(set(curves)) == 3  # each seed its own head init and batch order
+    values = [r["top1"] for r in results]
+    expected = stats.summarize(values)
+    assert lines[3]["values"] == values and lines[3]["n"] == 3
+    assert lines[3]["mean"] == pytest.approx(expected["mean"]) and lines[3]["std"] == pytest.approx(expected["std"])
+    assert lines[3]["ci95"] == pytest.approx(expected["ci95"])
+    assert lines[3]["protocol_version"] == paper.PROTOCOL_VERSION and lines[3]["mode"] == "linear-precomputed"
+
+
+def test_a_long_cpu_run_is_announced_up_front(tiny_data, tiny_backbone, tmp_path, monkeypatch, capsys):
+    """The estimate is passes x the timed pass; a fake timer of 100 s per image makes any run long."""
+    monkeypatch.setattr(budget, "seconds_per_image", lambda module, res, device: 100.0)
+    r = run_linear(tiny_backbone, tiny_data, iters=2, eval_every=2, cache_dir=tmp_path, **dict(FAST, quiet=False))
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: ")]
+    # the fast mode's figure: 36 + 12 + 12 extractions at 100 s each
+    assert len(notes) == 1 and "--precomputed trains on cached center-crop features instead (about 1.7 h)" in notes[0]
+    assert "56 image passes" in notes[0]  # 2 iterations x 16 train views + 12 val + 12 test extractions
+    assert r["notices"] == [notes[0][len("note: "):]]
+    again = run_linear(tiny_backbone, tiny_data, iters=2, eval_every=2, precomputed=True, cache_dir=tmp_path, **FAST)
+    assert "36 image passes" in again["notices"][0] and "--res" in again["notices"][0]  # val/test cached: train only
+    ft = run_finetune(tiny_backbone, tiny_data, labels=8, iters=2, eval_every=2, **dict(FAST, batch_size=8))
+    assert "72 image passes" in ft["notices"][0] and "fewer --iters" in ft["notices"][0]  # 3 x 2 x 8 + 12 + 12
+
+
+def test_long_run_note_arithmetic():
+    assert [budget.human(s) for s in (30, 600, 7200)] == ["30 s", "10 min", "2.0 h"]
+    assert budget.long_run_note("x", 600, 1.0, "hint") is None  # 10 min exactly is not long
+    note = budget.long_run_note("linear probe", 7200, 1.0, "use --precomputed", runs=3)
+    assert "about 6.0 h" in note and "(3 seeds)" in note and "7,200 image passes" in note
+    assert note.endswith("use --precomputed")
+
+
+def _without_test(tiny_data, tmp_path):
+    """A copy of tiny_data as an older fasthpt prepared it: no test split in the manifest."""
+    copy = tmp_path / "old"
+    shutil.copytree(tiny_data, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    for section in (manifest["splits"], manifest["files"]["ffcv"], manifest["files"]["wds"]):
+        section.pop("test")
+    manifest["schema"] = 2
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+@pytest.mark.parametrize("protocol", [run_knn, run_linear, run_finetune])
+def test_no_test_split_is_refused_before_any_work(tiny_data, tmp_path, protocol):
+    data = _without_test(tiny_data, tmp_path)
+    missing = tmp_path / "not-a-checkpoint.pt"  # the data is checked first: this is never opened
+    kw = dict(FAST, cache_dir=tmp_path / "cache") if protocol is not run_finetune else dict(FAST, labels=8)
+    with pytest.raises(UserError, match="no test split") as info:
+        protocol(str(missing), data, json_path=tmp_path / "r.jsonl", **kw)
+    assert len(str(info.value).splitlines()) == 1
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "r.jsonl").exists()
+
+
+def test_cli_defaults_are_the_papers():
+    import argparse
+
+    from fasthpt.eval.cli import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    base = ["--backbone", "b.pt", "--data", "d"]
+    lin = vars(parser.parse_args(["linear", *base]))
+    ft = vars(parser.parse_args(["finetune", *base]))
+    assert paper.settings_vs_paper("linear", lin) == {}
+    assert paper.settings_vs_paper("finetune", ft) == {}
+    assert paper.settings_vs_paper("finetune", {**ft, "lr": 0.001}) == {}  # the paper's other lr
+    assert paper.settings_vs_paper("finetune", {**ft, "lr": 0.1}) == {"lr": [[0.01, 0.001], 0.1]}
+    assert paper.settings_fields("linear", lin)["settings"] == "paper"
+    assert paper.settings_fields("linear", {**lin, "iters": 300}, "demo-tiny")["settings"] == "demo-tiny"
+    assert paper.settings_vs_paper("knn", {}) is None
 
 
 @pytest.mark.gpu
@@ -108,5 +208,13 @@ def test_protocols_on_cuda_bf16(tiny_data, tmp_path):
     for precomputed in (True, False):
         r = run_linear(net, tiny_data, iters=6, eval_every=3, precomputed=precomputed, cache_dir=tmp_path, **opts)
         assert 0.0 <= r["top1"] <= 1.0
-    r = run_finetune(net, tiny_data, labels=12, iters=2, effective_batch=32, **opts)
+    r = run_finetune(net, tiny_data, labels=12, iters=2, accum_steps=2, **opts)
     assert 0.0 <= r["top1"] <= 1.0
+
+
+def test_the_timed_pass_leaves_the_module_as_it_was(tiny_backbone):
+    before = {k: v.clone() for k, v in tiny_backbone.state_dict().items()}
+    assert tiny_backbone.training and budget.seconds_per_image(tiny_backbone, 16, torch.device("cpu")) > 0
+    assert tiny_backbone.training  # mode restored; BatchNorm statistics untouched (eval mode, no_grad)
+    assert all(torch.equal(before[k], v) for k, v in tiny_backbone.state_dict().items())
+    assert budget.estimate(tiny_backbone, torch.device("cuda"), 16, "x", 10**9, "h") is None  # GPUs: no estimate

@@ -111,12 +111,14 @@ def test_k_above_the_train_split_is_lowered_with_a_notice_and_recorded(capsys, t
     assert code == 0 and printed.startswith("knn: top1=")
     assert f"--k 1000 is more than the {n_train} train images; using k={n_train}" in err
     (record,) = [json.loads(line) for line in out.read_text().splitlines()]
-    assert record["options"]["k"] == n_train and record["options"]["k_requested"] == 1000
+    assert record["options"]["k"] == [n_train] and record["options"]["k_requested"] == [1000]
+    assert record["k"] == n_train and record["notices"] == [f"--k 1000 is more than the {n_train} train images; "
+                                                            f"using k={n_train}"]
     # the same numbers as asking for that k directly (features now come from the cache)
     code, _, err = run_eval(capsys, *knn_args(tiny_data, tmp_path, "random", "--k", str(n_train), "--json", str(out)))
     again = json.loads(out.read_text().splitlines()[-1])
     assert code == 0 and "note:" not in err and again["features_cached"]
-    assert again["top1"] == record["top1"] and again["options"]["k_requested"] == n_train
+    assert again["top1"] == record["top1"] and again["options"]["k_requested"] == [n_train]
 
 
 def test_a_cache_that_cannot_be_written_does_not_cost_the_result(tiny_data, tmp_path, monkeypatch, caplog):
