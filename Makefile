@@ -23,9 +23,10 @@ $(VENV)/bin/python:
 	$(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip setuptools wheel
 
-# Re-installs only when pyproject.toml changes: a second `make setup` costs seconds.
+# Re-installs only when pyproject.toml changes: a second `make setup` costs seconds. The full stack:
+# the ffcv extra (built against APT_PKGS) and the test tools; without root, `pip install .` is the core.
 $(STAMP): pyproject.toml .apt-ok | $(VENV)/bin/python
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/pip install -q -e '.[dev,ffcv]'
 	@touch $@
 
 demo: setup

@@ -12,7 +12,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--dataset", required=True, help="sat | natural (embedded, generated) or any NAME with --src")
     a("--src", default=None, help="folder with one sub-folder per class, or a .zip / .tar of one")
     a("--out", default="data", help="output root; the dataset goes to OUT/DATASET (default: data)")
-    a("--formats", default="ffcv,wds", help="comma-separated subset of ffcv,wds (default: both)")
+    a("--formats", default=None,
+      help="comma-separated subset of ffcv,wds (default: both, or wds alone where FFCV is not installed)")
     a("--val-frac", type=float, default=None,
       help=f"stratified validation fraction (default {DEFAULT_VAL_FRAC})")
     a("--test-frac", type=float, default=None,

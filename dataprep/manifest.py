@@ -29,7 +29,8 @@ PREP_KEYS = ("schema", "name", "classes", "splits", "files", "settings", "finger
 # resolved values (so `--num-images 2400` equals the default it spells out).
 OUTPUT_SETTINGS = ("val_frac", "test_frac", "split_source", "seed", "formats", "max_res", "jpeg_quality",
                    "shard_size")
-_PACKAGES = ("numpy", "pillow", "opencv-python", "ffcv", "webdataset", "nvidia-dali-cuda120", "fasthpt")
+_PACKAGES = ("numpy", "pillow", "opencv-python-headless", "opencv-python", "ffcv", "webdataset",
+             "nvidia-dali-cuda120", "fasthpt")
 
 
 class PixelStats:

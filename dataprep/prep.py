@@ -11,6 +11,7 @@ shards -> manifest -> one rename of the whole temporary folder into place.
 from __future__ import annotations
 
 import errno
+import functools
 import multiprocessing as mp
 import os
 import re
@@ -31,7 +32,7 @@ from dataprep.samples import write_samples
 from dataprep.sources import display_name, open_source
 from dataprep.split import ListedSplit, StreamingSplit, shuffled_order
 from dataprep.split_lists import SplitLists, assign_listed, read_split_lists
-from dataprep.writers import ShardWriter, write_ffcv
+from dataprep.writers import FFCV_INSTALL, ShardWriter, ffcv_installed, import_ffcv, write_ffcv
 from fasthpt.errors import UserError
 
 FORMATS = ("ffcv", "wds")
@@ -49,7 +50,7 @@ _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, er
 
 
 def prepare(dataset: str, out="data", src=None, *, num_images=None, image_size=None,
-            val_frac=None, test_frac=None, splits=None, seed=0, formats=FORMATS, max_res=256,
+            val_frac=None, test_frac=None, splits=None, seed=0, formats=None, max_res=256,
             jpeg_quality=90, shard_size=DEFAULT_SHARD_SIZE, workers=None, force=False,
             progress=True) -> Path:
     """Convert a dataset once into the formats the loaders read; return the dataset folder.
@@ -60,7 +61,8 @@ def prepare(dataset: str, out="data", src=None, *, num_images=None, image_size=N
     val_frac, test_frac: stratified validation and test fractions (None: 0.2 each; test_frac 0: no
     test split). splits: a folder of the user's own lists instead (dataprep.split_lists).
     seed: fixes the split, the sample order and the generated images. formats: "ffcv", "wds" or
-    both. max_res: longer side cap (0: none).
+    both (None: both, or "wds" alone where FFCV is not installed, said once on stderr).
+    max_res: longer side cap (0: none).
     jpeg_quality: for images that are (re-)encoded; upright RGB JPEGs within max_res are stored
     unchanged. shard_size: samples per WebDataset shard. workers: processes (None: all cores).
     force: rebuild an existing output that `fasthpt prep` wrote (nothing else is ever deleted).
@@ -108,12 +110,27 @@ def _prepare_locked(out: Path, dataset: str, settings: dict, lists: SplitLists |
 
 
 def _check_formats(formats) -> tuple[str, ...]:
+    if formats is None:
+        if ffcv_installed():
+            return FORMATS
+        _note_wds_only()
+        return ("wds",)
     if isinstance(formats, str):
         formats = [f.strip() for f in formats.split(",") if f.strip()]
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise UserError(f"--formats {','.join(formats)}: choose one or more of {','.join(FORMATS)}")
+    if "ffcv" in formats and not ffcv_installed():
+        raise UserError(f"--formats {','.join(formats)}: FFCV is not installed: {FFCV_INSTALL}; "
+                        "or --formats wds")
     return tuple(f for f in FORMATS if f in formats)
+
+
+@functools.cache  # once per process: the demo prepares two datasets
+def _note_wds_only() -> None:
+    print("note: FFCV is not installed, so prep writes WebDataset shards only (the dali and torch "
+          f"loaders read them); for FFCV files too: {FFCV_INSTALL}, then prep again with --force",
+          file=sys.stderr)
 
 
 def _check_settings(dataset, src, num_images, image_size, seed, formats, max_res, jpeg_quality,
@@ -350,6 +367,12 @@ def _build(tmp: Path, source, settings: dict, lists: SplitLists | None, progress
         raise UserError(f"{where}: no image files found")
     for w in source.warnings:
         print(f"warning: {w}", file=sys.stderr)
+    if "ffcv" in settings["formats"]:
+        # FFCV (and numba, ~4 s) is imported before the conversion pass: a broken install fails in
+        # seconds, not after the whole data set is converted; the writer needs it anyway, and the
+        # pool's forkserver workers do not inherit it. Not in a thread during the pass: that was
+        # tried and starved the pool's feeder thread of the GIL (sat on 2 cores: 375 -> 132 images/s).
+        import_ffcv()
     router, order, left_out = _plan(source, settings, lists)
     excluded = _excluded(source, left_out)
     start = time.perf_counter()
@@ -396,9 +419,6 @@ def _write_formats(tmp: Path, settings: dict, records, shards, keys, progress: b
     splits = [s for s in SPLITS if records[s]]
     files: dict = {}
     if "ffcv" in settings["formats"]:
-        # FFCV (and numba, ~4 s) is imported only now, after the pool is gone. Importing it in a
-        # thread during the conversion was tried: it starved the pool's feeder thread of the GIL
-        # (sat on 2 cores: 375 -> 132 images/s).
         (tmp / "ffcv").mkdir()
         for s in splits:
             write_ffcv(tmp / "ffcv" / f"{s}.beton", records[s], settings["max_res"],

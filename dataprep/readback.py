@@ -15,6 +15,9 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def ffcv_samples(path):
+    from dataprep.writers import import_ffcv
+
+    import_ffcv("ffcv.loader")  # a missing FFCV: one line naming the install
     from ffcv.fields.basics import IntDecoder
     from ffcv.fields.decoders import SimpleRGBImageDecoder
     from ffcv.loader import Loader, OrderOption

@@ -35,7 +35,7 @@ def name_of(requirement: str) -> str:
     return re.sub(r"[-_.]+", "-", match.group(1)).lower()
 
 
-def project_requirements(extras: tuple[str, ...] = ("dev",)) -> list[str]:
+def project_requirements(extras: tuple[str, ...] = ("dev", "ffcv")) -> list[str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     reqs = list(project["dependencies"])
     for extra in extras:

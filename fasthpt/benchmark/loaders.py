@@ -105,7 +105,7 @@ _BLOBS: list[bytes] = []  # set before the decode pool forks: workers inherit it
 
 
 def _decoder():
-    """The fastest JPEG decoder at hand: OpenCV (libjpeg-turbo, installed with FFCV), else PIL."""
+    """The fastest JPEG decoder at hand: OpenCV (libjpeg-turbo; prep's own codec), else PIL."""
     try:
         import cv2
         import numpy as np
