@@ -38,6 +38,9 @@ class DataConfig:
     workers: int = 2  # loader threads / processes
     channels_last: bool = False
     ssl_splits: str = "train"  # train | train+val (the authors pretrained on train+val); val and test stay for evaluation
+    # Pretrain on a seeded, class-stratified fraction of the train split (the paper's data-amount
+    # study); the same subset for every run and seed. The ffcv and torch backends.
+    train_fraction: float = 1.0
     aug: AugPolicy = field(default_factory=AugPolicy)
 
 
@@ -122,12 +125,14 @@ class RunConfig:
         return Path(self.run_dir) / self.name
 
 
-def _explain(exc: OmegaConfBaseException) -> UserError:
+def explain(exc: OmegaConfBaseException, schema: type = None) -> UserError:
+    """One line for an OmegaConf error against a structured ``schema`` (RunConfig by default):
+    an unknown key names the valid keys beside it; a bad value names its key."""
     key = getattr(exc, "full_key", None) or ""
     msg = str(exc).splitlines()[0]
     if "not in struct" in msg or ("Key '" in msg and "not" in msg):
         parent = key.rsplit(".", 1)[0] if "." in key else ""
-        node = OmegaConf.structured(RunConfig)
+        node = OmegaConf.structured(schema or RunConfig)
         node = OmegaConf.select(node, parent) if parent else node
         valid = ", ".join(node.keys()) if hasattr(node, "keys") else "(none)"
         return UserError(f"unknown config key {key!r}; valid keys here: {valid}")
@@ -156,6 +161,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     for key, value, ok, valid in _ranges(cfg) + _duration_ranges(cfg):
         if not ok(value):
             raise UserError(f"config key {key!r} is {value!r}; valid: {valid}")
+    if cfg.data.train_fraction < 1 and cfg.data.ssl_splits != "train":
+        raise UserError("config key 'data.train_fraction' takes a fraction of the train split; it cannot be "
+                        f"combined with data.ssl_splits={cfg.data.ssl_splits}")
     if cfg.train.stop_on_plateau and _batches("train.knn_interval", cfg.train.knn_interval) == 0:
         raise UserError("config key 'train.stop_on_plateau' needs train.knn_interval > 0: the kNN monitor on "
                         "val is what it watches, e.g. train.knn_interval=100ba")
@@ -203,6 +211,7 @@ def _ranges(cfg: RunConfig) -> list[tuple]:
         ("data.res", d.res, _finite(1), ">= 1"),
         ("data.batch_size", d.batch_size, _finite(1), ">= 1"),
         ("data.workers", d.workers, _finite(0), ">= 0"),
+        ("data.train_fraction", d.train_fraction, _finite(0, 1, lo_open=True), "(0, 1]"),
         ("model.dim", m.dim, _finite(1), ">= 1"),
         ("model.mlp_hidden", m.mlp_hidden, _finite(0), ">= 0 (0: the backbone's feature width)"),
         ("model.queue_size", m.queue_size, _finite(1), ">= 1"),
@@ -285,7 +294,7 @@ def load_config(path: str | Path | None = None, overrides: Optional[list[str]] =
                 raise UserError(f"override {item!r}: YAML syntax error: {_yaml_problem(exc)}") from None
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
-        raise _explain(exc) from None
+        raise explain(exc) from None
     return validate(cfg)
 
 

@@ -84,15 +84,20 @@ def build_scheduler(cfg: RunConfig):
 def build_loader(cfg: RunConfig, device: str):
     from composer.utils import dist
 
-    from fasthpt.data import build_ssl_loader
+    from fasthpt.data import build_ssl_loader, split_labels
+    from fasthpt.data.common import stratified_subset
 
     d = cfg.data
+    subset = None
+    if d.train_fraction < 1:  # seed 0, not the run's: every run and seed sees the same images
+        subset = stratified_subset(split_labels(d.path, "train"), d.train_fraction, seed=0)
+        log.info("pretraining on %d train images (data.train_fraction=%g, stratified)", len(subset), d.train_fraction)
     return build_ssl_loader(
         d.path, split=d.ssl_splits, backend=d.backend, res=d.res, batch_size=d.batch_size, policy=d.aug,
         workers=d.workers, device=_torch_device(device), seed=cfg.train.seed, rank=dist.get_global_rank(),
         world_size=dist.get_world_size(), drop_last=True,
         # a channels_last model wants channels_last batches (else its first conv converts each one)
-        channels_last=d.channels_last or "channels_last" in cfg.train.algorithms,
+        channels_last=d.channels_last or "channels_last" in cfg.train.algorithms, indices=subset,
     )
 
 

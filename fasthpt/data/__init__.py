@@ -118,14 +118,21 @@ def _check_common(res: int, batch_size: int, workers: int) -> None:
 
 
 def build_ssl_loader(data, *, split="train", backend="auto", res=224, batch_size=256, policy=None, workers=2,
-                     device=None, seed=0, rank=None, world_size=None, drop_last=True, channels_last=False):
-    """Two-view SSL loader over ``data`` (a `fasthpt prep` folder or a Manifest); see the module doc."""
+                     device=None, seed=0, rank=None, world_size=None, drop_last=True, channels_last=False,
+                     indices=None):
+    """Two-view SSL loader over ``data`` (a `fasthpt prep` folder or a Manifest); see the module doc.
+    ``indices``: sample indices of ``split`` to draw each epoch from (a subset of the data: the ffcv
+    and torch backends; DALI's WebDataset reader streams whole shards)."""
     _check_common(res, batch_size, workers)
     manifest, module, device, rank, world_size = _setup(data, backend, device, rank, world_size)
+    subset = {} if indices is None else {"indices": indices}
+    if subset and not hasattr(module, "SSL_SUBSETS"):
+        raise UserError(f"a subset of the {split} split (data.train_fraction) needs the ffcv or torch loader "
+                        f"backend, not {module.__name__.rsplit('.', 1)[1].replace('_backend', '')}")
     return module.build_ssl_loader(
         manifest, split=split, res=res, batch_size=batch_size, policy=_policy(policy), workers=workers,
         device=device, seed=seed, rank=rank, world_size=world_size, drop_last=drop_last,
-        channels_last=channels_last,
+        channels_last=channels_last, **subset,
     )
 
 

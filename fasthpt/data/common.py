@@ -78,6 +78,18 @@ def labelled_rank_indices(indices: torch.Tensor, rank: int, world_size: int, see
     return indices[ssl_rank_indices(len(indices), rank, world_size, seed, epoch)]
 
 
+def stratified_subset(labels: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
+    """Sorted sample indices of a seeded, class-stratified ``fraction`` of a split whose labels (in
+    sample order) are ``labels``: round(n_c * fraction) of each class c, at least one."""
+    picked = []
+    for c in labels.unique().tolist():
+        members = (labels == c).nonzero().flatten()
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + int(c))
+        keep = max(1, round(len(members) * fraction))
+        picked.append(members[torch.randperm(len(members), generator=gen)[:keep]])
+    return torch.cat(picked).sort().values if picked else torch.zeros(0, dtype=torch.int64)
+
+
 def subset_indices(manifest, split: str, indices) -> torch.Tensor:
     """``indices`` (sample indices of ``split``) checked and as int64, or every index when None."""
     count = split_count(manifest, split)

@@ -344,15 +344,20 @@ def _per_part(build_one, manifest: Manifest, split: str, seed: int):
                                     seed)
 
 
+SSL_SUBSETS = True  # build_ssl_loader takes ``indices`` (a subset of the split)
+
+
 def build_ssl_loader(manifest: Manifest, *, split: str, res: int, batch_size: int, policy: AugPolicy,
                      workers: int, device: torch.device, seed: int, rank: int, world_size: int,
-                     drop_last: bool, channels_last: bool, debug: bool = False):
+                     drop_last: bool, channels_last: bool, indices=None, debug: bool = False):
     """See fasthpt.data. debug=True: batches are (view_q, view_k, draws, indices) where draws[i] is
     the pair of parameter dicts of sample indices[i] (crop, jitter, order, factors, gray, blur, sigma, flip)."""
+    if indices is not None and len(common.split_parts(split)) > 1:
+        raise UserError(f"a subset of samples needs a single split, not {split!r}")
     return _per_part(lambda part, part_seed: FFCVAugLoader(
         manifest, split=part, res=res, batch_size=batch_size, policy=policy, workers=workers, device=device,
         seed=part_seed, rank=rank, world_size=world_size, drop_last=drop_last, channels_last=channels_last,
-        debug=debug), manifest, split, seed)
+        debug=debug, indices=indices), manifest, split, seed)
 
 
 def build_labelled_loader(manifest: Manifest, *, split: str, res: int, batch_size: int, workers: int,

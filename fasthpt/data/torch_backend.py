@@ -267,13 +267,17 @@ def _loader(dataset, indices_for_epoch, *, batch_size, workers, device, drop_las
                        channels_last=channels_last, mean=manifest.mean, std=manifest.std, views=dataset.views)
 
 
+SSL_SUBSETS = True  # build_ssl_loader takes ``indices`` (a subset of the split)
+
+
 def build_ssl_loader(manifest: Manifest, *, split, res, batch_size, policy, workers, device, seed, rank,
-                     world_size, drop_last, channels_last, debug: bool = False) -> TorchLoader:
-    """Two-view MoCo-v2 loader. ``debug``: batches also carry each view's drawn parameters and the
-    sample indices: (view_q, view_k, [params_q, params_k], indices)."""
+                     world_size, drop_last, channels_last, indices=None, debug: bool = False) -> TorchLoader:
+    """Two-view MoCo-v2 loader (over the samples ``indices`` of the split when given). ``debug``:
+    batches also carry each view's drawn parameters and the sample indices:
+    (view_q, view_k, [params_q, params_k], indices)."""
     dataset = _WdsImages(manifest, split, res, policy.validate(), seed, debug)
-    count = len(dataset)
-    return _loader(dataset, lambda epoch: common.ssl_rank_indices(count, rank, world_size, seed, epoch),
+    subset = common.subset_indices(manifest, split, indices)
+    return _loader(dataset, lambda epoch: common.labelled_rank_indices(subset, rank, world_size, seed, epoch),
                    batch_size=batch_size, workers=workers, device=device, drop_last=drop_last,
                    channels_last=channels_last, manifest=manifest, what=f"{split} split")
 

@@ -66,3 +66,29 @@ def test_explicit_bn_groups_must_divide_the_batch_and_sync_or_none_mean_one_grou
         load_config(None, ["data.batch_size=64", "model.bn_groups=3"])
     assert bn_groups(load_config(None, ["model.shuffle_bn=none"]), 1) == 1
     assert bn_groups(load_config(None, ["model.shuffle_bn=sync"]), 1) == 1
+
+
+def test_stratified_subset_keeps_each_class_share_and_is_seeded():
+    from fasthpt.data.common import stratified_subset
+
+    labels = torch.tensor([0] * 20 + [1] * 10 + [2] * 3)
+    sub = stratified_subset(labels, 0.3)
+    assert torch.bincount(labels[sub]).tolist() == [6, 3, 1]  # round(n_c * 0.3), at least one
+    assert torch.equal(sub, stratified_subset(labels, 0.3)) and not torch.equal(sub, stratified_subset(labels, 0.3, 1))
+    assert torch.equal(sub, sub.sort().values)
+
+
+@pytest.mark.parametrize("backend", ["torch", "ffcv"])
+def test_train_fraction_pretrains_on_the_same_stratified_subset(tiny_run, backend):
+    from fasthpt.trainer_setup import build_loader
+
+    cfg = tiny_run("frac", f"data.backend={backend}", "data.train_fraction=0.5", "data.batch_size=4")
+    loader = build_loader(cfg, "cpu")
+    assert loader.num_samples == 16  # round(9 * 0.5) = 4 of each of the 4 classes' 9 train images
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        assert sum(batch[0].shape[0] for batch in loader) == 16
+    with pytest.raises(UserError, match="needs the ffcv or torch loader backend"):
+        build_loader(tiny_run("frac-dali", "data.backend=dali", "data.train_fraction=0.5"), "cpu")
+    with pytest.raises(UserError, match="data.train_fraction"):
+        tiny_run("frac-tv", "data.train_fraction=0.5", "data.ssl_splits=train+val")
