@@ -1,0 +1,277 @@
+"""The experiment, in the order it runs: data -> base -> direct transfer -> scratch budgets (extended
+until converged) -> HPT and HPT-BN budgets -> robustness studies -> analysis -> report.
+
+Every pretraining run is cached (fasthpt.experiment.runs): a second `fasthpt demo` with the same
+preset trains nothing and reports again; a preset with more seeds or budgets trains only those.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from fasthpt.errors import UserError
+from fasthpt.experiment import analysis
+from fasthpt.experiment.evaluate import evaluate
+from fasthpt.experiment.preset import DemoConfig, to_yaml
+from fasthpt.experiment.runs import Job, run_all
+
+
+class Phases:
+    """Wall-clock seconds per phase of the experiment (a phase may be entered several times)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+
+class Experiment:
+    def __init__(self, cfg: DemoConfig, out: Path, data_root: Path, force: bool = False, progress: bool = True,
+                 parallel: int = 1, say=print):
+        self.cfg, self.out, self.data_root, self.force = cfg, Path(out), Path(data_root), force
+        self.runs = self.out / "runs"
+        self.parallel, self.say, self.progress = parallel, say, progress
+        self.phases = Phases()
+        self.points: list[dict] = []
+        self.evals: dict = {}
+        self.target = self.base = None
+        self.base_result: dict | None = None  # how the base was trained, when it was trained here
+
+    # ------------------------------------------------------------------ data and base
+
+    def prepare(self) -> None:
+        with self.phases("prep"):
+            self.target = self._dataset(self.cfg.target)
+            source = None if self.cfg.base.checkpoint else self._dataset(self.cfg.base.source)
+        with self.phases("base"):
+            if self.cfg.base.checkpoint:
+                self.base = self._user_base()
+            else:
+                b = self.cfg.base
+                self.say(f"base: MoCo-v2 on {source.name}, up to {b.iters} iterations")
+                plateau = (f"train.stop_on_plateau=true", f"train.knn_interval={b.plateau_interval}ba",
+                           f"train.plateau_patience={b.plateau_patience}", f"train.plateau_delta={b.plateau_delta}"
+                           ) if b.plateau_interval else ()
+                result = run_all([Job("base", b.iters, 0, str(source), extra=plateau)], self.cfg, self.runs)[0]
+                self.base, self.base_result = result["backbone"], _base_summary(result)
+
+    def _dataset(self, spec) -> Path:
+        if spec.path:
+            from fasthpt.data.manifest import load_manifest
+
+            load_manifest(spec.path).count("test")  # one line when the folder lacks a test split
+            return Path(spec.path)
+        import dataprep
+
+        return dataprep.prepare(spec.dataset, out=self.data_root, num_images=spec.num_images,
+                                image_size=spec.image_size, progress=False, force=self.force)
+
+    def _user_base(self) -> str:
+        """The user's checkpoint, checked once; with trust, re-saved as plain tensors so that no
+        run reads the pickle again."""
+        from fasthpt.models.backbones import load_backbone, save_backbone
+
+        model, report = load_backbone(self.cfg.base.checkpoint, trust=self.cfg.base.trust_checkpoint)
+        if self.cfg.pretrain.arch != report.arch:
+            self.say(f"base {self.cfg.base.checkpoint} is a {report.arch}: every run uses it")
+            self.cfg.pretrain.arch = report.arch
+        if not self.cfg.base.trust_checkpoint:
+            return self.cfg.base.checkpoint
+        return str(save_backbone(model, self.out / "base-trusted" / "backbone.pt"))
+
+    # ------------------------------------------------------------------ runs and points
+
+    def train_and_evaluate(self, jobs: list[Job], phase: str) -> list[dict]:
+        with self.phases(phase):
+            results = run_all(jobs, self.cfg, self.runs, self.parallel, on_done=self._done)
+        points = []
+        with self.phases("evaluation"):
+            for job, res in zip(jobs, results):
+                points.append({"method": job.method, "iterations": job.iterations, "seed": job.seed,
+                               **self._eval(res["backbone"]), **_throughput(res),
+                               **({"study": {"kind": job.study[0], "condition": job.study[1]}} if job.study else {})})
+        self.points += points
+        return points
+
+    def _done(self, job: Job, result: dict) -> None:
+        how = "reused" if result.get("reused") else f"{result['wall_clock_s']:.0f} s"
+        self.say(f"  {job.name}: {how}")
+
+    def _eval(self, backbone: str) -> dict:
+        return evaluate(backbone, str(self.target), self.cfg, self.evals)
+
+    def reference_points(self) -> None:
+        """The base itself (direct transfer, the 0-iteration point) and a random init, for reference."""
+        with self.phases("evaluation"):
+            self.points.append({"method": "direct", "iterations": 0, "seed": 0, **self._eval(self.base)})
+            self.points.append({"method": "random", "iterations": 0, "seed": 0, **self._eval(self._random())})
+
+    def _random(self) -> str:
+        import torch
+
+        from fasthpt.models.backbones import build_backbone, save_backbone
+
+        path = self.out / f"random-{self.cfg.pretrain.arch}.pt"
+        if not path.is_file():
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                save_backbone(build_backbone(self.cfg.pretrain.arch), path)
+        return str(path)
+
+    def _jobs(self, method: str, iters: int, base="none", mode="full", study=(), extra=(), seeds=None) -> list[Job]:
+        return [Job(method, iters, s, str(self.target), base, mode, study, tuple(extra))
+                for s in range(seeds or self.cfg.grid.seeds)]
+
+    # ------------------------------------------------------------------ the main experiment
+
+    def scratch_grid(self) -> dict:
+        """Scratch budgets from grid.scratch_start, x scratch_factor, until a step gains nothing
+        significant on val or the next would pass grid.scratch_cap."""
+        g, metric = self.cfg.grid, self.cfg.eval.metric
+        budgets = [g.scratch_start]
+        while True:
+            self.say(f"scratch: {budgets[-1]} iterations x {g.seeds} seeds")
+            self.train_and_evaluate(self._jobs("scratch", budgets[-1]), "scratch")
+            nxt = analysis.extend_grid(self.points, metric, budgets, g.scratch_factor, g.scratch_cap)
+            if nxt is None:
+                break
+            budgets.append(nxt)
+        conv = analysis.convergence(self.points, metric)
+        state = "converged" if conv["converged"] else f"NOT converged at the cap ({g.scratch_cap})"
+        self.say(f"scratch {state}; best budget {conv['best_iterations']} iterations")
+        return conv
+
+    def hpt_grids(self) -> None:
+        for method, mode, grid in (("hpt", "full", self.cfg.grid.hpt), ("hpt-bn", "bn", self.cfg.grid.hpt_bn)):
+            for iters in grid:
+                self.say(f"{method}: {iters} iterations x {self.cfg.grid.seeds} seeds")
+                self.train_and_evaluate(self._jobs(method, iters, self.base, mode), method)
+
+    def studies(self, which: list[str], speed: dict, conv: dict) -> None:
+        """HPT and scratch, each at one budget, under every condition of the requested studies."""
+        from fasthpt.data.policy import PRESETS
+
+        st = self.cfg.study
+        hpt_iters = st.hpt_iterations or speed.get("method_iterations") or max(self.cfg.grid.hpt)
+        scratch_iters = st.scratch_iterations or conv["best_iterations"]
+        conditions = []
+        if "augmentation" in which:
+            conditions += [("augmentation", "mocov2", ())]
+            conditions += [("augmentation", p, tuple(f"data.aug.{k}={v}" for k, v in PRESETS[p].items()))
+                           for p in st.policies]
+        if "data" in which:
+            conditions += [("data", f"{f:g}", (f"data.train_fraction={f}",)) for f in st.fractions]
+        for kind, condition, extra in conditions:
+            self.say(f"study {kind}: {condition}")
+            jobs = (self._jobs("scratch", scratch_iters, study=(kind, condition), extra=extra, seeds=st.seeds)
+                    + self._jobs("hpt", hpt_iters, self.base, study=(kind, condition), extra=extra, seeds=st.seeds))
+            self.train_and_evaluate(jobs, f"study {kind}")
+
+    # ------------------------------------------------------------------ all of it
+
+    def run(self, study: list[str], reference: dict | None = None) -> dict:
+        t0 = time.time()
+        self.prepare()
+        self.reference_points()
+        conv = self.scratch_grid()
+        self.hpt_grids()
+        metric = self.cfg.eval.metric
+        main = [p for p in self.points if not p.get("study")]
+        claims = claims_of(main, conv, metric)
+        if study:
+            self.studies(study, claims["speedup"]["hpt"], conv)
+        results = {
+            "preset": self.cfg.name, "config": to_yaml(self.cfg), "target": str(self.target), "base": self.base,
+            "base_training": self.base_result,
+            "metric": metric, "points": self.points, "convergence": conv, "claims": claims,
+            "other_metric": _with_convergence(main, _other(metric)),
+            "studies": {m: analysis.condition_table(self.points, m) for m in ("knn", "linear")} if study else None,
+            "phases_s": self.phases.seconds, "wall_clock_s": time.time() - t0,
+            "machine": machine(reference),
+        }
+        return results
+
+
+def _base_summary(result: dict) -> dict:
+    """How the base was trained: iterations, wall-clock, and where its plateau stopped it."""
+    plateau = result.get("plateau") or {}
+    return {"iterations": result["iterations"], "wall_clock_s": result.get("wall_clock_s"),
+            "plateau_stopped": plateau.get("stopped"), "plateau_best_iteration": plateau.get("best_iteration"),
+            "source_val_knn": plateau.get("best_value")}
+
+
+def claims_of(points: list[dict], conv: dict, metric: str) -> dict:
+    """The paper's claims 1 and 2 for HPT and HPT-BN, from the main experiment's points."""
+    return {
+        "speedup": {m: analysis.speedup(points, m, metric, conv) for m in ("hpt", "hpt-bn")},
+        "vs_scratch": {m: analysis.accuracy_gain(points, m, metric, "scratch", conv) for m in ("hpt", "hpt-bn")},
+        "vs_base": {m: analysis.accuracy_gain(points, m, metric, "direct", conv) for m in ("hpt", "hpt-bn")},
+    }
+
+
+def _with_convergence(points: list[dict], metric: str) -> dict:
+    conv = analysis.convergence(points, metric)
+    return {"convergence": conv, **claims_of(points, conv, metric)}
+
+
+def _other(metric: str) -> str:
+    return "linear" if metric == "knn" else "knn"
+
+
+def _throughput(res: dict) -> dict:
+    """Speed figures of a run; the stored ones when it was found finished (they describe its training)."""
+    return {k: res.get(k) for k in ("wall_clock_s", "samples_per_s", "data_stall_frac", "backend")}
+
+
+def reference_step() -> dict:
+    """The machine-speed yardstick of the project's notes: a synthetic MoCo-v2 step (resnet_tiny,
+    56 px, batch 64, channels_last, queue 4096, no loader), median of 3 short runs. 161 samples/s on
+    the slow 2-core machine a time budget is stated for; scale budgets by the ratio."""
+    import statistics
+    import tempfile
+
+    from fasthpt.benchmark.training import measure
+    from fasthpt.config import load_config
+
+    rates = []
+    for _ in range(3):
+        with tempfile.TemporaryDirectory(prefix="fasthpt-ref-") as tmp:
+            cfg = load_config(None, [f"run_dir={tmp}", "name=ref", "model.arch=resnet_tiny", "data.res=56",
+                                     "data.batch_size=64", "model.queue_size=4096", "train.max_duration=13ba",
+                                     "train.progress_bar=false", "train.autoresume=false", "train.save_interval=0ba",
+                                     "train.log_interval=0ba", "train.algorithms=[channels_last]",
+                                     "data.channels_last=true"])
+            rates.append(64 / measure(cfg, 3, 10, synthetic=True)["step_s"])
+    return {"samples_per_s": statistics.median(rates), "runs": rates, "slow_machine_samples_per_s": 161}
+
+
+def machine(reference: dict | None) -> dict:
+    import os
+
+    import torch
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"platform": platform.platform(), "cpus": cpus, "processor": platform.processor() or platform.machine(),
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+            "torch": torch.__version__, "reference_step": reference}
+
+
+def write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    tmp.replace(path)
+
+
+def check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder")

@@ -1,0 +1,127 @@
+"""The experiment's pretraining runs: one fasthpt run per (method, budget, seed[, study condition]),
+each with its own cosine schedule, cached on disk and optionally run two at a time.
+
+A finished run is found again by its folder's ``demo_result.json``, which holds the exact resolved
+config it was trained with: the same config is never trained twice; another config under the same
+name is refused by the run folder itself (fasthpt.run_folder), never overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fasthpt.config import RunConfig, load_config, to_yaml
+from fasthpt.experiment.preset import DemoConfig
+
+RESULT = "demo_result.json"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One pretraining run of the experiment."""
+
+    method: str  # base | scratch | hpt | hpt-bn
+    iterations: int
+    seed: int
+    data: str  # the prepared folder it trains on
+    base: str = "none"  # checkpoint it starts from
+    mode: str = "full"  # full | bn (HPT-BN)
+    study: tuple = ()  # (kind, condition) for a robustness-study run
+    extra: tuple = field(default_factory=tuple)  # further key=value overrides (the study's condition)
+
+    @property
+    def name(self) -> str:
+        study = f"study-{self.study[0]}-{self.study[1]}-" if self.study else ""
+        return f"{study}{self.method}-{self.iterations}-s{self.seed}"
+
+
+def run_config(job: Job, cfg: DemoConfig, runs: Path) -> RunConfig:
+    p = cfg.pretrain
+    algorithms = "[" + ",".join(p.algorithms) + "]"
+    return load_config(None, [
+        f"name={job.name}", f"run_dir={runs}", f"data.path={job.data}", f"data.backend={p.backend}",
+        f"data.res={p.res}", f"data.batch_size={p.batch_size}", f"data.workers={p.workers}",
+        f"model.arch={p.arch}", f"model.queue_size={p.queue_size}", f"optim.lr={p.lr}",
+        f"hpt.base={job.base}", f"hpt.mode={job.mode}", f"hpt.trust_checkpoint={cfg.base.trust_checkpoint}",
+        f"train.max_duration={job.iterations}ba", f"train.save_interval={job.iterations}ba",
+        f"train.seed={job.seed}", "train.progress_bar=false", "train.console_log=false", "train.log_interval=0ba",
+        "train.knn_interval=0ba", f"train.algorithms={algorithms}", *p.overrides, *job.extra,
+    ])
+
+
+def cached(run: RunConfig) -> dict | None:
+    """The stored result of a finished run trained with exactly this config, else None."""
+    path = run.run_path / RESULT
+    try:
+        prev = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if prev.get("config") != to_yaml(run) or not Path(prev.get("backbone", "")).is_file():
+        return None
+    return {**prev, "reused": True}
+
+
+def train(run: RunConfig) -> dict:
+    """Pretrain ``run`` and store its result beside it (atomically)."""
+    from fasthpt.train import pretrain
+
+    result = {k: v for k, v in pretrain(run).items() if k != "stages"}
+    result["config"] = to_yaml(run)
+    path = run.run_path / RESULT
+    tmp = path.with_name(f".{RESULT}.tmp")
+    tmp.write_text(json.dumps(result, indent=1, default=str))
+    tmp.replace(path)
+    return result
+
+
+def _train_in_worker(run: RunConfig, threads: int) -> dict:
+    import logging
+
+    import torch
+
+    torch.set_num_threads(threads)
+    logging.getLogger("fasthpt").setLevel(logging.WARNING)
+    return train(run)
+
+
+def run_all(jobs: list[Job], cfg: DemoConfig, runs: Path, parallel: int = 1, on_done=None) -> list[dict]:
+    """Results of ``jobs`` in order: cached ones read back, the others trained, ``parallel`` at a
+    time (each in its own process with cores / parallel threads). ``on_done(job, result)`` is
+    called as each finishes (progress)."""
+    configs = [run_config(job, cfg, runs) for job in jobs]
+    results: list[dict | None] = [cached(c) for c in configs]
+    todo = [i for i, r in enumerate(results) if r is None]
+    for i, r in enumerate(results):
+        if r is not None and on_done:
+            on_done(jobs[i], r)
+    if parallel <= 1 or len(todo) <= 1:
+        for i in todo:
+            results[i] = train(configs[i])
+            if on_done:
+                on_done(jobs[i], results[i])
+        return results
+    import multiprocessing as mp
+
+    threads = max(1, _cores() // parallel)
+    with ProcessPoolExecutor(max_workers=parallel, mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(_train_in_worker, configs[i], threads): i for i in todo}
+        for future in _as_completed(futures):
+            i = futures[future]
+            results[i] = future.result()
+            if on_done:
+                on_done(jobs[i], results[i])
+    return results
+
+
+def _as_completed(futures):
+    from concurrent.futures import as_completed
+
+    return as_completed(futures)
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

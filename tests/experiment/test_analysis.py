@@ -1,0 +1,87 @@
+"""The experiment's statistics on hand-made points: convergence across budgets, the speed-up with
+its seed and grid intervals, accuracy differences, and the Welch interval against scipy's."""
+
+import math
+
+import pytest
+from scipy import stats
+
+from fasthpt.experiment.analysis import accuracy_gain, convergence, extend_grid, speedup, welch
+
+
+def _pts(method, table, metric="knn"):
+    """table: {iterations: [(val, test), ...] one per seed}"""
+    return [{"method": method, "iterations": it, "seed": s, "val": {metric: v}, "test": {metric: t},
+             "wall_clock_s": it * 0.1} for it, rows in table.items() for s, (v, t) in enumerate(rows)]
+
+
+SCRATCH = {100: [(.50, .49), (.52, .51), (.51, .50)], 300: [(.60, .60), (.61, .62), (.62, .61)],
+           900: [(.61, .60), (.62, .61), (.60, .62)]}
+HPT = {10: [(.55, .55), (.56, .56), (.54, .54)], 30: [(.62, .62), (.63, .63), (.61, .64)]}
+
+
+def test_converged_at_the_first_step_without_a_significant_gain():
+    conv = convergence(_pts("scratch", SCRATCH), "knn")
+    assert conv["converged"] and conv["best_iterations"] == 300  # a tie on mean val: fewer iterations
+    assert [s["to"] for s in conv["steps"]] == [300, 900]
+    assert conv["steps"][0]["ci"][0] > 0 and conv["steps"][1]["ci"][0] <= 0
+
+
+def test_still_rising_is_not_converged_and_the_grid_extends_up_to_the_cap():
+    rising = {100: [(.4, .4), (.41, .41), (.42, .42)], 300: [(.5, .5), (.51, .51), (.52, .52)]}
+    pts = _pts("scratch", rising)
+    conv = convergence(pts, "knn")
+    assert not conv["converged"] and conv["best_iterations"] == 300
+    assert extend_grid(pts, "knn", [100, 300], factor=3, cap=1000) == 900
+    assert extend_grid(pts, "knn", [100, 300], factor=3, cap=800) is None  # the cap: stop, not converged
+    assert extend_grid(_pts("scratch", SCRATCH), "knn", [100, 300, 900], 3, 10**6) is None  # converged
+
+
+def test_speedup_is_budget_ratio_with_seed_and_grid_intervals():
+    pts = _pts("scratch", SCRATCH) + _pts("hpt", HPT)
+    conv = convergence(pts, "knn")
+    s = speedup(pts, "hpt", "knn", conv)
+    # target: scratch's mean test at 300 = 0.61; HPT's mean test first >= 0.61 at 30 (0.63)
+    assert s["target"] == pytest.approx(0.61) and s["method_iterations"] == 30 and s["ratio"] == 10
+    assert s["grid"] == (10, 30)  # reached between 10 and 30 iterations
+    assert s["ci"][0] <= 10 <= s["ci"][1] and s["supported"]
+    assert s["wall_ratio"] == pytest.approx(30 / 3)
+
+
+def test_speedup_at_the_first_budget_is_unbounded_above_and_not_reached_is_not_supported():
+    early = {10: [(.63, .63), (.64, .64), (.62, .65)]}
+    pts = _pts("scratch", SCRATCH) + _pts("hpt", early)
+    s = speedup(pts, "hpt", "knn", convergence(pts, "knn"))
+    assert s["grid"] == (30, math.inf)
+    weak = {10: [(.40, .40)] * 3, 30: [(.45, .45)] * 3}
+    pts = _pts("scratch", SCRATCH) + _pts("hpt", weak)
+    s = speedup(pts, "hpt", "knn", convergence(pts, "knn"))
+    assert not s["reached"] and s["ratio"] is None and not s["supported"]
+
+
+def test_a_ratio_from_an_unconverged_scratch_is_never_supported():
+    rising = {100: [(.4, .4), (.41, .41), (.42, .42)], 300: [(.5, .5), (.51, .51), (.52, .52)]}
+    pts = _pts("scratch", rising) + _pts("hpt", HPT)
+    s = speedup(pts, "hpt", "knn", convergence(pts, "knn"))
+    assert s["reached"] and not s["scratch_converged"] and not s["supported"]
+
+
+def test_accuracy_gains_against_scratch_and_against_the_base():
+    pts = _pts("scratch", SCRATCH) + _pts("hpt", HPT)
+    pts.append({"method": "direct", "iterations": 0, "val": {"knn": .5}, "test": {"knn": .5}})
+    conv = convergence(pts, "knn")
+    vs_scratch = accuracy_gain(pts, "hpt", "knn", "scratch", conv)
+    assert vs_scratch["iterations"] == 30 and vs_scratch["diff"] == pytest.approx(0.63 - 0.61)
+    vs_base = accuracy_gain(pts, "hpt", "knn", "direct", conv)
+    assert vs_base["supported"] and vs_base["direction"] == "higher"
+    assert vs_base["diff"] == pytest.approx(0.13)
+    lo, hi = stats.t.interval(0.95, 2, loc=0.63, scale=stats.sem([.62, .63, .64]))
+    assert vs_base["ci"] == pytest.approx((lo - .5, hi - .5))  # the base is a fixed number
+
+
+def test_welch_interval_matches_scipy():
+    a, b = [0.61, 0.64, 0.60, 0.66], [0.55, 0.58, 0.52]
+    got = welch(a, b)
+    want = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert got["ci"] == pytest.approx((want.low, want.high)) and got["diff"] == pytest.approx(sum(a) / 4 - sum(b) / 3)
+    assert welch([0.5], [0.4])["ci"] is None
