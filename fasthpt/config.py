@@ -2,6 +2,10 @@
 
 An unknown key or a value of the wrong type is a ``UserError`` naming the key and the valid keys,
 raised before any work starts (OmegaConf structured configs in struct mode).
+
+Durations keep their YAML spelling in the config ('500ba': what users write and config.yaml
+holds); ``_batches`` is their one parser, and the rest of fasthpt reads them as batch counts
+through ``RunConfig.durations``.
 """
 
 from __future__ import annotations
@@ -109,6 +113,17 @@ class StageConfig:
     mode: str = "full"
 
 
+@dataclass(frozen=True)
+class Durations:
+    """A run's durations as batch counts; an interval of 0 switches its feature off."""
+
+    max_duration: int
+    warmup: int
+    save_interval: int
+    log_interval: int
+    knn_interval: int
+
+
 @dataclass
 class RunConfig:
     name: str = "hpt"
@@ -123,6 +138,18 @@ class RunConfig:
     @property
     def run_path(self) -> Path:
         return Path(self.run_dir) / self.name
+
+    @property
+    def durations(self) -> Durations:
+        """The durations in batches, parsed on each read rather than stored: a stage's config is
+        derived by assigning its max_duration (fasthpt.hpt.stage_configs), and a stored copy would
+        keep the old count. A spelling ``validate`` would refuse raises its UserError here too."""
+        t = self.train
+        return Durations(max_duration=_batches("train.max_duration", t.max_duration),
+                         warmup=_batches("optim.warmup", self.optim.warmup),
+                         save_interval=_batches("train.save_interval", t.save_interval),
+                         log_interval=_batches("train.log_interval", t.log_interval),
+                         knn_interval=_batches("train.knn_interval", t.knn_interval))
 
 
 def explain(exc: OmegaConfBaseException, schema: type = None) -> UserError:
@@ -141,7 +168,8 @@ def explain(exc: OmegaConfBaseException, schema: type = None) -> UserError:
 
 def validate(cfg: RunConfig) -> RunConfig:
     """Every choice, duration and numeric key against its valid range; one line naming the first
-    bad key. ``check_queue`` adds the queue's bound once the world size is known."""
+    bad key. ``check_queue`` adds the queue's bound once the world size is known. A config that
+    passes has durations ``RunConfig.durations`` can count."""
     choices = {
         "data.backend": (cfg.data.backend, BACKENDS),
         "model.shuffle_bn": (cfg.model.shuffle_bn, ("shuffle", "sync", "none")),
@@ -164,7 +192,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.data.train_fraction < 1 and cfg.data.ssl_splits != "train":
         raise UserError("config key 'data.train_fraction' takes a fraction of the train split; it cannot be "
                         f"combined with data.ssl_splits={cfg.data.ssl_splits}")
-    if cfg.train.stop_on_plateau and _batches("train.knn_interval", cfg.train.knn_interval) == 0:
+    if cfg.train.stop_on_plateau and cfg.durations.knn_interval == 0:
         raise UserError("config key 'train.stop_on_plateau' needs train.knn_interval > 0: the kNN monitor on "
                         "val is what it watches, e.g. train.knn_interval=100ba")
     cfg.data.aug.validate()

@@ -1,32 +1,40 @@
 """HPT pretraining on Composer: one config -> one run (or its chain of stages).
 
     composer -n N fasthpt/train.py CONFIG [key=value ...]   # N processes (multi-node: launcher flags)
+    composer -n N -m fasthpt.train CONFIG [key=value ...]   # the same, as a module
     fasthpt pretrain CONFIG [key=value ...]                 # one process
     from fasthpt.train import pretrain; pretrain(cfg)       # library
 
 A run writes runs/<name>/{config.yaml, checkpoints/, backbone.pt, metrics.jsonl}; with
 ``stages`` each stage writes those into runs/<name>/<stage>/ and its backbone.pt is the next
-stage's base.
+stage's base. The run is the top of the training assembly: it calls fasthpt.trainer_setup, which
+never calls back.
+
+Run as a file, this module's folder (fasthpt/) comes first on sys.path. That is safe without
+editing sys.path: fasthpt imports its own modules by absolute ``fasthpt.*`` names only, and no
+module or package in fasthpt/ has the name of a standard-library or installed top-level module, so
+an import by name from Python or a library cannot land on a file of ours (tests/test_imports.py
+checks the names; tests/train/test_entry.py runs this file and checks what it imported).
 """
 
-import os
+import json
+import logging
+import math
+import shutil
 import sys
+import time
+from pathlib import Path
 
-if __name__ == "__main__":  # run as a script (Composer's launcher): keep fasthpt/ itself off sys.path,
-    _here = os.path.dirname(os.path.abspath(__file__))  # so data/, models/, config.py shadow nothing
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
+from composer.utils import dist
 
-import json  # noqa: E402
-import logging  # noqa: E402
-import math  # noqa: E402
-import shutil  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import torch  # noqa: E402
-
-from fasthpt.config import RunConfig, check_queue, load_config, save_config, validate  # noqa: E402
-from fasthpt.errors import UserError  # noqa: E402
+from fasthpt.config import RunConfig, check_queue, load_config, save_config, validate
+from fasthpt.device import resolve_precision, trainer_device
+from fasthpt.errors import UserError
+from fasthpt.hpt import stage_configs
+from fasthpt.models.backbones import save_backbone
+from fasthpt.models.moco import replicas_in_sync
+from fasthpt.run_folder import Interrupted, claim, resume_hint, write_failure
+from fasthpt.trainer_setup import Loader, Parts, build_trainer
 
 log = logging.getLogger("fasthpt.train")
 
@@ -36,15 +44,9 @@ def pretrain(cfg: RunConfig) -> dict:
     the final backbone.pt), iterations (total batches trained, resumed ones included),
     iterations_this_launch, wall_clock_s / samples_per_s / data_stall_frac (this launch),
     backend, world_size, ranks_in_sync, and with stages a list of the same per stage."""
-    from fasthpt.hpt import stage_configs
-
     validate(cfg)  # a RunConfig built in code gets the checks a loaded one had
     if not cfg.stages:
         return run_stage(cfg)
-    from composer.utils import dist
-
-    from fasthpt.run_folder import claim
-
     _init_dist()
     lock = claim(cfg)
     try:
@@ -81,47 +83,15 @@ def _combine(results: list[dict]) -> dict:
     }
 
 
-def _device() -> str:
-    return "gpu" if torch.cuda.is_available() else "cpu"
-
-
 def _init_dist() -> None:
-    from composer.utils import dist
-
-    dist.initialize_dist(_device())
+    dist.initialize_dist(trainer_device())
 
 
-def resolve_precision(precision: str, device: str) -> str:
-    """auto: amp_bf16 on a GPU, fp32 on the CPU (Composer's CPU device runs fp32 only)."""
-    if precision == "auto":
-        return "amp_bf16" if device == "gpu" else "fp32"
-    if device == "cpu" and precision != "fp32":
-        raise UserError(f"train.precision={precision} needs a GPU; use fp32 or auto on the CPU")
-    return precision
-
-
-def batches(value: str, key: str) -> int:
-    """'500ba' -> 500 (intervals are counted in batches)."""
-    from composer.core import Time, TimeUnit
-
-    try:
-        t = Time.from_timestring(value)
-    except ValueError:
-        raise UserError(f"{key}={value!r} is not a duration like '500ba'") from None
-    if t.unit != TimeUnit.BATCH:
-        raise UserError(f"{key}={value!r}: give it in batches, e.g. '500ba'")
-    return int(t.value)
-
-
-def run_stage(cfg: RunConfig, *, callbacks: tuple = (), loader=None) -> dict:
+def run_stage(cfg: RunConfig, *, callbacks: tuple = (), loader: Loader | None = None) -> dict:
     """One MoCo-v2 / HPT run (no stages) on this process' share of the job. ``callbacks`` are
     added to the Trainer's; ``loader`` replaces the one built from ``cfg.data`` (benchmarks).
     Before any heavy work: the config's ranges (the queue's against the world size), then the run
     folder (writable, not another run's, not in use: fasthpt.run_folder.claim)."""
-    from composer.utils import dist
-
-    from fasthpt.run_folder import claim
-
     validate(cfg)
     _init_dist()
     check_queue(cfg, dist.get_world_size())
@@ -133,17 +103,13 @@ def run_stage(cfg: RunConfig, *, callbacks: tuple = (), loader=None) -> dict:
             lock.release()
 
 
-def _train(cfg: RunConfig, callbacks: tuple, loader) -> dict:
-    from composer.utils import dist
-
-    from fasthpt.run_folder import Interrupted, resume_hint, write_failure
-    from fasthpt.trainer_setup import build_trainer
-
+def _train(cfg: RunConfig, callbacks: tuple, loader: Loader | None) -> dict:
     rank = dist.get_global_rank()
     run = cfg.run_path
+    device = trainer_device()
     parts = None
     try:
-        parts = build_trainer(cfg, _device(), resolve_precision(cfg.train.precision, _device()), callbacks=callbacks,
+        parts = build_trainer(cfg, device, resolve_precision(cfg.train.precision, device), callbacks=callbacks,
                               loader=loader)
         if rank == 0:  # only once the base, the data and the config have all been accepted
             save_config(cfg, run / "config.yaml")
@@ -152,7 +118,7 @@ def _train(cfg: RunConfig, callbacks: tuple, loader) -> dict:
         # a run resumed from its final checkpoint, or from where its plateau stopped it, is already
         # done: Composer would refuse to fit, or would train on past the plateau
         stopped = parts.monitor is not None and parts.monitor.stopped_at is not None
-        if start_batch < batches(cfg.train.max_duration, "train.max_duration") and not stopped:
+        if start_batch < cfg.durations.max_duration and not stopped:
             parts.trainer.fit()
     except KeyboardInterrupt:
         where = f"at batch {int(parts.trainer.state.timestamp.batch)}" if parts else "before training started"
@@ -166,21 +132,15 @@ def _train(cfg: RunConfig, callbacks: tuple, loader) -> dict:
     return _finish(cfg, parts, start_batch, start_sample, wall)
 
 
-def _finish(cfg: RunConfig, parts, start_batch: int, start_sample: int, wall: float) -> dict:
+def _finish(cfg: RunConfig, parts: Parts, start_batch: int, start_sample: int, wall: float) -> dict:
     """backbone.pt (rank 0), the replicas' agreement, and the run's summary."""
-    from composer.utils import dist
-
     trainer, moco, loader, stall = parts.trainer, parts.moco, parts.loader, parts.stall
     rank, run = dist.get_global_rank(), cfg.run_path
     done_batch, done_sample = int(trainer.state.timestamp.batch), int(trainer.state.timestamp.sample)
-    from fasthpt.models.moco import replicas_in_sync
-
     # BN running statistics are per process by design (shuffle-BN); weights and queue must agree.
     in_sync = replicas_in_sync(list(moco.encoder_k.parameters()) + [moco.queue])
     backbone = run / "backbone.pt"
     if rank == 0:
-        from fasthpt.models.backbones import save_backbone
-
         save_backbone(moco.backbone, backbone)
     trainer.close()
     dist.barrier()
@@ -219,8 +179,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:  # fasthpt.run_folder.Interrupted says where a relaunch resumes
         print(f"fasthpt train: {str(exc) or 'interrupted'}", file=sys.stderr)
         return 130
-    from composer.utils import dist
-
     if dist.get_global_rank() == 0:
         print(json.dumps(result))
     return 0

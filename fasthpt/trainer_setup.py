@@ -1,40 +1,72 @@
 """Assemble one run's Composer Trainer from a RunConfig: model (base import, HPT mode), loader,
-optimizer, schedule, algorithms, callbacks and loggers. No training happens here."""
+optimizer, schedule, algorithms, callbacks and loggers. No training happens here.
+
+The assembly flows one way: fasthpt.train (the run) calls this module, which reads the config
+(durations as batch counts, ``RunConfig.durations``) and the device (``device`` is Composer's name
+for it, fasthpt.device.trainer_device), and never calls back into the run.
+"""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator, Protocol
 
 import torch
+from composer import Trainer
+from composer.callbacks import SpeedMonitor
+from composer.core import DataSpec, Time
+from composer.optim import CosineAnnealingScheduler, CosineAnnealingWithWarmupScheduler
+from composer.utils import dist, reproducibility
 from torch import nn
 
+from fasthpt.algorithms import build_algorithms, prepare_model
+from fasthpt.callbacks import DataStall, JSONLLogger, KNNMonitor, NonFiniteGuard, PlateauRule, SetEpoch
 from fasthpt.config import RunConfig, bn_groups
+from fasthpt.data import build_eval_loader, build_ssl_loader, split_labels
+from fasthpt.data.common import stratified_subset
+from fasthpt.data.manifest import load_manifest
+from fasthpt.device import rank_device
 from fasthpt.errors import UserError
+from fasthpt.hpt import apply_mode
+from fasthpt.models.backbones import LoadReport, load_backbone
+from fasthpt.models.moco import ComposerMoCo, MoCo
+from fasthpt.run_folder import checkpoints, on_rank_zero, resume_checkpoint
 
 log = logging.getLogger("fasthpt.train")
 
 
+class Loader(Protocol):
+    """What a run needs of its SSL loader (every fasthpt.data backend's, and a benchmark's
+    stand-in): batches of (view_q, view_k), batches and samples per epoch on this process, the
+    backend's name, and a reshuffle per epoch."""
+
+    backend: str
+    num_samples: int
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+
 @dataclass
 class Parts:
-    trainer: object
-    moco: object
-    loader: object
-    stall: object
-    report: object
-    monitor: object = None  # the kNN monitor (and plateau rule), when train.knn_interval > 0
+    """What ``build_trainer`` assembled: the run fits ``trainer`` and reports from the rest."""
+
+    trainer: Trainer
+    moco: MoCo
+    loader: Loader
+    stall: DataStall
+    report: LoadReport  # how the base checkpoint was read
+    monitor: KNNMonitor | None = None  # the kNN monitor (and plateau rule), when train.knn_interval > 0
 
 
-def build_model(cfg: RunConfig, device: str):
+def build_model(cfg: RunConfig, device: str) -> tuple[MoCo, LoadReport]:
     """Backbone from the base, fresh MLP head, key encoder := query, random queue (as the authors'
     code after loading a base), then the HPT mode. Seeded so every rank builds the same model."""
-    from composer.utils import dist, reproducibility
-
-    from fasthpt.hpt import apply_mode
-    from fasthpt.models.backbones import load_backbone
-    from fasthpt.models.moco import MoCo
-
     reproducibility.seed_all(cfg.train.seed)
     backbone, report = load_backbone(cfg.hpt.base, cfg.model.arch, trust=cfg.hpt.trust_checkpoint)
     m = cfg.model
@@ -49,15 +81,13 @@ def build_model(cfg: RunConfig, device: str):
             moco = nn.SyncBatchNorm.convert_sync_batchnorm(moco)
         else:
             log.warning("model.shuffle_bn=sync: SyncBatchNorm needs CUDA; using per-process BN on the CPU")
-    from fasthpt.algorithms import prepare_model
-
     prepare_model(moco, list(cfg.train.algorithms))  # surgery before apply_mode and the optimizer
     counts = apply_mode(moco, cfg.hpt.mode, cfg.hpt.freeze_stages)
     log.info("hpt mode %s, freeze_stages %d: %s", cfg.hpt.mode, cfg.hpt.freeze_stages, counts)
     return moco, report
 
 
-def build_optimizer(moco, cfg: RunConfig, global_batch: int) -> torch.optim.Optimizer:
+def build_optimizer(moco: MoCo, cfg: RunConfig, global_batch: int) -> torch.optim.Optimizer:
     """SGD, lr = optim.lr * global_batch / 256 (linear scaling, MoCo: 0.03 at 256). Weight decay on
     every trainable parameter, BN weights and biases included, as MoCo's and the authors' SGD
     (OpenSelfSup builds one param group); ``optim.wd_norm_bias=false`` exempts those with
@@ -70,23 +100,15 @@ def build_optimizer(moco, cfg: RunConfig, global_batch: int) -> torch.optim.Opti
     return torch.optim.SGD([g for g in groups if g["params"]], lr=lr, momentum=cfg.optim.momentum)
 
 
-def build_scheduler(cfg: RunConfig):
+def build_scheduler(cfg: RunConfig) -> CosineAnnealingScheduler | CosineAnnealingWithWarmupScheduler:
     """Cosine to 0 over the run's max_duration (each stage its own schedule), optional warmup."""
-    from composer.optim import CosineAnnealingScheduler, CosineAnnealingWithWarmupScheduler
-
-    from fasthpt.train import batches
-
-    if batches(cfg.optim.warmup, "optim.warmup") > 0:
-        return CosineAnnealingWithWarmupScheduler(t_warmup=cfg.optim.warmup, alpha_f=0.0)
+    warmup = cfg.durations.warmup
+    if warmup > 0:
+        return CosineAnnealingWithWarmupScheduler(t_warmup=Time.from_batch(warmup), alpha_f=0.0)
     return CosineAnnealingScheduler(t_max="1dur", alpha_f=0.0)
 
 
-def build_loader(cfg: RunConfig, device: str):
-    from composer.utils import dist
-
-    from fasthpt.data import build_ssl_loader, split_labels
-    from fasthpt.data.common import stratified_subset
-
+def build_loader(cfg: RunConfig, device: str) -> Loader:
     d = cfg.data
     subset = None
     if d.train_fraction < 1:  # seed 0, not the run's: every run and seed sees the same images
@@ -102,18 +124,11 @@ def build_loader(cfg: RunConfig, device: str):
 
 
 def _torch_device(device: str) -> torch.device:
-    from composer.utils import dist
-
-    return torch.device("cuda", dist.get_local_rank()) if device == "gpu" else torch.device("cpu")
+    return rank_device(device, dist.get_local_rank())
 
 
-def knn_monitor(cfg: RunConfig, moco, device: str):
-    from fasthpt.callbacks import KNNMonitor, PlateauRule
-    from fasthpt.data import build_eval_loader
-    from fasthpt.data.manifest import load_manifest
-    from fasthpt.train import batches
-
-    interval = batches(cfg.train.knn_interval, "train.knn_interval")
+def knn_monitor(cfg: RunConfig, moco: MoCo, device: str) -> KNNMonitor | None:
+    interval = cfg.durations.knn_interval
     if interval <= 0:
         return None
     d = cfg.data
@@ -135,9 +150,6 @@ def resume_path(cfg: RunConfig, folder: Path) -> str | None:
     broadcast. (Composer's own ``autoresume`` does a similar lookup but its per-node signal file has
     one name on every node, so two nodes sharing a filesystem race to delete it:
     FileNotFoundError. Passing ``load_path`` avoids that dance.)"""
-    from composer.utils import dist
-
-    from fasthpt.run_folder import checkpoints, on_rank_zero, resume_checkpoint
 
     def choose():
         if not cfg.train.autoresume:
@@ -157,8 +169,6 @@ def resume_path(cfg: RunConfig, folder: Path) -> str | None:
 
 def build_loggers(cfg: RunConfig, log_every: int) -> list:
     """metrics.jsonl always; TensorBoard when train.tensorboard (console: Composer's own)."""
-    from fasthpt.callbacks import JSONLLogger
-
     loggers = [JSONLLogger(cfg.run_path / "metrics.jsonl", interval=log_every)]
     if cfg.train.tensorboard:
         from composer.loggers import TensorboardLogger
@@ -167,27 +177,19 @@ def build_loggers(cfg: RunConfig, log_every: int) -> list:
     return loggers
 
 
-def build_trainer(cfg: RunConfig, device: str, precision: str, callbacks=(), loader=None) -> Parts:
-    from composer import Trainer
-    from composer.callbacks import SpeedMonitor
-    from composer.core import DataSpec
-    from composer.utils import dist
-
-    from fasthpt.algorithms import build_algorithms
-    from fasthpt.callbacks import DataStall, NonFiniteGuard, SetEpoch
-    from fasthpt.train import batches
-
+def build_trainer(cfg: RunConfig, device: str, precision: str, callbacks: tuple = (),
+                  loader: Loader | None = None) -> Parts:
+    """The run's Trainer and its parts; ``device`` and ``precision`` in Composer's names
+    (fasthpt.device), ``loader`` in place of the one ``cfg.data`` describes (benchmarks)."""
     ckpt = cfg.run_path / "checkpoints"
     load_path = resume_path(cfg, ckpt)
-    log_every = batches(cfg.train.log_interval, "train.log_interval")
-    batches(cfg.train.save_interval, "train.save_interval")
+    durations = cfg.durations
+    log_every = durations.log_interval
     moco, report = build_model(cfg, device)
     algorithms = build_algorithms(list(cfg.train.algorithms), moco)
     loader = build_loader(cfg, device) if loader is None else loader
     if len(loader) == 0:
         raise UserError(f"{cfg.data.path}: fewer training images per process than data.batch_size={cfg.data.batch_size}")
-    from fasthpt.models.moco import ComposerMoCo
-
     model = ComposerMoCo(moco)
     spec = DataSpec(loader, num_samples=loader.num_samples, get_num_samples_in_batch=lambda b: int(b[0].shape[0]))
     stall = DataStall(window=log_every or 50)  # with logging off (0ba) only its whole-run figure is used
@@ -199,14 +201,15 @@ def build_trainer(cfg: RunConfig, device: str, precision: str, callbacks=(), loa
     global_batch = cfg.data.batch_size * dist.get_world_size()
     optimizer = build_optimizer(moco, cfg, global_batch)
     trainer = Trainer(
-        model=model, train_dataloader=spec, max_duration=cfg.train.max_duration, optimizers=optimizer,
-        schedulers=build_scheduler(cfg), step_schedulers_every_batch=True, device=device, precision=precision,
-        algorithms=algorithms, callbacks=callbacks, loggers=loggers, run_name=cfg.name,
-        save_folder=str(ckpt), save_interval=cfg.train.save_interval, save_overwrite=cfg.train.autoresume,
+        model=model, train_dataloader=spec, max_duration=Time.from_batch(durations.max_duration),
+        optimizers=optimizer, schedulers=build_scheduler(cfg), step_schedulers_every_batch=True, device=device,
+        precision=precision, algorithms=algorithms, callbacks=callbacks, loggers=loggers, run_name=cfg.name,
+        save_folder=str(ckpt), save_interval=Time.from_batch(durations.save_interval),
+        save_overwrite=cfg.train.autoresume,
         save_num_checkpoints_to_keep=cfg.train.save_num_checkpoints_to_keep, load_path=load_path,
         seed=cfg.train.seed, progress_bar=cfg.train.progress_bar,
         log_to_console=cfg.train.console_log and not cfg.train.progress_bar and log_every > 0,  # 0ba: off
-        console_log_interval=cfg.train.log_interval, device_train_microbatch_size=cfg.data.batch_size,
+        console_log_interval=Time.from_batch(log_every), device_train_microbatch_size=cfg.data.batch_size,
         dist_timeout=1800.0,  # the kNN monitor runs on rank 0 while the others wait at the next all-reduce
     )
     return Parts(trainer=trainer, moco=moco, loader=loader, stall=stall, report=report, monitor=monitor)

@@ -1,6 +1,7 @@
 import pytest
 
-from fasthpt.config import RELAUNCH_MAY_CHANGE, RunConfig, check_queue, config_differences, load_config, save_config
+from fasthpt.config import (RELAUNCH_MAY_CHANGE, Durations, RunConfig, check_queue, config_differences, load_config,
+                            save_config)
 from fasthpt.data.policy import AugPolicy
 from fasthpt.errors import UserError
 
@@ -107,6 +108,29 @@ def test_stage_duration_and_names_are_checked():
 def test_zero_intervals_switch_their_feature_off():
     cfg = load_config(None, ["train.save_interval=0ba", "train.log_interval=0ba", "train.knn_interval=0ba"])
     assert (cfg.train.save_interval, cfg.train.log_interval) == ("0ba", "0ba")
+
+
+def test_durations_are_batch_counts_read_from_their_yaml_spelling(tmp_path):
+    cfg = load_config(None, ["train.max_duration=300ba", "optim.warmup=20ba", "train.save_interval=0100ba",
+                             "train.log_interval=0ba", "train.knn_interval=50ba"])
+    assert cfg.durations == Durations(max_duration=300, warmup=20, save_interval=100, log_interval=0, knn_interval=50)
+    assert cfg.train.save_interval == "0100ba"  # the config keeps what the user wrote
+    save_config(cfg, tmp_path / "config.yaml")
+    assert "durations" not in (tmp_path / "config.yaml").read_text()  # counted, never stored
+    cfg.train.max_duration = "7ba"  # a stage's config is derived this way: the count follows
+    assert cfg.durations.max_duration == 7
+
+
+def test_a_duration_in_another_unit_is_refused_naming_the_key():
+    for value in ("2ep", "500", "1.5ba", "-3ba"):
+        with pytest.raises(UserError) as err:
+            load_config(None, [f"train.log_interval={value}"])
+        assert str(err.value) == (f"config key 'train.log_interval' is {value!r}; give a number of batches, "
+                                  f"e.g. '5000ba'")
+    cfg = load_config(None)
+    cfg.optim.warmup = "10sp"  # set in code after loading: reading the counts says which key
+    with pytest.raises(UserError, match="'optim.warmup' is '10sp'"):
+        cfg.durations
 
 
 def test_queue_must_hold_the_global_batch():

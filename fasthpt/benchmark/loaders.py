@@ -75,9 +75,9 @@ def _sync(device) -> None:
 def measure_backend(args, backend: str, progress) -> dict:
     """Median two-view samples/s of one backend, or {'skipped': reason}."""
     import fasthpt.data as data_api
-    from fasthpt.data import common
+    from fasthpt.device import resolve_device
 
-    device = common.resolve_device(args.device)
+    device = resolve_device(args.device)
     try:
         loader = data_api.build_ssl_loader(args.data, split=args.split, backend=backend, res=args.res,
                                            batch_size=args.batch, policy=args.policy, workers=args.workers,

@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 import torch
 from composer.core import Callback
 
+from fasthpt.device import accelerator_name, resolve_device
 from fasthpt.errors import UserError
 
 
@@ -90,13 +91,13 @@ class SyntheticLoader:
 
 
 def measure(cfg, warmup: int, batches: int, synthetic: bool) -> dict:
-    from fasthpt.train import _device, run_stage
+    from fasthpt.train import run_stage
 
     clock = StepClock()
     loader = None
     if synthetic:
-        device = torch.device("cuda" if _device() == "gpu" else "cpu")
-        loader = SyntheticLoader(cfg.data.batch_size, cfg.data.res, device, channels_last=cfg.data.channels_last)
+        loader = SyntheticLoader(cfg.data.batch_size, cfg.data.res, resolve_device(),
+                                 channels_last=cfg.data.channels_last)
     result = run_stage(cfg, callbacks=(clock,), loader=loader)
     ends, waits = clock.ends[warmup - 1 :], clock.waits[warmup:]
     span = ends[-1] - ends[0]
@@ -161,7 +162,7 @@ def _emit(args, algorithms: list[str], figures: list[dict]) -> None:
         "warmup": args.warmup, "batches": args.batches, "repeats": args.repeats,
         "load_avg_1min": round(median("load"), 2),  # the machine's other load while measuring
         "knn_acc": figures[-1]["knn_acc"],
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu x{os.cpu_count()}",
+        "device": accelerator_name() or f"cpu x{os.cpu_count()}",
         "torch": torch.__version__, "python": platform.python_version(), "git_sha": git_sha(),
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

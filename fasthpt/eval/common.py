@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fasthpt.device import available_device
 from fasthpt.errors import UserError
 
 # Test transform of the paper (resize 256, center crop 224: HPT.md, OpenSelfSup's test_pipeline):
@@ -54,22 +55,13 @@ class Dataset:
     fingerprint: str  # sha256 of manifest.json: changes whenever `fasthpt prep` rewrites the data
 
 
-def pick_device(device: str | torch.device | None = "auto") -> torch.device:
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available on this machine (use cpu or auto)")
-    return dev
-
-
 def module_device(backbone: Backbone, device="auto") -> torch.device:
     """Where to run: an in-memory module under "auto" stays where its caller put it (moving it
     would move the caller's model); a loaded checkpoint goes to CUDA when there is one."""
     if (device is None or str(device) == "auto") and backbone.source == IN_MEMORY:
         param = next(backbone.module.parameters(), None)
         return param.device if param is not None else torch.device("cpu")
-    return pick_device(device)
+    return available_device(device)
 
 
 def place(backbone: Backbone, device: torch.device) -> nn.Module:

@@ -260,9 +260,11 @@ def machine(reference: dict | None) -> dict:
 
     import torch
 
+    from fasthpt.device import accelerator_name
+
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"platform": platform.platform(), "cpus": cpus, "processor": platform.processor() or platform.machine(),
-            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+            "device": accelerator_name() or "cpu",
             "torch": torch.__version__, "reference_step": reference}
 
 
