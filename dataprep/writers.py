@@ -11,9 +11,7 @@ import importlib
 import importlib.util
 import io
 import tarfile
-from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -121,25 +119,17 @@ def ffcv_installed() -> bool:
 
 
 def import_ffcv(module: str = "ffcv.writer"):
-    """Import an FFCV module; a missing or broken FFCV -> UserError naming the install (one line)."""
+    """Import an FFCV module (or fasthpt's module of FFCV internals); a missing or broken FFCV, or
+    another version than the one fasthpt was verified with -> UserError naming the install (one line)."""
     if not ffcv_installed():
         raise UserError(f"FFCV is not installed: {FFCV_INSTALL}")
     try:
+        importlib.import_module("fasthpt.data.ffcv_compat")  # checks the version, then imports FFCV
         return importlib.import_module(module)
     except ImportError as exc:  # a shared library it links is gone, or one of its dependencies
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"FFCV is installed but does not import ({reason}); reinstall it: "
                         f"{FFCV_INSTALL}") from None
-
-
-def _encode_stored_jpeg(jpg_mode: int, destination, value, malloc) -> None:
-    """RGBImageField.encode for bytes that are already a JPEG: the 'jpg' mode record that FFCV's
-    SimpleRGBImageDecoder reads (mode, height, width, data_ptr), with no decode or re-encode."""
-    data, height, width = value
-    destination["mode"] = jpg_mode
-    destination["height"], destination["width"] = height, width
-    destination["data_ptr"], storage = malloc(data.nbytes)
-    storage[:] = data
 
 
 def _page_size(records: list[Record]) -> int:
@@ -157,60 +147,20 @@ def write_ffcv(path: Path, records: list[Record], max_res: int | None, jpeg_qual
     """Write a .beton with fields 'image' (RGBImageField) and 'label' (IntField).
 
     Write mode 'jpg' (every sample JPEG): files 5-10x smaller than 'raw' stay in the page cache,
-    FFCV's libjpeg-turbo decode is not the bottleneck of two-view loading (shared notes: ~4,400
+    FFCV's libjpeg-turbo decode is not the bottleneck of two-view loading (measured: ~4,400
     decodes/s against ~2,300 augmented views/s on 2 cores), and both loader backends then decode
-    the identical bytes. Our own encode runs once, in parallel, before this step; the field's
-    encode is replaced on this instance (FFCV finds the field type by `type(field)`, so a subclass
-    would not be readable) by a copy of those bytes. One FFCV worker: copying is I/O-bound, and a
-    second process measured slower (1.16 s vs 0.69 s for 1,000 samples on 2 cores).
+    the identical bytes. Our own encode runs once, in parallel, before this step; the image field
+    stores those bytes as they are (ffcv_compat.stored_jpeg_field). One FFCV worker: copying is
+    I/O-bound, and a second process measured slower (1.16 s vs 0.69 s for 1,000 samples on 2 cores).
+    FFCV's writer runs under ffcv_compat.writer_hooks: a labelled (or silent) progress bar, and a
+    writer process that dies is an error instead of a hang.
     """
-    import_ffcv()
-    from ffcv.fields import IntField, RGBImageField
-    from ffcv.fields.rgb_image import IMAGE_MODES
+    compat = import_ffcv("fasthpt.data.ffcv_compat")
+    from ffcv.fields import IntField
     from ffcv.writer import DatasetWriter
 
-    image = RGBImageField(write_mode="jpg", max_resolution=max_res or None, jpeg_quality=jpeg_quality)
-    # IMAGE_MODES is a numba typed dict: ~0.3 ms per lookup from Python, so read it once.
-    image.encode = partial(_encode_stored_jpeg, int(IMAGE_MODES["jpg"]))
+    image = compat.stored_jpeg_field(max_res, jpeg_quality)
     writer = DatasetWriter(str(path), {"image": image, "label": IntField()},
                            page_size=_page_size(records), num_workers=1)
-    with _ffcv_guarded(f"ffcv {path.stem}", progress):
+    with compat.writer_hooks(f"ffcv {path.stem}", progress):
         writer.from_indexed_dataset(_StoredJpegs(records), chunksize=256)
-
-
-@contextmanager
-def _ffcv_guarded(desc: str, progress: bool):
-    """Two patches of FFCV's writer module for the duration of one write:
-    - its tqdm bar is labelled, or silenced when asked;
-    - its wait loop (`while done != num_samples: sleep(0.1)`) would spin forever if a writer process
-      died (disk full, a bad page); the patched sleep checks the processes and raises instead."""
-    import ffcv.writer
-    from tqdm import tqdm
-
-    started: list = []
-    base_process, base_sleep = ffcv.writer.Process, ffcv.writer.sleep
-
-    class TrackedProcess(base_process):
-        def start(self):
-            started.append(self)
-            super().start()
-
-    def checked_sleep(seconds):
-        failed = [p.exitcode for p in started if p.exitcode not in (None, 0)]
-        if failed:
-            raise UserError(f"{desc}: FFCV's writer process failed (exit code {failed[0]}); "
-                            "see its error above (disk full?)")
-        base_sleep(seconds)
-
-    originals = {"tqdm": ffcv.writer.tqdm, "Process": base_process, "sleep": base_sleep}
-    ffcv.writer.tqdm = partial(tqdm, desc=desc, disable=not progress, leave=False)
-    ffcv.writer.Process, ffcv.writer.sleep = TrackedProcess, checked_sleep
-    try:
-        yield
-    finally:
-        for name, value in originals.items():
-            setattr(ffcv.writer, name, value)
-        for p in started:
-            if p.is_alive():
-                p.terminate()
-            p.join()

@@ -34,7 +34,7 @@ from fasthpt.errors import UserError
 __all__ = ["build_ssl_loader", "build_eval_loader", "build_labelled_loader", "split_labels", "available_backends",
            "resolve_backend", "AugPolicy"]
 
-# Fastest first: the order `auto` tries (cpu-loader-ceiling.md: FFCV and DALI far ahead of torchvision).
+# Fastest first: the order `auto` tries (bench/RESULTS.md: FFCV and DALI far ahead of torchvision).
 BACKENDS = ("ffcv", "dali", "torch")
 _MODULES = {name: f"fasthpt.data.{name}_backend" for name in BACKENDS}
 # What each backend reads from the prepared folder.
@@ -104,11 +104,12 @@ def _policy(policy: AugPolicy | str | None) -> AugPolicy:
 
 def _setup(data, backend, device, rank, world_size):
     from fasthpt.data import common  # imports torch: kept out of `import fasthpt.data`
+    from fasthpt.device import resolve_device
 
     manifest = _manifest(data)
     name = resolve_backend(backend, manifest)
     rank, world_size = common.resolve_dist(rank, world_size)
-    return manifest, importlib.import_module(_MODULES[name]), common.resolve_device(device), rank, world_size
+    return manifest, importlib.import_module(_MODULES[name]), resolve_device(device), rank, world_size
 
 
 def _check_common(res: int, batch_size: int, workers: int) -> None:

@@ -20,6 +20,7 @@ import math
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -123,12 +124,6 @@ def resolve_dist(rank: int | None, world_size: int | None) -> tuple[int, int]:
     return rank, world_size
 
 
-def resolve_device(device: torch.device | str | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def ssl_rank_count(count: int, world_size: int) -> int:
     return count // world_size
 
@@ -161,6 +156,50 @@ def check_batch(batch_size: int, per_rank: int, drop_last: bool, what: str) -> N
             f"{what}: {per_rank} samples per rank is fewer than batch_size {batch_size}: "
             f"every batch would be dropped; lower the batch size"
         )
+
+
+# What one view drew, per sample (DebugBatch.draws): crop (top, left, height, width) in the
+# decoded image; jitter, gray, blur, flip (whether each op ran); factors (brightness, contrast,
+# saturation, hue) and sigma (drawn even when their op does not run); order (ColorJitter's op
+# order, 0 brightness .. 3 hue) where the backend draws one (DALI's fused colour pass has none).
+DRAW_DTYPES = {"crop": torch.int64, "jitter": torch.bool, "order": torch.int64, "factors": torch.float64,
+               "gray": torch.bool, "blur": torch.bool, "sigma": torch.float64, "flip": torch.bool}
+
+
+class DebugBatch(NamedTuple):
+    """A batch of a loader built with ``debug=True``, the same shape from every backend.
+
+    views: the augmented views (2 for SSL, 1 labelled), as the loader yields them otherwise;
+    labels: int64 N, or None where the SSL pipeline does not read labels (ffcv, torch);
+    indices: int64 N sample indices in the split, or None where the reader does not give them
+        (DALI's SSL reader: see ``keys``);
+    draws: per view, name -> per-sample tensor (N, ...) with the names of DRAW_DTYPES;
+    keys: DALI's SSL reader: each sample's "shard path:sample key"; else None."""
+
+    views: tuple
+    labels: torch.Tensor | None
+    indices: torch.Tensor | None
+    draws: tuple
+    keys: list | None = None
+
+    @classmethod
+    def of(cls, out: tuple, views: int, indices, draws, keys=None) -> "DebugBatch":
+        """From a loader's usual batch ``out``: ``views`` views, then the labels if any."""
+        return cls(tuple(out[:views]), out[views] if len(out) > views else None, indices, draws, keys)
+
+    def draws_of(self, i: int) -> tuple[dict, ...]:
+        """Per view, sample ``i``'s draws as Python values (tuples for crop, order, factors)."""
+        return tuple({k: _python(t[i]) for k, t in d.items()} for d in self.draws)
+
+
+def _python(t: torch.Tensor):
+    return tuple(t.tolist()) if t.dim() else t.item()
+
+
+def stack_draws(samples: list[dict]) -> dict[str, torch.Tensor]:
+    """One view's per-sample draws (dicts keyed as DRAW_DTYPES) as DebugBatch.draws tensors."""
+    return {k: torch.tensor([s[k] for s in samples], dtype=dtype) for k, dtype in DRAW_DTYPES.items()
+            if k in samples[0]}
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 On a CUDA device the JPEGs are decoded with ``device='mixed'`` (nvJPEG) and augmented on the GPU;
 without CUDA the same graph runs on the CPU (``device_id=None``), logged once.
 
-Speed choices (shared/notes/cpu-loader-ceiling.md: augmentation, not decode, is the CPU wall):
+Speed choices (augmentation, not decode, is the CPU wall: bench/RESULTS.md's decode row):
 - one decode per image, two views cropped from it (resize with a region of interest: crop and
   resize are one pass);
 - colour jitter + grayscale are ONE per-pixel affine pass (``fn.coord_transform``): brightness,
@@ -12,7 +12,7 @@ Speed choices (shared/notes/cpu-loader-ceiling.md: augmentation, not decode, is 
   so ColorJitter's random order does not matter; torchvision clamps after each op and shifts hue
   in HSV, so saturated pixels can differ (tests/data/test_dali_backend.py states the tolerances);
 - each random op runs only on the samples that drew it (DALI conditionals), and the blur kernel is
-  sized by sigma: radius ceil(3 sigma), capped at ~10% of res (policy.blur_kernel_size);
+  sized by sigma: radius ceil(3 sigma), capped at ~10% of res (policy.blur_kernel_cap);
 - flip, normalisation and the layout change are one ``crop_mirror_normalize`` pass.
 
 Epochs: one pipeline runs consecutive epochs (no rebuild between them: at 64 px a rebuild costs as
@@ -146,8 +146,8 @@ def _colour(fn, dmath, types, view, factors, jitter, gray):
 
 
 def _blur_window(fn, dmath, types, sigma, policy: AugPolicy, res: int):
-    """Odd window 2 ceil(3 sigma) + 1 capped at ~10% of res: policy.blur_kernel_size in the graph."""
-    cap = float(policy.blur_kernel_size(res, sigma=float(res)))
+    """Odd window 2 ceil(3 sigma) + 1 capped at policy.blur_kernel_cap: policy.blur_kernel_size in the graph."""
+    cap = float(policy.blur_kernel_cap(res))
     return fn.cast(dmath.min(2.0 * dmath.ceil(3.0 * sigma) + 1.0, cap), dtype=types.INT32)
 
 
@@ -174,8 +174,25 @@ def _view(fn, dmath, types, images, shape, policy: AugPolicy, res: int, norm: di
     return view, draws
 
 
+# The debug outputs of one view, in the order _view returns them.
 DRAW_NAMES = ("anchor", "size", "jitter", "gray", "blur", "flip", "sigma", "brightness", "contrast",
               "saturation", "hue")
+
+
+def _draws(outputs, n: int) -> tuple:
+    """The debug outputs (DRAW_NAMES per view, one view after the other) as DebugBatch.draws."""
+    tensors = [_to_torch(t, torch.device("cpu"))[:n] for t in outputs]
+    step = len(DRAW_NAMES)
+    return tuple(_view_draws(dict(zip(DRAW_NAMES, tensors[i: i + step])), n) for i in range(0, len(tensors), step))
+
+
+def _view_draws(d: dict, n: int) -> dict:
+    """One view's draws keyed as common.DRAW_DTYPES: crop is (anchor, size) = (top, left, h, w)."""
+    crop = torch.cat([d["anchor"].reshape(n, 2), d["size"].reshape(n, 2)], 1)
+    factors = torch.stack([d[k].reshape(n) for k in ("brightness", "contrast", "saturation", "hue")], 1)
+    out = {k: d[k].reshape(n) for k in ("jitter", "gray", "blur", "sigma", "flip")}
+    out.update(crop=crop, factors=factors)
+    return {k: t.to(common.DRAW_DTYPES[k]) for k, t in out.items()}
 
 
 def _index_count(path) -> int:
@@ -397,16 +414,15 @@ class DaliLoader:
             labels = _to_torch(outputs[1], torch.device("cpu")).view(-1).to(self.device)
             if self.debug:
                 index = _to_torch(outputs[2], torch.device("cpu")).view(-1)
-                draws = [_to_torch(t, torch.device("cpu")) for t in outputs[3:]]
-                return self._images(outputs[0], n), labels, index, draws
+                return common.DebugBatch((self._images(outputs[0], n),), labels, index, _draws(outputs[3:], n))
             return self._images(outputs[0], n), labels
         if self.kind == "eval":
             return self._images(outputs[0], n), _labels(outputs[1])[:n].to(self.device)
+        views = self._images(outputs[0], n), self._images(outputs[1], n)
         if self.debug:
-            draws = [_to_torch(t, torch.device("cpu"))[:n] for t in outputs[3:]]
             keys = [outputs[2][i].source_info() for i in range(n)]
-            return self._images(outputs[0], n), self._images(outputs[1], n), _labels(outputs[2])[:n], keys, draws
-        return self._images(outputs[0], n), self._images(outputs[1], n)
+            return common.DebugBatch(views, _labels(outputs[2])[:n], None, _draws(outputs[3:], n), keys)
+        return views
 
     def __iter__(self):
         pipe = self.pipeline()
@@ -436,8 +452,8 @@ def _shard_size(count: int, shard_id: int, num_shards: int) -> int:
 
 def build_ssl_loader(manifest: Manifest, *, split, res, batch_size, policy, workers, device, seed, rank,
                      world_size, drop_last, channels_last, debug: bool = False) -> DaliLoader:
-    """Two-view loader. ``debug``: batches are (view_q, view_k, labels, sample keys, draws) where
-    draws lists, per view, the tensors named by DRAW_NAMES."""
+    """Two-view loader. ``debug``: batches are common.DebugBatch (two views, the labels, no sample
+    indices but each sample's key, each view's draws: no jitter order, the colour pass has none)."""
     policy = policy.validate()
     gpu = _on_gpu(device)
     count = common.split_count(manifest, split)
@@ -458,7 +474,7 @@ def build_ssl_loader(manifest: Manifest, *, split, res, batch_size, policy, work
 def build_labelled_loader(manifest: Manifest, *, split, res, batch_size, workers, device, seed, rank, world_size,
                           channels_last, indices=None, debug: bool = False) -> DaliLoader:
     """One labelled crop-and-flip view per sample, full batches, an exact permutation per epoch.
-    ``debug``: batches are (images, labels, indices, draws), draws the tensors named by DRAW_NAMES."""
+    ``debug``: batches are common.DebugBatch (one view, the labels, the sample indices, the draws)."""
     gpu = _on_gpu(device)
     _shard_files(manifest, split)  # the files exist and agree with the manifest
     shards = common.split_wds_shards(manifest, split)

@@ -15,26 +15,28 @@ Eval pipeline: ffcv_ops.CenterCropDecoder (torchvision's Resize(round(res * 256/
 the paper's test transform, antialiased) + IntDecoder; normalised on the device.
 
 Buffers: FFCV 1.0.2 allocates every operation's batch slots afresh at each epoch (and page-locks
-them when CUDA is present); here they are allocated once per loader (``_ReusedMemory``).
+them when CUDA is present); here they are allocated once per loader (ffcv_compat.ReusedMemory).
+Every use of FFCV's internals (this order, those buffers, the end-of-epoch polling) is in
+ffcv_compat.py, checked against the FFCV version it was read from.
 
 Sharding and epoch length follow fasthpt.data.common (one rule for every backend), through a
-TraversalOrder of our own: it needs neither torch.distributed nor FFCV's distributed mode.
+TraversalOrder of our own (ffcv_compat.adopt): it needs neither torch.distributed nor FFCV's
+distributed mode.
 A joined split ("train+val") is one .beton per part: one loader per part, their batches interleaved
 in a seeded random order (common.InterleavedLoader), so a batch holds samples of one part only.
 """
 
 from __future__ import annotations
 
-import gc
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from fasthpt.data import ffcv_compat as compat  # first: refuses an FFCV version it was not read from
 from ffcv.fields.basics import IntDecoder
-from ffcv.loader import Loader, OrderOption
 from ffcv.pipeline import PipelineSpec
-from ffcv.traversal_order.base import TraversalOrder
 
 from fasthpt.data import common
 from fasthpt.data import ffcv_kernels as K
@@ -46,11 +48,6 @@ from fasthpt.errors import UserError
 BACKEND = "ffcv"
 BATCHES_AHEAD = 3  # FFCV's default prefetch depth
 
-# Compiled pipelines are never freed. numba 0.68 finalizers of a collected FFCV pipeline unregister
-# functions that other pipelines' dispatchers still use (libffcv's imdecode is compiled once per
-# pipeline): the next build then fails with a KeyError, or a finalizer prints one. A few MB per build.
-_PIPELINES_KEPT: list = []
-
 
 def _beton(manifest: Manifest, split: str) -> Path:
     path = manifest.ffcv_path(split)
@@ -59,124 +56,20 @@ def _beton(manifest: Manifest, split: str) -> Path:
     return path
 
 
-def _rank_order(indices_for_epoch):
-    """A TraversalOrder class returning this rank's sample indices for an epoch."""
-
-    class RankOrder(TraversalOrder):
-        def sample_order(self, epoch: int) -> np.ndarray:
-            return np.asarray(indices_for_epoch(epoch), dtype=np.int64)
-
-    return RankOrder
-
-
 def _ffcv_loader(path, batch_size, workers, indices_for_epoch, pipelines, drop_last):
     try:
-        loader = Loader(str(path), batch_size=batch_size, num_workers=workers if workers > 0 else -1,
-                        os_cache=True, order=OrderOption.SEQUENTIAL, pipelines=pipelines, drop_last=drop_last,
-                        batches_ahead=BATCHES_AHEAD)
+        loader = compat.open_loader(path, batch_size=batch_size, workers=workers, pipelines=pipelines,
+                                    drop_last=drop_last, batches_ahead=BATCHES_AHEAD)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read FFCV file {path}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
-    # FFCV 1.0.2's Loader rejects TraversalOrder classes (it tests isinstance on the class and then
-    # calls the instance), so the order is swapped in after construction.
-    _PIPELINES_KEPT.append(loader.code)
-    loader.traversal_order = _rank_order(indices_for_epoch)(loader)
-    loader.first_traversal_order = loader.next_traversal_order()
-    loader.graph.allocate_memory = _ReusedMemory(loader.graph.allocate_memory)
-    _compile_here(loader)
-    return loader
-
-
-class _ReusedMemory:
-    """Graph.allocate_memory, once per loader instead of once per epoch. FFCV's EpochIterator asks
-    for every operation's ``batches_ahead + 2`` batch slots at each epoch: ~0.5 GB at 224 px and
-    batch 64 here, whose page faults (and page-locking, with CUDA) cost 37% of the throughput on a
-    7-batch epoch (1,420 -> 2,250 samples/s, bench/RESULTS.md). Reuse is safe once the previous
-    epoch's thread has stopped writing and its last batch's copies to the device have run: after a
-    complete epoch both hold (``_batches`` waits for the copies); after an abandoned one the thread
-    may still be finishing a batch, so ``forget`` makes the next epoch allocate anew (FFCV's
-    behaviour)."""
-
-    def __init__(self, allocate):
-        self.allocate = allocate
-        self.memory = None
-
-    def __call__(self, batch_size, slots):
-        if self.memory is None or self.memory[0] != (batch_size, slots):
-            self.memory = ((batch_size, slots), self.allocate(batch_size, slots))
-        return self.memory[1]
-
-    def forget(self) -> None:
-        self.memory = None
-
-
-def _compile_here(loader) -> None:
-    """Run the pipeline once on this thread, so numba compiles it at build time, here: a compile
-    error then raises in the caller instead of stopping FFCV's thread, and JIT time stays out of
-    the first epoch. The cyclic GC is held off meanwhile (numba dispatcher finalizers running during
-    a compile were one source of numba 0.68 KeyErrors seen here). Same steps as FFCV's
-    EpochIterator.run_pipeline, on one batch of the first epoch's order."""
-    indices = np.asarray(loader.first_traversal_order[: loader.batch_size])
-    context = loader.memory_manager.schedule_epoch([indices])
-    context.__enter__()
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        context.start_batch(0)
-        memory = loader.graph.allocate_memory(loader.batch_size, loader.batches_ahead + 2)  # kept for epoch 0
-        args = {"batch_indices": indices, "storage_state": context.state, "metadata": loader.reader.metadata,
-                **{f"memory_{k}": _slot(v, len(indices)) for k, v in memory["operation"].items()},
-                **{f"shared_memory_{k}": _slot(v, len(indices)) for k, v in memory["shared"].items()}}
-        stages, _ = loader.code
-        for stage, outputs in stages:
-            for node_id, result in zip(outputs, stage(**args)):
-                args[f"result_{node_id}"] = result
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-        context.__exit__(None, None, None)
-
-
-def _slot(buffer, count):
-    if buffer is None:
-        return None
-    if isinstance(buffer, tuple):
-        return tuple(_slot(b, count) for b in buffer)
-    return buffer[0][:count]
-
-
-def _batches(loader, copies: "_DeviceCopies"):
-    """Iterate an FFCV Loader, but raise instead of hanging when its pipeline thread dies (FFCV 1.0.2's
-    EpochIterator then never posts its end marker and ``next`` would block forever). Before each
-    draw, the previous batch's copies to the device must have run: drawing lets FFCV refill its slot."""
-    it = iter(loader)
-    queue = it.output_queue
-    complete = False
-    try:
-        while True:
-            copies.wait()
-            with queue.not_empty:
-                while not queue._qsize() and it.is_alive():
-                    queue.not_empty.wait(0.5)
-            if not queue._qsize() and not it.is_alive():
-                raise RuntimeError("the FFCV pipeline thread stopped with an error (traceback above)")
-            try:
-                batch = next(it)
-            except StopIteration:
-                complete = True
-                return
-            yield batch
-    finally:
-        copies.wait()
-        it.close()
-        if not complete:  # FFCV's thread may still write a batch: the next epoch gets new buffers
-            loader.graph.allocate_memory.forget()
+    return compat.adopt(loader, indices_for_epoch)
 
 
 class _DeviceCopies:
     """Host-to-device copies out of FFCV's batch slots (page-locked when CUDA is present, so the
     copies run in the background). FFCV's thread refills a slot on the CPU as soon as the next batch
     is drawn, and its CUDA events only order GPU streams, so a batch's copies must have run, on the
-    host's clock, before the next draw: ``_batches`` calls ``wait``. The copies queue behind the
+    host's clock, before the next draw: ``compat.batches`` calls ``wait``. The copies queue behind the
     training work already on the stream: the host stays about one step ahead of the device. On the
     CPU both calls do nothing."""
 
@@ -257,29 +150,28 @@ class FFCVAugLoader:
         # Without set_epoch, successive passes are successive epochs (as FFCV's own Loader does).
         epoch, self.epoch = self.epoch, self.epoch + 1
         self.key.set_epoch(epoch)
-        self._loader.next_epoch = epoch
+        compat.start_epoch(self._loader, epoch)
         debug = self._debug_epoch(epoch) if self.debug else None
-        for b, batch in enumerate(_batches(self._loader, self._copies)):
+        for b, batch in enumerate(compat.batches(self._loader, self._copies.wait)):
             out = self._to_views(batch[0])
             if self.views == 1:  # a copy: FFCV refills its label buffers once the next batch is drawn
                 out += (torch.tensor(batch[1].reshape(-1), dtype=torch.int64, device=self.device),)
-            yield out if debug is None else out + debug[b]
+            yield out if debug is None else common.DebugBatch.of(out, self.views, *debug[b])
 
     def _debug_epoch(self, epoch):
-        """Per batch: (draws, indices). Computed before FFCV's thread starts: numba 0.68 can fail
-        with a KeyError when two threads compile calls of one kernel at the same time."""
-        order = self._loader.next_traversal_order()[: len(self) * self.batch_size]
+        """Per batch: (sample indices, draws). Computed before FFCV's thread starts: numba 0.68 can
+        fail with a KeyError when two threads compile calls of one kernel at the same time."""
+        order = compat.epoch_order(self._loader)[: len(self) * self.batch_size]
         chunks = [order[i: i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        return [(self._draws(epoch, idx), torch.from_numpy(np.asarray(idx, dtype=np.int64))) for idx in chunks]
+        return [(torch.from_numpy(np.asarray(idx, dtype=np.int64)), self._draws(epoch, idx)) for idx in chunks]
 
-    def _draws(self, epoch, indices):
-        """Debug mode: each sample's view parameters (a pair of dicts for SSL, one dict for labelled), recomputed in
-        Python by the same kernels from the same keys as the compiled pipeline (dicts shaped like the
-        torch backend's)."""
-        meta = self._loader.reader.metadata["f0"]
-        draws = [ops.view_draws(self.key.seed, epoch, int(i), int(meta[i]["height"]), int(meta[i]["width"]),
+    def _draws(self, epoch, indices) -> tuple:
+        """Debug mode: per view, the parameters each sample drew (common.DebugBatch.draws), recomputed
+        in Python by the same kernels from the same keys as the compiled pipeline."""
+        meta = compat.field_metadata(self._loader.reader, "image")
+        pairs = [ops.view_draws(self.key.seed, epoch, int(i), int(meta[i]["height"]), int(meta[i]["width"]),
                                 self.policy, self.res) for i in indices]
-        return draws if self.views == 2 else [pair[0] for pair in draws]
+        return tuple(common.stack_draws([pair[v] for pair in pairs]) for v in range(self.views))
 
     def _to_views(self, batch: np.ndarray) -> tuple:
         views = []
@@ -327,7 +219,7 @@ class FFCVEvalLoader:
         pass
 
     def __iter__(self):
-        for images, labels in _batches(self._loader, self._copies):
+        for images, labels in compat.batches(self._loader, self._copies.wait):
             x = _nhwc_u8_to_float(self._copies.to_device(images), self._mean, self._inv_std, self.channels_last)
             # a copy: FFCV refills its label buffers once the next batch is drawn, and callers keep labels
             y = torch.tensor(labels.reshape(-1), dtype=torch.int64, device=self.device)
@@ -350,8 +242,8 @@ SSL_SUBSETS = True  # build_ssl_loader takes ``indices`` (a subset of the split)
 def build_ssl_loader(manifest: Manifest, *, split: str, res: int, batch_size: int, policy: AugPolicy,
                      workers: int, device: torch.device, seed: int, rank: int, world_size: int,
                      drop_last: bool, channels_last: bool, indices=None, debug: bool = False):
-    """See fasthpt.data. debug=True: batches are (view_q, view_k, draws, indices) where draws[i] is
-    the pair of parameter dicts of sample indices[i] (crop, jitter, order, factors, gray, blur, sigma, flip)."""
+    """See fasthpt.data. debug=True: batches are common.DebugBatch (two views, no labels, the
+    sample indices and each view's draws: crop, jitter, order, factors, gray, blur, sigma, flip)."""
     if indices is not None and len(common.split_parts(split)) > 1:
         raise UserError(f"a subset of samples needs a single split, not {split!r}")
     return _per_part(lambda part, part_seed: FFCVAugLoader(
@@ -364,7 +256,7 @@ def build_labelled_loader(manifest: Manifest, *, split: str, res: int, batch_siz
                           device: torch.device, seed: int, rank: int, world_size: int, channels_last: bool,
                           indices=None, debug: bool = False):
     """See fasthpt.data: the SSL pipeline with one view, the labelled policy and the label field.
-    debug=True: batches are (images, labels, draws, indices), draws[i] the parameter dict of sample indices[i]."""
+    debug=True: batches are common.DebugBatch (one view, the labels, the sample indices, the draws)."""
     if indices is not None and len(common.split_parts(split)) > 1:
         raise UserError(f"a subset of samples needs a single split, not {split!r}")
     return _per_part(lambda part, part_seed: FFCVAugLoader(
@@ -375,19 +267,16 @@ def build_labelled_loader(manifest: Manifest, *, split: str, res: int, batch_siz
 
 def ffcv_labels(manifest: Manifest, split: str) -> torch.Tensor:
     """Labels of ``split`` in sample order, from the .beton's 'label' field metadata (no image decoded)."""
-    from ffcv.reader import Reader
-
     labels = []
     for part in common.split_parts(split):
         path = _beton(manifest, part)
         try:
-            reader = Reader(str(path))
+            values = compat.read_field(path, "label")
         except (OSError, ValueError, AssertionError) as exc:
             raise UserError(f"cannot read FFCV file {path}: {exc}") from None
-        if "label" not in reader.field_names:
+        if values is None:
             raise UserError(f"{path} has no label field; re-run `fasthpt prep`")
-        field = f"f{reader.field_names.index('label')}"
-        labels.append(torch.from_numpy(np.asarray(reader.metadata[field], dtype=np.int64).reshape(-1).copy()))
+        labels.append(torch.from_numpy(np.asarray(values, dtype=np.int64).reshape(-1).copy()))
     return torch.cat(labels)
 
 

@@ -43,8 +43,12 @@ _AUG = 64
 # torchvision's rgb_to_grayscale weights for tensors (ITU-R 601-2 luma).
 _WR, _WG, _WB = 0.2989, 0.587, 0.114
 
-# Layout of the policy vector `cfg` handed to sample_view_params (built by ffcv_ops.policy_vector).
-CFG_LEN = 12
+# Slots of the policy vector `cfg` handed to sample_view_params (built by ffcv_ops.policy_vector):
+# the AugPolicy fields of the same names, and the sigma range for the view's side. Brightness,
+# contrast, saturation and hue follow each other, in the order of the factors (P_FACT).
+C_JITTER_P, C_BRIGHTNESS, C_CONTRAST, C_SATURATION, C_HUE = 0, 1, 2, 3, 4
+C_GRAY_P, C_BLUR_P, C_SIGMA_LO, C_SIGMA_HI, C_FLIP_P = 5, 6, 7, 8, 9
+CFG_LEN = 10
 # Layout of one view's drawn parameters (sample_view_params output).
 P_FACT = 0  # 4 factors: brightness, contrast, saturation, hue (neutral 1, 1, 1, 0 when off)
 P_ORDER = 4  # 4 slots: jitter op order (0 brightness, 1 contrast, 2 saturation, 3 hue)
@@ -129,17 +133,17 @@ def scale_box(top, left, h, w, d, height, width):
 def sample_view_params(key, cfg, out):
     """Draw one view's jitter / gray / blur / flip parameters into ``out`` (PARAMS_LEN floats).
 
-    cfg: jitter_p, brightness, contrast, saturation, hue, gray_p, blur_p, sigma_lo, sigma_hi, flip_p.
-    Jitter factors: brightness/contrast/saturation ~ U[max(0, 1-s), 1+s], hue ~ U[-h, h], applied in a
-    uniformly random order (torchvision ColorJitter.get_params). Factors and sigma are drawn whether
-    or not their op is applied (P_JIT / P_BLUR say that), so their statistics can be checked.
+    cfg: the policy vector (slots C_*). Jitter factors: brightness/contrast/saturation ~
+    U[max(0, 1-s), 1+s], hue ~ U[-h, h], applied in a uniformly random order (torchvision
+    ColorJitter.get_params). Factors and sigma are drawn whether or not their op is applied
+    (P_JIT / P_BLUR say that), so their statistics can be checked.
     """
-    out[P_JIT] = 1.0 if uniform(key, _AUG) < cfg[0] else 0.0
-    for k in range(3):
-        s = cfg[1 + k]
+    out[P_JIT] = 1.0 if uniform(key, _AUG) < cfg[C_JITTER_P] else 0.0
+    for k in range(3):  # brightness, contrast, saturation
+        s = cfg[C_BRIGHTNESS + k]
         lo = max(0.0, 1.0 - s)
         out[P_FACT + k] = lo + (1.0 + s - lo) * uniform(key, _AUG + 1 + k) if s > 0 else 1.0
-    h = cfg[4]
+    h = cfg[C_HUE]
     out[P_FACT + 3] = -h + 2.0 * h * uniform(key, _AUG + 4) if h > 0 else 0.0
     for k in range(4):  # Fisher-Yates shuffle of (0, 1, 2, 3)
         out[P_ORDER + k] = k
@@ -148,10 +152,10 @@ def sample_view_params(key, cfg, out):
         tmp = out[P_ORDER + k]
         out[P_ORDER + k] = out[P_ORDER + j]
         out[P_ORDER + j] = tmp
-    out[P_GRAY] = 1.0 if uniform(key, _AUG + 9) < cfg[5] else 0.0
-    out[P_BLUR] = 1.0 if uniform(key, _AUG + 10) < cfg[6] else 0.0
-    out[P_SIGMA] = cfg[7] + (cfg[8] - cfg[7]) * uniform(key, _AUG + 11)
-    out[P_FLIP] = 1.0 if uniform(key, _AUG + 12) < cfg[9] else 0.0
+    out[P_GRAY] = 1.0 if uniform(key, _AUG + 9) < cfg[C_GRAY_P] else 0.0
+    out[P_BLUR] = 1.0 if uniform(key, _AUG + 10) < cfg[C_BLUR_P] else 0.0
+    out[P_SIGMA] = cfg[C_SIGMA_LO] + (cfg[C_SIGMA_HI] - cfg[C_SIGMA_LO]) * uniform(key, _AUG + 11)
+    out[P_FLIP] = 1.0 if uniform(key, _AUG + 12) < cfg[C_FLIP_P] else 0.0
 
 
 _F0, _F1, _F255 = np.float32(0.0), np.float32(1.0), np.float32(255.0)

@@ -28,8 +28,8 @@ import numpy as np
 import numba
 from numba.core import types
 from numba.extending import intrinsic
-from ffcv.fields.rgb_image import IMAGE_MODES
-import ffcv.libffcv as ffcv_libffcv
+
+from fasthpt.data import ffcv_compat as compat  # first: refuses an FFCV version it was not read from
 from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.operation import Operation
@@ -53,7 +53,7 @@ class EpochKey:
         return self.value
 
 
-_imdecode = ffcv_libffcv.ctypes_imdecode  # libffcv's C entry point (ctypes: callable from numba)
+_imdecode = compat.imdecode  # libffcv's C entry point (ctypes: callable from numba)
 
 
 def _decode_jpeg(data, dst, height, width, denominator):
@@ -65,7 +65,7 @@ def _decode_jpeg(data, dst, height, width, denominator):
 decode_jpeg = numba.njit(nogil=True)(_decode_jpeg)  # for callers outside the pipelines (tests)
 
 
-_memcpy = ffcv_libffcv.ctypes_memcopy  # libffcv's memcpy(src, dst, size)
+_memcpy = compat.memcopy  # libffcv's memcpy(src, dst, size)
 
 
 @intrinsic
@@ -128,13 +128,19 @@ def _key_reader(key: EpochKey):
     return key._callback
 
 
+# The policy's fields in the slots of K.sample_view_params' ``cfg`` (the sigma range, per view side, aside).
+_CFG_FIELDS = ((K.C_JITTER_P, "jitter_p"), (K.C_BRIGHTNESS, "brightness"), (K.C_CONTRAST, "contrast"),
+               (K.C_SATURATION, "saturation"), (K.C_HUE, "hue"), (K.C_GRAY_P, "gray_p"), (K.C_BLUR_P, "blur_p"),
+               (K.C_FLIP_P, "flip_p"))
+
+
 def policy_vector(policy: AugPolicy, res: int) -> tuple[np.ndarray, int]:
-    """(cfg for K.sample_view_params, blur radius cap from AugPolicy.blur_kernel_size)."""
+    """(cfg for K.sample_view_params, the blur radius cap: from AugPolicy.blur_kernel_cap)."""
     cfg = np.zeros(K.CFG_LEN, np.float64)
-    cfg[:10] = (policy.jitter_p, policy.brightness, policy.contrast, policy.saturation, policy.hue,
-                policy.gray_p, policy.blur_p, *policy.sigma_range(res), policy.flip_p)
-    cap = policy.blur_kernel_size(res, sigma=1e9)  # the cap alone: sigma so large it never binds
-    return cfg, (cap - 1) // 2
+    for slot, name in _CFG_FIELDS:
+        cfg[slot] = getattr(policy, name)
+    cfg[K.C_SIGMA_LO], cfg[K.C_SIGMA_HI] = policy.sigma_range(res)
+    return cfg, (policy.blur_kernel_cap(res) - 1) // 2
 
 
 class _ImageDecoder(Operation):
@@ -144,8 +150,9 @@ class _ImageDecoder(Operation):
     out_shape: tuple
 
     def declare_state_and_memory(self, previous_state):
-        self.max_w = int(self.metadata["width"].max())
-        self.max_h = int(self.metadata["height"].max())
+        metadata, _ = compat.decoder_inputs(self)
+        self.max_w = int(metadata["width"].max())
+        self.max_h = int(metadata["height"].max())
         u8 = np.dtype("<u1")
         return (replace(previous_state, jit_mode=True, shape=self.out_shape, dtype=u8),
                 (AllocationQuery(self.out_shape, u8), AllocationQuery((self.max_h * self.max_w * 3,), u8)))
@@ -153,7 +160,8 @@ class _ImageDecoder(Operation):
     def code_parts(self):
         """What both decoders' compiled code closes over: FFCV's reader, its parallel iterator, the
         image fetch compiled for this pipeline (see _image), the JPEG mode code, the scratch size."""
-        return self.memory_read, Compiler.get_iterator(), Compiler.compile(_image), IMAGE_MODES["jpg"], self.scratch_len()
+        _, memory_read = compat.decoder_inputs(self)
+        return memory_read, Compiler.get_iterator(), Compiler.compile(_image), compat.JPG_MODE, self.scratch_len()
 
     def scratch_len(self) -> int:
         """float32 scratch for the separable resize (see ffcv_kernels.resize_crop_aa)."""
@@ -300,8 +308,7 @@ class ViewsAugment(Operation):
             return dst_in
 
         augment.is_parallel = True
-        augment.with_indices = True
-        return augment
+        return compat.with_indices(augment)
 
 
 def split_views(batch: np.ndarray, res: int, layout: int):

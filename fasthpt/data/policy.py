@@ -76,12 +76,17 @@ class AugPolicy:
             (self.brightness, self.contrast, self.saturation, self.hue)
         )
 
+    def blur_kernel_cap(self, res: int) -> int:
+        """The widest blur kernel at view side ``res``: blur_kernel_frac * res rounded, made odd, at
+        least 3 (23 taps at 224 px). Every backend bounds its kernel by it; the torch baseline,
+        whose torchvision GaussianBlur has a fixed size, blurs with it."""
+        return max(3, int(round(self.blur_kernel_frac * res)) | 1)
+
     def blur_kernel_size(self, res: int, sigma: float | None = None) -> int:
-        """Odd kernel size: radius ceil(3 sigma) (exact to ~1e-3), capped at blur_kernel_frac*res;
+        """Odd kernel size: radius ceil(3 sigma) (exact to ~1e-3), capped at blur_kernel_cap(res);
         ``sigma`` None: the largest of ``sigma_range(res)``."""
         sigma = self.sigma_range(res)[1] if sigma is None else sigma
-        cap = max(3, int(round(self.blur_kernel_frac * res)) | 1)
-        return min(2 * math.ceil(3 * sigma) + 1, cap)
+        return min(2 * math.ceil(3 * sigma) + 1, self.blur_kernel_cap(res))
 
     @classmethod
     def preset(cls, name: str) -> "AugPolicy":

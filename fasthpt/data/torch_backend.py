@@ -93,10 +93,10 @@ def op_gray(img: Image.Image) -> Image.Image:
 
 
 def moco_kernel(policy: AugPolicy, res: int) -> int:
-    """The widest kernel the policy allows at ``res`` (the cap of policy.blur_kernel_size: 23 taps at
-    224 px), wide enough for any sigma in its range: the baseline blurs with torchvision's
-    fixed-size GaussianBlur, where MoCo-v2 used PIL's GaussianBlur(radius=sigma)."""
-    return policy.blur_kernel_size(res, sigma=float(res))
+    """The widest kernel the policy allows at ``res`` (policy.blur_kernel_cap: 23 taps at 224 px),
+    wide enough for any sigma in its range: the baseline blurs with torchvision's fixed-size
+    GaussianBlur, where MoCo-v2 used PIL's GaussianBlur(radius=sigma)."""
+    return policy.blur_kernel_cap(res)
 
 
 def op_blur(img: Image.Image, sigma: float, kernel: int) -> Image.Image:
@@ -180,11 +180,10 @@ class _WdsImages(Dataset):
             torch.manual_seed(common.epoch_seed(self.seed, epoch, index))
             params = [draw_params(self.policy, *img.size, self.res) for _ in range(self.views)]
         views = tuple(apply_view(img, p, self.policy, self.res) for p in params)
-        drawn = [asdict(p) for p in params]
         if self.views == 1:
-            views, drawn = views + (label,), drawn[0]
+            views += (label,)
         if self.debug:
-            return views + (drawn, index)
+            return views + ([asdict(p) for p in params], index)
         return views
 
 
@@ -203,8 +202,8 @@ class _EpochSampler:
 
 
 def _collate(views: int):
-    """Stack the ``views`` augmented views (and the labels of a one-view batch); debug extras (per-view
-    parameter dicts, sample indices) stay lists / become an index tensor."""
+    """Stack the ``views`` augmented views (and the labels of a one-view batch); debug extras: the
+    sample indices as a tensor, then per view its draws (common.stack_draws)."""
 
     def collate(batch):
         out = tuple(torch.stack([item[v] for item in batch]) for v in range(views))
@@ -214,7 +213,8 @@ def _collate(views: int):
             rest = 2
         if len(batch[0]) == rest:
             return out
-        return out + ([item[rest] for item in batch], torch.tensor([item[rest + 1] for item in batch]))
+        draws = tuple(common.stack_draws([item[rest][v] for item in batch]) for v in range(views))
+        return out + (torch.tensor([item[rest + 1] for item in batch]), draws)
 
     return collate
 
@@ -255,9 +255,11 @@ class TorchLoader:
     def __iter__(self):
         for batch in self.loader:
             if self.views == 2:
-                yield (self._normalise(batch[0]), self._normalise(batch[1])) + tuple(batch[2:])
-            else:  # eval, labelled: (images, labels) (+ debug extras)
-                yield (self._normalise(batch[0]), batch[1].to(self.device, torch.int64)) + tuple(batch[2:])
+                out = (self._normalise(batch[0]), self._normalise(batch[1]))
+            else:  # eval, labelled: (images, labels)
+                out = (self._normalise(batch[0]), batch[1].to(self.device, torch.int64))
+            extras = batch[2:]  # debug: (sample indices, draws)
+            yield common.DebugBatch.of(out, max(self.views, 1), *extras) if extras else out
 
 
 def _loader(dataset, indices_for_epoch, *, batch_size, workers, device, drop_last, channels_last, manifest, what):
@@ -273,8 +275,7 @@ SSL_SUBSETS = True  # build_ssl_loader takes ``indices`` (a subset of the split)
 def build_ssl_loader(manifest: Manifest, *, split, res, batch_size, policy, workers, device, seed, rank,
                      world_size, drop_last, channels_last, indices=None, debug: bool = False) -> TorchLoader:
     """Two-view MoCo-v2 loader (over the samples ``indices`` of the split when given). ``debug``:
-    batches also carry each view's drawn parameters and the sample indices:
-    (view_q, view_k, [params_q, params_k], indices)."""
+    batches are common.DebugBatch (two views, no labels, the sample indices, each view's draws)."""
     dataset = _WdsImages(manifest, split, res, policy.validate(), seed, debug)
     subset = common.subset_indices(manifest, split, indices)
     return _loader(dataset, lambda epoch: common.labelled_rank_indices(subset, rank, world_size, seed, epoch),
@@ -285,7 +286,7 @@ def build_ssl_loader(manifest: Manifest, *, split, res, batch_size, policy, work
 def build_labelled_loader(manifest: Manifest, *, split, res, batch_size, workers, device, seed, rank, world_size,
                           channels_last, indices=None, debug: bool = False) -> TorchLoader:
     """One labelled view per sample (common.labelled_policy), shuffled per epoch, full batches.
-    ``debug``: batches are (images, labels, [params dict per sample], indices)."""
+    ``debug``: batches are common.DebugBatch (one view, the labels, the sample indices, the draws)."""
     dataset = _WdsImages(manifest, split, res, common.labelled_policy(), seed, debug, views=1)
     subset = common.subset_indices(manifest, split, indices)
     return _loader(dataset, lambda epoch: common.labelled_rank_indices(subset, rank, world_size, seed, epoch),

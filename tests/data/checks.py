@@ -5,7 +5,8 @@ For the ffcv backend (tests/data/test_ffcv_backend.py) reuse, with ``backend="ff
   with small test defaults (res 32, batch 8, CPU, workers 0 or 1).
 - ``check_ssl_batch(q, k, manifest, batch_size=, res=, channels_last=)``: shape, dtype, device,
   memory format, finite, inside the normalised 0..255 range, the two views differ per sample.
-- ``check_epoch(loader, drop_last=)``: batch count == len(loader), samples == num_samples.
+- ``check_epoch(loader, drop_last=)``: batch count == len(loader), samples == num_samples (plain
+  or debug batches).
 - ``check_repeatable(make)``: ``make(seed)`` twice -> identical first epoch; another seed or
   ``set_epoch(1)`` -> different.
 - ``check_partition(keys_per_rank, all_keys, exact=)``: ranks disjoint; together all keys (eval),
@@ -17,6 +18,8 @@ For the ffcv backend (tests/data/test_ffcv_backend.py) reuse, with ``backend="ff
   torchvision's RandomResizedCrop.get_params (two-sample Kolmogorov-Smirnov, alpha ~1e-3).
 - ``check_policy_draws(draws, policy, width, height, res)``: all of the above for a dict of draws:
   jitter, gray, blur, flip (bool arrays), sigma, brightness..hue (floats), area (crop area fraction).
+- ``draw_stats(view_draws, width, height)``: that dict from the draws of debug batches
+  (common.DebugBatch.draws of any backend, any number of views and batches).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import torch
 from PIL import Image
 
 import fasthpt.data as data_api
+from fasthpt.data.common import DebugBatch
 from fasthpt.data.policy import AugPolicy
 
 
@@ -75,7 +79,7 @@ def check_epoch(loader, *, drop_last, batch_size):
     """Iterate one epoch; returns its batches."""
     batches = list(loader)
     assert len(batches) == len(loader)
-    sizes = [b[0].shape[0] for b in batches]
+    sizes = [(b.views if isinstance(b, DebugBatch) else b)[0].shape[0] for b in batches]
     assert sum(sizes) == (len(loader) * batch_size if drop_last else loader.num_samples)
     assert all(s == batch_size for s in sizes[:-1])
     return batches
@@ -179,3 +183,16 @@ def check_policy_draws(draws: dict, policy: AugPolicy, width, height, res):
         check_uniform(draws[name], max(0.0, 1 - v), 1 + v, name)
     check_uniform(draws["hue"], -policy.hue, policy.hue, "hue")
     check_crop_areas(draws["area"], policy, width, height)
+
+
+def draw_stats(view_draws: list[dict], width, height) -> dict:
+    """DebugBatch.draws dicts (one per view and batch) -> the arrays check_policy_draws reads (and
+    the jitter op orders, where the backend draws them)."""
+    cat = {k: torch.cat([d[k] for d in view_draws]).numpy() for k in view_draws[0]}
+    out = {k: cat[k] for k in ("jitter", "gray", "blur", "flip", "sigma")}
+    for i, name in enumerate(("brightness", "contrast", "saturation", "hue")):
+        out[name] = cat["factors"][:, i]
+    out["area"] = cat["crop"][:, 2] * cat["crop"][:, 3] / (width * height)
+    if "order" in cat:
+        out["order"] = cat["order"]
+    return out

@@ -160,7 +160,7 @@ def _debug_loader(tiny_data, rank, world_size, batch_size=5):
 
 def _epoch_keys(loader, epoch):
     loader.set_epoch(epoch)
-    return [key.rsplit(":", 1)[-1] for batch in loader for key in batch[3]]
+    return [key.rsplit(":", 1)[-1] for batch in loader for key in batch.keys]
 
 
 def _debug_keys(tiny_data, rank, world_size, epoch=0):
@@ -303,19 +303,18 @@ def test_labelled_views_match_torchvision_crop_and_flip(tiny_data):
     images = tb._WdsImages(manifest, "train", 16, None, 0)
     mean, std = torch.tensor(manifest.mean).view(3, 1, 1), torch.tensor(manifest.std).view(3, 1, 1)
     batches = list(loader)
-    reference_order = torch.cat([b[3] for b in tb.build_labelled_loader(
+    reference_order = torch.cat([b.indices for b in tb.build_labelled_loader(
         manifest, split="train", res=16, batch_size=6, workers=0, device=torch.device("cpu"), seed=2, rank=0,
         world_size=1, channels_last=False, debug=True)])
-    assert torch.equal(torch.cat([b[2] for b in batches]), reference_order)
+    assert torch.equal(torch.cat([b.indices for b in batches]), reference_order)
     errs = []
-    for x, y, idx, draws in batches:
-        assert torch.equal(y, labels[idx])
-        names = dict(zip(db.DRAW_NAMES, draws))
-        assert not (names["jitter"].any() or names["gray"].any() or names["blur"].any())
-        for j, i in enumerate(idx.tolist()):
-            (top, left), (h, w) = names["anchor"][j].tolist(), names["size"][j].tolist()
-            ref = F.pil_to_tensor(tb.op_crop(images._image(i), (top, left, h, w), 16)).float()
-            ref = ref.flip(-1) if names["flip"][j] else ref
+    for batch in batches:
+        (x,), (d,) = batch.views, batch.draws
+        assert torch.equal(batch.labels, labels[batch.indices])
+        assert not (d["jitter"].any() or d["gray"].any() or d["blur"].any())
+        for j, i in enumerate(batch.indices.tolist()):
+            ref = F.pil_to_tensor(tb.op_crop(images._image(i), tuple(d["crop"][j].tolist()), 16)).float()
+            ref = ref.flip(-1) if d["flip"][j] else ref
             errs.append((x[j] * std + mean - ref).abs().mean().item())
     assert np.mean(errs) < 1.5 and max(errs) < 4, (np.mean(errs), max(errs))
 
@@ -327,10 +326,9 @@ def test_labelled_crop_areas_follow_the_policy(tiny_data):
     areas, flips = [], []
     for epoch in range(12):
         loader.set_epoch(epoch)
-        for _, _, idx, draws in loader:
-            names = dict(zip(db.DRAW_NAMES, draws))
-            areas += (names["size"].prod(1).float() / 48**2).tolist()
-            flips += names["flip"].tolist()
+        for (d,) in (batch.draws for batch in loader):
+            areas += (d["crop"][:, 2:].prod(1).float() / 48**2).tolist()
+            flips += d["flip"].tolist()
     check_crop_areas(areas, db.common.labelled_policy(), 48, 48)
     check_fraction(flips, 0.5, "flip")
 
@@ -338,7 +336,7 @@ def test_labelled_crop_areas_follow_the_policy(tiny_data):
 def test_labelled_subset(tiny_data):
     subset = [3, 7, 8, 20, 21, 30, 35, 1]
     loader = _labelled(tiny_data, batch_size=4, indices=subset)
-    seen = [torch.cat([b[2] for b in loader]) for _ in range(2)]
+    seen = [torch.cat([b.indices for b in loader]) for _ in range(2)]
     assert all(sorted(s.tolist()) == sorted(subset) for s in seen)
 
 
@@ -356,7 +354,7 @@ def test_train_plus_val_is_both_splits_as_one_epoch(tiny_data):
                                  device=torch.device("cpu"), seed=3, rank=0, world_size=1, drop_last=False,
                                  channels_last=False, debug=True)
     assert loader.num_samples == 48 and len(loader) == 6
-    keys = [key for batch in loader for key in batch[3]]  # "shard path:sample key": unique over both splits
+    keys = [key for batch in loader for key in batch.keys]  # "shard path:sample key": unique over both splits
     assert len(keys) == len(set(keys)) == 48
     assert sum("/train-" in k for k in keys) == 36 and sum("/val-" in k for k in keys) == 12
     assert db._spread([["t0", "t1", "t2", "t3"], ["v0"]]) == ["t0", "t1", "v0", "t2", "t3"]

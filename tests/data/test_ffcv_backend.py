@@ -16,9 +16,11 @@ import torchvision.transforms.functional as F
 
 from checks import (
     check_crop_areas, check_epoch, check_eval_labels, check_images, check_partition, check_policy_draws,
-    check_eval_matches, check_ssl_batch, eval_loader, ssl_loader,
+    check_eval_matches, check_ssl_batch, draw_stats, eval_loader, ssl_loader,
 )
+from fasthpt.data import common
 from fasthpt.data import ffcv_backend as fb
+from fasthpt.data import ffcv_compat as compat
 from fasthpt.data import ffcv_kernels as K
 from fasthpt.data import ffcv_ops
 from fasthpt.data.manifest import load_manifest
@@ -175,13 +177,7 @@ def test_reduced_decode_only_when_every_crop_stays_at_least_res():
 
 def _draws(policy, n=1500, seed=3, side=SIDE):
     views = [v for i in range(n // 2) for v in ffcv_ops.view_draws(seed, 0, i, side, side, policy, 32)]
-    draws = {k: np.array([v[k] for v in views]) for k in ("jitter", "gray", "blur", "flip", "sigma")}
-    factors = np.array([v["factors"] for v in views])
-    for i, name in enumerate(("brightness", "contrast", "saturation", "hue")):
-        draws[name] = factors[:, i]
-    draws["area"] = np.array([v["crop"][2] * v["crop"][3] for v in views]) / side**2
-    draws["order"] = [v["order"] for v in views]
-    return draws
+    return draw_stats([common.stack_draws(views)], side, side)
 
 
 @pytest.mark.parametrize("preset", ["mocov2", "crop-only", "no-gray"])
@@ -192,6 +188,19 @@ def test_draws_follow_the_policy(preset):
     if policy.uses_color:  # ColorJitter's op order: all 24 permutations, none favoured
         counts = np.unique([str(o) for o in draws["order"]], return_counts=True)[1]
         assert len(counts) == 24 and counts.max() < 3 * counts.min()
+
+
+def test_policy_vector_slots_round_trip_through_the_kernels():
+    """Builder and kernels agree on the named slots: a policy whose fields all differ, drawn by the
+    kernels from its vector, gives back each field's probability or range (a swapped pair of slots
+    fails a frequency or a bound); the radius cap is the policy's kernel cap."""
+    policy = AugPolicy(jitter_p=0.9, brightness=0.1, contrast=0.2, saturation=0.3, hue=0.05, gray_p=0.3, blur_p=0.6,
+                       blur_sigma=[0.7, 0.8], blur_ref_res=0, flip_p=0.15)
+    cfg, radius = ffcv_ops.policy_vector(policy, 64)
+    slots = [getattr(K, name) for name in dir(K) if name.startswith("C_")]
+    assert sorted(slots) == list(range(K.CFG_LEN)) == list(range(len(cfg)))
+    assert 2 * radius + 1 == policy.blur_kernel_cap(64)
+    check_policy_draws(_draws(policy, n=3000), policy, SIDE, SIDE, res=32)
 
 
 def test_crop_areas_on_a_non_square_image():
@@ -231,16 +240,19 @@ def debug_loader(tiny_data):
 
 
 def _epoch(loader, epoch):
+    """One epoch's batches, their views cloned (FFCV refills a CPU batch's slot once the next is drawn)."""
     loader.set_epoch(epoch)
-    return [tuple(x.clone() if torch.is_tensor(x) else x for x in b) for b in loader]
+    return [b._replace(views=tuple(v.clone() for v in b.views)) if isinstance(b, common.DebugBatch)
+            else tuple(x.clone() for x in b) for b in loader]
 
 
 def test_ssl_batches_and_epoch(tiny_data, debug_loader):
     manifest = load_manifest(tiny_data)
     assert debug_loader.backend == "ffcv" and len(debug_loader) == 4 and debug_loader.num_samples == 32
-    for q, k, draws, idx in check_epoch(debug_loader, drop_last=True, batch_size=8):
-        check_ssl_batch(q, k, manifest, batch_size=8, res=DEBUG_RES)
-        assert len(draws) == len(idx) == 8
+    for batch in check_epoch(debug_loader, drop_last=True, batch_size=8):
+        check_ssl_batch(*batch.views, manifest, batch_size=8, res=DEBUG_RES)
+        assert batch.labels is None and len(batch.indices) == 8
+        assert len(batch.draws) == 2 and all(len(t) == 8 for d in batch.draws for t in d.values())
 
 
 def _reference_view(img, d, policy, manifest, res):
@@ -281,13 +293,15 @@ def test_views_match_torchvision_with_the_drawn_parameters(tiny_data, debug_load
     photo-like images: next test)."""
     manifest = load_manifest(tiny_data)
     images = _decoded_images(tiny_data)
-    q, k, draws, idx = _epoch(debug_loader, 3)[0]
+    batch = _epoch(debug_loader, 3)[0]
+    q, k = batch.views
+    pairs = [batch.draws_of(j) for j in range(len(batch.indices))]
     errs = []
-    for j, (i, pair) in enumerate(zip(idx.tolist(), draws)):
+    for j, (i, pair) in enumerate(zip(batch.indices.tolist(), pairs)):
         for view, d in zip((q[j], k[j]), pair):
             ref = _reference_view(images[i], d, AugPolicy(), manifest, DEBUG_RES)
             errs.append((view - ref).abs().mean().item())
-    scaled = [K.decode_denominator(min(d["crop"][2:]), DEBUG_RES) > 1 for pair in draws for d in pair]
+    scaled = [K.decode_denominator(min(d["crop"][2:]), DEBUG_RES) > 1 for pair in pairs for d in pair]
     assert any(scaled) and not all(scaled)  # both decode paths were exercised
     full = [e for e, s in zip(errs, scaled) if not s]
     reduced = [e for e, s in zip(errs, scaled) if s]
@@ -322,22 +336,23 @@ def test_reduced_decode_matches_full_decode_resize_on_a_smooth_image():
 
 def test_same_seed_repeats_other_seed_and_epoch_differ(tiny_data, debug_loader):
     first, again = _epoch(debug_loader, 0), _epoch(debug_loader, 0)
-    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again))
+    assert all(torch.equal(a.views[0], b.views[0]) and torch.equal(a.views[1], b.views[1])
+               for a, b in zip(first, again))
     later = _epoch(debug_loader, 1)
-    assert not torch.equal(torch.cat([b[3] for b in first]), torch.cat([b[3] for b in later]))  # reshuffled
+    assert not torch.equal(torch.cat([b.indices for b in first]), torch.cat([b.indices for b in later]))  # reshuffled
     other = ssl_loader(tiny_data, "ffcv", seed=1, channels_last=True)  # through the public interface
     other.set_epoch(0)
     batches = [(q.clone(), k.clone()) for q, k in other]
     for q, k in batches:
         check_ssl_batch(q, k, load_manifest(tiny_data), batch_size=8, res=32, channels_last=True)
-    assert not any(torch.equal(a[0], b[0]) for a, b in zip(first, batches))
+    assert not any(torch.equal(a.views[0], b[0]) for a, b in zip(first, batches))
 
 
 def test_batch_slots_allocated_once_and_an_abandoned_epoch_leaves_the_next_intact(tiny_data):
     """FFCV's per-epoch buffers are allocated once per loader; an abandoned epoch (whose thread may
     still be writing) makes the next epoch allocate anew, and no epoch's views change either way."""
     loader = _ssl(tiny_data, res=DEBUG_RES, workers=2)
-    memory = loader._loader.graph.allocate_memory
+    memory = compat.batch_memory(loader._loader)
     first = _epoch(loader, 1)
     slots = memory.memory
     assert slots is not None
@@ -356,7 +371,7 @@ def test_batch_slots_allocated_once_and_an_abandoned_epoch_leaves_the_next_intac
 
 def test_each_draw_waits_for_the_previous_batch_copies(tiny_data):
     """Copies to the device out of a slot must be done before the next draw lets FFCV's thread refill
-    it: _batches waits before every draw and when it stops (a recording stand-in for the copies)."""
+    it: compat.batches waits before every draw and when it stops (a recording stand-in for the copies)."""
     loader = _ssl(tiny_data, res=DEBUG_RES)
     events = []
 
@@ -364,7 +379,7 @@ def test_each_draw_waits_for_the_previous_batch_copies(tiny_data):
         def wait(self):
             events.append("wait")
 
-    for _ in fb._batches(loader._loader, Recorder()):
+    for _ in compat.batches(loader._loader, Recorder().wait):
         events.append("batch")
     assert events == ["wait", "batch"] * 4 + ["wait", "wait"]
 
@@ -400,9 +415,9 @@ def test_ranks_disjoint_and_cover(tiny_data):
                                   channels_last=False, layout=K.OUT_U8, debug=True)
         assert loader.num_samples == 18 and len(loader) == 3
         batches = _epoch(loader, 2)
-        for q, k, _, idx in batches:
-            check_ssl_batch(q, k, manifest, batch_size=len(idx), res=32)
-        ranks.append([i for b in batches for i in b[3].tolist()])
+        for b in batches:
+            check_ssl_batch(*b.views, manifest, batch_size=len(b.indices), res=32)
+        ranks.append([i for b in batches for i in b.indices.tolist()])
     check_partition(ranks, list(range(36)), exact=True)
 
 
@@ -488,12 +503,14 @@ def test_labelled_views_match_torchvision_crop_and_flip(tiny_data, labelled_load
                                                     device=torch.device("cpu"), seed=2, rank=0, world_size=1,
                                                     channels_last=False, debug=True)
     reference.set_epoch(1)
-    assert torch.equal(torch.cat([b[3] for b in batches]), torch.cat([b[3] for b in reference]))
+    assert torch.equal(torch.cat([b.indices for b in batches]), torch.cat([b.indices for b in reference]))
     full, reduced = [], []
-    for x, y, draws, idx in batches:
+    for batch in batches:
+        (x,), y, idx = batch.views, batch.labels, batch.indices
         check_images(x, manifest, n=6, res=DEBUG_RES)
         assert torch.equal(y, labels[idx])
-        for view, d, i in zip(x, draws, idx.tolist()):
+        for j, (view, i) in enumerate(zip(x, idx.tolist())):
+            (d,) = batch.draws_of(j)
             assert not (d["jitter"] or d["gray"] or d["blur"])
             err = (view - _reference_view(images[i], d, policy, manifest, DEBUG_RES)).abs().mean().item()
             (reduced if K.decode_denominator(min(d["crop"][2:]), DEBUG_RES) > 1 else full).append(err)
@@ -524,8 +541,8 @@ def test_train_plus_val_interleaves_one_loader_per_split(tiny_data):
     assert parts[0].seed != parts[1].seed  # sample i of val is not augmented like sample i of train
     order = loader.order(0)
     assert sorted(order) == [0] * 9 + [1] * 3 and order != loader.order(1)
-    batches = [(q.clone(), k.clone(), d, i) for q, k, d, i in loader]
+    batches = [b._replace(views=tuple(v.clone() for v in b.views)) for b in loader]
     assert len(batches) == 12
     for part, n in ((0, 36), (1, 12)):
-        idx = torch.cat([b[3] for b, p in zip(batches, order) if p == part])
+        idx = torch.cat([b.indices for b, p in zip(batches, order) if p == part])
         assert sorted(idx.tolist()) == list(range(n))

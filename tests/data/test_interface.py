@@ -12,6 +12,7 @@ import torch
 import fasthpt.data as data_api
 from fasthpt.data import common
 from fasthpt.data.manifest import load_manifest
+from fasthpt.device import resolve_device
 from fasthpt.errors import UserError
 
 
@@ -84,7 +85,7 @@ def test_defaults_and_dispatch(tiny_data):
                                        policy="crop-only")
     assert loader.backend == "torch" and loader.num_samples == 36  # rank 0 of 1 without torch.distributed
     q, k = next(iter(loader))
-    assert q.device == common.resolve_device(None)
+    assert q.device == resolve_device(None)
     ev = data_api.build_eval_loader(load_manifest(tiny_data), backend="torch", res=16, batch_size=4, workers=0,
                                     rank=1, world_size=3)
     assert ev.num_samples == 4 and len(ev) == 1

@@ -4,11 +4,10 @@ sigma and jitter factor ranges -- for the default policy and the paper's ablatio
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
-from checks import check_crop_areas, check_policy_draws
+from checks import check_crop_areas, check_policy_draws, draw_stats
 from fasthpt.data import torch_backend as tb
 from fasthpt.data.manifest import load_manifest
 from fasthpt.data.policy import AugPolicy
@@ -23,40 +22,27 @@ def _loader(module, tiny_data, policy, **kw):
                                    world_size=1, drop_last=False, channels_last=False, debug=True)
 
 
-def torch_draws(tiny_data, policy):
-    loader = _loader(tb, tiny_data, policy, workers=0)
+def _draws(module, tiny_data, policy, workers=1):
+    """Every view's draws over EPOCHS epochs of the loader's debug batches (checks.draw_stats)."""
+    loader = _loader(module, tiny_data, policy, workers=workers)
     views = []
     for epoch in range(EPOCHS):
         loader.set_epoch(epoch)
-        for batch in loader:
-            views += [p for pair in batch[2] for p in pair]
-    draws = {k: np.array([v[k] for v in views]) for k in ("jitter", "gray", "blur", "flip", "sigma")}
-    factors = np.array([v["factors"] for v in views])
-    for i, name in enumerate(("brightness", "contrast", "saturation", "hue")):
-        draws[name] = factors[:, i]
-    draws["area"] = np.array([v["crop"][2] * v["crop"][3] for v in views]) / SIDE**2
+        views += [d for batch in loader for d in batch.draws]
+    return draw_stats(views, SIDE, SIDE)
+
+
+def torch_draws(tiny_data, policy):
+    draws = _draws(tb, tiny_data, policy, workers=0)
     # ColorJitter's op order is a uniform permutation
-    assert {tuple(v["order"]) for v in views} and len({tuple(v["order"]) for v in views}) > 12
+    assert len({tuple(o) for o in draws["order"].tolist()}) > 12
     return draws
 
 
 def dali_draws(tiny_data, policy):
     from fasthpt.data import dali_backend as db
 
-    loader = _loader(db, tiny_data, policy)
-    per_view = {name: [] for name in db.DRAW_NAMES}
-    for epoch in range(EPOCHS):
-        loader.set_epoch(epoch)
-        for batch in loader:
-            draws = batch[4]
-            for view in (draws[: len(db.DRAW_NAMES)], draws[len(db.DRAW_NAMES):]):
-                for name, value in zip(db.DRAW_NAMES, view):
-                    per_view[name].append(value.numpy())
-    out = {name: np.concatenate(v) for name, v in per_view.items()}
-    size = out.pop("size")
-    out["area"] = size[:, 0] * size[:, 1] / SIDE**2
-    out.pop("anchor")
-    return out
+    return _draws(db, tiny_data, policy)
 
 
 POLICIES = {name: AugPolicy.preset(name) for name in ("mocov2", "crop-blur", "no-color")}

@@ -43,6 +43,8 @@ def test_baseline_kernel_is_the_policy_cap():
     policy = AugPolicy()
     assert tb.moco_kernel(policy, 224) == 23  # 10% of 224 px, odd
     assert tb.moco_kernel(policy, 64) % 2 == 1
+    for res in (8, 64, 224, 512):
+        assert tb.moco_kernel(policy, res) == policy.blur_kernel_cap(res)
 
 
 def test_apply_view_skips_what_was_not_drawn():
@@ -84,7 +86,7 @@ def _indices(tiny_data, rank, world_size, epoch=0):
                                  workers=0, device=torch.device("cpu"), seed=1, rank=rank, world_size=world_size,
                                  drop_last=False, channels_last=False, debug=True)
     loader.set_epoch(epoch)
-    return [int(i) for batch in loader for i in batch[3]], len(loader)
+    return [int(i) for batch in loader for i in batch.indices], len(loader)
 
 
 def test_ranks_disjoint_and_cover(tiny_data):
@@ -126,10 +128,12 @@ def test_labelled_views_are_torchvision_crop_and_flip_of_the_whole_image(tiny_da
     images = tb._WdsImages(manifest, "train", 16, None, 0)
     mean, std = torch.tensor(manifest.mean).view(3, 1, 1), torch.tensor(manifest.std).view(3, 1, 1)
     labels = tb.common.wds_labels(manifest, "train")
-    x, y, params, idx = next(iter(loader))
+    batch = next(iter(loader))
+    (x,), y, idx = batch.views, batch.labels, batch.indices
     check_images(x, manifest, n=6, res=16)
     assert torch.equal(y, labels[idx])
-    for view, p, i in zip(x, params, idx.tolist()):
+    for j, (view, i) in enumerate(zip(x, idx.tolist())):
+        (p,) = batch.draws_of(j)
         assert not (p["jitter"] or p["gray"] or p["blur"])
         top, left, h, w = p["crop"]
         ref = T.RandomResizedCrop(16, antialias=True)  # what MoCo's main_lincls applies to a PIL image
@@ -150,10 +154,10 @@ def test_labelled_draws_follow_torchvisions_random_resized_crop(tiny_data):
     for epoch in range(12):
         loader.set_epoch(epoch)
         batches = list(loader)
-        assert sorted(torch.cat([b[3] for b in batches]).tolist()) == list(range(36))
-        for _, _, params, _ in batches:
-            areas += [p["crop"][2] * p["crop"][3] / 48**2 for p in params]
-            flips += [p["flip"] for p in params]
+        assert sorted(torch.cat([b.indices for b in batches]).tolist()) == list(range(36))
+        for (d,) in (b.draws for b in batches):
+            areas += (d["crop"][:, 2] * d["crop"][:, 3] / 48**2).tolist()
+            flips += d["flip"].tolist()
     check_crop_areas(areas, policy, 48, 48)
     check_fraction(flips, 0.5, "flip")
 
@@ -171,8 +175,8 @@ def test_labelled_subset_and_labels_match_the_eval_loader(tiny_data):
     subset = torch.tensor([3, 7, 8, 20, 21, 30, 35, 1])
     loader = _labelled(tiny_data, batch_size=4, indices=subset)
     batches = list(loader)
-    assert len(batches) == 2 and sorted(torch.cat([b[3] for b in batches]).tolist()) == sorted(subset.tolist())
-    assert all(torch.equal(b[1], labels[b[3]]) for b in batches)
+    assert len(batches) == 2 and sorted(torch.cat([b.indices for b in batches]).tolist()) == sorted(subset.tolist())
+    assert all(torch.equal(b.labels, labels[b.indices]) for b in batches)
 
 
 def test_train_plus_val_is_both_splits_as_one_epoch(tiny_data):
@@ -182,7 +186,7 @@ def test_train_plus_val_is_both_splits_as_one_epoch(tiny_data):
                                  device=torch.device("cpu"), seed=0, rank=0, world_size=1, drop_last=False,
                                  channels_last=False, debug=True)
     assert loader.num_samples == 48 and len(loader) == 6
-    seen = torch.cat([b[3] for b in loader])
+    seen = torch.cat([b.indices for b in loader])
     assert sorted(seen.tolist()) == list(range(48))
     positions = [p for p, i in enumerate(seen.tolist()) if i >= 36]  # the val samples spread through the epoch
     assert min(positions) < 24 < max(positions)
