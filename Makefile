@@ -32,7 +32,9 @@ $(STAMP): pyproject.toml .apt-ok | $(VENV)/bin/python
 demo: setup
 	$(VENV)/bin/fasthpt demo
 
+# The linter first ([tool.ruff] in pyproject.toml): a lint error fails before the suite starts.
 test: setup
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 test-gpu: setup
@@ -41,7 +43,7 @@ test-gpu: setup
 bench: setup
 	$(VENV)/bin/fasthpt bench loaders --data data/sat --json bench/loaders.jsonl
 
-# ---- the same code on the newest torch that installs here (issue 17) -------------------------
+# ---- the same code on the newest torch that installs here ------------------------------------
 # Composer 0.32.1 pins torch < 2.7.1, so .venv-latest installs it with --no-deps and takes its other
 # requirements from its own metadata (requirements/stack.py). The torch pair defaults to the newest
 # that installs on the development machines (a CUDA 13 build; the tests run it on the CPU); another

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared check for a GPU machine drawn by chance (issue 17): install the bundle, then the most
+# One prepared check for a GPU machine that is only sometimes at hand: install the bundle, then the most
 # valuable figures first, each step under its own `timeout`, 8 minutes in all (of a 10-minute call).
 #
 #   bash bench/gpu_check.sh [--dry-run] [--no-install] [--bundle DIR] [--stage DIR]

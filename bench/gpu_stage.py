@@ -20,7 +20,9 @@ import sys
 import tarfile
 from pathlib import Path
 
-from gpu_bundle import ROOT, UserError, sha256
+from gpu_bundle import ROOT, UserError, sha256  # puts the repository root on sys.path
+
+from fasthpt.fileio import atomic_path
 
 
 def verify(path: Path, want: dict) -> None:
@@ -46,10 +48,8 @@ def carried(bundle: Path) -> tuple[dict | None, list[Path]]:
 
 
 def copy_in(src: Path, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dest)
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def join_dali(manifest: dict, stage: Path) -> None:

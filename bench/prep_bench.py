@@ -1,6 +1,6 @@
 """Measure `fasthpt prep` throughput; append one JSON line per case to bench/prep.jsonl.
 
-Cases (issue 4): the embedded `sat` dataset at its default size, and a folder of 256 px JPEGs
+Cases: the embedded `sat` dataset at its default size, and a folder of 256 px JPEGs
 (random 256x256 crops of scikit-image's photographs, quality 90, one class per photo), kept at
 256 px (stored unchanged) and shrunk to 128 px (the re-encode path). Each run is
 a fresh `fasthpt prep` process (what a user pays, FFCV's ~4 s import included); the median of
@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from fasthpt.fileio import append_jsonl, run_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry")
@@ -62,14 +64,8 @@ def run_case(args, name: str, extra: list[str]) -> dict:
         "convert_images_per_s": round(n / statistics.median(converts), 1),
         "wall_s": [round(w, 2) for w in walls], "cpus": os.cpu_count(),
         "load_avg_1m": round(os.getloadavg()[0], 2),  # the machine is shared: context for the figure
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "git_sha": _git_sha(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), **run_metadata(),
     }
-
-
-def _git_sha() -> str:
-    proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    return proc.stdout.strip()
 
 
 def main() -> int:
@@ -90,10 +86,9 @@ def main() -> int:
             # max-res 128: every image is decoded, resized, re-encoded and decoded again
             run_case(args, "jpeg256-to-128", ["--src", str(folder), "--max-res", "128"]),
         ]
-    with open(args.jsonl, "a") as f:
-        for r in results:
-            print(json.dumps(r))
-            f.write(json.dumps(r) + "\n")
+    for r in results:
+        print(json.dumps(r))
+    append_jsonl(args.jsonl, *results)
     return 0
 
 

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 F=.venv/bin/fasthpt
 SCRATCH=${SCRATCH:-/tmp/fasthpt-bench}
 
-# 600 real-photo crops stored as 256 px JPEGs (quality 90), like ../shared/notes' loader study
+# 600 real-photo crops stored as 256 px JPEGs (quality 90): the size of RESISC-45's and UC Merced's images
 $F prep --dataset natural --num-images 600 --image-size 256 --out "$SCRATCH" --no-progress
 $F prep --dataset sat --out data --no-progress   # the demo's target data (64 px)
 

@@ -197,7 +197,7 @@ class _Broken(Exception):
     """The tar archive ends early or is damaged; the message says which and how."""
 
     @classmethod
-    def of(cls, exc: Exception) -> "_Broken":
+    def of(cls, exc: Exception) -> _Broken:
         # EOFError: a compressed stream cut short; tarfile's ReadError("unexpected end of data"):
         # member data cut short (TarFile.next)
         early = isinstance(exc, EOFError) or "unexpected end" in str(exc)

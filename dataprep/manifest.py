@@ -1,25 +1,25 @@
-"""Build and write manifest.json, the contract read by fasthpt.data.manifest.load_manifest.
+"""Build manifest.json from a conversion pass, and recognise an output folder as prep's own.
 
-Keys the loaders rely on (see fasthpt/data/manifest.py): name, classes, splits, mean, std, formats,
-files. Everything else is informational: settings, the source fingerprint, skipped files,
-warnings, library versions, timing.
+The fields, their checks, reading and the atomic write are fasthpt.manifest's (the schema every
+reader shares); this module adds what only the writer knows: how a request is compared with an
+existing output, which files an output accounts for, and the informational fields (storage,
+skipped files, warnings, library versions, timing).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
+from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from fasthpt.data.manifest import MANIFEST
+from fasthpt.manifest import MANIFEST, SCHEMA_VERSION, read_raw, write_manifest
 
-# 2: the sample-to-file lists are samples/<split>.jsonl (were .txt, one name per line).
-# 3: a test split (--test-frac, or the user's lists: --splits); settings.test_frac, .split_source;
-#    "excluded" (images no list names). Readers tell an older folder by its missing test split.
-SCHEMA_VERSION = 3
+__all__ = ["PixelStats", "build_manifest", "foreign_files", "is_prep_manifest", "read_raw", "request_differences",
+           "request_of", "write_manifest"]
+
 # Keys every manifest written by `fasthpt prep` holds: how an output folder is recognised as its own.
 PREP_KEYS = ("schema", "name", "classes", "splits", "files", "settings", "fingerprint")
 # Settings that change the bytes written; a re-run that differs in any of these must not be
@@ -99,27 +99,6 @@ def _norm(value):
     return list(value) if isinstance(value, tuple) else value
 
 
-def write_manifest(folder: Path, manifest: dict) -> Path:
-    """Write folder/manifest.json atomically (temporary name, fsync, rename)."""
-    path = folder / MANIFEST
-    tmp = folder / f".{MANIFEST}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
-
-
-def read_raw(folder: Path) -> dict | None:
-    """The existing manifest as a dict, or None when absent or unreadable."""
-    try:
-        return json.loads((folder / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def is_prep_manifest(raw) -> bool:
     return isinstance(raw, dict) and all(k in raw for k in PREP_KEYS) and isinstance(raw["files"], dict)
 
@@ -171,11 +150,5 @@ def build_manifest(*, source, settings: dict, per_class: dict, stats: PixelStats
         "warnings": list(source.warnings),
         "versions": library_versions(),
         "timing": timing,
-        "created": _now(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-
-
-def _now() -> str:
-    from datetime import datetime, timezone
-
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")

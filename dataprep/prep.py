@@ -27,16 +27,16 @@ from tqdm import tqdm
 
 from dataprep import manifest as mf
 from dataprep.convert import SkipImage, Stored, store
+from dataprep.inputs import open_source
 from dataprep.lock import output_lock
 from dataprep.samples import write_samples
-from dataprep.sources import display_name, open_source
+from dataprep.sources import display_name
 from dataprep.split import ListedSplit, StreamingSplit, shuffled_order
 from dataprep.split_lists import SplitLists, assign_listed, read_split_lists
-from dataprep.writers import FFCV_INSTALL, ShardWriter, ffcv_installed, import_ffcv, write_ffcv
-from fasthpt.errors import UserError
+from dataprep.writers import ShardWriter, ffcv_installed, import_ffcv, write_ffcv
+from fasthpt.errors import FFCV_INSTALL, UserError
+from fasthpt.manifest import FORMATS, SPLITS
 
-FORMATS = ("ffcv", "wds")
-SPLITS = ("train", "val", "test")
 # 60/20/20: HPT's RESISC-45 splits, 18,900 / 6,300 / 6,300 images (the TensorFlow Datasets lists in
 # github.com/cjrd/self-supervised-pretraining, utils/raw-tf-splits/resisc45).
 DEFAULT_VAL_FRAC = DEFAULT_TEST_FRAC = 0.2

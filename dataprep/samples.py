@@ -14,8 +14,7 @@ import os
 from pathlib import Path
 
 from dataprep.sources import display_name
-from fasthpt.data.manifest import load_manifest
-from fasthpt.errors import UserError
+from fasthpt.manifest import load_manifest
 
 
 def record(name: str, label: int) -> dict:
@@ -37,12 +36,7 @@ def write_samples(path: Path, names: list[str], labels: list[int]) -> None:
 def read_samples(data_dir, split: str) -> list[tuple[str, int]]:
     """(source path relative to --src, label) of every sample of `split`, in stored order; the
     path is the exact name (os.fsdecode of its bytes), ready to join to the source folder."""
-    manifest = load_manifest(data_dir)
-    rel = manifest.raw.get("files", {}).get("samples", {}).get(split)
-    if not isinstance(rel, str) or not rel.endswith(".jsonl"):
-        raise UserError(f"{manifest.root}: no samples/{split}.jsonl (written by an older `fasthpt prep`?); "
-                        "rebuild it with `fasthpt prep --force`")
-    with open(manifest.root / rel, encoding="utf-8") as f:
+    with open(load_manifest(data_dir).samples_path(split), encoding="utf-8") as f:
         return [_path_and_label(json.loads(line)) for line in f]
 
 

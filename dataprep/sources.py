@@ -13,7 +13,6 @@ surrogates, as os.listdir and tarfile give them: PEP 383).
 from __future__ import annotations
 
 import abc
-import errno
 import hashlib
 import os
 import re
@@ -31,8 +30,6 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _FILE_KINDS = {stat.S_IFIFO: "fifo", stat.S_IFSOCK: "socket", stat.S_IFCHR: "character device",
                stat.S_IFBLK: "block device", stat.S_IFLNK: "symbolic link", stat.S_IFDIR: "folder"}
 UNSAFE_PATH = "unsafe path (absolute or with '..')"
-# Errors that only writing can raise (the scratch copy of a compressed tar): the output's problem.
-_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
 
 def display_name(text: str) -> str:
@@ -303,46 +300,3 @@ class GeneratorSource:
     def load(self, i: int) -> tuple[Decoded, int]:
         pixels, label = self.gen.render(i)
         return Decoded(pixels), int(label)
-
-
-def open_source(dataset: str, src, *, num_images=None, image_size=None, seed=0, scratch: Path):
-    """--src wins when given; otherwise --dataset must name an embedded generator."""
-    if src is None:
-        return _embedded(dataset, num_images, image_size, seed)
-    from dataprep.archives import open_archive  # archives build on this module's listing
-
-    path = Path(src).expanduser()
-    shown = display_name(str(src))
-    if not path.exists():
-        raise UserError(f"--src {shown}: no such file or folder")
-    if path.is_dir():
-        return FolderSource(dataset, path)
-    reason = not_regular(path.stat().st_mode)
-    if reason:  # never opened: reading a FIFO waits forever for a writer
-        raise UserError(f"--src {shown}: {reason}; give a folder, .zip or .tar archive")
-    try:
-        source = open_archive(dataset, path, scratch)
-    except OSError as exc:
-        if exc.errno in _OUTPUT_ERRNOS:
-            raise  # writing the scratch copy of a compressed tar, inside --out
-        raise UserError(f"--src {shown}: cannot read it ({exc.strerror or exc})") from None
-    if source is None:
-        raise UserError(f"--src {shown}: not a folder, .zip or .tar archive")
-    return source
-
-
-def _embedded(dataset: str, num_images, image_size, seed: int):
-    try:
-        from dataprep import synthetic
-    except ImportError:
-        synthetic = None
-    embedded = synthetic.EMBEDDED if synthetic else ("sat", "natural")
-    if dataset not in embedded:
-        raise UserError(
-            f"unknown --dataset {dataset!r} without --src: embedded datasets are "
-            f"{', '.join(embedded)}; for your own images pass --src DIR|ARCHIVE"
-        )
-    if synthetic is None:
-        raise UserError(f"--dataset {dataset}: the embedded generators are missing (dataprep.synthetic)")
-    gen = synthetic.get_generator(dataset, num_images=num_images, image_size=image_size, seed=seed)
-    return GeneratorSource(gen, seed)

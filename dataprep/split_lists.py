@@ -5,10 +5,10 @@ named by its path relative to --src (as prep lists it: for an archive, the membe
 trailing part of that path, so the lists HPT's authors used work as they are: TensorFlow Datasets'
 RESISC-45 / UC Merced lists name the file alone ("harbor22.tif"), OpenSelfSup's meta files the path
 below the data root ("Images/harbor/harbor22.tif 10"); both in github.com/cjrd/self-supervised-
-pretraining, utils/raw-tf-splits/ (the lists and create-class-data-lists.py). A path that is exactly a source path is that
-image; a shorter one must name a single image (else: give the class folder too). A trailing integer
-column (OpenSelfSup's label) is ignored: labels come from the folders. Blank lines and lines
-starting with '#' are skipped. Images that no list names are left out, and counted.
+pretraining, utils/raw-tf-splits/ (the lists and create-class-data-lists.py). A path that is
+exactly a source path is that image; a shorter one must name a single image (else: give the class
+folder too). A trailing integer column (OpenSelfSup's label) is ignored: labels come from the
+folders. Blank lines and lines starting with '#' are skipped. Images that no list names are left out, and counted.
 """
 
 from __future__ import annotations

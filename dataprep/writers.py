@@ -16,8 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fasthpt.data import FFCV_INSTALL  # FFCV is an extra (pyproject.toml), built against Debian packages
-from fasthpt.errors import UserError
+from fasthpt.errors import FFCV_INSTALL, UserError  # FFCV is an extra (pyproject.toml)
 
 # DALI's index format, as written by its own tool (nvidia-dali: wds2idx.py, IndexCreator):
 # first line "v1.2 <num_samples>", then one line per sample listing each component as

@@ -9,8 +9,6 @@ the shuffle-BN statistics, i.e. the contrastive task itself.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from composer.algorithms import ChannelsLast, LayerFreezing
 from composer.algorithms.progressive_resizing import resize_batch
@@ -57,7 +55,7 @@ class TwoViewProgressiveResizing(Algorithm):
     def match(self, event: Event, state: State) -> bool:
         return event == Event.AFTER_DATALOADER
 
-    def apply(self, event: Event, state: State, logger: Optional[Logger] = None) -> None:
+    def apply(self, event: Event, state: State, logger: Logger | None = None) -> None:
         progress = float(state.get_elapsed_duration() or 0.0)
         scale = scale_at(progress, self.initial_scale, self.delay, self.finetune)
         views = resize_views(tuple(state.batch[:2]), scale, self.increment, self.mode)

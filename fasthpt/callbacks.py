@@ -8,9 +8,9 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from composer.core import Callback, State
@@ -18,6 +18,7 @@ from composer.loggers import Logger, LoggerDestination
 from composer.utils import dist
 
 from fasthpt.errors import UserError
+from fasthpt.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -238,9 +239,7 @@ class JSONLLogger(LoggerDestination):
                 dropped += 1
         if not carried and not dropped:
             return
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        tmp.replace(self.path)
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         if carried and self._step in (None, resumed):
             self._step, self._row = resumed, {**carried, **self._row}
         if dropped:

@@ -14,21 +14,21 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from fasthpt.data import BACKEND_CHOICES
 from fasthpt.data.policy import AugPolicy
 from fasthpt.errors import UserError
+from fasthpt.fileio import atomic_write_text
 
-BACKENDS = ("auto", "ffcv", "dali", "torch")
 SSL_SPLITS = ("train", "train+val")
 AUTHORS_BATCH_PER_DEVICE = 64  # imgs_per_gpu in the authors' configs: 4 GPUs x 64 = 256
 # Checked here, before any heavy import; fasthpt.models.backbones.ARCHS and
 # fasthpt.algorithms.ALGORITHMS hold the implementations (a test keeps the names in step).
-ARCH_NAMES = ("resnet_tiny", "resnet18", "resnet50")
+ARCH_NAMES = ("resnet_tiny", "resnet_micro", "resnet18", "resnet50")
 ALGORITHM_NAMES = ("channels_last", "blurpool", "progressive_resizing", "layer_freezing")
 _BATCHES = re.compile(r"^\d+ba$")
 
@@ -41,7 +41,8 @@ class DataConfig:
     batch_size: int = 64  # per process
     workers: int = 2  # loader threads / processes
     channels_last: bool = False
-    ssl_splits: str = "train"  # train | train+val (the authors pretrained on train+val); val and test stay for evaluation
+    # train | train+val (the authors pretrained on train+val); val and test stay for evaluation
+    ssl_splits: str = "train"
     # Pretrain on a seeded, class-stratified fraction of the train split (the paper's data-amount
     # study); the same subset for every run and seed. The ffcv and torch backends.
     train_fraction: float = 1.0
@@ -50,8 +51,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = "resnet18"  # resnet_tiny | resnet18 | resnet50
-    dim: int = 128  # MoCo feature dim (HPT.md)
+    arch: str = "resnet18"  # resnet_micro | resnet_tiny | resnet18 | resnet50
+    dim: int = 128  # MoCo feature dim (MoCo-v2; the authors' configs)
     mlp_hidden: int = 0  # 0: the backbone's feature width (2048 for ResNet-50, as in MoCo-v2)
     queue_size: int = 65536
     momentum: float = 0.999  # key-encoder EMA
@@ -76,7 +77,8 @@ class OptimConfig:
     lr: float = 0.03  # per 256 images; scaled linearly with the global batch
     momentum: float = 0.9
     weight_decay: float = 1e-4  # MoCo-v2 / the authors' SGD
-    wd_norm_bias: bool = True  # decay every parameter, BN and biases too, as MoCo and the authors do; false: ndim > 1 only
+    # decay every parameter, BN and biases too, as MoCo and the authors do; false: ndim > 1 only
+    wd_norm_bias: bool = True
     warmup: str = "0ba"
 
 
@@ -84,7 +86,7 @@ class OptimConfig:
 class TrainConfig:
     max_duration: str = "5000ba"
     precision: str = "auto"  # auto: amp_bf16 on a GPU, fp32 on the CPU
-    algorithms: List[str] = field(default_factory=list)
+    algorithms: list[str] = field(default_factory=list)
     seed: int = 17
     save_interval: str = "1000ba"
     save_num_checkpoints_to_keep: int = 2
@@ -133,7 +135,7 @@ class RunConfig:
     hpt: HPTConfig = field(default_factory=HPTConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    stages: List[StageConfig] = field(default_factory=list)
+    stages: list[StageConfig] = field(default_factory=list)
 
     @property
     def run_path(self) -> Path:
@@ -171,7 +173,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     bad key. ``check_queue`` adds the queue's bound once the world size is known. A config that
     passes has durations ``RunConfig.durations`` can count."""
     choices = {
-        "data.backend": (cfg.data.backend, BACKENDS),
+        "data.backend": (cfg.data.backend, BACKEND_CHOICES),
         "model.shuffle_bn": (cfg.model.shuffle_bn, ("shuffle", "sync", "none")),
         "data.ssl_splits": (cfg.data.ssl_splits, SSL_SPLITS),
         "hpt.mode": (cfg.hpt.mode, ("full", "bn")),
@@ -304,7 +306,7 @@ def _check_names(cfg: RunConfig) -> None:
         raise UserError(f"config key 'stages': stage names must be unique, got {stage_names}")
 
 
-def load_config(path: str | Path | None = None, overrides: Optional[list[str]] = None) -> RunConfig:
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Load ``path`` (YAML) over the typed defaults, apply ``key=value`` overrides, validate."""
     schema = OmegaConf.structured(RunConfig)
     OmegaConf.set_struct(schema, True)
@@ -387,9 +389,5 @@ def to_yaml(cfg: RunConfig) -> str:
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
-    """Write the resolved config atomically (tmp + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(to_yaml(cfg))
-    tmp.replace(path)
+    """Write the resolved config atomically (fasthpt.fileio)."""
+    atomic_write_text(path, to_yaml(cfg))

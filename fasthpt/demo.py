@@ -34,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="pretraining runs at once, each on cores/N threads (default: the preset's)")
     p.add_argument("--no-reference", action="store_true", help="skip measuring the machine's reference step")
     p.add_argument("--force", action="store_true", help="rebuild the embedded datasets (runs are reused by config)")
+    p.add_argument("--build-base", metavar="PATH", default=None,
+                   help="only build the preset's base by its chain and write it to PATH (.pt, recipe in .json): "
+                        "how the shipped base in fasthpt/assets was made (make demo-base)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="preset overrides, e.g. grid.seeds=5")
 
 
@@ -41,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from fasthpt.errors import UserError
     from fasthpt.experiment.preset import STUDIES, load_preset, preset_path
     from fasthpt.experiment.run import Experiment, check_out, reference_step, write_json
+    from fasthpt.fileio import atomic_write_text
     from fasthpt.report import plot_convergence, plot_robustness, render
 
     overrides = list(args.overrides)
@@ -63,15 +67,37 @@ def run(args: argparse.Namespace) -> int:
               f"(the 20-minute budget is stated at 161)", flush=True)
     exp = Experiment(cfg, out, Path(args.data), force=args.force, parallel=parallel,
                      say=lambda msg: print(msg, flush=True))
+    if args.build_base:
+        return _build_base(exp, Path(args.build_base), reference)
     results = exp.run(studies, reference)
     write_json(out / "results.json", results)
     plot_convergence(results["points"], results["convergence"], out / "convergence.png", results["metric"])
     if results.get("studies"):
         plot_robustness(results["studies"][results["metric"]], out / "robustness.png", results["metric"])
     report = render(results)
-    tmp = out / ".report.md.tmp"
-    tmp.write_text(report)
-    tmp.replace(out / "report.md")
+    atomic_write_text(out / "report.md", report)
     print(report.split("## Accuracy per method")[0])
     print(f"report: {out / 'report.md'} ({results['wall_clock_s'] / 60:.1f} min)")
+    return 0
+
+
+def _build_base(exp, path: Path, reference: dict | None) -> int:
+    """Train the preset's base chain (cached runs) and write it, with its recipe, to ``path``."""
+    import time
+
+    from fasthpt import __version__
+    from fasthpt.experiment import assets
+    from fasthpt.experiment.preset import to_yaml
+    from fasthpt.experiment.run import machine
+    from fasthpt.fileio import git_sha
+
+    exp.cfg.base.checkpoint = ""
+    t0 = time.time()
+    backbone = exp.build_base()
+    recipe = {"preset": exp.cfg.name, "arch": exp.cfg.base.pretrain.arch, "chain": exp.base_result["stages"],
+              "recipe": to_yaml(exp.cfg.base), "built_s": time.time() - t0,
+              "machine": machine(reference), "git_sha": git_sha(), "fasthpt": __version__,
+              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    out = assets.write(backbone, path, recipe)
+    print(f"base written: {out} (+ {out.with_suffix('.json').name}); {recipe['built_s'] / 60:.1f} min")
     return 0

@@ -26,7 +26,9 @@ from pathlib import Path
 import torch
 
 from fasthpt import provenance as pv
+from fasthpt.data import BACKEND_CHOICES
 from fasthpt.errors import UserError
+from fasthpt.manifest import MANIFEST
 
 SHOW_SKIPPED = 10  # as many as `fasthpt prep` prints
 
@@ -98,12 +100,11 @@ def _images(module, root, norm: pv.Norm, *, res, batch_size, workers, device, pr
 
 
 def _data(module, data, splits, *, backend, res, batch_size, workers, device, progress) -> Rows:
-    from fasthpt.data.manifest import MANIFEST
     from fasthpt.eval.common import eval_loader, resolve_data
     from fasthpt.eval.features import extract_features
 
     ds = resolve_data(data)
-    names = [s for s in (splits or ds.manifest.raw["splits"]) if ds.manifest.count(s) > 0]
+    names = [s for s in (splits or ds.manifest.split_names) if ds.manifest.count(s) > 0]
     feats, labels, paths, split_of, used = [], [], [], [], set()
     for split in names:
         loader = eval_loader(ds, split, res, batch_size, workers, device, backend)
@@ -116,7 +117,7 @@ def _data(module, data, splits, *, backend, res, batch_size, workers, device, pr
     if not feats:
         raise UserError(f"--data {data}: the splits {', '.join(names) or '(none)'} hold no samples")
     norm = pv.Norm(ds.manifest.mean, ds.manifest.std, str(Path(data) / MANIFEST))
-    origin = {"data": str(data), "dataset_name": ds.manifest.raw.get("name"), "dataset_sha256": ds.fingerprint,
+    origin = {"data": str(data), "dataset_name": ds.manifest.name, "dataset_sha256": ds.fingerprint,
               "loader": "+".join(sorted(used))}
     return Rows(torch.cat(feats), paths, labels, ds.manifest.classes, norm, origin, splits=split_of)
 
@@ -155,7 +156,7 @@ def _pyarrow():
 
 
 def _write(out: Path, rows: Rows, record: dict) -> None:
-    with pv.atomic_path(out) as tmp, pv.atomic_path(pv.sidecar(out)) as tmp_record:
+    with pv.atomic_outputs(out) as (tmp, tmp_record):
         if out.suffix.lower() == ".npy":
             import numpy as np
 
@@ -163,7 +164,7 @@ def _write(out: Path, rows: Rows, record: dict) -> None:
                 np.save(fh, rows.features.float().numpy())
         else:
             _write_parquet(tmp, rows, record)
-        pv.write_json(tmp_record, record)
+        pv.write_record(tmp_record, record)
 
 
 def _write_parquet(path: Path, rows: Rows, record: dict) -> None:
@@ -206,7 +207,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
     a("--workers", type=int, default=2, help="loader processes (default 2; 0: in this process)")
     a("--device", default="auto", help="auto | cpu | cuda[:N] (bf16 autocast on CUDA)")
-    a("--backend", default="auto", choices=("auto", "ffcv", "dali", "torch"), help="--data: loader backend")
+    a("--backend", default="auto", choices=BACKEND_CHOICES, help="--data: loader backend")
     a("--force", action="store_true", help="replace FILE and its record when they exist")
     a("--trust-checkpoint", action="store_true", help="allow a checkpoint that needs full unpickling "
       "(runs code from the file: only for files you trust)")

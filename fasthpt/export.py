@@ -137,9 +137,9 @@ def export(spec: str, to: str, out=None, *, arch=None, res=None, norm_data=None,
         record["timm_pretrained_cfg"] = timm_cfg(record)
     pv.say("export", f"{bb.arch} from {bb.source} -> {to}, res {record['res']}, "
                      f"normalisation from {record['normalisation']['from']}")
-    with pv.atomic_path(out) as tmp, pv.atomic_path(pv.sidecar(out)) as tmp_record:
+    with pv.atomic_outputs(out) as (tmp, tmp_record):
         WRITERS[to](bb.module, tmp, record, input_dtype)
-        pv.write_json(tmp_record, record)
+        pv.write_record(tmp_record, record)
     return record | {"path": str(out), "record_path": str(pv.sidecar(out))}
 
 

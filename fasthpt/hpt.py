@@ -43,7 +43,8 @@ def apply_mode(moco: MoCo, mode: str = "full", freeze_stages: int = 0) -> dict[s
         module = getattr(backbone, name)
         for p in module.parameters():
             p.requires_grad = False
-        moco.frozen_norms += [f"backbone.{name}.{n}".rstrip(".") for n, m in module.named_modules() if isinstance(m, _NORMS)]
+        moco.frozen_norms += [f"backbone.{name}.{n}".rstrip(".") for n, m in module.named_modules()
+                              if isinstance(m, _NORMS)]
     moco.train(moco.training)
     params = list(moco.encoder_q.parameters())
     return {"trainable": sum(p.requires_grad for p in params), "frozen": sum(not p.requires_grad for p in params)}

@@ -50,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     if args.nproc > 1:
         check_queue(cfg, args.nproc)  # before the launch; each rank checks again with the whole world size
         script = Path(__file__).with_name("train.py")
-        cmd = [sys.executable, "-m", "composer.cli.launcher", "-n", str(args.nproc), str(script), args.config, *args.overrides]
+        cmd = [sys.executable, "-m", "composer.cli.launcher", "-n", str(args.nproc), str(script), args.config,
+               *args.overrides]
         launcher = subprocess.Popen(cmd)
         try:
             return launcher.wait()

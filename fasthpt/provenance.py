@@ -10,14 +10,16 @@ skipped when malformed), never code.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from fasthpt.errors import UserError
+from fasthpt.fileio import atomic_path, json_text
+from fasthpt.manifest import MANIFEST, load_manifest
 
 BACKBONE, CONFIG, METRICS = "backbone.pt", "config.yaml", "metrics.jsonl"
 # The input contract of every export and embedding: the eval transform of the loaders
@@ -141,8 +143,6 @@ def resolve_norm(run: dict | None, norm_data=None, mean=None, std=None) -> Norm:
     if not data:
         raise UserError("normalisation unknown for a bare checkpoint: pass --norm-data DIR (the `fasthpt prep` "
                         "folder it was trained on) or --mean R,G,B --std R,G,B (0..255 units)")
-    from fasthpt.data.manifest import MANIFEST, load_manifest
-
     try:
         manifest = load_manifest(data)
     except UserError as exc:
@@ -209,19 +209,12 @@ def sidecar(out: Path) -> Path:
 
 
 @contextmanager
-def atomic_path(path: Path):
-    """Yield a temporary name beside ``path``; on success it replaces ``path`` in one rename, on any
-    error (Ctrl-C included) it is removed: a reader never sees a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def atomic_outputs(out: Path) -> Iterator[tuple[Path, Path]]:
+    """Temporary names for ``out`` and its record (fasthpt.fileio.atomic_path): both appear when the
+    block succeeds, neither when it fails."""
+    with atomic_path(out) as tmp, atomic_path(sidecar(out)) as tmp_record:
+        yield tmp, tmp_record
 
 
-def write_json(path: Path, obj: dict) -> None:
-    Path(path).write_text(json.dumps(obj, indent=1, default=str) + "\n")
+def write_record(path: Path, record: dict) -> None:
+    Path(path).write_text(json_text(record))

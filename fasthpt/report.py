@@ -8,7 +8,6 @@ the intervals do not support is printed as not supported.
 from __future__ import annotations
 
 import math
-import os
 
 from fasthpt.experiment.analysis import cells
 from fasthpt.stats import summarize
@@ -104,7 +103,8 @@ def speedup_sentence(s: dict, label: str) -> str:
     grid = (f"at least {lo_grid:.1f}x (reached at its first budget)" if math.isinf(hi_grid)
             else f"between {lo_grid:.1f}x and {hi_grid:.1f}x")
     wall = "" if s["wall_ratio"] is None else f", {s['wall_ratio']:.1f}x less pretraining wall-clock"
-    text = (f"{head}; {label} reaches it at {s['method_iterations']}: {s['ratio']:.1f}x fewer iterations{wall} "
+    fewer = f"{s['ratio']:.1f}x fewer iterations" if s["ratio"] > 1 else "no fewer iterations"
+    text = (f"{head}; {label} reaches it at {s['method_iterations']}: {fewer}{wall} "
             f"(95% seed interval {s['ci'][0]:.1f}x to {s['ci'][1]:.1f}x; the grid places it {grid}).")
     if not s["scratch_converged"]:
         return text + " **Scratch has not converged, so this is a bound, not a speed-up.**"
@@ -207,11 +207,12 @@ def _pyplot():
 
 
 def _save(fig, path, plt) -> None:
+    from fasthpt.fileio import atomic_path
+
     fig.tight_layout()
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------- the whole report

@@ -10,7 +10,7 @@ says why.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 CONFIDENCE = 0.95
 

@@ -23,13 +23,13 @@ import math
 import shutil
 import sys
 import time
-from pathlib import Path
 
 from composer.utils import dist
 
 from fasthpt.config import RunConfig, check_queue, load_config, save_config, validate
 from fasthpt.device import resolve_precision, trainer_device
 from fasthpt.errors import UserError
+from fasthpt.fileio import atomic_path, atomic_write_json
 from fasthpt.hpt import stage_configs
 from fasthpt.models.backbones import save_backbone
 from fasthpt.models.moco import replicas_in_sync
@@ -55,9 +55,8 @@ def pretrain(cfg: RunConfig) -> dict:
         results = [run_stage(stage) for stage in stage_configs(cfg)]
         final = cfg.run_path / "backbone.pt"
         if dist.get_global_rank() == 0:
-            tmp = final.with_suffix(".pt.tmp")
-            shutil.copyfile(results[-1]["backbone"], tmp)
-            tmp.replace(final)
+            with atomic_path(final) as tmp:
+                shutil.copyfile(results[-1]["backbone"], tmp)
         dist.barrier()
     finally:
         if lock is not None:
@@ -154,15 +153,9 @@ def _finish(cfg: RunConfig, parts: Parts, start_batch: int, start_sample: int, w
     }
     if rank == 0:
         if result["plateau"] is not None:
-            _write_json(run / "plateau.json", result["plateau"])
+            atomic_write_json(run / "plateau.json", result["plateau"])
         log.info("run %s: %s", cfg.name, json.dumps(result))
     return result
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:

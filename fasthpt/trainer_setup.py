@@ -9,9 +9,10 @@ for it, fasthpt.device.trainer_device), and never calls back into the run.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import torch
 from composer import Trainer
@@ -26,10 +27,10 @@ from fasthpt.callbacks import DataStall, JSONLLogger, KNNMonitor, NonFiniteGuard
 from fasthpt.config import RunConfig, bn_groups
 from fasthpt.data import build_eval_loader, build_ssl_loader, split_labels
 from fasthpt.data.common import stratified_subset
-from fasthpt.data.manifest import load_manifest
 from fasthpt.device import rank_device
 from fasthpt.errors import UserError
 from fasthpt.hpt import apply_mode
+from fasthpt.manifest import load_manifest
 from fasthpt.models.backbones import LoadReport, load_backbone
 from fasthpt.models.moco import ComposerMoCo, MoCo
 from fasthpt.run_folder import checkpoints, on_rank_zero, resume_checkpoint
@@ -91,7 +92,8 @@ def build_optimizer(moco: MoCo, cfg: RunConfig, global_batch: int) -> torch.opti
     """SGD, lr = optim.lr * global_batch / 256 (linear scaling, MoCo: 0.03 at 256). Weight decay on
     every trainable parameter, BN weights and biases included, as MoCo's and the authors' SGD
     (OpenSelfSup builds one param group); ``optim.wd_norm_bias=false`` exempts those with
-    ndim <= 1 (chosen by shape, never by name: DESIGN.md convention 8)."""
+    ndim <= 1 (chosen by shape, never by name: FFCV's ``'bn' in name`` misses torchvision's
+    ``downsample.1``)."""
     params = [p for p in moco.encoder_q.parameters() if p.requires_grad]
     wd = cfg.optim.weight_decay
     groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": wd},
@@ -189,7 +191,8 @@ def build_trainer(cfg: RunConfig, device: str, precision: str, callbacks: tuple 
     algorithms = build_algorithms(list(cfg.train.algorithms), moco)
     loader = build_loader(cfg, device) if loader is None else loader
     if len(loader) == 0:
-        raise UserError(f"{cfg.data.path}: fewer training images per process than data.batch_size={cfg.data.batch_size}")
+        raise UserError(f"{cfg.data.path}: fewer training images per process than "
+                        f"data.batch_size={cfg.data.batch_size}")
     model = ComposerMoCo(moco)
     spec = DataSpec(loader, num_samples=loader.num_samples, get_num_samples_in_batch=lambda b: int(b[0].shape[0]))
     stall = DataStall(window=log_every or 50)  # with logging off (0ba) only its whole-run figure is used

@@ -20,8 +20,7 @@ if sys.path[:1] != [_ROOT]:
     sys.path.insert(0, _ROOT)
 
 import pytest  # noqa: E402
-
-from dataprep.fixtures import write_tiny_folder  # noqa: E402 (after the sys.path fix)
+from tiny_images import write_tiny_folder  # noqa: E402 (after the sys.path fix)
 
 
 @pytest.fixture(scope="session")

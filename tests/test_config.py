@@ -1,7 +1,14 @@
 import pytest
 
-from fasthpt.config import (RELAUNCH_MAY_CHANGE, Durations, RunConfig, check_queue, config_differences, load_config,
-                            save_config)
+from fasthpt.config import (
+    RELAUNCH_MAY_CHANGE,
+    Durations,
+    RunConfig,
+    check_queue,
+    config_differences,
+    load_config,
+    save_config,
+)
 from fasthpt.data.policy import AugPolicy
 from fasthpt.errors import UserError
 
@@ -130,7 +137,7 @@ def test_a_duration_in_another_unit_is_refused_naming_the_key():
     cfg = load_config(None)
     cfg.optim.warmup = "10sp"  # set in code after loading: reading the counts says which key
     with pytest.raises(UserError, match="'optim.warmup' is '10sp'"):
-        cfg.durations
+        _ = cfg.durations  # a property: reading it runs the check
 
 
 def test_queue_must_hold_the_global_batch():

@@ -1,6 +1,8 @@
-"""How fasthpt's modules depend on each other: every module imports, the imports among them form no
-cycle (a function-level import counts: it only hides the cycle until the function runs), and the
-CLI's entry point stays free of the heavy training and loader stacks."""
+"""How the project's modules depend on each other: every module imports, the imports among them form
+no cycle (a function-level import counts: it only hides the cycle until the function runs), the
+two packages point one way (dataprep builds on fasthpt's small core; of fasthpt, only the commands
+that orchestrate both stages import dataprep), and the CLI's entry point stays free of the heavy
+training and loader stacks."""
 
 from __future__ import annotations
 
@@ -16,6 +18,13 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("fasthpt", "dataprep")
 # Third-party modules a fasthpt module may need that an install can lack (pyproject's extras).
 OPTIONAL = ("ffcv", "numba", "nvidia")
+# fasthpt's core: what dataprep (the writer of prepared folders) shares with the readers. It imports
+# nothing else of the project.
+CORE = {"fasthpt", "fasthpt.errors", "fasthpt.fileio", "fasthpt.manifest"}
+# ...and the one module of FFCV internals, which the .beton writer relies on as the loader does.
+FFCV_FENCE = {"fasthpt.data", "fasthpt.data.ffcv_compat"}
+# The commands that run both stages; the loaders, models, training and evaluation never import dataprep.
+ORCHESTRATORS = ("fasthpt.cli", "fasthpt.demo", "fasthpt.embed", "fasthpt.image_folder", "fasthpt.experiment")
 
 
 def project_modules() -> dict[str, Path]:
@@ -31,7 +40,11 @@ def project_modules() -> dict[str, Path]:
 
 
 def _imported(node: ast.AST, package: str) -> list[str]:
-    """The dotted names an import statement asks for (``from a import b`` asks for a.b and a)."""
+    """The dotted names an import statement asks for (``from a import b`` asks for a.b and a), or
+    an ``importlib.import_module("a.b")`` call with the name written out."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "import_module":
+        name = node.args[0] if node.args else None
+        return [name.value] if isinstance(name, ast.Constant) and isinstance(name.value, str) else []
     if isinstance(node, ast.Import):
         return [alias.name for alias in node.names]
     if not isinstance(node, ast.ImportFrom):
@@ -92,11 +105,36 @@ def test_graph_sees_function_level_and_package_imports():
     assert "fasthpt.data" in graph["fasthpt.trainer_setup"]  # the package runs before its module
 
 
-def test_no_import_cycle_through_fasthpt():
-    # dataprep's own modules are the data-preparation stage's business; a circle that passes
-    # through any fasthpt module (also by way of dataprep) is refused here.
-    found = [c for c in cycles(import_graph()) if any(m.split(".")[0] == "fasthpt" for m in c)]
+def test_graph_sees_import_module_with_a_written_name():
+    assert "fasthpt.data.ffcv_compat" in import_graph()["dataprep.writers"]
+
+
+def test_no_import_cycle():
+    found = cycles(import_graph())
     assert found == [], "modules that import each other: " + "; ".join(", ".join(c) for c in found)
+
+
+def _into(graph: dict[str, set[str]], importers: str, imported: str) -> dict[str, list[str]]:
+    """Module of package ``importers`` -> the modules of package ``imported`` it imports."""
+    found = {m: sorted(e for e in edges if e.split(".")[0] == imported)
+             for m, edges in graph.items() if m.split(".")[0] == importers}
+    return {m: e for m, e in found.items() if e}
+
+
+def test_dataprep_builds_on_fasthpts_core_only():
+    outside = {m: [e for e in edges if e not in CORE | FFCV_FENCE]
+               for m, edges in _into(import_graph(), "dataprep", "fasthpt").items()}
+    assert {m: e for m, e in outside.items() if e} == {}
+
+
+def test_the_core_imports_nothing_else_of_the_project():
+    graph = import_graph()
+    assert {m: sorted(reachable(graph, m) - CORE) for m in CORE} == {m: [] for m in CORE}
+
+
+def test_only_the_orchestrating_commands_import_dataprep():
+    users = _into(import_graph(), "fasthpt", "dataprep")
+    assert users and sorted(m for m in users if not m.startswith(ORCHESTRATORS)) == []
 
 
 @pytest.mark.parametrize("name", sorted(project_modules()))

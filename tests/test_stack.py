@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
@@ -37,7 +36,8 @@ def test_ffcv_write_and_read_back(tmp_path):
             return images[i], i
 
     path = str(tmp_path / "tiny.beton")
-    DatasetWriter(path, {"image": RGBImageField(write_mode="raw"), "label": IntField()}, num_workers=1).from_indexed_dataset(DS())
+    fields = {"image": RGBImageField(write_mode="raw"), "label": IntField()}
+    DatasetWriter(path, fields, num_workers=1).from_indexed_dataset(DS())
     loader = Loader(path, batch_size=4, num_workers=1, order=OrderOption.SEQUENTIAL,
                     pipelines={"image": [SimpleRGBImageDecoder()], "label": [IntDecoder()]})
     (imgs, labels), = list(loader)

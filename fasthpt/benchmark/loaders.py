@@ -1,14 +1,15 @@
 """`fasthpt bench loaders`: steady-state two-view samples/s per loader backend, and the JPEG
 decode ceiling of the same files.
 
-Method (DESIGN.md convention 9): build each loader, run ``--warmup`` batches (pipeline build, JIT
-compilation, worker start-up stay out of the figure), then time ``--batches`` batches ``--repeats``
-times, synchronising CUDA before reading the clock; report the median. One sample = two views of
-one image. The ``decode`` row decodes the same JPEG bytes (read from the WebDataset shards) with
-the fastest decoder at hand (OpenCV's libjpeg-turbo, else PIL) in ``--workers`` processes and no
-augmentation: no CPU loader can beat it, so each backend's
-fraction of it says how much augmentation costs. Every row is one JSON line (``--json FILE``,
-appended); a backend that cannot run is a row with ``skipped`` and the reason.
+Method: build each loader, run ``--warmup`` batches (pipeline build, JIT compilation, worker
+start-up stay out of the figure), then time ``--batches`` batches ``--repeats`` times,
+synchronising CUDA before reading the clock; report the median. One sample = two views of one
+image. The ``decode`` row decodes the same JPEG bytes (read from the WebDataset shards) with the
+fastest decoder at hand (OpenCV's libjpeg-turbo, else PIL) in ``--workers`` processes and no
+augmentation: no CPU loader can beat it, so each backend's fraction of it says how much
+augmentation costs. Every row is one JSON line (``--json FILE``,
+appended) with fasthpt.fileio.run_metadata's commit, host and time; a backend that cannot run is a
+row with ``skipped`` and the reason.
 """
 
 from __future__ import annotations
@@ -16,25 +17,21 @@ from __future__ import annotations
 import argparse
 import io
 import itertools
-import json
 import math
 import os
-import platform
 import statistics
-import subprocess
 import time
-from datetime import datetime, timezone
 from multiprocessing import get_context
-from pathlib import Path
 
+from fasthpt.data import BACKENDS
 from fasthpt.errors import UserError
-
-BACKENDS = ("torch", "ffcv", "dali")
+from fasthpt.fileio import append_jsonl, run_metadata
+from fasthpt.manifest import load_manifest
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="a `fasthpt prep` output folder")
-    parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated, from: torch, ffcv, dali")
+    parser.add_argument("--backends", default=",".join(BACKENDS), help=f"comma-separated, from: {', '.join(BACKENDS)}")
     parser.add_argument("--res", type=int, default=224, help="side of each view (default 224)")
     parser.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="loader workers (default: all cores)")
@@ -47,15 +44,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decode-images", type=int, default=2000, help="JPEGs for the decode row (default 2000)")
     parser.add_argument("--no-decode", action="store_true", help="skip the decode-ceiling row")
     parser.add_argument("--json", default=None, help="append one JSON line per row to this file")
-
-
-def git_sha() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def _endless(loader):
@@ -131,7 +119,6 @@ def _decode_share(task: tuple[int, int, int]) -> int:
 def measure_decode(args, progress) -> dict:
     """JPEG decode rate (images/s, no augmentation) of the split's files over ``--workers`` processes."""
     from fasthpt.data import common
-    from fasthpt.data.manifest import load_manifest
 
     try:
         shards = load_manifest(args.data).wds_shards(args.split)
@@ -156,26 +143,13 @@ def measure_decode(args, progress) -> dict:
             "images": len(_BLOBS)}
 
 
-def _row(args, backend: str, result: dict, sha: str) -> dict:
+def _row(args, backend: str, result: dict) -> dict:
     return {
         "backend": backend, "res": args.res, "batch": args.batch, "workers": args.workers,
         "device": result.get("device"), "samples_per_s": result.get("samples_per_s"), "runs": result.get("runs"),
-        "skipped": result.get("skipped"), "decoder": result.get("decoder"), "data": str(args.data), "split": args.split, "policy": args.policy,
-        "git_sha": sha, "host_cpus": os.cpu_count(), "host": platform.node(),
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "skipped": result.get("skipped"), "decoder": result.get("decoder"), "data": str(args.data),
+        "split": args.split, "policy": args.policy, **run_metadata(),
     }
-
-
-def append_jsonl(path: str | Path, rows: list[dict]) -> None:
-    """Append rows, writing the whole file under a temporary name first (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    old = path.read_text() if path.is_file() else ""
-    if old and not old.endswith("\n"):
-        old += "\n"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(old + "".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(path)
 
 
 def format_table(rows: list[dict]) -> str:
@@ -207,23 +181,20 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--{key} must be >= 1")
     if args.warmup < 0 or args.workers < 0:
         raise UserError("--warmup and --workers must be >= 0")
-    from fasthpt.data.manifest import load_manifest
-
     load_manifest(args.data)  # a missing or incomplete data folder is the user's error, not a skipped row
-    sha = git_sha()
     rows = []
     per_backend = args.warmup + args.repeats * args.batches
     total = per_backend * len(backends) + (0 if args.no_decode else args.repeats)
     with tqdm(total=total, desc="bench loaders", unit="batch") as progress:
         if not args.no_decode:
-            rows.append(_row(args, "decode", measure_decode(args, progress), sha))
+            rows.append(_row(args, "decode", measure_decode(args, progress)))
         for backend in backends:
             progress.set_postfix_str(backend)
             result = measure_backend(args, backend, progress)
             if "skipped" in result:
                 progress.update(per_backend)
-            rows.append(_row(args, backend, result, sha))
+            rows.append(_row(args, backend, result))
     print(format_table(rows))
     if args.json:
-        append_jsonl(args.json, rows)
+        append_jsonl(args.json, *rows)
     return 0

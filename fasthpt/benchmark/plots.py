@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from fasthpt.errors import UserError
-
+from fasthpt.fileio import atomic_path
 
 SKIP = "none"  # an input given as this is not plotted
 
@@ -73,10 +72,9 @@ def _bar(ax, labels, values, title, xlabel, log=True):
 
 
 def _save(fig, path: Path) -> None:
-    tmp = str(path) + ".tmp.png"
     fig.tight_layout()
-    fig.savefig(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip("."))  # the temporary name ends in .tmp, not the format
 
 
 def plot_loaders(rows: list[dict], path: Path) -> bool:
@@ -106,8 +104,8 @@ def plot_train(rows: list[dict], path: Path) -> bool:
 
     rows.sort(key=lambda r: -r["samples_per_s"])
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.2), dpi=110)
-    labels = [f"{r['backend']} | {'+'.join(r['algorithms'])} | {r['res']}px | stall {100 * r.get('data_stall_frac', 0):.0f}%"
-              for r in rows]
+    labels = [f"{r['backend']} | {'+'.join(r['algorithms'])} | {r['res']}px | "
+              f"stall {100 * r.get('data_stall_frac', 0):.0f}%" for r in rows]
     _bar(ax, labels, [r["samples_per_s"] for r in rows], "MoCo-v2 training throughput", "samples/s", log=False)
     _save(fig, path)
     plt.close(fig)

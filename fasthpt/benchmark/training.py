@@ -1,13 +1,14 @@
 """`fasthpt bench train`: steady-state MoCo-v2 training throughput and data stall, per loader
 backend and per set of Composer algorithms.
 
-Method (DESIGN.md convention 9): each row is a real short run through the same Trainer as
-`fasthpt pretrain`; the first ``--warmup`` batches (model build, loader start, first-step
-allocation) stay out of the figure, the clock is read at BATCH_END (after synchronising CUDA) over
-the next ``--batches`` batches, repeated ``--repeats`` times, median reported. ``--data synthetic``
-feeds fixed random tensors already in memory: the model's own ceiling, with no loader at all.
+Method (warm up first, synchronise before reading the clock, median of repeats): each row is a
+real short run through the same Trainer as `fasthpt pretrain`; the first ``--warmup`` batches
+(model build, loader start, first-step allocation) stay out of the figure, the clock is read at
+BATCH_END (after synchronising CUDA) over the next ``--batches`` batches, repeated ``--repeats``
+times, median reported. ``--data synthetic`` feeds fixed random tensors already in memory: the
+model's own ceiling, with no loader at all.
 ``--knn`` adds the end-of-run kNN accuracy, to see that a speed-up does not cost accuracy. One JSON
-line per row (``--json FILE``, appended).
+line per row (``--json FILE``, appended) with fasthpt.fileio.run_metadata's commit, host and time.
 """
 
 from __future__ import annotations
@@ -15,17 +16,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
-from datetime import datetime, timezone
 
 import torch
 from composer.core import Callback
 
 from fasthpt.device import accelerator_name, resolve_device
 from fasthpt.errors import UserError
+from fasthpt.fileio import append_jsonl, run_metadata
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="YAML run config to start from (default: built-in defaults)")
     parser.add_argument("--backends", default="auto", help="comma-separated loader backends (default auto)")
     parser.add_argument("--algorithms", default="none",
-                        help="';'-separated algorithm sets, each ','-separated, e.g. 'none;channels_last;progressive_resizing'")
+                        help="';'-separated algorithm sets, each ','-separated, "
+                        "e.g. 'none;channels_last;progressive_resizing'")
     parser.add_argument("--arch", default="resnet_tiny")
     parser.add_argument("--res", type=int, default=64)
     parser.add_argument("--batch", type=int, default=64)
@@ -147,8 +148,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _emit(args, algorithms: list[str], figures: list[dict]) -> None:
-    from fasthpt.benchmark.loaders import git_sha
-
     def median(key):
         return statistics.median(f[key] for f in figures)
 
@@ -162,11 +161,8 @@ def _emit(args, algorithms: list[str], figures: list[dict]) -> None:
         "warmup": args.warmup, "batches": args.batches, "repeats": args.repeats,
         "load_avg_1min": round(median("load"), 2),  # the machine's other load while measuring
         "knn_acc": figures[-1]["knn_acc"],
-        "device": accelerator_name() or f"cpu x{os.cpu_count()}",
-        "torch": torch.__version__, "python": platform.python_version(), "git_sha": git_sha(),
-        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": accelerator_name() or f"cpu x{os.cpu_count()}", **run_metadata(),
     }
     print(json.dumps(row))
     if args.json:
-        with open(args.json, "a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        append_jsonl(args.json, row)

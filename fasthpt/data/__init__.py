@@ -27,22 +27,19 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from fasthpt.data.manifest import Manifest, load_manifest
 from fasthpt.data.policy import AugPolicy
-from fasthpt.errors import UserError
+from fasthpt.errors import FFCV_INSTALL, UserError
+from fasthpt.manifest import Manifest, load_manifest
 
 __all__ = ["build_ssl_loader", "build_eval_loader", "build_labelled_loader", "split_labels", "available_backends",
-           "resolve_backend", "AugPolicy"]
+           "resolve_backend", "AugPolicy", "BACKENDS", "BACKEND_CHOICES"]
 
 # Fastest first: the order `auto` tries (bench/RESULTS.md: FFCV and DALI far ahead of torchvision).
 BACKENDS = ("ffcv", "dali", "torch")
+BACKEND_CHOICES = ("auto", *BACKENDS)  # what a config key or a --backend flag accepts
 _MODULES = {name: f"fasthpt.data.{name}_backend" for name in BACKENDS}
 # What each backend reads from the prepared folder.
 _FORMAT = {"ffcv": "ffcv", "dali": "wds", "torch": "wds"}
-# FFCV is an extra (pyproject.toml): pip builds it from source against these Debian packages
-# (ffcv's setup.py: pkg-config --cflags --libs opencv4, then libturbojpeg).
-FFCV_INSTALL = ("pip install 'fasthpt[ffcv]' after the Debian packages pkg-config libopencv-dev "
-                "libturbojpeg0-dev (`make setup` installs both)")
 _INSTALL = {
     "ffcv": FFCV_INSTALL,
     "dali": "pip install nvidia-dali-cuda120==2.4.0",
@@ -73,7 +70,7 @@ def resolve_backend(name: str, manifest: Manifest | None = None) -> str:
     manifest holds (ffcv, then dali, then torch). A named backend that cannot run -> UserError."""
     if name != "auto":
         if name not in BACKENDS:
-            raise UserError(f"unknown loader backend {name!r}; valid: auto, {', '.join(BACKENDS)}")
+            raise UserError(f"unknown loader backend {name!r}; valid: {', '.join(BACKEND_CHOICES)}")
         reason = _import_reason(name)
         if reason:
             raise UserError(f"loader backend {name!r} is unavailable: {reason}")

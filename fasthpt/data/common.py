@@ -103,7 +103,8 @@ def subset_indices(manifest, split: str, indices) -> torch.Tensor:
         raise UserError(f"subset index out of range: the {split} split has {count} samples")
     return indices
 
-# The paper's test transform: resize the shorter side to 256 then center-crop 224 (HPT.md), scaled to res.
+# The paper's test transform: resize the shorter side to 256 then center-crop 224 (the authors'
+# OpenSelfSup test_pipeline), scaled to res.
 EVAL_RESIZE_RATIO = 256 / 224
 
 
@@ -183,7 +184,7 @@ class DebugBatch(NamedTuple):
     keys: list | None = None
 
     @classmethod
-    def of(cls, out: tuple, views: int, indices, draws, keys=None) -> "DebugBatch":
+    def of(cls, out: tuple, views: int, indices, draws, keys=None) -> DebugBatch:
         """From a loader's usual batch ``out``: ``views`` views, then the labels if any."""
         return cls(tuple(out[:views]), out[views] if len(out) > views else None, indices, draws, keys)
 

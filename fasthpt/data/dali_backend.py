@@ -39,9 +39,9 @@ import numpy as np
 import torch
 
 from fasthpt.data import common
-from fasthpt.data.manifest import Manifest
 from fasthpt.data.policy import AugPolicy
 from fasthpt.errors import UserError
+from fasthpt.manifest import Manifest
 
 BACKEND = "dali"
 SHUFFLE_BUFFER = 4096  # encoded samples held for shuffling (DALI's default is 1024)

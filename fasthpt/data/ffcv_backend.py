@@ -35,15 +35,17 @@ import numpy as np
 import torch
 
 from fasthpt.data import ffcv_compat as compat  # first: refuses an FFCV version it was not read from
+
+# isort: split
 from ffcv.fields.basics import IntDecoder
 from ffcv.pipeline import PipelineSpec
 
 from fasthpt.data import common
 from fasthpt.data import ffcv_kernels as K
 from fasthpt.data import ffcv_ops as ops  # imports ffcv and numba: fasthpt.data reports them missing
-from fasthpt.data.manifest import Manifest
 from fasthpt.data.policy import AugPolicy
 from fasthpt.errors import UserError
+from fasthpt.manifest import Manifest
 
 BACKEND = "ffcv"
 BATCHES_AHEAD = 3  # FFCV's default prefetch depth

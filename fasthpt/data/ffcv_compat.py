@@ -138,7 +138,7 @@ def epoch_order(loader: Loader) -> np.ndarray:
     return loader.next_traversal_order()
 
 
-def batch_memory(loader: Loader) -> "ReusedMemory":
+def batch_memory(loader: Loader) -> ReusedMemory:
     return loader.graph.allocate_memory
 
 

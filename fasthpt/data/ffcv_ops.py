@@ -24,12 +24,14 @@ from __future__ import annotations
 import ctypes
 from dataclasses import replace
 
-import numpy as np
 import numba
+import numpy as np
 from numba.core import types
 from numba.extending import intrinsic
 
 from fasthpt.data import ffcv_compat as compat  # first: refuses an FFCV version it was not read from
+
+# isort: split
 from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.operation import Operation

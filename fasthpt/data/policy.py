@@ -12,15 +12,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import List
 
 from fasthpt.errors import UserError
 
 
 @dataclass
 class AugPolicy:
-    crop_scale: List[float] = field(default_factory=lambda: [0.2, 1.0])
-    crop_ratio: List[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
+    crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])
+    crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
     jitter_p: float = 0.8
     brightness: float = 0.4
     contrast: float = 0.4
@@ -32,7 +31,7 @@ class AugPolicy:
     # with no fixed kernel size. The range is in pixels of a view of side blur_ref_res: a view of
     # another side draws sigma from the range scaled by res / blur_ref_res, so the blur covers the
     # same fraction of the view (0: the range is in pixels at every side).
-    blur_sigma: List[float] = field(default_factory=lambda: [0.1, 2.0])
+    blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0])
     blur_ref_res: int = 224
     # The kernel applied is sized by sigma, radius ceil(3 sigma) (exact to ~1e-3), and never wider
     # than this fraction of the view: a bound on the cost of a user's very large sigma, not a
@@ -40,7 +39,7 @@ class AugPolicy:
     blur_kernel_frac: float = 0.1
     flip_p: float = 0.5
 
-    def validate(self) -> "AugPolicy":
+    def validate(self) -> AugPolicy:
         def prob(name):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
@@ -60,7 +59,8 @@ class AugPolicy:
         if not 0 <= self.hue <= 0.5:
             raise UserError(f"aug.hue must be in [0, 0.5], got {self.hue}")
         if self.blur_ref_res < 0:
-            raise UserError(f"aug.blur_ref_res must be >= 0 (0: sigma in pixels at every side), got {self.blur_ref_res}")
+            raise UserError("aug.blur_ref_res must be >= 0 (0: sigma in pixels at every side), "
+                            f"got {self.blur_ref_res}")
         if not 0 < self.blur_kernel_frac <= 1:
             raise UserError(f"aug.blur_kernel_frac must be in (0, 1], got {self.blur_kernel_frac}")
         return self
@@ -89,7 +89,7 @@ class AugPolicy:
         return min(2 * math.ceil(3 * sigma) + 1, self.blur_kernel_cap(res))
 
     @classmethod
-    def preset(cls, name: str) -> "AugPolicy":
+    def preset(cls, name: str) -> AugPolicy:
         """Named variants, including the ablations of the paper's augmentation study."""
         if name not in PRESETS:
             raise UserError(f"unknown augmentation preset {name!r}; valid: {', '.join(PRESETS)}")

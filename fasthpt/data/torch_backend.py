@@ -30,9 +30,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from fasthpt.data import common
-from fasthpt.data.manifest import Manifest
 from fasthpt.data.policy import AugPolicy
 from fasthpt.errors import UserError
+from fasthpt.manifest import Manifest
 
 BACKEND = "torch"
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from fasthpt.data import BACKEND_CHOICES
+
 
 def _common(p: argparse.ArgumentParser, batch: int) -> None:
     p.add_argument("--backbone", required=True,
@@ -25,7 +27,7 @@ def _common(p: argparse.ArgumentParser, batch: int) -> None:
                    help="eval side: resize to RES*256/224 + center crop RES; train crops are RES (paper: 224)")
     p.add_argument("--batch-size", type=int, default=batch, help=f"per step (default {batch})")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--backend", default="auto", choices=("auto", "ffcv", "dali", "torch"))
+    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (bf16 autocast on CUDA)")
     p.add_argument("--seed", type=int, default=0,
                    help="head init, batch order and augmentation (and the init of 'random') (default 0)")

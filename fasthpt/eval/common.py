@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
-import json
 import logging
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +20,10 @@ from torch import nn
 
 from fasthpt.device import available_device
 from fasthpt.errors import UserError
+from fasthpt.fileio import append_jsonl, atomic_torch_save, run_metadata
+from fasthpt.manifest import MANIFEST, Manifest, load_manifest
 
-# Test transform of the paper (resize 256, center crop 224: HPT.md, OpenSelfSup's test_pipeline):
+# Test transform of the paper (resize 256, center crop 224: Reed et al. 2022, OpenSelfSup's test_pipeline):
 # the crop keeps 224/256 = 0.875 of the side.
 CENTER_CROP_FRACTION = 224 / 256
 IN_MEMORY = "<in-memory module>"
@@ -51,7 +50,7 @@ class Backbone:
 @dataclass
 class Dataset:
     root: Path
-    manifest: object  # fasthpt.data.manifest.Manifest
+    manifest: Manifest
     fingerprint: str  # sha256 of manifest.json: changes whenever `fasthpt prep` rewrites the data
 
 
@@ -75,7 +74,7 @@ def place(backbone: Backbone, device: torch.device) -> nn.Module:
 
 
 def autocast(device: torch.device):
-    """bf16 autocast on CUDA (the issue's GPU precision), plain fp32 on the CPU."""
+    """bf16 autocast on CUDA (the training default there: fasthpt.device), plain fp32 on the CPU."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -110,7 +109,7 @@ def resolve_backbone(backbone: str | nn.Module, arch: str | None = None, seed: i
     if isinstance(backbone, nn.Module):
         return Backbone(backbone, IN_MEMORY, sha256_state_dict(backbone), arch)
     spec = str(backbone)
-    from fasthpt.models.backbones import load_backbone  # lazy: teammate's module, heavy imports
+    from fasthpt.models.backbones import load_backbone  # lazy: torchvision and the checkpoint formats
 
     if spec in ("random", "none"):
         if arch is None:
@@ -138,8 +137,6 @@ def frozen_setup(backbone, data, *, arch, seed, device, res, batch_size, workers
 
 
 def resolve_data(data: str | os.PathLike) -> Dataset:
-    from fasthpt.data.manifest import MANIFEST, load_manifest
-
     manifest = load_manifest(data)  # UserError for a missing folder / manifest
     return Dataset(Path(data), manifest, sha256_file(Path(data) / MANIFEST))
 
@@ -247,7 +244,7 @@ def cached_features(
         feats, labels = extract_features(module, loader, device=device, progress=progress, desc=f"features {split}")
     if path is not None:
         try:  # the cache only saves time: a full disk or an unwritable default folder must not cost the result
-            atomic_save({"features": feats, "labels": labels}, path)
+            atomic_torch_save({"features": feats, "labels": labels}, path)
         except OSError as exc:
             log.warning("feature cache not written (%s); the result is unaffected", exc)
     return feats, labels, False
@@ -266,18 +263,6 @@ def is_cached(backbone: Backbone, data: Dataset, split: str, feats: dict) -> boo
     """Whether ``cached_features(backbone, data, split, **feats)`` would read its features from disk."""
     path = cache_path(backbone, data, split, **feats)
     return path is not None and path.is_file()
-
-
-def atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(buf.getvalue())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)  # only left behind when writing failed
 
 
 def check_outputs(json_path=None, cache_dir=None, use_cache: bool = True) -> None:
@@ -311,16 +296,16 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def step_lr(base_lr: float, it: int, iters: int, gamma: float) -> float:
-    """Step decay by ``gamma`` at 1/3 and 2/3 of the iterations (HPT.md; OpenSelfSup lr_config)."""
+    """Step decay by ``gamma`` at 1/3 and 2/3 of the iterations (the authors' linear-eval configs:
+    OpenSelfSup lr_config)."""
     drops = sum(it >= m for m in (iters // 3, 2 * iters // 3) if m > 0)
     return base_lr * gamma**drops
 
 
 def make_result(protocol: str, mode: str, backbone: Backbone, data: Dataset, options: dict, settings: dict,
                 **fields) -> dict:
-    """One result record; ``settings``: eval.paper.settings_fields (protocol version, settings vs the paper)."""
-    from fasthpt import __version__
-
+    """One result record; ``settings``: eval.paper.settings_fields (protocol version, settings vs the
+    paper); it ends with fasthpt.fileio.run_metadata (commit, host, time, versions)."""
     return {
         "protocol": protocol,
         "mode": mode,
@@ -329,27 +314,13 @@ def make_result(protocol: str, mode: str, backbone: Backbone, data: Dataset, opt
         "backbone_fingerprint": backbone.fingerprint,
         "arch": backbone.arch,
         "dataset": str(data.root),
-        "dataset_name": data.manifest.raw.get("name"),
+        "dataset_name": data.manifest.name,
         "dataset_fingerprint": data.fingerprint,
         "num_classes": data.manifest.num_classes,
         "options": options,
         **fields,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "fasthpt": __version__,
+        **run_metadata(),
     }
-
-
-def append_json(result: dict, path: str | os.PathLike) -> None:
-    """Append one JSON line in a single write(2) on an O_APPEND descriptor, so concurrent runs
-    appending to the same file never interleave within a line."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(result, sort_keys=False) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line)
-    finally:
-        os.close(fd)
 
 
 def summary(result: dict) -> str:
@@ -368,5 +339,5 @@ def finish(result: dict, json_path=None, quiet: bool = False) -> dict:
     if not quiet:
         print(summary(result), flush=True)
     if json_path:
-        append_json(result, json_path)
+        append_jsonl(json_path, result)
     return result

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -129,15 +129,13 @@ def labelled_subset(ds, k: int, seed: int) -> torch.Tensor:
     counts, placed with the split's labels (read without decoding: fasthpt.data.split_labels)."""
     from fasthpt.data import split_labels
 
-    per_class = ds.manifest.raw["splits"]["train"].get("per_class")
-    if not per_class or len(per_class) != ds.manifest.num_classes:
-        raise UserError(f"{ds.root}/manifest.json lacks splits.train.per_class; re-run `fasthpt prep`")
+    per_class = ds.manifest.per_class("train")  # UserError when the manifest does not record it
     labels = split_labels(ds.manifest, "train")
     counts = torch.bincount(labels, minlength=len(per_class)).tolist()
-    if counts != [int(n) for n in per_class]:
+    if counts != per_class:
         raise UserError(f"{ds.root}: train labels per class {counts} differ from manifest.json {per_class}; "
                         "re-run `fasthpt prep`")
-    return subset_indices(labels, stratified_ranks([int(n) for n in per_class], k, seed))
+    return subset_indices(labels, stratified_ranks(per_class, k, seed))
 
 
 def run_finetune(

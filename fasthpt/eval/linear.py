@@ -1,7 +1,7 @@
 """Linear probe: a frozen backbone (eval mode, BatchNorm statistics frozen), one linear layer on its
 pooled features; the paper's recipe by default (eval.paper).
 
-Recipe (HPT.md; the authors' linear-eval configs; MoCo's main_lincls): SGD lr 30 for a batch of
+Recipe (Reed et al. 2022; the authors' linear-eval configs; MoCo's main_lincls): SGD lr 30 for a batch of
 512, scaled linearly with the batch; momentum 0.9; weight decay 0; lr x0.1 at 1/3 and 2/3 of the
 iterations; head initialised N(0, 0.01), bias 0; features not normalised (lr 30 is sized for raw
 ResNet features). Train views: RandomResizedCrop + flip of the whole image (the labelled loader
@@ -17,7 +17,7 @@ no augmentation).
 from __future__ import annotations
 
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,7 @@ from fasthpt.eval.selection import Curves
 
 PAPER_LR = 30.0  # for a batch of 512 (MoCo main_lincls, the authors' linear-eval-lr-s0.py)
 PAPER_BATCH = 512
-LR_GAMMA = 0.1  # step decay factor at 1/3 and 2/3 (HPT.md)
+LR_GAMMA = 0.1  # step decay factor at 1/3 and 2/3 (the authors' linear-eval configs)
 
 
 def feature_batches(feats: torch.Tensor, labels: torch.Tensor, batch_size: int, generator=None) -> Iterator:

@@ -4,11 +4,11 @@ line with the mean, the sample standard deviation and a Student-t 95% interval o
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from fasthpt import stats
 from fasthpt.errors import UserError
-from fasthpt.eval import common
+from fasthpt.fileio import append_jsonl, run_metadata
 
 # What identifies a series: every seed's result shares these (a summary never mixes runs).
 _SHARED = ("protocol", "mode", "protocol_version", "settings", "at_paper_settings", "settings_vs_paper", "backbone",
@@ -33,7 +33,7 @@ def run_seeds(run: Callable[..., dict], backbone, data, *, seed: int = 0, seeds:
         print(f"{out['mode']}: {seeds} seeds: top1 mean={out['mean']:.4f} std={out['std']:.4f} "
               f"95% CI [{ci[0]:.4f}, {ci[1]:.4f}] (Student t)", flush=True)
     if json_path:
-        common.append_json(out, json_path)
+        append_jsonl(json_path, {**out, **run_metadata()})
     return results, out
 
 

@@ -16,8 +16,8 @@ reported (the final model).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 
 def select_index(val: Sequence[float]) -> int:

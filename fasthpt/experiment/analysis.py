@@ -97,7 +97,7 @@ def first_reaching(means: dict[int, float], target: float) -> tuple[int | None, 
 
 
 def speedup(points: list[dict], method: str, metric: str, conv: dict, boot: int = 2000, seed: int = 0) -> dict:
-    """HPT.md's convergence speed-up: the iterations scratch needs to reach its converged best
+    """The paper's convergence speed-up (Reed et al. 2022): the iterations scratch needs to reach its converged best
     (its best budget on val; its mean test accuracy there is the target), divided by the iterations
     ``method`` needs to reach that mean test accuracy. Uncertainty:
     - seeds: a bootstrap over seeds within each budget (scratch's best budget held fixed), 95%

@@ -28,26 +28,15 @@ class DataSpec:
     path: str = ""  # a prepared folder (holds manifest.json): the user's own data
     num_images: int = 4000
     image_size: int = 64
-
-
-@dataclass
-class BaseSpec:
-    """The existing model HPT starts from: a checkpoint, or one pretrained here on ``source``."""
-
-    checkpoint: str = ""  # a file (torchvision, MoCo release, timm, fasthpt backbone.pt); empty: pretrain
-    trust_checkpoint: bool = False
-    source: DataSpec = field(default_factory=lambda: DataSpec(dataset="natural"))
-    iters: int = 1000  # the most it trains: with plateau_interval it stops at its plateau on the source's val
-    plateau_interval: int = 0  # kNN on the source's val every N iterations (0: train all base.iters)
-    plateau_patience: int = 3
-    plateau_delta: float = 0.005
+    val_frac: float = 0.2  # the embedded dataset's stratified splits (`fasthpt prep --val-frac`)
+    test_frac: float = 0.2
 
 
 @dataclass
 class PretrainSpec:
-    """Settings every pretraining run of the experiment shares (MoCo-v2 otherwise at its defaults)."""
+    """Settings a group of pretraining runs shares (MoCo-v2 otherwise at its defaults)."""
 
-    arch: str = "resnet_tiny"
+    arch: str = "resnet_micro"
     res: int = 32
     batch_size: int = 64
     queue_size: int = 1024
@@ -57,6 +46,29 @@ class PretrainSpec:
     algorithms: List[str] = field(default_factory=lambda: ["channels_last"])
     overrides: List[str] = field(default_factory=list)  # further run-config key=value
     parallel_runs: int = 1  # pretraining runs at once, each in its own process on cores / N threads
+
+
+@dataclass
+class StageSpec:
+    """One link of the chain that builds the base: MoCo-v2 on ``data``, from the previous link."""
+
+    data: DataSpec = field(default_factory=lambda: DataSpec(dataset="natural"))
+    iters: int = 1000  # the most it trains: with plateau_interval it stops at its plateau on its val
+    plateau_interval: int = 0  # kNN on the stage's val every N iterations (0: train all iters)
+    plateau_patience: int = 3
+    plateau_delta: float = 0.005
+
+
+@dataclass
+class BaseSpec:
+    """The existing model HPT starts from (the paper's ImageNet MoCo-v2 release): a checkpoint
+    file, ``embedded:NAME`` (a base shipped in fasthpt/assets, with its recipe beside it), or
+    empty: built here by ``chain`` (base -> source stages) with ``pretrain``'s settings."""
+
+    checkpoint: str = ""
+    trust_checkpoint: bool = False
+    chain: List[StageSpec] = field(default_factory=lambda: [StageSpec()])
+    pretrain: PretrainSpec = field(default_factory=PretrainSpec)
 
 
 @dataclass
@@ -149,7 +161,8 @@ def validate(cfg: DemoConfig) -> DemoConfig:
         (bool(e.knn_k) and bool(e.knn_t), "eval.knn_k and eval.knn_t need at least one value each"),
         (all(0 < f <= 1 for f in cfg.study.fractions), "study.fractions must be in (0, 1]"),
         (cfg.study.seeds >= 1, "study.seeds must be >= 1"),
-        (cfg.base.iters >= 1, "base.iters must be >= 1"),
+        (all(st.iters >= 1 for st in cfg.base.chain), "base.chain: every stage's iters must be >= 1"),
+        (bool(cfg.base.checkpoint) or bool(cfg.base.chain), "base: give a checkpoint, or a chain that builds one"),
     ]
     for ok, message in checks:
         if not ok:
@@ -162,5 +175,6 @@ def validate(cfg: DemoConfig) -> DemoConfig:
     return cfg
 
 
-def to_yaml(cfg: DemoConfig) -> str:
+def to_yaml(cfg) -> str:
+    """A preset (or any part of one) as YAML."""
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))

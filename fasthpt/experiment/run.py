@@ -7,7 +7,6 @@ preset trains nothing and reports again; a preset with more seeds or budgets tra
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from contextlib import contextmanager
@@ -52,41 +51,57 @@ class Experiment:
     def prepare(self) -> None:
         with self.phases("prep"):
             self.target = self._dataset(self.cfg.target)
-            source = None if self.cfg.base.checkpoint else self._dataset(self.cfg.base.source)
-        with self.phases("base"):
-            if self.cfg.base.checkpoint:
-                self.base = self._user_base()
-            else:
-                b = self.cfg.base
-                self.say(f"base: MoCo-v2 on {source.name}, up to {b.iters} iterations")
-                plateau = (f"train.stop_on_plateau=true", f"train.knn_interval={b.plateau_interval}ba",
-                           f"train.plateau_patience={b.plateau_patience}", f"train.plateau_delta={b.plateau_delta}"
-                           ) if b.plateau_interval else ()
-                result = run_all([Job("base", b.iters, 0, str(source), extra=plateau)], self.cfg, self.runs)[0]
-                self.base, self.base_result = result["backbone"], _base_summary(result)
+        if self.cfg.base.checkpoint:
+            with self.phases("base"):
+                self.base = self._given_base()
+        else:
+            self.build_base()
+
+    def build_base(self) -> str:
+        """The base, built by its chain: each stage MoCo-v2 on its data from the previous stage's
+        backbone (the first from random init), stopped at its kNN plateau when it has one."""
+        previous, self.base_result = "none", {"stages": []}
+        for stage in self.cfg.base.chain:
+            with self.phases("prep"):
+                data = self._dataset(stage.data)
+            with self.phases("base"):
+                self.say(f"base chain: MoCo-v2 on {data.name}, up to {stage.iters} iterations")
+                plateau = ("train.stop_on_plateau=true", f"train.knn_interval={stage.plateau_interval}ba",
+                           f"train.plateau_patience={stage.plateau_patience}",
+                           f"train.plateau_delta={stage.plateau_delta}") if stage.plateau_interval else ()
+                job = Job("base", stage.iters, 0, str(data), previous, extra=plateau, stage=data.name)
+                result = run_all([job], self.cfg, self.runs)[0]
+            previous = result["backbone"]
+            self.base_result["stages"].append({"data": str(data), **_base_summary(result)})
+        self.base = previous
+        return previous
 
     def _dataset(self, spec) -> Path:
         if spec.path:
-            from fasthpt.data.manifest import load_manifest
+            from fasthpt.manifest import load_manifest
 
             load_manifest(spec.path).count("test")  # one line when the folder lacks a test split
             return Path(spec.path)
         import dataprep
 
-        return dataprep.prepare(spec.dataset, out=self.data_root, num_images=spec.num_images,
-                                image_size=spec.image_size, progress=False, force=self.force)
+        # its own folder: the preset's sizes and splits may differ from `fasthpt prep`'s defaults
+        return dataprep.prepare(spec.dataset, out=self.data_root / f"demo-{self.cfg.name}", num_images=spec.num_images,
+                                image_size=spec.image_size, val_frac=spec.val_frac, test_frac=spec.test_frac,
+                                progress=False, force=self.force)
 
-    def _user_base(self) -> str:
-        """The user's checkpoint, checked once; with trust, re-saved as plain tensors so that no
-        run reads the pickle again."""
+    def _given_base(self) -> str:
+        """A shipped base (``embedded:NAME``, its recipe recorded) or the user's checkpoint, checked
+        once; with trust, re-saved as plain tensors so that no run reads the pickle again."""
+        from fasthpt.experiment.assets import resolve
         from fasthpt.models.backbones import load_backbone, save_backbone
 
-        model, report = load_backbone(self.cfg.base.checkpoint, trust=self.cfg.base.trust_checkpoint)
+        path, self.base_result = resolve(self.cfg.base.checkpoint)
+        model, report = load_backbone(path, trust=self.cfg.base.trust_checkpoint)
         if self.cfg.pretrain.arch != report.arch:
             self.say(f"base {self.cfg.base.checkpoint} is a {report.arch}: every run uses it")
             self.cfg.pretrain.arch = report.arch
         if not self.cfg.base.trust_checkpoint:
-            return self.cfg.base.checkpoint
+            return path
         return str(save_backbone(model, self.out / "base-trusted" / "backbone.pt"))
 
     # ------------------------------------------------------------------ runs and points
@@ -170,12 +185,36 @@ class Experiment:
             conditions += [("augmentation", p, tuple(f"data.aug.{k}={v}" for k, v in PRESETS[p].items()))
                            for p in st.policies]
         if "data" in which:
-            conditions += [("data", f"{f:g}", (f"data.train_fraction={f}",)) for f in st.fractions]
+            conditions += [("data", f"{f:g}", self._fraction_overrides(f)) for f in st.fractions]
         for kind, condition, extra in conditions:
             self.say(f"study {kind}: {condition}")
+            if not extra and self._reuse_main(kind, condition, {"scratch": scratch_iters, "hpt": hpt_iters}, st.seeds):
+                continue  # the unchanged condition is the main experiment's own runs
             jobs = (self._jobs("scratch", scratch_iters, study=(kind, condition), extra=extra, seeds=st.seeds)
                     + self._jobs("hpt", hpt_iters, self.base, study=(kind, condition), extra=extra, seeds=st.seeds))
             self.train_and_evaluate(jobs, f"study {kind}")
+
+    def _reuse_main(self, kind: str, condition: str, budgets: dict, seeds: int) -> bool:
+        """Tag the main experiment's points at ``budgets`` as this condition's, when it has them for
+        every seed the study asks for."""
+        found = [p for p in self.points if not p.get("study") and budgets.get(p["method"]) == p["iterations"]
+                 and p["seed"] < seeds]
+        if len(found) != len(budgets) * seeds:
+            return False
+        self.points += [{**p, "study": {"kind": kind, "condition": condition}} for p in found]
+        return True
+
+    def _fraction_overrides(self, fraction: float) -> tuple:
+        """data.train_fraction, and a queue that still holds fewer keys than the images it draws
+        from (a queue longer than the data would hold stale keys of each batch's own images)."""
+        if fraction >= 1:
+            return ()
+        from fasthpt.manifest import load_manifest
+
+        images = round(load_manifest(self.target).count("train") * fraction)
+        batch, queue = self.cfg.pretrain.batch_size, self.cfg.pretrain.queue_size
+        fitted = max(batch, min(queue, (images // 2) // batch * batch))
+        return (f"data.train_fraction={fraction}",) + ((f"model.queue_size={fitted}",) if fitted != queue else ())
 
     # ------------------------------------------------------------------ all of it
 
@@ -269,9 +308,9 @@ def machine(reference: dict | None) -> dict:
 
 
 def write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    tmp.replace(path)
+    from fasthpt.fileio import atomic_write_json
+
+    atomic_write_json(path, obj)
 
 
 def check_out(out: Path) -> None:

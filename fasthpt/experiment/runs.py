@@ -16,6 +16,7 @@ from pathlib import Path
 
 from fasthpt.config import RunConfig, load_config, to_yaml
 from fasthpt.experiment.preset import DemoConfig
+from fasthpt.fileio import atomic_write_json
 
 RESULT = "demo_result.json"
 
@@ -24,7 +25,7 @@ RESULT = "demo_result.json"
 class Job:
     """One pretraining run of the experiment."""
 
-    method: str  # base | scratch | hpt | hpt-bn
+    method: str  # base (a stage of the base's chain) | scratch | hpt | hpt-bn
     iterations: int
     seed: int
     data: str  # the prepared folder it trains on
@@ -33,14 +34,19 @@ class Job:
     study: tuple = ()  # (kind, condition) for a robustness-study run
     extra: tuple = field(default_factory=tuple)  # further key=value overrides (the study's condition)
 
+    stage: str = ""  # the base chain's stage (its dataset's name)
+
     @property
     def name(self) -> str:
+        if self.method == "base":
+            return f"base-{self.stage}-{self.iterations}"
         study = f"study-{self.study[0]}-{self.study[1]}-" if self.study else ""
         return f"{study}{self.method}-{self.iterations}-s{self.seed}"
 
 
 def run_config(job: Job, cfg: DemoConfig, runs: Path) -> RunConfig:
-    p = cfg.pretrain
+    """The run config of ``job``: the base chain's settings for its stages, the experiment's otherwise."""
+    p = cfg.base.pretrain if job.method == "base" else cfg.pretrain
     algorithms = "[" + ",".join(p.algorithms) + "]"
     return load_config(None, [
         f"name={job.name}", f"run_dir={runs}", f"data.path={job.data}", f"data.backend={p.backend}",
@@ -71,10 +77,7 @@ def train(run: RunConfig) -> dict:
 
     result = {k: v for k, v in pretrain(run).items() if k != "stages"}
     result["config"] = to_yaml(run)
-    path = run.run_path / RESULT
-    tmp = path.with_name(f".{RESULT}.tmp")
-    tmp.write_text(json.dumps(result, indent=1, default=str))
-    tmp.replace(path)
+    atomic_write_json(run.run_path / RESULT, result)
     return result
 
 

@@ -8,16 +8,16 @@ plain torchvision-format state_dicts without ``fc``, so any torchvision ResNet c
 from __future__ import annotations
 
 import logging
-import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 from torchvision.models import resnet as tv
 
 from fasthpt.errors import UserError
+from fasthpt.fileio import atomic_torch_save
 
 log = logging.getLogger(__name__)
 
@@ -32,30 +32,34 @@ def _torchvision(name: str) -> Callable[[], nn.Module]:
     return build
 
 
-def _resnet_tiny() -> nn.Module:
-    """BasicBlock [1, 1, 1, 1], widths 32-64-128-256, a 3x3 stride-2 stem and no max-pool.
+def _small_resnet(widths: tuple[int, int, int, int]) -> Callable[[], nn.Module]:
+    """BasicBlock [1, 1, 1, 1] at the given stage widths, a 3x3 stride-2 stem and no max-pool:
+    ResNets for small images on a CPU, with torchvision's module names and forward."""
 
-    Small enough for CPU MoCo runs (`fasthpt bench train --arch resnet_tiny`: 161-568 samples/s at
-    56 px on 2-core machines, bench/RESULTS.md), with torchvision's module names and forward.
-    """
-    model = tv.ResNet(tv.BasicBlock, [1, 1, 1, 1])
-    widths = (32, 64, 128, 256)
-    model.inplanes = widths[0]
-    model.conv1 = nn.Conv2d(3, widths[0], kernel_size=3, stride=2, padding=1, bias=False)
-    model.bn1 = nn.BatchNorm2d(widths[0])
-    model.maxpool = nn.Identity()
-    for i, width in enumerate(widths):
-        setattr(model, f"layer{i + 1}", model._make_layer(tv.BasicBlock, width, 1, stride=1 if i == 0 else 2))
-    for m in model.modules():  # torchvision's init, re-applied to the replaced layers
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-    model.num_features = widths[-1]
-    model.fc = nn.Identity()
-    return model
+    def build() -> nn.Module:
+        model = tv.ResNet(tv.BasicBlock, [1, 1, 1, 1])
+        model.inplanes = widths[0]
+        model.conv1 = nn.Conv2d(3, widths[0], kernel_size=3, stride=2, padding=1, bias=False)
+        model.bn1 = nn.BatchNorm2d(widths[0])
+        model.maxpool = nn.Identity()
+        for i, width in enumerate(widths):
+            setattr(model, f"layer{i + 1}", model._make_layer(tv.BasicBlock, width, 1, stride=1 if i == 0 else 2))
+        for m in model.modules():  # torchvision's init, re-applied to the replaced layers
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        model.num_features = widths[-1]
+        model.fc = nn.Identity()
+        return model
+
+    return build
 
 
 ARCHS: dict[str, Callable[[], nn.Module]] = {
-    "resnet_tiny": _resnet_tiny,
+    # 1.2 M parameters; `fasthpt bench train --arch resnet_tiny`: 161-568 samples/s at 56 px on
+    # 2-core machines (bench/RESULTS.md)
+    "resnet_tiny": _small_resnet((32, 64, 128, 256)),
+    # a quarter of resnet_tiny's multiply-adds: the CPU demo's model (configs/demo.yaml)
+    "resnet_micro": _small_resnet((16, 32, 64, 128)),
     "resnet18": _torchvision("resnet18"),
     "resnet50": _torchvision("resnet50"),
 }
@@ -87,17 +91,9 @@ class LoadReport:
 
 def save_backbone(model: nn.Module, path: str | Path) -> Path:
     """Write ``model``'s state_dict (torchvision layout, no ``fc``) to ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in _plain_state_dict(model).items() if not k.startswith("fc.")}
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in _plain_state_dict(model).items()
+             if not k.startswith("fc.")}
+    return atomic_torch_save(state, path)
 
 
 def _plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -155,7 +151,8 @@ def load_backbone(spec: str, arch: str | None = None, *, trust: bool = False,
     for name in ("missing", "unexpected"):
         keys = getattr(report, name)
         if keys:
-            log.warning("base %s: %d %s keys: %s", spec, len(keys), name, ", ".join(keys[:8]) + (" ..." if len(keys) > 8 else ""))
+            shown = ", ".join(keys[:8]) + (" ..." if len(keys) > 8 else "")
+            log.warning("base %s: %d %s keys: %s", spec, len(keys), name, shown)
     return model, report
 
 
@@ -175,7 +172,8 @@ def _copy_weights(model: nn.Module, state: dict, spec: str, kind: str, arch: str
     bad = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
     if bad:
         k = bad[0]
-        raise UserError(f"base {spec} does not fit {arch}: {k} is {tuple(state[k].shape)}, expected {tuple(own[k].shape)}")
+        raise UserError(f"base {spec} does not fit {arch}: {k} is {tuple(state[k].shape)}, "
+                        f"expected {tuple(own[k].shape)}")
     result = model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     loaded = sum(1 for k in own if k in state)
     if loaded == 0:

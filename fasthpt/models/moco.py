@@ -140,7 +140,7 @@ class MoCo(nn.Module):
         """The query backbone: what HPT hands on (backbone.pt) and what the kNN monitor probes."""
         return self.encoder_q.backbone
 
-    def train(self, mode: bool = True) -> "MoCo":
+    def train(self, mode: bool = True) -> MoCo:
         super().train(mode)
         modules = dict(self.encoder_q.named_modules())
         for name in self.frozen_norms:  # frozen stages keep their BN statistics (OpenSelfSup)

@@ -13,8 +13,7 @@ import pytest
 import torch
 
 from fasthpt.cli import main
-
-BACKENDS = ("ffcv", "dali", "torch")
+from fasthpt.data import BACKENDS
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,19 @@ from PIL import Image
 pytest.importorskip("nvidia.dali")
 
 from checks import (  # noqa: E402
-    check_epoch, check_eval_labels, check_eval_matches, check_partition, check_repeatable, check_ssl_batch,
-    eval_loader, ssl_loader,
+    check_epoch,
+    check_eval_labels,
+    check_eval_matches,
+    check_partition,
+    check_repeatable,
+    check_ssl_batch,
+    eval_loader,
+    ssl_loader,
 )
+
 from fasthpt.data import dali_backend as db  # noqa: E402
 from fasthpt.data import torch_backend as tb  # noqa: E402
-from fasthpt.data.manifest import load_manifest  # noqa: E402
+from fasthpt.manifest import load_manifest  # noqa: E402
 
 
 def textured(seed, h=40, w=52):
@@ -84,7 +91,7 @@ def test_hue_shifts_like_torchvision(h):
         mask = (before[..., 1] > 0.3) & (before[..., 2] > 0.3)
         ref = hue_of(tb.op_jitter(Image.fromarray(img), (1.0, 1.0, 1.0, h)))
 
-        def shift(after):
+        def shift(after, before=before, mask=mask):
             turn = np.exp(2j * np.pi * (after[..., 0] - before[..., 0]))[mask].mean()
             return np.angle(turn) / (2 * np.pi)
 

@@ -13,19 +13,27 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.functional as F
-
 from checks import (
-    check_crop_areas, check_epoch, check_eval_labels, check_images, check_partition, check_policy_draws,
-    check_eval_matches, check_ssl_batch, draw_stats, eval_loader, ssl_loader,
+    check_crop_areas,
+    check_epoch,
+    check_eval_labels,
+    check_eval_matches,
+    check_images,
+    check_partition,
+    check_policy_draws,
+    check_ssl_batch,
+    draw_stats,
+    eval_loader,
+    ssl_loader,
 )
-from fasthpt.data import common
+
+from fasthpt.data import common, ffcv_ops
 from fasthpt.data import ffcv_backend as fb
 from fasthpt.data import ffcv_compat as compat
 from fasthpt.data import ffcv_kernels as K
-from fasthpt.data import ffcv_ops
-from fasthpt.data.manifest import load_manifest
 from fasthpt.data.policy import AugPolicy
 from fasthpt.errors import UserError
+from fasthpt.manifest import load_manifest
 
 # Kernels and torchvision agree to float32 rounding (measured max ~6e-7 of the 0..1 range).
 OP_TOL = 1e-5
@@ -366,7 +374,7 @@ def test_batch_slots_allocated_once_and_an_abandoned_epoch_leaves_the_next_intac
     after = _epoch(loader, 1)
     assert len(first) == len(again) == len(after) == 4
     for a, b, c in zip(first, again, after):
-        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and torch.equal(a[0], c[0]) and torch.equal(a[1], c[1])
+        assert all(torch.equal(a[i], other[i]) for other in (b, c) for i in (0, 1))
 
 
 def test_each_draw_waits_for_the_previous_batch_copies(tiny_data):

@@ -24,8 +24,8 @@ pytest.importorskip("ffcv")
 
 import fasthpt.data as data_api  # noqa: E402
 from fasthpt.data import common  # noqa: E402
-from fasthpt.data.manifest import load_manifest  # noqa: E402
 from fasthpt.errors import UserError  # noqa: E402
+from fasthpt.manifest import load_manifest  # noqa: E402
 
 
 @pytest.fixture(scope="module")

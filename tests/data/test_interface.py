@@ -11,9 +11,9 @@ import torch
 
 import fasthpt.data as data_api
 from fasthpt.data import common
-from fasthpt.data.manifest import load_manifest
 from fasthpt.device import resolve_device
 from fasthpt.errors import UserError
+from fasthpt.manifest import load_manifest
 
 
 def test_import_is_cheap():

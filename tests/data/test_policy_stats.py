@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from checks import check_crop_areas, check_policy_draws, draw_stats
+
 from fasthpt.data import torch_backend as tb
-from fasthpt.data.manifest import load_manifest
 from fasthpt.data.policy import AugPolicy
+from fasthpt.manifest import load_manifest
 
 SIDE = 48  # the tiny dataset's images are 48 x 48
 EPOCHS = 12  # 36 images x 2 views x 12 epochs = 864 draws per quantity

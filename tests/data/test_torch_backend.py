@@ -7,15 +7,21 @@ import pytest
 import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as F
-from PIL import Image
-
 from checks import (
-    check_epoch, check_eval_labels, check_images, check_partition, check_repeatable, check_ssl_batch, eval_loader,
+    check_epoch,
+    check_eval_labels,
+    check_images,
+    check_partition,
+    check_repeatable,
+    check_ssl_batch,
+    eval_loader,
     ssl_loader,
 )
+from PIL import Image
+
 from fasthpt.data import torch_backend as tb
-from fasthpt.data.manifest import load_manifest
 from fasthpt.data.policy import AugPolicy
+from fasthpt.manifest import load_manifest
 
 RNG = np.random.default_rng(0)
 IMG = Image.fromarray(RNG.integers(0, 256, (40, 52, 3), dtype=np.uint8))

@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from tiny_images import tiny_image, write_tiny_folder
 
 from dataprep import prepare
 from dataprep.convert import decode_bytes
-from dataprep.fixtures import tiny_image, write_tiny_folder
 from dataprep.samples import read_samples
 from dataprep.sources import UNSAFE_PATH
 from fasthpt.cli import main
-from fasthpt.data.manifest import load_manifest
+from fasthpt.manifest import load_manifest
 
 FAST = dict(formats=("wds",), workers=1, progress=False, val_frac=0.0, test_frac=0.0)
 

@@ -13,8 +13,8 @@ import pytest
 
 from dataprep import prep as prep_module
 from dataprep.prep import prepare
-from fasthpt.data.manifest import load_manifest
 from fasthpt.errors import UserError
+from fasthpt.manifest import load_manifest
 
 FAST = dict(workers=1, progress=False, max_res=32, val_frac=0.25, test_frac=0.0)
 INSTALL = "pip install 'fasthpt[ffcv]'"

@@ -14,11 +14,11 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
+from tiny_images import TINY_CLASSES, TINY_PER_CLASS
 
-from dataprep.fixtures import TINY_CLASSES, TINY_PER_CLASS
-from fasthpt.data.manifest import load_manifest
 from dataprep.readback import dali_samples, ffcv_samples, psnr, wds_samples
 from dataprep.samples import read_samples
+from fasthpt.manifest import load_manifest
 
 MIN_PSNR_DB = 28.0
 MIN_PSNR_FFCV_VS_OTHERS_DB = 35.0

@@ -9,14 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_images import write_tiny_folder
 
 import dataprep.prep as prep_module
-from dataprep.fixtures import write_tiny_folder
 from dataprep import prepare
 from dataprep.samples import read_samples
 from fasthpt.cli import main
-from fasthpt.data.manifest import load_manifest
 from fasthpt.errors import UserError
+from fasthpt.manifest import load_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = dict(formats=("wds",), workers=1, progress=False)

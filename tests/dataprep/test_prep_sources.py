@@ -11,13 +11,13 @@ import zipfile
 import numpy as np
 import pytest
 from PIL import Image
+from tiny_images import tiny_image, write_tiny_folder
 
-from dataprep.fixtures import tiny_image, write_tiny_folder
 from dataprep import prepare
-from dataprep.convert import SkipImage, decode_bytes
 from dataprep.archives import TarSource, ZipSource
+from dataprep.convert import SkipImage, decode_bytes
 from dataprep.samples import read_samples
-from dataprep.sources import FolderSource, list_tree, Entry
+from dataprep.sources import Entry, FolderSource, list_tree
 
 FORMATS = {"jpg": "JPEG", "png": "PNG", "tif": "TIFF", "bmp": "BMP", "webp": "WEBP"}
 LOSSLESS = {"png", "tif", "bmp"}
@@ -220,8 +220,8 @@ def test_symlinked_class_folders_are_followed(tmp_path):
 def test_every_format_reads_back_through_every_reader(messy_folder, tmp_path):
     """JPEG, PNG, TIFF, BMP, WebP, palette and 16-bit sources, among corrupt files, come back
     from FFCV, webdataset and DALI with their labels and their pixels (PSNR >= 28 dB)."""
-    from fasthpt.data.manifest import load_manifest
     from dataprep.readback import dali_samples, ffcv_samples, psnr, wds_samples
+    from fasthpt.manifest import load_manifest
 
     root, good = messy_folder
     out = prepare("messy", out=tmp_path, src=root, val_frac=0.0, test_frac=0.0, workers=1, progress=False)

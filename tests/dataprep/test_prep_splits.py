@@ -10,14 +10,14 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from tiny_images import write_tiny_folder
 
 from dataprep import prepare
-from dataprep.fixtures import write_tiny_folder
 from dataprep.samples import read_samples
 from dataprep.split import StreamingSplit
 from fasthpt.cli import main
-from fasthpt.data.manifest import load_manifest
 from fasthpt.errors import UserError
+from fasthpt.manifest import load_manifest
 
 FAST = dict(formats=("wds",), workers=1, progress=False)
 SPLITS = ("train", "val", "test")
@@ -255,9 +255,9 @@ def test_unknown_paths_are_one_line_with_the_count_and_the_first_few(listed, cap
     _write_lists(lists, train=["blue_checks/000.jpg", "blue_checks/999.jpg", "nowhere/1.jpg"],
                  val=["green_rings/001.png", "green_rings/001.jpg", "x/y.png"])
     err = one_line_error(capsys, *argv)
-    assert ("--splits {}: 4 listed paths are not images in --src (e.g. train.txt:2 blue_checks/999.jpg; "
+    assert (f"--splits {lists}: 4 listed paths are not images in --src (e.g. train.txt:2 blue_checks/999.jpg; "
             "train.txt:3 nowhere/1.jpg; val.txt:2 green_rings/001.jpg); name them relative to --src or "
-            "to its class folders").format(lists) in err
+            "to its class folders") in err
     assert not (src.parent / "out" / "x").exists()
 
 

@@ -123,7 +123,7 @@ def _fit(model, x, y, steps_or_epochs: int, lr: float, batch: int | None):
 
 @pytest.mark.slow
 def test_sat_needs_a_cnn_linear_on_pixels_stays_far_below():
-    """The issue's learnability check: classes are learnable (a small CNN does well above chance)
+    """The learnability check: classes are learnable (a small CNN does well above chance)
     but not trivial (logistic regression on raw pixels stays far below the CNN)."""
     import torch
 

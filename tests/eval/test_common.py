@@ -4,12 +4,13 @@ import torch
 from torch import nn
 
 from fasthpt.eval import common
+from fasthpt.fileio import append_jsonl
 
 
 def test_append_json_one_line_per_result(tmp_path):
     out = tmp_path / "sub" / "results.jsonl"
-    common.append_json({"protocol": "knn", "top1": 0.5}, out)
-    common.append_json({"protocol": "linear", "top1": 0.75, "curve": [[1, 0.5]]}, out)
+    append_jsonl(out, {"protocol": "knn", "top1": 0.5})
+    append_jsonl(out, {"protocol": "linear", "top1": 0.75, "curve": [[1, 0.5]]})
     lines = out.read_text().splitlines()
     assert [json.loads(line)["protocol"] for line in lines] == ["knn", "linear"]
 

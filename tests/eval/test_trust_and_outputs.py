@@ -103,7 +103,7 @@ def test_read_only_cache_dir_and_json_are_refused(capsys, tiny_data, tmp_path, m
 
 
 def test_k_above_the_train_split_is_lowered_with_a_notice_and_recorded(capsys, tiny_data, tmp_path):
-    from fasthpt.data.manifest import load_manifest
+    from fasthpt.manifest import load_manifest
 
     n_train = load_manifest(tiny_data).count("train")
     out = tmp_path / "r.jsonl"
@@ -130,7 +130,7 @@ def test_a_cache_that_cannot_be_written_does_not_cost_the_result(tiny_data, tmp_
     def disk_full(obj, path):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(common, "atomic_save", disk_full)
+    monkeypatch.setattr(common, "atomic_torch_save", disk_full)
     out = tmp_path / "r.jsonl"
     result = run_knn("random", str(tiny_data), arch="resnet_tiny", k=5, res=32, backend="torch", workers=0,
                      cache_dir=tmp_path / "cache", json_path=out, progress=False, quiet=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from export_helpers import perturbed, write_run
 
 

@@ -96,7 +96,7 @@ def test_data_features_equal_the_backbone_on_the_eval_loader(run_dir, r18, tiny_
 
 
 def test_run_folder_gives_normalisation_and_resolution_for_images(run_dir, folder, tmp_path):
-    from fasthpt.data.manifest import load_manifest
+    from fasthpt.manifest import load_manifest
 
     record = embed(str(run_dir), tmp_path / "f.npy", images=str(folder), workers=0, progress=False)
     manifest = load_manifest(record["backbone"]["run"]["data"])

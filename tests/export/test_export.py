@@ -43,7 +43,7 @@ def test_torchvision_export_loads_strict_and_records_its_run(run_dir, r18, tmp_p
     missing = head.load_state_dict(torch.load(tmp_path / "r18.pth", weights_only=True), strict=False)
     assert sorted(missing.missing_keys) == ["fc.bias", "fc.weight"] and not missing.unexpected_keys
 
-    from fasthpt.data.manifest import load_manifest
+    from fasthpt.manifest import load_manifest
 
     manifest = load_manifest(record["run"]["data"])
     assert record["normalisation"]["mean"] == manifest.mean and record["normalisation"]["std"] == manifest.std

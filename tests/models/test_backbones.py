@@ -64,7 +64,8 @@ def test_moco_release_format_takes_query_encoder_and_drops_mlp(tmp_path):
     k = {f"module.encoder_k.{k}": torch.zeros_like(v) for k, v in tv.state_dict().items() if not k.startswith("fc.")}
     mlp = {"module.encoder_q.fc.0.weight": torch.randn(512, 512), "module.encoder_q.fc.2.weight": torch.randn(128, 512)}
     path = tmp_path / "moco_v2_800ep_pretrain.pth.tar"
-    torch.save({"epoch": 800, "arch": "resnet18", "state_dict": {**q, **k, **mlp, "module.queue": torch.randn(128, 8)}}, path)
+    state = {**q, **k, **mlp, "module.queue": torch.randn(128, 8)}
+    torch.save({"epoch": 800, "arch": "resnet18", "state_dict": state}, path)
     model, report = load_backbone(str(path), "resnet18")
     assert report.format == "moco" and report.missing == []
     assert set(report.dropped) == {"fc.0.weight", "fc.2.weight"}

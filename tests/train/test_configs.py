@@ -3,9 +3,8 @@ from pathlib import Path
 import pytest
 
 from fasthpt.config import load_config
-from fasthpt.hpt import stage_configs
-
 from fasthpt.experiment.preset import SCALES, preset_path
+from fasthpt.hpt import stage_configs
 
 PRESETS = {preset_path(s) for s in SCALES}  # `fasthpt demo` presets, not run configs
 CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[2] / "configs").glob("*.yaml") if p not in PRESETS)
@@ -24,7 +23,8 @@ def test_preset_loads_strictly_and_matches_its_scale(path):
     if path.stem.startswith("demo-"):
         assert cfg.model.arch == "resnet_tiny" and cfg.data.res == 64
         return
-    # The paper's recipe (HPT.md): ResNet-50, MoCo-v2 defaults, global batch 256 on 4 processes, lr 0.03.
+    # The paper's recipe (Reed et al. 2022, the authors' configs): ResNet-50, MoCo-v2 defaults, global
+    # batch 256 on 4 processes, lr 0.03.
     assert cfg.model.arch == "resnet50" and cfg.data.res == 224 and cfg.data.batch_size * 4 == 256
     assert (cfg.model.queue_size, cfg.model.dim, cfg.model.mlp_hidden) == (65536, 128, 2048)
     assert cfg.optim.lr == 0.03 and cfg.data.aug.hue == 0.4

@@ -66,7 +66,8 @@ def test_full_mode_trains_convs_too():
 
 def test_freeze_stages_keeps_stem_and_first_stages_and_their_statistics():
     moco, changed = _step("full", freeze_stages=2)
-    frozen = [k for k in _kinds(moco) if k.startswith(("backbone.conv1", "backbone.bn1", "backbone.layer1", "backbone.layer2"))]
+    stem_and_first = ("backbone.conv1", "backbone.bn1", "backbone.layer1", "backbone.layer2")
+    frozen = [k for k in _kinds(moco) if k.startswith(stem_and_first)]
     assert frozen and not (set(frozen) & changed)
     assert any(k.startswith("backbone.layer3") for k in changed)
     assert not moco.encoder_q.backbone.layer1[0].bn1.training and moco.encoder_q.backbone.layer3[0].bn1.training
@@ -81,8 +82,8 @@ def test_bad_mode_is_user_error():
 
 
 def test_stages_chain_backbones(tmp_path):
-    cfg = load_config(None, [f"run_dir={tmp_path}", "name=chain", "hpt.base=none",
-                             "stages=[{name: source, data: d1, max_duration: 7ba}, {name: target, data: d2, mode: bn}]"])
+    stages = "stages=[{name: source, data: d1, max_duration: 7ba}, {name: target, data: d2, mode: bn}]"
+    cfg = load_config(None, [f"run_dir={tmp_path}", "name=chain", "hpt.base=none", stages])
     first, second = stage_configs(cfg)
     assert first.run_path == tmp_path / "chain" / "source" and first.data.path == "d1"
     assert first.train.max_duration == "7ba" and first.hpt.base == "none"

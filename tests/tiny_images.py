@@ -1,4 +1,4 @@
-"""Small deterministic folder-per-class image trees, for tests and quick experiments.
+"""Small deterministic folder-per-class image trees: the test suite's own data (tests/conftest.py).
 
 Each class has its own colour and pattern (checks, rings, stripes, dots), varied per image in
 phase, brightness and noise, so that a classifier can tell the classes apart; JPEG and PNG files

@@ -1,0 +1,215 @@
+"""`manifest.json`: the contract between `fasthpt prep` (the writer, dataprep) and its readers (the
+loaders, evaluation, export, embed). This module is the one place that knows its fields.
+
+Written last, atomically, by dataprep: a dataset folder without it is incomplete. Fields read here
+(checked when loaded: a wrong type is one line naming the field):
+- ``schema`` (int, SCHEMA_VERSION), ``name``, ``classes`` (list of class names; label i is classes[i])
+- ``splits``: {"train": {"count": int, "per_class": [int, ...]}, "val": {...}, "test": {...}}
+  (a split that holds no image is absent: --val-frac 0, --test-frac 0, no test.txt in --splits)
+- ``mean``, ``std``: per-channel RGB statistics of the training images in 0..255 pixel units
+- ``formats``: subset of FORMATS
+- ``files``: {"ffcv": {"train": "ffcv/train.beton", "val": ...},
+              "wds": {"train": ["wds/train-000000.tar", ...], "val": [...]},
+              "samples": {"train": "samples/train.jsonl", ...}} (paths relative to the folder);
+  each shard ``X.tar`` has its DALI index ``X.idx`` beside it.
+- ``settings``: the prep settings (val_frac, test_frac, split_source, seed, ...), ``fingerprint``.
+Everything else (storage, skipped files, excluded images, warnings, versions, timing) is
+informational: dataprep writes it, readers show it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from numbers import Real
+from pathlib import Path
+
+from fasthpt.errors import UserError
+from fasthpt.fileio import atomic_write_json
+
+MANIFEST = "manifest.json"
+# 2: the sample-to-file lists are samples/<split>.jsonl (were .txt, one name per line).
+# 3: a test split (--test-frac, or the user's lists: --splits); settings.test_frac, .split_source;
+#    "excluded" (images no list names). Readers tell an older folder by its missing test split.
+SCHEMA_VERSION = 3
+TEST_SPLIT_SCHEMA = 3  # the first schema with a test split
+FORMATS = ("ffcv", "wds")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Split:
+    count: int
+    per_class: tuple[int, ...] | None  # None where the manifest does not record it
+
+
+@dataclass
+class Manifest:
+    root: Path
+    raw: dict  # the JSON object as read (checked by load_manifest); read it through the accessors
+
+    @property
+    def name(self) -> str:
+        return self.raw["name"]
+
+    @property
+    def schema(self) -> int | None:
+        schema = self.raw.get("schema")
+        return schema if isinstance(schema, int) else None
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.raw["classes"])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.raw["classes"])
+
+    @property
+    def mean(self) -> list[float]:
+        return [float(v) for v in self.raw["mean"]]
+
+    @property
+    def std(self) -> list[float]:
+        return [float(v) for v in self.raw["std"]]
+
+    @property
+    def formats(self) -> list[str]:
+        return list(self.raw.get("formats", []))
+
+    @property
+    def settings(self) -> dict:
+        return dict(self.raw.get("settings") or {})
+
+    @property
+    def split_names(self) -> list[str]:
+        """The splits this folder holds (each with at least one image), in the manifest's order."""
+        return list(self.raw["splits"])
+
+    def split(self, split: str) -> Split:
+        self._check_split(split)
+        entry = self.raw["splits"][split]
+        per_class = entry.get("per_class")
+        return Split(int(entry["count"]), None if per_class is None else tuple(int(n) for n in per_class))
+
+    def count(self, split: str) -> int:
+        return self.split(split).count
+
+    def per_class(self, split: str) -> list[int]:
+        per_class = self.split(split).per_class
+        if per_class is None:
+            raise UserError(f"{self.root / MANIFEST} lacks splits.{split}.per_class; re-run `fasthpt prep`")
+        return list(per_class)
+
+    def ffcv_path(self, split: str) -> Path:
+        self._check_format("ffcv")
+        self._check_split(split)
+        return self.root / self.raw["files"]["ffcv"][split]
+
+    def wds_shards(self, split: str) -> list[Path]:
+        self._check_format("wds")
+        self._check_split(split)
+        return [self.root / p for p in self.raw["files"]["wds"][split]]
+
+    def samples_path(self, split: str) -> Path:
+        """samples/<split>.jsonl: which source file became each sample of the split."""
+        rel = (self.raw.get("files") or {}).get("samples", {}).get(split)
+        if not isinstance(rel, str) or not rel.endswith(".jsonl"):
+            raise UserError(f"{self.root}: no samples/{split}.jsonl (written by an older `fasthpt prep`?); "
+                            "rebuild it with `fasthpt prep --force`")
+        return self.root / rel
+
+    def _check_split(self, split: str) -> None:
+        if split in self.raw["splits"]:
+            return
+        if split == "test":
+            reason, fix = self._why_no_test()
+            raise UserError(f"{self.root} has no test split ({reason}): re-run `fasthpt prep "
+                            f"--dataset {self.raw.get('name', 'NAME')} ... {fix}`")
+        raise UserError(f"{self.root}: no split {split!r}; has {sorted(self.raw['splits'])}")
+
+    def _why_no_test(self) -> tuple[str, str]:
+        """Why a prepared folder has no test split, and the prep flags that make one."""
+        settings = self.settings
+        if self.schema is None or self.schema < TEST_SPLIT_SCHEMA:
+            return "prepared by an older fasthpt", "--force"
+        if isinstance(settings.get("split_source"), dict):
+            return "its --splits lists name no test image: DIR/test.txt", "--splits DIR --force"
+        if not settings.get("test_frac"):
+            return "prepared with --test-frac 0", "--test-frac 0.2 --force"
+        too_few = f"--test-frac {settings['test_frac']} left no image: too few per class"
+        return too_few, "--test-frac F --force"
+
+    def _check_format(self, fmt: str) -> None:
+        if fmt not in self.formats:
+            raise UserError(
+                f"{self.root}: no {fmt} files (prepared formats: {', '.join(self.formats) or 'none'});"
+                f" re-run `fasthpt prep` with --formats including {fmt}"
+            )
+
+
+def problem(raw) -> str | None:
+    """What makes ``raw`` unreadable as a manifest (the first thing found), or None."""
+    if not isinstance(raw, dict):
+        return "not a JSON object"
+    for key, kind in (("name", str), ("classes", list), ("splits", dict), ("mean", list), ("std", list)):
+        if not isinstance(raw.get(key), kind):
+            return f"{key!r} missing or not a JSON {'string' if kind is str else kind.__name__}"
+    if not all(isinstance(c, str) for c in raw["classes"]):
+        return "'classes' holds a name that is not a string"
+    for key in ("mean", "std"):
+        if len(raw[key]) != 3 or not all(_number(v) for v in raw[key]):
+            return f"{key!r} is not three numbers (R, G, B)"
+    for split, entry in raw["splits"].items():
+        if not isinstance(entry, dict) or not _count(entry.get("count")):
+            return f"splits.{split}.count missing or not a count"
+        per_class = entry.get("per_class")
+        if per_class is not None and not (isinstance(per_class, list) and len(per_class) == len(raw["classes"])
+                                          and all(_count(n) for n in per_class)):
+            return f"splits.{split}.per_class is not one count per class"
+    for key, kind in (("formats", list), ("files", dict), ("settings", dict)):
+        if raw.get(key) is not None and not isinstance(raw[key], kind):
+            return f"{key!r} is not a JSON {kind.__name__}"
+    return None
+
+
+def _number(value) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def load_manifest(data_dir: str | Path) -> Manifest:
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise UserError(f"data folder not found: {root} (create it with `fasthpt prep`)")
+    path = root / MANIFEST
+    if not path.is_file():
+        raise UserError(f"{root} has no {MANIFEST}: not a complete `fasthpt prep` output")
+    try:
+        raw = json.loads(path.read_text())
+    except ValueError as exc:  # json.JSONDecodeError, or bytes that are not UTF-8 (UnicodeDecodeError)
+        raise UserError(f"{path} is not valid JSON: {exc}") from None
+    wrong = problem(raw)
+    if wrong:
+        raise UserError(f"{path} is not a `fasthpt prep` manifest ({wrong}); re-run `fasthpt prep ... --force`")
+    return Manifest(root=root, raw=raw)
+
+
+def read_raw(folder: Path) -> dict | None:
+    """The manifest in ``folder`` as a dict, unchecked (any JSON), or None when absent or unreadable."""
+    try:
+        return json.loads((folder / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def write_manifest(folder: Path, raw: dict) -> Path:
+    """Write folder/manifest.json atomically (temporary name, fsync, rename); refuses what
+    load_manifest would refuse, so that the writer cannot drift from the readers."""
+    wrong = problem(raw)
+    if wrong:
+        raise ValueError(f"manifest for {folder}: {wrong}")
+    return atomic_write_json(Path(folder) / MANIFEST, raw)
