@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from fasthpt import provenance as pv
+from fasthpt.config import ARCH_NAMES
 from fasthpt.data import BACKEND_CHOICES
 from fasthpt.errors import UserError
 from fasthpt.manifest import MANIFEST
@@ -203,7 +204,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       "(default: the run's training data)")
     a("--mean", default=None, metavar="R,G,B", help="--images: normalisation mean in 0..255 units (with --std)")
     a("--std", default=None, metavar="R,G,B", help="--images: normalisation std in 0..255 units (with --mean)")
-    a("--arch", default=None, help="architecture (resnet_tiny, resnet18, resnet50): needed for 'random', else checked")
+    a("--arch", default=None, help=f"architecture ({', '.join(ARCH_NAMES)}): needed for 'random', else checked")
     a("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
     a("--workers", type=int, default=2, help="loader processes (default 2; 0: in this process)")
     a("--device", default="auto", help="auto | cpu | cuda[:N] (bf16 autocast on CUDA)")

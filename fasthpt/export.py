@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from fasthpt import provenance as pv
+from fasthpt.config import ARCH_NAMES
 from fasthpt.errors import UserError
 
 SUFFIX = {"torchvision": ".pth", "timm": ".pth", "torchscript": ".pt", "onnx": ".onnx"}
@@ -177,7 +178,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       "(default: the run's training data)")
     a("--mean", default=None, metavar="R,G,B", help="normalisation mean in 0..255 units (with --std)")
     a("--std", default=None, metavar="R,G,B", help="normalisation std in 0..255 units (with --mean)")
-    a("--arch", default=None, help="expected architecture (resnet_tiny, resnet18, resnet50): checked")
+    a("--arch", default=None, help=f"expected architecture ({', '.join(ARCH_NAMES)}): checked")
     a("--results", action="append", default=[], metavar="FILE",
       help="`fasthpt eval --json` file whose results for this backbone go into the record (repeatable)")
     a("--force", action="store_true", help="replace FILE and its record when they exist")

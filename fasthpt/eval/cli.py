@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from fasthpt.config import ARCH_NAMES
 from fasthpt.data import BACKEND_CHOICES
 
 
@@ -22,7 +23,7 @@ def _common(p: argparse.ArgumentParser, batch: int) -> None:
                    help="allow full unpickling of a --backbone file that holds more than tensors: it runs "
                    "any code the file names, so only for files from a source you trust")
     p.add_argument("--arch", default=None,
-                   help="architecture (resnet_tiny, resnet18, resnet50): needed for 'random', else checked")
+                   help=f"architecture ({', '.join(ARCH_NAMES)}): needed for 'random', else checked")
     p.add_argument("--res", type=int, default=224,
                    help="eval side: resize to RES*256/224 + center crop RES; train crops are RES (paper: 224)")
     p.add_argument("--batch-size", type=int, default=batch, help=f"per step (default {batch})")

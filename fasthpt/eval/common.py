@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fasthpt.config import ARCH_NAMES
 from fasthpt.device import available_device
 from fasthpt.errors import UserError
 from fasthpt.fileio import append_jsonl, atomic_torch_save, run_metadata
@@ -113,7 +114,7 @@ def resolve_backbone(backbone: str | nn.Module, arch: str | None = None, seed: i
 
     if spec in ("random", "none"):
         if arch is None:
-            raise UserError(f"--backbone {spec} needs --arch (e.g. resnet_tiny, resnet18, resnet50)")
+            raise UserError(f"--backbone {spec} needs --arch ({', '.join(ARCH_NAMES)})")
     elif not spec.startswith("torchvision:") and not Path(spec).is_file():
         raise UserError(f"backbone checkpoint not found: {spec}")
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG state
