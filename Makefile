@@ -6,7 +6,7 @@ STAMP := $(VENV)/.fasthpt-installed
 APT_PKGS := pkg-config libopencv-dev libturbojpeg0-dev
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-gpu bench clean-data test-latest smoke-latest gpu-bundle
+.PHONY: setup demo demo-base test test-gpu bench clean-data test-latest smoke-latest gpu-bundle
 
 setup: $(STAMP)
 
@@ -31,6 +31,10 @@ $(STAMP): pyproject.toml .apt-ok | $(VENV)/bin/python
 
 demo: setup
 	$(VENV)/bin/fasthpt demo
+
+# the base `make demo` starts from, rebuilt by its preset's chain (minutes; see fasthpt/assets/*.json)
+demo-base: setup
+	$(VENV)/bin/fasthpt demo --build-base fasthpt/assets/demo-base.pt
 
 # The linter first ([tool.ruff] in pyproject.toml): a lint error fails before the suite starts.
 test: setup

@@ -55,7 +55,7 @@ def prepare(dataset: str, out="data", src=None, *, num_images=None, image_size=N
             progress=True) -> Path:
     """Convert a dataset once into the formats the loaders read; return the dataset folder.
 
-    dataset: output name, and the embedded generator to use when `src` is None ("sat", "natural").
+    dataset: output name, and the embedded generator to use when `src` is None (dataprep.synthetic.EMBEDDED).
     src: a folder with one sub-folder per class, or a .zip / .tar(.gz|.bz2|.xz) of one.
     num_images, image_size: embedded generators only (None: the generator's defaults).
     val_frac, test_frac: stratified validation and test fractions (None: 0.2 each; test_frac 0: no

@@ -170,7 +170,7 @@ def test_difficulty_knob_changes_the_sensor_not_the_scene():
 def test_contact_sheet_writes_one_labelled_row_per_class(tmp_path):
     from PIL import Image
 
-    from dataprep.synth_sheet import LABEL_W, PAD, main
+    from dataprep.synthetic.sheet import LABEL_W, PAD, main
 
     out = tmp_path / "sheet.png"
     assert main(["sat", str(out), "--per-class", "2", "--image-size", "32", "--palette"]) == 0
@@ -187,3 +187,15 @@ def test_generator_survives_pickling_for_worker_processes(name):
     clone = pickle.loads(pickle.dumps(gen))
     assert clone.settings == gen.settings
     assert np.array_equal(clone.render(13)[0], gen.render(13)[0])
+
+
+def test_sat_target_is_six_of_sats_classes_and_shares_no_image_with_sat():
+    n = 200
+    target, sat = (get_generator(name, num_images=n, image_size=32) for name in ("sat-target", "sat"))
+    assert set(target.classes) < set(sat.classes) and len(target.classes) == 6
+    # with one random stream per index, image i of both would be the same scene wherever both
+    # datasets draw the same class at index i: their own streams make them differ
+    same_class = [i for i in range(n) if sat.classes[i % 13] == target.classes[i % 6]]
+    assert same_class
+    for i in same_class:
+        assert not np.array_equal(sat.render(i)[0], target.render(i)[0])

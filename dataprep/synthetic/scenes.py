@@ -2,7 +2,7 @@
 
 A renderer takes (rng, S) and returns the clean scene, float32 RGB S x S x 3 in 0..1, seen from
 above at a random rotation, scale and sun azimuth. Sensor effects (exposure, colour cast, haze,
-blur, noise) are added afterwards by dataprep/synth_sensor.py, identically for every class. The
+blur, noise) are added afterwards by dataprep/synthetic/sensor.py, identically for every class. The
 class list loosely follows RESISC-45 / UC Merced categories (Cheng et al. 2017; Yang & Newsam 2010).
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dataprep import synth_ground as g
-from dataprep.synth_noise import F32, fbm, grid, hash_index, hillshade, jitter, noise, rotate, shift, soft
+from dataprep.synthetic import ground as g
+from dataprep.synthetic.noise import F32, fbm, grid, hash_index, hillshade, jitter, noise, rotate, shift, soft
 
 WATER = [(0.08, 0.15, 0.25), (0.12, 0.28, 0.3), (0.2, 0.27, 0.2), (0.3, 0.28, 0.2), (0.14, 0.22, 0.4)]
 SAND = [(0.85, 0.78, 0.62), (0.78, 0.68, 0.5), (0.8, 0.58, 0.38), (0.88, 0.84, 0.72)]

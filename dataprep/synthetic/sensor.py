@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dataprep.synth_noise import F32, blur, fbm, grid
+from dataprep.synthetic.noise import F32, blur, fbm, grid
 
 
 def apply_sensor(rng: np.random.Generator, img: np.ndarray, difficulty: float) -> np.ndarray:

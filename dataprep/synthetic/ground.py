@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dataprep.synth_noise import F32, fbm, hillshade, jitter, noise, soft
+from dataprep.synthetic.noise import F32, fbm, hillshade, jitter, noise, soft
 
 GRASS = [(0.33, 0.42, 0.22), (0.42, 0.47, 0.27), (0.55, 0.53, 0.35), (0.28, 0.36, 0.2)]
 TREE = [(0.13, 0.22, 0.11), (0.2, 0.28, 0.14), (0.25, 0.3, 0.17), (0.38, 0.33, 0.16)]

@@ -1,6 +1,7 @@
-"""Embedded datasets that need no download: `sat` (procedural aerial scenes, the HPT target
-domain) and `natural` (crops of scikit-image's photographs, the source domain standing in for
-ImageNet).
+"""Embedded datasets that need no download: `sat` (procedural aerial scenes of 13 land-use
+classes), `sat-target` (new scenes of 6 of those classes: a small target domain, as UC Merced is
+to RESISC-45 in the paper's chain) and `natural` (crops of scikit-image's photographs, a generic
+domain standing in for ImageNet).
 
     gen = get_generator("sat", num_images=2400, image_size=64, seed=0)
     img, label = gen.render(i)        # HxWx3 uint8 RGB, int in [0, len(gen.classes))
@@ -16,17 +17,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dataprep import synth_photos
-from dataprep.synth_scenes import SCENES
-from dataprep.synth_sensor import apply_sensor
+from dataprep.synthetic import photos
+from dataprep.synthetic.scenes import SCENES
+from dataprep.synthetic.sensor import apply_sensor
 from fasthpt.errors import UserError
 
-EMBEDDED = ("sat", "natural")
+EMBEDDED = ("sat", "sat-target", "natural")
 
 # Small enough to pretrain on 2 CPU cores in minutes (the demo trains at 64 px); scale up with
 # --num-images / --image-size.
 DEFAULTS = {
     "sat": {"num_images": 4000, "image_size": 64},  # ~308 per class: 800 val images keep kNN/linear noise ~1.7 points
+    "sat-target": {"num_images": 3000, "image_size": 32},
     "natural": {"num_images": 3000, "image_size": 64},
 }
 
@@ -57,17 +59,28 @@ class _Base:
 
 
 class SatGenerator(_Base):
-    """Procedural aerial land-use scenes, one class per renderer in synth_scenes.SCENES."""
+    """Procedural aerial land-use scenes, one class per renderer in scenes.SCENES."""
 
     name = "sat"
     version = "sat-5"
     classes = list(SCENES)
+    salt = 0x5A7  # each embedded dataset draws its own random streams: no image is in two of them
 
     def render(self, i: int) -> tuple[np.ndarray, int]:
-        rng = self._rng(i, salt=0x5A7)
+        rng = self._rng(i, salt=self.salt)
         label = i % len(self.classes)
         scene = SCENES[self.classes[label]](rng, self.image_size)
         return apply_sensor(rng, scene, self.difficulty), label
+
+
+class SatTargetGenerator(SatGenerator):
+    """Six of `sat`'s classes, rendered anew (their own random streams, so no image is shared
+    with `sat`): the demo's target, pretrained on after a base that has seen `sat`."""
+
+    name = "sat-target"
+    version = "sat-target-1"
+    classes = ["circular_farmland", "river", "highway", "industrial", "beach", "meadow"]
+    salt = 0x7A6
 
 
 class NaturalGenerator(_Base):
@@ -78,7 +91,7 @@ class NaturalGenerator(_Base):
 
     @property
     def classes(self) -> list[str]:
-        return list(synth_photos.available())
+        return list(photos.available())
 
     @property
     def settings(self) -> dict:
@@ -89,17 +102,17 @@ class NaturalGenerator(_Base):
 
     def render(self, i: int) -> tuple[np.ndarray, int]:
         rng = self._rng(i, salt=0x9A7)
-        names = synth_photos.available()
+        names = photos.available()
         label = i % len(names)
-        return synth_photos.crop(rng, synth_photos.load(names[label]), self.image_size), label
+        return photos.crop(rng, photos.load(names[label]), self.image_size), label
 
 
-_GENERATORS = {"sat": SatGenerator, "natural": NaturalGenerator}
+_GENERATORS = {"sat": SatGenerator, "sat-target": SatTargetGenerator, "natural": NaturalGenerator}
 
 
 def get_generator(name: str, num_images: int | None = None, image_size: int | None = None,
                   seed: int = 0, difficulty: float = 1.0):
-    """The embedded dataset `name` ("sat" or "natural"); None picks the DEFAULTS.
+    """The embedded dataset `name` (one of EMBEDDED); None picks the DEFAULTS.
 
     `difficulty` scales the sensor nuisances of `sat` (0 clean, 1 default, up to 3); `natural`
     photographs ignore it."""

@@ -1,4 +1,4 @@
-"""Vectorised numpy field primitives for the procedural aerial scenes (dataprep/synth_scenes.py).
+"""Vectorised numpy field primitives for the procedural aerial scenes (dataprep/synthetic/scenes.py).
 
 Everything works on square float32 fields of side S (the output resolution) in *image units*:
 coordinates run over [-0.5, 0.5), so a scene rendered at 32 px and at 256 px shows the same ground,

@@ -1,6 +1,6 @@
 """Contact sheet of an embedded dataset: a few samples per class, one row per class, labelled.
 
-    python -m dataprep.synth_sheet sat docs/sat_samples.png --per-class 6 --palette
+    python -m dataprep.synthetic.sheet sat docs/sat_samples.png --per-class 6 --palette
 
 Used to judge the generators by eye (docs/sat_samples.png is made this way).
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from dataprep.synthetic import get_generator
+from dataprep.synthetic import EMBEDDED, get_generator
 
 LABEL_W = 112  # px of text column at the left of each row
 PAD = 2
@@ -39,7 +39,7 @@ def contact_sheet(name: str, per_class: int = 6, image_size: int = 64, seed: int
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("name", choices=["sat", "natural"])
+    p.add_argument("name", choices=list(EMBEDDED))
     p.add_argument("out", type=Path)
     p.add_argument("--per-class", type=int, default=6)
     p.add_argument("--image-size", type=int, default=64)
