@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from fasthpt.config import load_config
-from fasthpt.experiment.preset import SCALES, preset_path
+from fasthpt.experiment.preset import SCALES, load_preset, preset_path
 from fasthpt.hpt import stage_configs
 
 PRESETS = {preset_path(s) for s in SCALES}  # `fasthpt demo` presets, not run configs
@@ -20,8 +20,18 @@ def test_there_are_demo_and_paper_presets():
 def test_preset_loads_strictly_and_matches_its_scale(path):
     cfg = load_config(path)
     runs = stage_configs(cfg)
-    if path.stem.startswith("demo-"):
-        assert cfg.model.arch == "resnet_tiny" and cfg.data.res == 64
+    if path.stem.startswith("demo-"):  # single runs of `make demo`, in step with its preset
+        demo = load_preset(preset_path("default"))
+        base = path.stem in ("demo-base", "demo-chain")
+        p = demo.base.pretrain if base else demo.pretrain
+        assert (cfg.model.arch, cfg.data.res, cfg.data.batch_size, cfg.model.queue_size, cfg.optim.lr,
+                cfg.data.backend) == (p.arch, p.res, p.batch_size, p.queue_size, p.lr, p.backend)
+        stages = [s.data for s in demo.base.chain] if base else [demo.target]
+        assert [Path(r.data.path).name for r in runs] == [d.dataset for d in stages][:len(runs)]
+        budgets = [int(r.train.max_duration.removesuffix("ba")) for r in runs]
+        want = {"demo-scratch": [demo.grid.scratch_cap], "demo-hpt": [max(demo.grid.hpt)],
+                "demo-hpt-bn": [max(demo.grid.hpt_bn)]}.get(path.stem, [s.iters for s in demo.base.chain])
+        assert budgets == want[:len(runs)]
         return
     # The paper's recipe (Reed et al. 2022, the authors' configs): ResNet-50, MoCo-v2 defaults, global
     # batch 256 on 4 processes, lr 0.03.
