@@ -85,9 +85,12 @@ def convergence_sentence(conv: dict) -> str:
     steps = "; ".join(f"{s['from']} -> {s['to']}: {100 * s['diff']:+.1f} points ({interval(s['ci'])})"
                       for s in conv["steps"]) or "one budget only"
     if conv["converged"]:
-        return (f"MoCo from scratch converged: its last step gained nothing significant on val ({steps}); its best "
-                f"budget is {conv['best_iterations']} iterations.")
-    return (f"**MoCo from scratch did NOT converge** within the grid (every step still gained on val: {steps}): "
+        tol = 100 * conv.get("tol", 0.01)
+        n = conv.get("patience", 1)
+        last = "its last step" if n == 1 else f"its last {n} steps each"
+        return (f"MoCo from scratch converged: {last} gained at most {tol:.1f} points in mean val accuracy and "
+                f"nothing significant ({steps}); its best budget is {conv['best_iterations']} iterations.")
+    return (f"**MoCo from scratch did NOT converge** within the grid (it needs {conv.get('patience', 1)} step(s) in a row without a gain above {100 * conv.get('tol', 0.01):.1f} points in mean val accuracy or a significant one: {steps}): "
             f"its best so far ({conv['best_iterations']} iterations) understates it, so every ratio below is a "
             "bound, not a figure.")
 

@@ -56,31 +56,40 @@ def walls(points: list[dict], method: str) -> dict[int, list[float]]:
     return {b: [v for _, v in sorted(vs)] for b, vs in sorted(out.items())}
 
 
-def convergence(points: list[dict], metric: str, method: str = "scratch") -> dict:
+PLATEAU_TOL = 0.01  # a step whose mean val gain is above this is still climbing, significant or not
+
+
+def convergence(points: list[dict], metric: str, method: str = "scratch", tol: float = PLATEAU_TOL,
+                patience: int = 1) -> dict:
     """Has ``method`` converged across its budgets (each its own schedule)? Walking the budgets up,
-    it has at the first step whose gain in mean val accuracy over the previous budget is not above 0
-    at 95% (the Welch interval of the gain reaches 0 or below). Its best budget is the one with the
-    highest mean val accuracy among those walked. Not converged: every step so far gained."""
+    it has at the first step whose gain in mean val accuracy over the previous budget is neither
+    significant (its Welch 95% interval reaches 0 or below) nor above ``tol`` in its mean: with a few
+    seeds a real gain of several points is often not significant, and is not a plateau. With
+    ``patience`` N it takes N such steps in a row (SSL curves can stall and climb again). Its best
+    budget is the one with the highest mean val accuracy among those walked. Not converged: no such
+    run of steps so far."""
     val = cells(points, method, metric, "val")
     budgets = list(val)
-    steps, converged, walked = [], False, budgets[:1]
+    steps, converged, walked, flat = [], False, budgets[:1], 0
     for prev, cur in zip(budgets, budgets[1:]):
         gain = welch(val[cur], val[prev], LEVEL)
         steps.append({"from": prev, "to": cur, **gain})
         walked.append(cur)
-        if gain["ci"] is None or gain["ci"][0] <= 0:
+        flat = flat + 1 if gain["diff"] <= tol and (gain["ci"] is None or gain["ci"][0] <= 0) else 0
+        if flat >= patience:
             converged = True
             break
     best = max(walked, key=lambda b: (sum(val[b]) / len(val[b]), -b)) if walked else None
     return {"method": method, "metric": metric, "converged": converged, "best_iterations": best,
-            "budgets": budgets, "steps": steps}
+            "budgets": budgets, "steps": steps, "tol": tol, "patience": patience}
 
 
-def extend_grid(points: list[dict], metric: str, budgets: list[int], factor: int, cap: int) -> int | None:
+def extend_grid(points: list[dict], metric: str, budgets: list[int], factor: int, cap: int,
+                tol: float = PLATEAU_TOL, patience: int = 1) -> int | None:
     """The next scratch budget to run, or None: converged, or the next step would pass ``cap``."""
     if not budgets:
         return None
-    if convergence(points, metric)["converged"]:
+    if convergence(points, metric, tol=tol, patience=patience)["converged"]:
         return None
     nxt = budgets[-1] * factor
     return nxt if nxt <= cap else None

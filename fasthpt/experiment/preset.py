@@ -79,6 +79,9 @@ class GridSpec:
     scratch_start: int = 100
     scratch_factor: int = 3
     scratch_cap: int = 2700  # the grid stops here even if scratch still gains: then it is flagged
+    plateau_tol: float = 0.01  # a step counts as scratch's plateau when its mean val gain is at most
+    # this (accuracy, 0.01 = 1 point) and not significant at 95%
+    plateau_steps: int = 2  # such steps in a row: MoCo from scratch can stall for a step and climb again
     hpt: List[int] = field(default_factory=lambda: [10, 30, 100, 300])
     hpt_bn: List[int] = field(default_factory=lambda: [30, 100, 300])
 
@@ -156,6 +159,8 @@ def validate(cfg: DemoConfig) -> DemoConfig:
         (g.seeds >= 1, f"grid.seeds must be >= 1, got {g.seeds}"),
         (g.scratch_start >= 1 and g.scratch_factor >= 2, "grid.scratch_start must be >= 1 and grid.scratch_factor >= 2"),
         (g.scratch_cap >= g.scratch_start, f"grid.scratch_cap {g.scratch_cap} is below grid.scratch_start"),
+        (0 <= g.plateau_tol < 1, f"grid.plateau_tol is an accuracy gain in 0..1, got {g.plateau_tol}"),
+        (g.plateau_steps >= 1, f"grid.plateau_steps must be >= 1, got {g.plateau_steps}"),
         (all(b >= 1 for b in g.hpt + g.hpt_bn), "grid.hpt and grid.hpt_bn budgets must be >= 1"),
         (e.metric in ("knn", "linear"), f"eval.metric must be knn or linear, got {e.metric!r}"),
         (bool(e.knn_k) and bool(e.knn_t), "eval.knn_k and eval.knn_t need at least one value each"),

@@ -151,17 +151,19 @@ class Experiment:
 
     def scratch_grid(self) -> dict:
         """Scratch budgets from grid.scratch_start, x scratch_factor, until a step gains nothing
-        significant on val or the next would pass grid.scratch_cap."""
+        significant and at most grid.plateau_tol on val (grid.plateau_steps such steps in a row), or the
+        next would pass grid.scratch_cap."""
         g, metric = self.cfg.grid, self.cfg.eval.metric
         budgets = [g.scratch_start]
         while True:
             self.say(f"scratch: {budgets[-1]} iterations x {g.seeds} seeds")
             self.train_and_evaluate(self._jobs("scratch", budgets[-1]), "scratch")
-            nxt = analysis.extend_grid(self.points, metric, budgets, g.scratch_factor, g.scratch_cap)
+            nxt = analysis.extend_grid(self.points, metric, budgets, g.scratch_factor, g.scratch_cap, g.plateau_tol,
+                                       g.plateau_steps)
             if nxt is None:
                 break
             budgets.append(nxt)
-        conv = analysis.convergence(self.points, metric)
+        conv = analysis.convergence(self.points, metric, tol=g.plateau_tol, patience=g.plateau_steps)
         state = "converged" if conv["converged"] else f"NOT converged at the cap ({g.scratch_cap})"
         self.say(f"scratch {state}; best budget {conv['best_iterations']} iterations")
         return conv
@@ -233,7 +235,7 @@ class Experiment:
             "preset": self.cfg.name, "config": to_yaml(self.cfg), "target": str(self.target), "base": self.base,
             "base_training": self.base_result,
             "metric": metric, "points": self.points, "convergence": conv, "claims": claims,
-            "other_metric": _with_convergence(main, _other(metric)),
+            "other_metric": _with_convergence(main, _other(metric), self.cfg.grid),
             "studies": {m: analysis.condition_table(self.points, m) for m in ("knn", "linear")} if study else None,
             "phases_s": self.phases.seconds, "wall_clock_s": time.time() - t0,
             "machine": machine(reference),
@@ -258,8 +260,8 @@ def claims_of(points: list[dict], conv: dict, metric: str) -> dict:
     }
 
 
-def _with_convergence(points: list[dict], metric: str) -> dict:
-    conv = analysis.convergence(points, metric)
+def _with_convergence(points: list[dict], metric: str, grid) -> dict:
+    conv = analysis.convergence(points, metric, tol=grid.plateau_tol, patience=grid.plateau_steps)
     return {"convergence": conv, **claims_of(points, conv, metric)}
 
 

@@ -37,6 +37,31 @@ def test_still_rising_is_not_converged_and_the_grid_extends_up_to_the_cap():
     assert extend_grid(_pts("scratch", SCRATCH), "knn", [100, 300, 900], 3, 10**6) is None  # converged
 
 
+def test_a_large_gain_that_is_not_significant_is_not_a_plateau():
+    """Three noisy seeds: +5 points in the mean, an interval reaching below 0: still climbing."""
+    noisy = {100: [(.30, .30), (.40, .40), (.35, .35)], 300: [(.32, .32), (.46, .46), (.42, .42)]}
+    pts = _pts("scratch", noisy)
+    conv = convergence(pts, "knn")
+    assert conv["steps"][0]["ci"][0] < 0 < conv["steps"][0]["diff"] - 0.01
+    assert not conv["converged"] and extend_grid(pts, "knn", [100, 300], 3, 1000) == 900
+    assert convergence(pts, "knn", tol=0.06)["converged"]  # a looser tolerance calls it a plateau
+
+
+def test_with_patience_a_stall_followed_by_a_climb_is_not_a_plateau():
+    """100 -> 300 gains, 300 -> 900 stalls, 900 -> 2700 climbs again (MoCo on a small target)."""
+    stall = {100: [(.33, .33), (.34, .34), (.29, .29)], 300: [(.36, .36), (.38, .38), (.39, .39)],
+             900: [(.38, .38), (.36, .36), (.40, .40)], 2700: [(.44, .44), (.43, .43), (.45, .45)]}
+    upto900 = [p for p in _pts("scratch", stall) if p["iterations"] <= 900]
+    assert convergence(upto900, "knn")["converged"]  # one flat step: fooled by the stall
+    assert not convergence(upto900, "knn", patience=2)["converged"]
+    assert extend_grid(upto900, "knn", [100, 300, 900], 3, 10**4, patience=2) == 2700
+    conv = convergence(_pts("scratch", stall), "knn", patience=2)
+    assert not conv["converged"] and conv["best_iterations"] == 2700
+    flat = {**stall, 2700: [(.39, .39), (.37, .37), (.38, .38)]}
+    conv = convergence(_pts("scratch", flat), "knn", patience=2)
+    assert conv["converged"] and conv["best_iterations"] == 900 and conv["patience"] == 2
+
+
 def test_speedup_is_budget_ratio_with_seed_and_grid_intervals():
     pts = _pts("scratch", SCRATCH) + _pts("hpt", HPT)
     conv = convergence(pts, "knn")

@@ -38,7 +38,7 @@ def test_every_path_ran_and_the_json_is_complete(tiny_demo):
     # a x3 grid from its start, extended only while scratch still gained, never past the cap
     assert budgets == [g.scratch_start * g.scratch_factor ** i for i in range(len(budgets))]
     assert budgets[-1] <= g.scratch_cap
-    conv = analysis.convergence(main_points, r["metric"])
+    conv = analysis.convergence(main_points, r["metric"], tol=g.plateau_tol, patience=g.plateau_steps)
     assert json.loads(json.dumps(conv)) == r["convergence"]
     if not conv["converged"]:
         assert budgets[-1] * g.scratch_factor > g.scratch_cap  # stopped by the cap, and flagged
