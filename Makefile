@@ -36,10 +36,12 @@ demo: setup
 demo-base: setup
 	$(VENV)/bin/fasthpt demo --build-base fasthpt/assets/demo-base.pt
 
-# The linter first ([tool.ruff] in pyproject.toml): a lint error fails before the suite starts.
+# The linter first ([tool.ruff] in pyproject.toml): a lint error fails before the suite starts; then
+# the suite on the pinned stack, then its smoke subset on the newest torch (.venv-latest, below).
 test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory smoke-latest PYTEST_ARGS=
 
 test-gpu: setup
 	$(VENV)/bin/python -m pytest -q -m gpu $(PYTEST_ARGS)
