@@ -145,7 +145,7 @@ def plot_convergence(points: list[dict], conv: dict, path, metric: str, title: s
     """Mean test accuracy against pretraining iterations (log x) per method, with its 95% interval
     as a band; scratch's best budget marked (converged or not); direct transfer dashed."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.8, 4.4), dpi=120)
+    fig, ax = plt.subplots(figsize=(8.4, 4.4), dpi=120)
     styles = {"scratch": ("tab:gray", "o"), "hpt": ("tab:blue", "s"), "hpt-bn": ("tab:orange", "^")}
     main = [p for p in points if not p.get("study")]
     for method, (color, marker) in styles.items():
@@ -174,7 +174,7 @@ def plot_convergence(points: list[dict], conv: dict, path, metric: str, title: s
     ax.set_title(title or f"Convergence on the target ({METRIC_LABELS.get(metric, metric)}, mean and 95% interval)",
                  fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=7)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7)  # outside: never over a curve
     _save(fig, path, plt)
 
 
