@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as exc:  # a run's Interrupted says where a relaunch resumes (fasthpt.run_folder)
         print(f"fasthpt {name}: {str(exc) or 'interrupted'}", file=sys.stderr)
-        return 130
+        return getattr(exc, "code", 130)
 
 
 if __name__ == "__main__":

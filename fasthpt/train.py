@@ -33,7 +33,7 @@ from fasthpt.fileio import atomic_path, atomic_write_json
 from fasthpt.hpt import stage_configs
 from fasthpt.models.backbones import save_backbone
 from fasthpt.models.moco import replicas_in_sync
-from fasthpt.run_folder import Interrupted, claim, resume_hint, write_failure
+from fasthpt.run_folder import Interrupted, claim, interrupted_code, resume_hint, write_failure
 from fasthpt.trainer_setup import Loader, Parts, build_trainer
 
 log = logging.getLogger("fasthpt.train")
@@ -119,9 +119,12 @@ def _train(cfg: RunConfig, callbacks: tuple, loader: Loader | None) -> dict:
         stopped = parts.monitor is not None and parts.monitor.stopped_at is not None
         if start_batch < cfg.durations.max_duration and not stopped:
             parts.trainer.fit()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit) as exc:
+        code = interrupted_code(exc)
+        if code is None:
+            raise
         where = f"at batch {int(parts.trainer.state.timestamp.batch)}" if parts else "before training started"
-        raise Interrupted(f"interrupted {where}; {resume_hint(cfg)}") from None
+        raise Interrupted(f"interrupted {where}; {resume_hint(cfg)}", code) from None
     except (OSError, RuntimeError) as exc:
         failure = write_failure(exc, run)
         if failure is None:
@@ -171,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as exc:  # fasthpt.run_folder.Interrupted says where a relaunch resumes
         print(f"fasthpt train: {str(exc) or 'interrupted'}", file=sys.stderr)
-        return 130
+        return getattr(exc, "code", 130)
     if dist.get_global_rank() == 0:
         print(json.dumps(result))
     return 0

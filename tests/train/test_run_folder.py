@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -185,28 +186,41 @@ def test_failed_checkpoint_write_is_one_line_and_never_resumed_from(tmp_path, ti
     assert (ckpt / "ep0-ba4-rank0.pt.unreadable").is_file()
 
 
-@pytest.mark.parametrize("stop_on_call, said", [
-    (4, "interrupted at batch 3; relaunch the same command to resume from {ckpt} (batch 2)"),
-    (1, "interrupted at batch 0; no checkpoint yet: a relaunch starts over"),
+@pytest.mark.parametrize("stop_on_call, said, how", [
+    (4, "interrupted at batch 3; relaunch the same command to resume from {ckpt} (batch 2)", "raise"),
+    (1, "interrupted at batch 0; no checkpoint yet: a relaunch starts over", "raise"),
+    # the real signals: importing Composer makes them sys.exit(128 + signum), not KeyboardInterrupt
+    (4, "interrupted at batch 3; relaunch the same command to resume from {ckpt} (batch 2)", signal.SIGINT),
+    (4, "interrupted at batch 3; relaunch the same command to resume from {ckpt} (batch 2)", signal.SIGTERM),
 ])
 def test_ctrl_c_exits_130_saying_where_the_run_resumes(tmp_path, tiny_run, tiny_yaml, capsys, monkeypatch,
-                                                       stop_on_call, said):
+                                                       stop_on_call, said, how):
+    import composer.core.engine  # noqa: F401 (installs Composer's SIGINT/SIGTERM handlers, as a run does)
+
     from fasthpt.models.moco import ComposerMoCo
 
     original, calls = ComposerMoCo.forward, {"n": 0}
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    assert handlers[signal.SIGTERM] is composer.core.engine.sigterm_handler  # never the default: it kills
 
     def ctrl_c(self, batch):
         calls["n"] += 1
         if calls["n"] == stop_on_call:
-            raise KeyboardInterrupt
+            if how == "raise":
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), how)
         return original(self, batch)
 
     monkeypatch.setattr(ComposerMoCo, "forward", ctrl_c)
     overrides = (*RUN, "train.knn_interval=2ba")
-    code = cli_main(["pretrain", str(tiny_yaml("r", *overrides))])
+    try:
+        code = cli_main(["pretrain", str(tiny_yaml("r", *overrides))])
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     err = capsys.readouterr().err.strip().splitlines()
     ckpt = tmp_path / "r" / "checkpoints" / "ep0-ba2-rank0.pt"
-    assert code == 130 and err == [f"fasthpt pretrain: {said.format(ckpt=ckpt)}"]
+    assert code == (143 if how == signal.SIGTERM else 130) and err == [f"fasthpt pretrain: {said.format(ckpt=ckpt)}"]
     monkeypatch.setattr(ComposerMoCo, "forward", original)
     result = pretrain(tiny_run("r", *overrides))
     assert result["iterations"] == 4
