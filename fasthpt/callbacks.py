@@ -46,6 +46,7 @@ class DataStall(Callback):
         self.wait = self.total = 0.0
         self.all_wait = self.all_total = 0.0
         self._t0: float | None = None
+        self._waited = 0.0  # the current batch's wait, counted once its step closes (a ratio of like spans)
         self._n = 0
 
     def before_dataloader(self, state: State, logger: Logger) -> None:
@@ -54,6 +55,8 @@ class DataStall(Callback):
             step = now - self._t0
             self.total += step
             self.all_total += step
+            self.wait += self._waited
+            self.all_wait += self._waited
             self._n += 1
             if self._n % self.window == 0:
                 logger.log_metrics({"data/stall_frac": self.wait / self.total if self.total else 0.0,
@@ -63,12 +66,12 @@ class DataStall(Callback):
 
     def after_dataloader(self, state: State, logger: Logger) -> None:
         if self._t0 is not None:
-            waited = self.clock() - self._t0
-            self.wait += waited
-            self.all_wait += waited
+            self._waited = self.clock() - self._t0
 
     def epoch_end(self, state: State, logger: Logger) -> None:
-        self._t0 = None  # the gap to the next epoch's first batch (loader restart) is not a step
+        # the gap to the next epoch's first batch (loader restart) is not a step, and the last batch's
+        # step never closes: neither its span nor its wait counts (else the fraction can pass 1)
+        self._t0, self._waited = None, 0.0
 
     @property
     def stall_frac(self) -> float:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import platform
 import subprocess
@@ -62,6 +63,22 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 def json_text(obj) -> str:
     """The layout of every JSON file written here: indent 1, values JSON cannot hold as str()."""
     return json.dumps(obj, indent=1, default=str) + "\n"
+
+
+def printable_json(obj, indent: int | None = None) -> str:
+    """``obj`` as strict JSON for a program to read: a float that is not finite (NaN: not measured)
+    becomes null, which every JSON reader accepts (``NaN`` is not JSON)."""
+
+    def strict(o):
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        if isinstance(o, dict):
+            return {k: strict(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [strict(v) for v in o]
+        return o
+
+    return json.dumps(strict(obj), indent=indent, default=str, allow_nan=False)
 
 
 def atomic_write_json(path: str | os.PathLike, obj) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -60,8 +59,9 @@ def run(args: argparse.Namespace) -> int:
             # the run resumes and the launcher returns its exit code (130); killing it here, as
             # subprocess.call would, would leave the ranks without their launcher's cleanup.
             return launcher.wait()
+    from fasthpt.fileio import printable_json
     from fasthpt.train import pretrain
 
     result = pretrain(cfg)
-    print(json.dumps(result, indent=1))
+    print(printable_json(result, indent=1))
     return 0

@@ -17,7 +17,6 @@ an import by name from Python or a library cannot land on a file of ours (tests/
 checks the names; tests/train/test_entry.py runs this file and checks what it imported).
 """
 
-import json
 import logging
 import math
 import shutil
@@ -29,7 +28,7 @@ from composer.utils import dist
 from fasthpt.config import RunConfig, check_queue, load_config, save_config, validate
 from fasthpt.device import resolve_precision, trainer_device
 from fasthpt.errors import UserError
-from fasthpt.fileio import atomic_path, atomic_write_json
+from fasthpt.fileio import atomic_path, atomic_write_json, printable_json
 from fasthpt.hpt import stage_configs
 from fasthpt.models.backbones import save_backbone
 from fasthpt.models.moco import replicas_in_sync
@@ -157,7 +156,7 @@ def _finish(cfg: RunConfig, parts: Parts, start_batch: int, start_sample: int, w
     if rank == 0:
         if result["plateau"] is not None:
             atomic_write_json(run / "plateau.json", result["plateau"])
-        log.info("run %s: %s", cfg.name, json.dumps(result))
+        log.info("run %s: %s", cfg.name, printable_json(result))
     return result
 
 
@@ -176,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fasthpt train: {str(exc) or 'interrupted'}", file=sys.stderr)
         return getattr(exc, "code", 130)
     if dist.get_global_rank() == 0:
-        print(json.dumps(result))
+        print(printable_json(result))
     return 0
 
 

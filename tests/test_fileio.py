@@ -44,3 +44,10 @@ def test_run_metadata_names_commit_host_time_and_versions():
     assert set(meta) == {"git_sha", "host", "host_cpus", "python", "torch", "fasthpt", "time"}
     assert meta["git_sha"] and meta["host_cpus"] == os.cpu_count() and meta["time"].endswith("+00:00")
     assert meta["torch"].split("+")[0] == torch.__version__.split("+")[0]
+
+
+def test_printed_results_are_strict_json():
+    """A figure not measured (NaN) prints as null: `NaN` is not JSON and strict readers refuse it."""
+    text = fileio.printable_json({"data_stall_frac": float("nan"), "runs": [1.5, float("inf")], "n": 3}, indent=1)
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}")) == {
+        "data_stall_frac": None, "runs": [1.5, None], "n": 3}

@@ -53,6 +53,21 @@ def test_data_stall_is_wait_over_step_time():
     assert stall.stall_frac == pytest.approx(0.04 / 0.12)
 
 
+def test_data_stall_counts_a_wait_only_with_its_step():
+    """The last batch of an epoch never closes its step: its wait is dropped with it (a long first
+    wait on a 2-batch epoch once gave a fraction of 1.18)."""
+    now = [0.0]
+    stall, logger = DataStall(window=100, clock=lambda: now[0]), _Logger()
+    for wait, work in ((0.9, 0.1), (0.8, 0.1)):  # one epoch of two batches, both slow to load
+        stall.before_dataloader(None, logger)
+        now[0] += wait
+        stall.after_dataloader(None, logger)
+        now[0] += work
+    stall.epoch_end(None, logger)
+    assert stall.stall_frac == pytest.approx(0.9 / 1.0)  # the first step only; the second never closed
+    assert DataStall().stall_frac != DataStall().stall_frac  # nothing measured: NaN, printed as null
+
+
 def test_jsonl_one_object_per_logged_step(tmp_path):
     log = JSONLLogger(tmp_path / "m.jsonl", interval=2)
     for step in range(5):
