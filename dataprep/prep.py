@@ -232,7 +232,7 @@ def _existing_output(dest: Path, force: bool) -> dict | None:
                         "folder it points to as --out/--dataset")
     foreign = mf.foreign_files(dest, raw) if force else []
     if foreign:
-        raise UserError(f"{shown} holds {len(foreign)} files `fasthpt prep` did not write (e.g. "
+        raise UserError(f"{shown} holds {len(foreign)} files or folders `fasthpt prep` did not write (e.g. "
                         f"{display_name(foreign[0])}); --force would delete them: move them out first")
     return raw
 
