@@ -118,13 +118,19 @@ def speedup_sentence(s: dict, label: str) -> str:
 
 def gain_sentence(g: dict, label: str) -> str:
     metric = METRIC_LABELS.get(g["metric"], g["metric"])
-    other = "scratch's converged best" if g["against"] == "scratch" else "direct transfer (the base itself)"
+    if g["against"] == "scratch":
+        other = "scratch's converged best" if g.get("scratch_converged", True) else "scratch's best so far"
+    else:
+        other = "direct transfer (the base itself)"
     if g["diff"] is None:
         return f"{label} vs {other}: not enough points."
     text = (f"{label} at its best budget ({g['iterations']} it, {pct(g['mean'])}% {metric}, test) minus {other} "
             f"({pct(g['against_mean'])}%): {100 * g['diff']:+.1f} points (95% interval {interval(g['ci'])})")
     if g["supported"]:
         return text + f": {label} is {'better' if g['direction'] == 'higher' else 'worse'}, supported."
+    if g["direction"] == "higher":  # ahead of a scratch run that is still gaining
+        return (text + f": {label} is ahead within the grid, **but scratch has not converged: that it stays "
+                "behind is not supported.**")
     return text + ": **no difference is supported (the interval includes 0).**"
 
 

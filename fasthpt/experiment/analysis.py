@@ -150,7 +150,7 @@ def accuracy_gain(points: list[dict], method: str, metric: str, against: str, co
     """Mean test accuracy of ``method`` at its best budget (chosen on val) minus that of ``against``:
     "scratch" at its converged best budget, or "direct" (the base, a fixed number when it has one
     evaluation: then the interval is the method's own t interval shifted). Welch 95% interval;
-    supported when it excludes 0."""
+    supported when it excludes 0, except a lead over a scratch that has not converged."""
     b = best_budget(points, method, metric)
     mine = cells(points, method, metric, "test").get(b, [])
     if against == "scratch":
@@ -159,14 +159,18 @@ def accuracy_gain(points: list[dict], method: str, metric: str, against: str, co
     else:
         other_b = 0
         other = [p["test"][metric] for p in points if p["method"] == against and metric in p.get("test", {})]
+    unconverged = against == "scratch" and not conv["converged"]
     out = {"method": method, "against": against, "metric": metric, "iterations": b, "against_iterations": other_b,
-           "diff": None, "ci": None, "supported": False, "direction": None}
+           "diff": None, "ci": None, "supported": False, "direction": None,
+           "scratch_converged": None if against != "scratch" else conv["converged"]}
     if not mine or not other:
         return out
     gain = welch(mine, other, LEVEL)
     out.update(diff=gain["diff"], ci=gain["ci"], mean=_mean(mine), against_mean=_mean(other))
     if gain["ci"] is not None and (gain["ci"][0] > 0 or gain["ci"][1] < 0):
-        out.update(supported=True, direction="higher" if gain["ci"][0] > 0 else "lower")
+        higher = gain["ci"][0] > 0
+        # ahead of a scratch run that is still gaining is not the paper's claim: it may catch up
+        out.update(supported=not (higher and unconverged), direction="higher" if higher else "lower")
     return out
 
 

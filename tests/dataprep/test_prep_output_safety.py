@@ -84,7 +84,8 @@ def test_force_refuses_a_folder_whose_manifest_is_not_preps(images, tmp_path):
 def test_force_refuses_a_prep_output_that_holds_someone_elses_files(images, tmp_path):
     out = prepare("p", out=tmp_path / "out", src=images, **FAST)
     (out / "wds" / "my_notes.txt").write_text("precious")
-    with pytest.raises(UserError, match=r"holds 1 files or folders `fasthpt prep` did not write \(e\.g\. wds/my_notes\.txt\)"):
+    foreign = r"holds 1 files or folders `fasthpt prep` did not write \(e\.g\. wds/my_notes\.txt\)"
+    with pytest.raises(UserError, match=foreign):
         prepare("p", out=tmp_path / "out", src=images, val_frac=0.5, force=True, **FAST)
     assert (out / "wds" / "my_notes.txt").read_text() == "precious"
     (out / "wds" / "my_notes.txt").unlink()

@@ -84,11 +84,17 @@ def test_speedup_at_the_first_budget_is_unbounded_above_and_not_reached_is_not_s
     assert not s["reached"] and s["ratio"] is None and not s["supported"]
 
 
-def test_a_ratio_from_an_unconverged_scratch_is_never_supported():
+def test_a_ratio_or_a_lead_over_an_unconverged_scratch_is_never_supported():
     rising = {100: [(.4, .4), (.41, .41), (.42, .42)], 300: [(.5, .5), (.51, .51), (.52, .52)]}
     pts = _pts("scratch", rising) + _pts("hpt", HPT)
-    s = speedup(pts, "hpt", "knn", convergence(pts, "knn"))
+    conv = convergence(pts, "knn")
+    s = speedup(pts, "hpt", "knn", conv)
     assert s["reached"] and not s["scratch_converged"] and not s["supported"]
+    lead = accuracy_gain(pts, "hpt", "knn", "scratch", conv)  # +0.12, an interval far above 0
+    assert lead["ci"][0] > 0 and lead["direction"] == "higher" and not lead["supported"]
+    behind = accuracy_gain(_pts("scratch", rising) + _pts("hpt", {10: [(.30, .30), (.31, .31), (.32, .32)]}),
+                           "hpt", "knn", "scratch", conv)
+    assert behind["supported"] and behind["direction"] == "lower"  # behind scratch so far: behind, full stop
 
 
 def test_accuracy_gains_against_scratch_and_against_the_base():
