@@ -87,6 +87,18 @@ def resolve_backend(name: str, manifest: Manifest | None = None) -> str:
     raise UserError("no loader backend can run: " + "; ".join(reasons))
 
 
+def subset_backend(name: str, data: str | Path | Manifest) -> str:
+    """``name`` resolved as by resolve_backend when its SSL loader can draw a subset of a split
+    (``indices``), else the first backend that can and runs here on ``data``: DALI's WebDataset
+    reader streams whole shards."""
+    manifest = _manifest(data)
+    for candidate in (resolve_backend(name, manifest), *BACKENDS):
+        if (_FORMAT[candidate] in manifest.formats and _import_reason(candidate) is None
+                and hasattr(importlib.import_module(_MODULES[candidate]), "SSL_SUBSETS")):
+            return candidate
+    raise UserError("a subset of the train split needs the ffcv or torch loader backend, and neither runs here")
+
+
 def _manifest(data: str | Path | Manifest) -> Manifest:
     return data if isinstance(data, Manifest) else load_manifest(data)
 

@@ -17,6 +17,7 @@ from fasthpt.experiment import analysis
 from fasthpt.experiment.evaluate import evaluate
 from fasthpt.experiment.preset import DemoConfig, to_yaml
 from fasthpt.experiment.runs import Job, run_all
+from fasthpt.manifest import load_manifest
 
 
 class Phases:
@@ -78,8 +79,6 @@ class Experiment:
 
     def _dataset(self, spec) -> Path:
         if spec.path:
-            from fasthpt.manifest import load_manifest
-
             load_manifest(spec.path).count("test")  # one line when the folder lacks a test split
             return Path(spec.path)
         import dataprep
@@ -187,7 +186,8 @@ class Experiment:
             conditions += [("augmentation", p, tuple(f"data.aug.{k}={v}" for k, v in PRESETS[p].items()))
                            for p in st.policies]
         if "data" in which:
-            conditions += [("data", f"{f:g}", self._fraction_overrides(f)) for f in st.fractions]
+            loader = self._subset_loader()
+            conditions += [("data", f"{f:g}", loader + self._fraction_overrides(f)) for f in st.fractions]
         for kind, condition, extra in conditions:
             self.say(f"study {kind}: {condition}")
             if not extra and self._reuse_main(kind, condition, {"scratch": scratch_iters, "hpt": hpt_iters}, st.seeds):
@@ -206,13 +206,24 @@ class Experiment:
         self.points += [{**p, "study": {"kind": kind, "condition": condition}} for p in found]
         return True
 
+    def _subset_loader(self) -> tuple:
+        """The data study draws subsets of the train split, which DALI cannot: then every one of its
+        runs, 100% included, uses a loader that can (one loader across the study's fractions)."""
+        from fasthpt.data import resolve_backend, subset_backend
+
+        wanted = self.cfg.pretrain.backend
+        chosen = subset_backend(wanted, self.target)
+        if chosen == resolve_backend(wanted, load_manifest(self.target)):
+            return ()
+        self.say(f"study data: the {wanted} loader cannot draw a subset of the train split; every data-study "
+                 f"run (100% included) uses {chosen}")
+        return (f"data.backend={chosen}",)
+
     def _fraction_overrides(self, fraction: float) -> tuple:
         """data.train_fraction, and a queue that still holds fewer keys than the images it draws
         from (a queue longer than the data would hold stale keys of each batch's own images)."""
         if fraction >= 1:
             return ()
-        from fasthpt.manifest import load_manifest
-
         images = round(load_manifest(self.target).count("train") * fraction)
         batch, queue = self.cfg.pretrain.batch_size, self.cfg.pretrain.queue_size
         fitted = max(batch, min(queue, (images // 2) // batch * batch))
