@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from fasthpt.errors import UserError
+from fasthpt.errors import UserError, interrupted_code
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -73,9 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"fasthpt {name}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as exc:  # a run's Interrupted says where a relaunch resumes (fasthpt.run_folder)
-        print(f"fasthpt {name}: {str(exc) or 'interrupted'}", file=sys.stderr)
-        return getattr(exc, "code", 130)
+    except (KeyboardInterrupt, SystemExit) as exc:  # a run's Interrupted says where a relaunch resumes
+        code = interrupted_code(exc)
+        if code is None:  # sys.exit with another code: not an interruption
+            raise
+        said = str(exc) if isinstance(exc, KeyboardInterrupt) else ""
+        print(f"fasthpt {name}: {said or 'interrupted'}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
-"""User-facing errors (the CLI prints them as one line and exits with status 2), and the install
-line such errors give for the FFCV extra (read by the loaders and by `fasthpt prep`)."""
+"""User-facing errors (the CLI prints them as one line and exits with status 2), how an
+interruption is recognised, and the install line such errors give for the FFCV extra (read by the
+loaders and by `fasthpt prep`)."""
+
+import signal
 
 
 class UserError(Exception):
@@ -10,3 +13,16 @@ class UserError(Exception):
 # (ffcv's setup.py: pkg-config --cflags --libs opencv4, then libturbojpeg).
 FFCV_INSTALL = ("pip install 'fasthpt[ffcv]' after the Debian packages pkg-config libopencv-dev "
                 "libturbojpeg0-dev (`make setup` installs both)")
+
+
+# Importing Composer installs SIGINT/SIGTERM handlers that call sys.exit(128 + signum)
+# (composer/core/engine.py), so a Ctrl-C after that arrives as SystemExit(130), not KeyboardInterrupt.
+SIGNAL_EXITS = (128 + signal.SIGINT, 128 + signal.SIGTERM)
+
+
+def interrupted_code(exc: BaseException) -> int | None:
+    """The exit code if ``exc`` is a Ctrl-C or a SIGTERM in either form, else None (a run's
+    Interrupted carries its own code)."""
+    if isinstance(exc, SystemExit):
+        return exc.code if exc.code in SIGNAL_EXITS else None
+    return getattr(exc, "code", 130) if isinstance(exc, KeyboardInterrupt) else None

@@ -15,7 +15,6 @@ import logging
 import os
 import re
 import shutil
-import signal
 import socket
 import tempfile
 import zipfile
@@ -37,18 +36,6 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, message: str, code: int = 130):
         super().__init__(message)
         self.code = code
-
-
-# Importing Composer installs SIGINT/SIGTERM handlers that call sys.exit(128 + signum)
-# (composer/core/engine.py), so a Ctrl-C in a run arrives as SystemExit(130), not KeyboardInterrupt.
-SIGNAL_EXITS = (128 + signal.SIGINT, 128 + signal.SIGTERM)
-
-
-def interrupted_code(exc: BaseException) -> int | None:
-    """The exit code if ``exc`` is a Ctrl-C or a SIGTERM in either form, else None."""
-    if isinstance(exc, SystemExit):
-        return exc.code if exc.code in SIGNAL_EXITS else None
-    return 130 if isinstance(exc, KeyboardInterrupt) else None
 
 
 def on_rank_zero(fn, *args):

@@ -27,12 +27,12 @@ from composer.utils import dist
 
 from fasthpt.config import RunConfig, check_queue, load_config, save_config, validate
 from fasthpt.device import resolve_precision, trainer_device
-from fasthpt.errors import UserError
+from fasthpt.errors import UserError, interrupted_code
 from fasthpt.fileio import atomic_path, atomic_write_json, printable_json
 from fasthpt.hpt import stage_configs
 from fasthpt.models.backbones import save_backbone
 from fasthpt.models.moco import replicas_in_sync
-from fasthpt.run_folder import Interrupted, claim, interrupted_code, resume_hint, write_failure
+from fasthpt.run_folder import Interrupted, claim, resume_hint, write_failure
 from fasthpt.trainer_setup import Loader, Parts, build_trainer
 
 log = logging.getLogger("fasthpt.train")
@@ -171,9 +171,13 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"fasthpt train: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as exc:  # fasthpt.run_folder.Interrupted says where a relaunch resumes
-        print(f"fasthpt train: {str(exc) or 'interrupted'}", file=sys.stderr)
-        return getattr(exc, "code", 130)
+    except (KeyboardInterrupt, SystemExit) as exc:  # a run's Interrupted says where a relaunch resumes
+        code = interrupted_code(exc)
+        if code is None:
+            raise
+        said = str(exc) if isinstance(exc, KeyboardInterrupt) else ""
+        print(f"fasthpt train: {said or 'interrupted'}", file=sys.stderr)
+        return code
     if dist.get_global_rank() == 0:
         print(printable_json(result))
     return 0

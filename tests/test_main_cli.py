@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from fasthpt.cli import COMMANDS, main
 
 
@@ -43,3 +45,21 @@ def test_ctrl_c_exits_130_with_the_run_s_own_line(monkeypatch, capsys):
     monkeypatch.setattr(fasthpt.pretrain, "run", plain)
     assert main(["pretrain", "c.yaml"]) == 130
     assert capsys.readouterr().err.splitlines() == ["fasthpt pretrain: interrupted"]
+
+
+@pytest.mark.parametrize("code, said", [(130, True), (143, True), (3, False)])
+def test_composer_s_signal_exit_is_an_interruption_in_every_command(monkeypatch, capsys, code, said):
+    """After Composer is imported, Ctrl-C / SIGTERM arrive as sys.exit(128 + signum) in any command."""
+    import fasthpt.export
+
+    def stopped(args):
+        sys.exit(code)
+
+    monkeypatch.setattr(fasthpt.export, "run", stopped)
+    argv = ["export", "runs/x", "--to", "onnx"]
+    if said:
+        assert main(argv) == code
+        assert capsys.readouterr().err.splitlines() == ["fasthpt export: interrupted"]
+    else:
+        with pytest.raises(SystemExit):
+            main(argv)
