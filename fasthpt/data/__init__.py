@@ -87,18 +87,6 @@ def resolve_backend(name: str, manifest: Manifest | None = None) -> str:
     raise UserError("no loader backend can run: " + "; ".join(reasons))
 
 
-def subset_backend(name: str, data: str | Path | Manifest) -> str:
-    """``name`` resolved as by resolve_backend when its SSL loader can draw a subset of a split
-    (``indices``), else the first backend that can and runs here on ``data``: DALI's WebDataset
-    reader streams whole shards."""
-    manifest = _manifest(data)
-    for candidate in (resolve_backend(name, manifest), *BACKENDS):
-        if (_FORMAT[candidate] in manifest.formats and _import_reason(candidate) is None
-                and hasattr(importlib.import_module(_MODULES[candidate]), "SSL_SUBSETS")):
-            return candidate
-    raise UserError("a subset of the train split needs the ffcv or torch loader backend, and neither runs here")
-
-
 def _manifest(data: str | Path | Manifest) -> Manifest:
     return data if isinstance(data, Manifest) else load_manifest(data)
 
@@ -131,18 +119,13 @@ def build_ssl_loader(data, *, split="train", backend="auto", res=224, batch_size
                      device=None, seed=0, rank=None, world_size=None, drop_last=True, channels_last=False,
                      indices=None):
     """Two-view SSL loader over ``data`` (a `fasthpt prep` folder or a Manifest); see the module doc.
-    ``indices``: sample indices of ``split`` to draw each epoch from (a subset of the data: the ffcv
-    and torch backends; DALI's WebDataset reader streams whole shards)."""
+    ``indices``: sample indices of ``split`` to draw each epoch from (a subset of the data)."""
     _check_common(res, batch_size, workers)
     manifest, module, device, rank, world_size = _setup(data, backend, device, rank, world_size)
-    subset = {} if indices is None else {"indices": indices}
-    if subset and not hasattr(module, "SSL_SUBSETS"):
-        raise UserError(f"a subset of the {split} split (data.train_fraction) needs the ffcv or torch loader "
-                        f"backend, not {module.__name__.rsplit('.', 1)[1].replace('_backend', '')}")
     return module.build_ssl_loader(
         manifest, split=split, res=res, batch_size=batch_size, policy=_policy(policy), workers=workers,
         device=device, seed=seed, rank=rank, world_size=world_size, drop_last=drop_last,
-        channels_last=channels_last, **subset,
+        channels_last=channels_last, indices=indices,
     )
 
 

@@ -1,7 +1,20 @@
-"""`dali` backend: WebDataset shards -> NVIDIA DALI pipeline -> two augmented views per decode.
+"""`dali` backend: WebDataset shards -> NVIDIA DALI pipeline -> augmented views, one pipeline per loader.
 
 On a CUDA device the JPEGs are decoded with ``device='mixed'`` (nvJPEG) and augmented on the GPU;
 without CUDA the same graph runs on the CPU (``device_id=None``), logged once.
+
+What the pipeline is fed (``_Source``, DALI's ``fn.external_source``): for each batch, the encoded
+samples read by offset from the shards (common.index_wds) in the order of common.ssl_rank_indices
+(the torch and ffcv backends' order: an exact permutation of the split, or of a subset of it, per
+epoch and rank) and every random draw of every view, computed in Python by fasthpt.data.draws from
+(seed, epoch, sample index, view): the `ffcv` backend's keys and numbers. The pipeline itself draws
+nothing, so a batch is a pure function of (epoch, batch number), and ONE pipeline serves every
+epoch however the loader is iterated: the source maps each of its iterations to an (epoch, batch),
+planning ahead the epoch after the current one; a pass that starts elsewhere (``set_epoch`` to an
+epoch other than the next, a resume at ``start_batch``, an abandoned pass) re-plans the source and
+drops the few batches DALI had already prefetched (at most ``prefetch_queue_depth``). Composer's
+``islice`` over ``len(loader)`` batches therefore costs nothing between epochs (it used to build a
+new pipeline per epoch: 66% data stall on an H200), and DALI prefetches across epoch boundaries.
 
 Speed choices (augmentation, not decode, is the CPU wall: bench/RESULTS.md's decode row):
 - one decode per image, two views cropped from it (resize with a region of interest: crop and
@@ -15,19 +28,9 @@ Speed choices (augmentation, not decode, is the CPU wall: bench/RESULTS.md's dec
   sized by sigma: radius ceil(3 sigma), capped at ~10% of res (policy.blur_kernel_cap);
 - flip, normalisation and the layout change are one ``crop_mirror_normalize`` pass.
 
-Epochs: one pipeline runs consecutive epochs (no rebuild between them: at 64 px a rebuild costs as
-much as an epoch of a small dataset); its reader moves each rank to the next shard every epoch. A
-``set_epoch`` that is not the next epoch (a resume, a repeat) builds a pipeline seeded from
-(seed, epoch, rank) whose shard is (rank + epoch) mod world_size, so runs repeat exactly. The reader
-pads every shard to whole batches of the largest shard (``pad_last_batch``); the iterator runs the
-reader's epoch to its end and yields only ``num_samples`` real samples (common.py's sharding
-rules). DALI's reader shuffles within a buffer (``initial_fill``), not globally: `fasthpt prep`
-writes shards in random order; a joined split ("train+val") lists its parts' shards interleaved.
-
-Labelled loader (linear probe, fine-tuning): the same view graph with the labelled policy (crop and
-flip only) and one view, fed by ``fn.external_source`` with JPEG bytes read by offset in the order
-of common.labelled_rank_indices (the torch and ffcv backends' order, an exact permutation of the
-split or of a subset of it per epoch: the webdataset reader can do neither), labels alongside.
+Kinds: SSL (two views, the run's policy), labelled (one view, the labelled policy: crop and flip,
+for the linear probe and fine-tuning; an exact permutation of the split or of a subset per epoch)
+and eval (resize + centre crop, every sample of the rank once, the same every pass).
 """
 
 from __future__ import annotations
@@ -38,13 +41,12 @@ import os
 import numpy as np
 import torch
 
-from fasthpt.data import common
+from fasthpt.data import common, draws
 from fasthpt.data.policy import AugPolicy
 from fasthpt.errors import UserError
 from fasthpt.manifest import Manifest
 
 BACKEND = "dali"
-SHUFFLE_BUFFER = 4096  # encoded samples held for shuffling (DALI's default is 1024)
 
 # ITU-R 601-2 luma, the weights of torchvision's rgb_to_grayscale (and of YIQ's Y).
 LUMA = np.array([0.299, 0.587, 0.114])
@@ -97,29 +99,11 @@ def _on_gpu(device: torch.device) -> bool:
     return False
 
 
-def _coin(fn, types, p: float):
-    return fn.random.coin_flip(probability=p, dtype=types.BOOL)
-
-
-def _uniform(fn, types, low: float, high: float):
-    """Per-sample U(low, high); a constant when the range is a point (DALI refuses empty ranges)."""
-    return fn.random.uniform(range=[low, high]) if high > low else _const(fn, types, low, types.FLOAT)
-
-
 def _resize_roi(fn, types, images, anchor, size, res: int):
     """Crop (anchor, size: (y, x), (h, w)) and resize to res x res in one pass (linear, antialiased)."""
     start = fn.cast(anchor, dtype=types.FLOAT)
     end = start + fn.cast(size, dtype=types.FLOAT)
     return fn.resize(images, roi_start=start, roi_end=end, size=[res, res], antialias=True)
-
-
-def _crop(fn, types, images, shape, policy: AugPolicy, res: int):
-    """Random-resized crop (torchvision's algorithm: area and log-ratio draws, 10 tries, center
-    fallback); returns (view, anchor, size)."""
-    anchor, size = fn.random_crop_generator(
-        shape, random_area=list(policy.crop_scale), random_aspect_ratio=list(policy.crop_ratio)
-    )
-    return _resize_roi(fn, types, images, anchor, size, res), anchor, size
 
 
 def _colour(fn, dmath, types, view, factors, jitter, gray):
@@ -151,96 +135,159 @@ def _blur_window(fn, dmath, types, sigma, policy: AugPolicy, res: int):
     return fn.cast(dmath.min(2.0 * dmath.ceil(3.0 * sigma) + 1.0, cap), dtype=types.INT32)
 
 
-def _view(fn, dmath, types, images, shape, policy: AugPolicy, res: int, norm: dict):
-    """One augmented, normalised view; also returns every random draw (for debug outputs)."""
-    view, anchor, size = _crop(fn, types, images, shape, policy, res)
-    # no colour factors (e.g. the no-color ablation): the jitter coin never lands
-    jitter = _coin(fn, types, policy.jitter_p if policy.uses_color else 0.0)
-    gray = _coin(fn, types, policy.gray_p)
-    factors = [_uniform(fn, types, max(0.0, 1 - v), 1 + v) for v in
-               (policy.brightness, policy.contrast, policy.saturation)]
-    factors.append(_uniform(fn, types, -policy.hue, policy.hue))
-    blur, flip = _coin(fn, types, policy.blur_p), _coin(fn, types, policy.flip_p)
-    sigma = _uniform(fn, types, *policy.sigma_range(res))
+
+def _view(fn, dmath, types, images, d: dict, policy: AugPolicy, res: int, norm: dict):
+    """One augmented, normalised view from the draw nodes ``d`` (names of _DRAW_OUTPUTS)."""
+    view = _resize_roi(fn, types, images, d["anchor"], d["size"], res)
     if policy.uses_color or policy.gray_p > 0:  # static: the op is left out of the graph entirely
-        if jitter | gray:  # DALI conditional: only the samples that drew it pay for the pass
-            view = _colour(fn, dmath, types, view, factors, jitter, gray)
+        if d["jitter"] | d["gray"]:  # DALI conditional: only the samples that drew it pay for the pass
+            view = _colour(fn, dmath, types, view, [d[k] for k in ("b", "c", "s", "h")], d["jitter"], d["gray"])
     if policy.blur_p > 0:
-        if blur:
-            window = _blur_window(fn, dmath, types, sigma, policy, res)
-            view = fn.gaussian_blur(view, sigma=sigma, window_size=window)
-    view = fn.crop_mirror_normalize(view, mirror=fn.cast(flip, dtype=types.INT32), dtype=types.FLOAT, **norm)
-    draws = [anchor, size, jitter, gray, blur, flip, sigma] + factors
-    return view, draws
+        if d["blur"]:
+            window = _blur_window(fn, dmath, types, d["sigma"], policy, res)
+            view = fn.gaussian_blur(view, sigma=d["sigma"], window_size=window)
+    return fn.crop_mirror_normalize(view, mirror=d["flip"], dtype=types.FLOAT, **norm)
 
 
-# The debug outputs of one view, in the order _view returns them.
-DRAW_NAMES = ("anchor", "size", "jitter", "gray", "blur", "flip", "sigma", "brightness", "contrast",
-              "saturation", "hue")
+# One view's draws as the source feeds them: name -> (DALI type name, ndim per sample).
+_DRAW_OUTPUTS = {"anchor": ("INT32", 1), "size": ("INT32", 1), "jitter": ("BOOL", 0), "gray": ("BOOL", 0),
+                 "blur": ("BOOL", 0), "flip": ("INT32", 0), "sigma": ("FLOAT", 0), "b": ("FLOAT", 0),
+                 "c": ("FLOAT", 0), "s": ("FLOAT", 0), "h": ("FLOAT", 0)}
 
 
-def _draws(outputs, n: int) -> tuple:
-    """The debug outputs (DRAW_NAMES per view, one view after the other) as DebugBatch.draws."""
-    tensors = [_to_torch(t, torch.device("cpu"))[:n] for t in outputs]
-    step = len(DRAW_NAMES)
-    return tuple(_view_draws(dict(zip(DRAW_NAMES, tensors[i: i + step])), n) for i in range(0, len(tensors), step))
+def _used_draws(policy: AugPolicy) -> list[str]:
+    """The names of _DRAW_OUTPUTS the policy's graph reads (ops the policy never applies are left
+    out of the graph, and their draws are not fed)."""
+    names = ["anchor", "size", "flip"]
+    if policy.uses_color or policy.gray_p > 0:
+        names += ["jitter", "gray", "b", "c", "s", "h"]
+    if policy.blur_p > 0:
+        names += ["blur", "sigma"]
+    return [n for n in _DRAW_OUTPUTS if n in names]
 
 
-def _view_draws(d: dict, n: int) -> dict:
-    """One view's draws keyed as common.DRAW_DTYPES: crop is (anchor, size) = (top, left, h, w)."""
-    crop = torch.cat([d["anchor"].reshape(n, 2), d["size"].reshape(n, 2)], 1)
-    factors = torch.stack([d[k].reshape(n) for k in ("brightness", "contrast", "saturation", "hue")], 1)
-    out = {k: d[k].reshape(n) for k in ("jitter", "gray", "blur", "sigma", "flip")}
-    out.update(crop=crop, factors=factors)
-    return {k: t.to(common.DRAW_DTYPES[k]) for k, t in out.items()}
+def _draw_arrays(d: dict, names: list[str]) -> list[np.ndarray]:
+    """One view's draws (fasthpt.data.draws.view_draws) as the arrays of _DRAW_OUTPUTS ``names``."""
+    crop = d["crop"].astype(np.int32)
+    factors = d["factors"].astype(np.float32)
+    arrays = {"anchor": crop[:, :2], "size": crop[:, 2:], "jitter": d["jitter"], "gray": d["gray"],
+              "blur": d["blur"], "flip": d["flip"].astype(np.int32), "sigma": d["sigma"].astype(np.float32),
+              **{k: factors[:, i] for i, k in enumerate("bcsh")}}
+    return [np.ascontiguousarray(arrays[n]) for n in names]
 
 
-def _index_count(path) -> int:
-    """Samples listed by a DALI WebDataset index: its header is 'v1.2 <count>' (wds2idx format)."""
-    with open(path) as handle:
-        header = handle.readline().split()
-    try:
-        if not header[0].startswith("v"):
-            raise ValueError(header[0])
-        return int(header[1])
-    except (IndexError, ValueError):
-        raise UserError(f"unreadable DALI index file {path}: re-run `fasthpt prep`") from None
+def jpeg_size(data) -> tuple[int, int]:
+    """(height, width) from a JPEG's frame header (SOFn), without decoding; ValueError if none."""
+    sof = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+    if bytes(data[:2]) != b"\xff\xd8":
+        raise ValueError("not a JPEG (no SOI marker)")
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            raise ValueError(f"bad JPEG marker at byte {i}")
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            i += 2
+            continue
+        if marker in sof and i + 9 <= n:
+            return int.from_bytes(data[i + 5: i + 7], "big"), int.from_bytes(data[i + 7: i + 9], "big")
+        i += 2 + int.from_bytes(data[i + 2: i + 4], "big")
+    raise ValueError("no JPEG frame header (SOF)")
 
 
-def _shard_files(manifest: Manifest, split: str) -> tuple[list[str], list[str]]:
-    """The split's shards and index files, checked against the manifest (before any work starts).
-    A joined split ("train+val") spreads each part's shards evenly through the list (_spread)."""
-    shards = _spread([manifest.wds_shards(part) for part in common.split_parts(split)])
-    indexes = [p.with_suffix(".idx") for p in shards]
-    missing = [str(p) for p in shards + indexes if not p.is_file()]
-    if missing:
-        raise UserError(f"missing WebDataset file {missing[0]} (and {len(missing) - 1} more): re-run `fasthpt prep`")
-    indexed = sum(_index_count(p) for p in indexes)
-    expected = common.split_count(manifest, split)
-    if indexed != expected:  # the epoch length is computed from the manifest's count
-        raise UserError(f"{manifest.root}: manifest says {expected} {split} samples, the DALI index "
-                        f"files list {indexed}; re-run `fasthpt prep`")
-    return [str(p) for p in shards], [str(p) for p in indexes]
+class _Batch:
+    """What the source fed for one iteration: its (epoch, batch), sample indices, labels and draws."""
+
+    __slots__ = ("epoch", "batch", "indices", "labels", "draws")
+
+    def __init__(self, epoch, batch, indices, labels, view_draws):
+        self.epoch, self.batch, self.indices, self.labels, self.draws = epoch, batch, indices, labels, view_draws
 
 
-def _spread(parts: list[list]) -> list:
-    """The parts' items merged by their relative position within their part: the reader walks the
-    shards in list order and shuffles only within its buffer, so appended val shards would all come
-    at the end of every epoch; spread out, they come throughout it."""
-    keyed = [((i + 0.5) / len(items), p, item) for p, items in enumerate(parts) for i, item in enumerate(items)]
-    return [item for _, _, item in sorted(keyed, key=lambda k: k[:2])]
+class _Source:
+    """``fn.external_source`` callback. Iteration i of the pipeline is batch ``position(i)`` of the
+    plan: from iteration ``base[0]`` on, epoch ``base[1]`` from batch ``base[2]``, then the next
+    epochs whole. Each call reads the batch's samples (``os.pread``: no shared file position) and
+    computes their draws; what it fed is kept until the loader takes it with the pipeline's output.
 
+    ``order(epoch)``: this rank's sample indices of the epoch; ``batches``: batches per epoch (a
+    partial last batch when the order is not a multiple of ``batch_size``); ``policy`` None: no
+    views drawn (eval)."""
 
-def _reader(fn, files, shard_id: int, num_shards: int, shuffle: bool, fill: int):
-    # SSL (shuffle): the shard moves on by one each epoch, so ranks see different data over epochs;
-    # eval sticks to its shard, so every pass is the same.
-    shards, indexes = files
-    return fn.readers.webdataset(
-        paths=shards, index_paths=indexes, ext=["jpg", "cls"],
-        missing_component_behavior="error", shard_id=shard_id, num_shards=num_shards,
-        random_shuffle=shuffle, initial_fill=max(1, fill), pad_last_batch=True, stick_to_shard=not shuffle,
-        name="reader",
-    )
+    def __init__(self, shards, samples, order, *, batch_size, batches, seed=0, policy=None, res=0, views=0):
+        self.shards, self.samples, self.order_of = shards, samples, order
+        self.batch_size, self.batches, self.seed = batch_size, batches, seed
+        self.policy, self.res, self.views = policy, res, views
+        self.base = (0, 0, 0)
+        self.asked = 0  # iterations fed so far
+        self.fed: dict[int, _Batch] = {}
+        self._orders: dict[int, np.ndarray] = {}
+        self._fds: dict[int, int] = {}
+        self._hw = np.full((len(samples), 2), -1, dtype=np.int64)  # image sizes, parsed on first read
+
+    def position(self, iteration: int) -> tuple[int, int]:
+        i0, e0, b0 = self.base
+        p = b0 + iteration - i0
+        return e0 + p // self.batches, p % self.batches
+
+    def next_position(self, iteration: int) -> tuple[int, int]:
+        """The (epoch, batch) the pipeline's output ``iteration`` holds or will hold."""
+        fed = self.fed.get(iteration)
+        return (fed.epoch, fed.batch) if fed else self.position(iteration)
+
+    def replan(self, epoch: int, batch: int) -> None:
+        """Iterations not yet fed deliver ``epoch`` from ``batch`` on."""
+        self.base = (self.asked, epoch, batch)
+
+    def take(self, iteration: int) -> _Batch:
+        return self.fed.pop(iteration)
+
+    def order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._orders:
+            if len(self._orders) > 2:  # the prefetch spans at most two epochs
+                self._orders.pop(min(self._orders))
+            self._orders[epoch] = np.asarray(self.order_of(epoch), dtype=np.int64)
+        return self._orders[epoch]
+
+    def _bytes(self, i: int) -> np.ndarray:
+        sample = self.samples[i]
+        fd = self._fds.get(sample.shard)
+        if fd is None:
+            fd = self._fds[sample.shard] = os.open(self.shards[sample.shard], os.O_RDONLY)
+        blob = os.pread(fd, sample.size, sample.offset)
+        if len(blob) != sample.size:
+            raise UserError(f"WebDataset shard {self.shards[sample.shard]} is truncated (sample {sample.key}); "
+                            "re-run `fasthpt prep`")
+        if self._hw[i, 0] < 0 and self.policy is not None:
+            try:
+                self._hw[i] = jpeg_size(blob)
+            except ValueError as exc:
+                raise UserError(f"{self.shards[sample.shard]}: sample {sample.key} is not a readable JPEG "
+                                f"({exc}); re-run `fasthpt prep`") from None
+        return np.frombuffer(blob, dtype=np.uint8)
+
+    def __call__(self, info):
+        it = info.iteration
+        self.asked = max(self.asked, it + 1)
+        epoch, b = self.position(it)
+        chosen = self.order(epoch)[b * self.batch_size: (b + 1) * self.batch_size]
+        blobs = [self._bytes(int(i)) for i in chosen]
+        labels = np.array([self.samples[int(i)].label for i in chosen], dtype=np.int64)
+        view_draws = None
+        if self.policy is not None:
+            hw = self._hw[chosen]
+            view_draws = draws.view_draws(self.seed, epoch, chosen, hw[:, 0], hw[:, 1], self.policy, self.res,
+                                          self.views)
+        self.fed[it] = _Batch(epoch, b, chosen, labels, view_draws)
+        names = _used_draws(self.policy) if self.policy is not None else []
+        return [blobs] + [a for d in (view_draws or []) for a in _draw_arrays(d, names)]
+
+    def __del__(self):
+        for fd in getattr(self, "_fds", {}).values():
+            os.close(fd)
 
 
 def _norm_args(manifest: Manifest, channels_last: bool) -> dict:
@@ -248,21 +295,30 @@ def _norm_args(manifest: Manifest, channels_last: bool) -> dict:
     return dict(mean=manifest.mean, std=manifest.std, output_layout="HWC" if channels_last else "CHW")
 
 
-def _ssl_pipeline(manifest, files, policy, res, gpu, shard_id, num_shards, fill, channels_last, debug, **kw):
+def _inputs(fn, types, source, policy: AugPolicy | None, views: int):
+    """The external source's nodes: the encoded samples, then each view's draws (dict by name)."""
+    names = _used_draws(policy) if policy is not None else []
+    kinds = [("UINT8", 1)] + [_DRAW_OUTPUTS[n] for _ in range(views) for n in names]
+    nodes = fn.external_source(source=source, num_outputs=len(kinds), batch=True, batch_info=True,
+                               dtype=[getattr(types, t) for t, _ in kinds], ndim=[n for _, n in kinds])
+    per_view = [dict(zip(names, nodes[1 + v * len(names): 1 + (v + 1) * len(names)])) for v in range(views)]
+    return nodes[0], per_view
+
+
+def _views_pipeline(manifest, source, policy, res, gpu, channels_last, views, **kw):
+    """``views`` augmented views of each sample (2: SSL; 1 under the labelled policy: crop and flip)."""
     from nvidia.dali import pipeline_def
 
     fn, dmath, types = _dali()
 
     @pipeline_def(enable_conditionals=True, **kw)
-    def ssl():
-        jpegs, labels = _reader(fn, files, shard_id, num_shards, True, fill)
+    def augmented():
+        jpegs, view_draws = _inputs(fn, types, source, policy, views)
         images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
-        shape = fn.peek_image_shape(jpegs)
         norm = _norm_args(manifest, channels_last)
-        (q, draws_q), (k, draws_k) = (_view(fn, dmath, types, images, shape, policy, res, norm) for _ in range(2))
-        return (q, k, labels, *draws_q, *draws_k) if debug else (q, k)
+        return tuple(_view(fn, dmath, types, images, d, policy, res, norm) for d in view_draws)
 
-    return ssl()
+    return augmented()
 
 
 def _center_anchor(fn, dmath, types, images, res: int):
@@ -276,78 +332,20 @@ def _center_anchor(fn, dmath, types, images, res: int):
     return fn.cast(half + odd * half_is_odd, dtype=types.INT32)
 
 
-def _eval_pipeline(manifest, files, res, gpu, shard_id, num_shards, channels_last, **kw):
+def _eval_pipeline(manifest, source, res, gpu, channels_last, **kw):
     from nvidia.dali import pipeline_def
 
     fn, dmath, types = _dali()
 
     @pipeline_def(**kw)
     def evaluation():
-        jpegs, labels = _reader(fn, files, shard_id, num_shards, False, 1)
+        jpegs, _ = _inputs(fn, types, source, None, 0)
         images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
         images = fn.resize(images, resize_shorter=common.eval_resize(res), antialias=True)
         images = fn.slice(images, start=_center_anchor(fn, dmath, types, images, res), shape=[res, res], axes=[0, 1])
-        images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, **_norm_args(manifest, channels_last))
-        return images, labels
+        return fn.crop_mirror_normalize(images, dtype=types.FLOAT, **_norm_args(manifest, channels_last))
 
     return evaluation()
-
-
-class _LabelledSource:
-    """``fn.external_source`` callback of the labelled pipeline: for batch ``info.iteration`` (counted
-    from ``first_epoch``, ``batches`` per epoch), the JPEG bytes, labels and sample indices of this
-    rank's permutation of the subset (common.labelled_rank_indices: the torch and ffcv backends'
-    order), read by offset from the shards (common.index_wds). A pure function of the iteration, so
-    DALI may call it ahead of the batches it runs. ``os.pread``: no shared file position."""
-
-    def __init__(self, shards, samples, subset, *, batch_size, batches, seed, rank, world_size, first_epoch):
-        self.shards, self.samples, self.subset = shards, samples, subset
-        self.batch_size, self.batches, self.first_epoch = batch_size, batches, first_epoch
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self._order = (None, None)
-        self._fds: dict[int, int] = {}
-
-    def order(self, epoch: int):
-        if self._order[0] != epoch:
-            self._order = (epoch, common.labelled_rank_indices(self.subset, self.rank, self.world_size, self.seed,
-                                                               epoch).tolist())
-        return self._order[1]
-
-    def _bytes(self, sample) -> np.ndarray:
-        fd = self._fds.get(sample.shard)
-        if fd is None:
-            fd = self._fds[sample.shard] = os.open(self.shards[sample.shard], os.O_RDONLY)
-        return np.frombuffer(os.pread(fd, sample.size, sample.offset), dtype=np.uint8)
-
-    def __call__(self, info):
-        epoch, b = divmod(info.iteration, self.batches)
-        chosen = self.order(self.first_epoch + epoch)[b * self.batch_size: (b + 1) * self.batch_size]
-        samples = [self.samples[i] for i in chosen]
-        return ([self._bytes(s) for s in samples], [np.array([s.label], np.int64) for s in samples],
-                [np.array([i], np.int64) for i in chosen])
-
-    def __del__(self):
-        for fd in getattr(self, "_fds", {}).values():
-            os.close(fd)
-
-
-def _labelled_pipeline(manifest, source, res, gpu, channels_last, debug, **kw):
-    """Decode (nvJPEG on a GPU) and one crop-and-flip view per sample: the SSL view graph (_view)
-    under the labelled policy, which leaves colour, gray and blur out of the graph."""
-    from nvidia.dali import pipeline_def
-
-    fn, dmath, types = _dali()
-
-    @pipeline_def(enable_conditionals=True, **kw)
-    def labelled():
-        jpegs, labels, index = fn.external_source(source=source, num_outputs=3, batch=True, batch_info=True)
-        images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
-        shape = fn.peek_image_shape(jpegs)
-        norm = _norm_args(manifest, channels_last)
-        view, draws = _view(fn, dmath, types, images, shape, common.labelled_policy(), res, norm)
-        return (view, labels, index, *draws) if debug else (view, labels)
-
-    return labelled()
 
 
 def _to_torch(tensor_list, device: torch.device) -> torch.Tensor:
@@ -364,149 +362,145 @@ _TORCH_DTYPES = {"DALIDataType.FLOAT": torch.float32, "DALIDataType.UINT8": torc
                  "DALIDataType.INT32": torch.int32}
 
 
-def _labels(tensor_list) -> torch.Tensor:
-    # .cls members hold the label as ASCII digits (WebDataset convention)
-    return torch.tensor([int(bytes(np.asarray(tensor_list[i])).decode()) for i in range(len(tensor_list))],
-                        dtype=torch.int64)
-
 
 class DaliLoader:
-    """Runs one pipeline across consecutive epochs and trims the reader's padding (module doc)."""
+    """One pipeline for the loader's life, fed by a _Source (module doc). Each pass is one epoch:
+    ``set_epoch(e)`` chooses the next pass's epoch (without it, successive passes are successive
+    epochs) and ``start_batch`` its first batch (a resume mid-epoch: the batches before it are
+    neither read nor decoded)."""
 
     backend = BACKEND
 
-    def __init__(self, build, *, num_samples, batch_size, drop_last, device, channels_last, kind, debug=False):
-        self.build, self.num_samples, self.batch_size = build, num_samples, batch_size
+    def __init__(self, build, source: _Source, *, num_samples, device, channels_last, kind, debug=False):
+        self.build, self.source, self.num_samples = build, source, num_samples
         self.device, self.channels_last, self.kind, self.debug = device, channels_last, kind, debug
-        self._len = common.num_batches(num_samples, batch_size, drop_last)
-        self.epoch = 0
+        self.epoch, self.start = 0, 0
+        self.pipelines_built = 0
         self._pipe = None
-        self._pipe_epoch = None  # the epoch the pipeline's reader will deliver next
+        self._consumed = 0  # pipeline outputs taken (and dropped) so far
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        if not 0 <= start_batch <= len(self):
+            raise ValueError(f"start_batch {start_batch} outside the epoch's {len(self)} batches")
+        self.epoch, self.start = int(epoch), int(start_batch)
 
     def __len__(self):
-        return self._len
+        return self.source.batches
 
-    def pipeline(self):
-        """A pipeline positioned at the start of ``self.epoch``: the running one when it has just
-        finished the previous epoch (SSL, labelled; eval repeats itself), else a new one seeded for this epoch."""
-        if self._pipe is None or self._pipe_epoch != self.epoch:
-            self._pipe = None  # release the old pipeline's threads and buffers first
-            self._pipe = self.build(self.epoch)
+    def _position(self, epoch: int, batch: int) -> None:
+        """Make the pipeline's next output batch ``batch`` of ``epoch``."""
+        if self._pipe is None:
+            self.source.replan(epoch, batch)
+            self._pipe = self.build(self.source)
             self._pipe.build()
-            self._pipe_epoch = self.epoch
-        return self._pipe
+            self.pipelines_built += 1
+            return
+        if self.source.next_position(self._consumed) == (epoch, batch):
+            return
+        self.source.replan(epoch, batch)
+        stale = self.source.asked  # outputs fed under the old plan (prefetched): run and dropped
+        while self._consumed < stale:
+            self._run()
 
-    def _reader_batches(self, pipe) -> int:
-        if self.kind == "labelled":  # its source yields exactly the epoch's full batches
-            return self._len
-        meta = pipe.reader_meta("reader")  # every shard padded to the largest one, then to whole batches
-        return math.ceil(meta["epoch_size_padded"] // meta["number_of_shards"] / self.batch_size)
-
-    def _images(self, tensor_list, n):
-        x = _to_torch(tensor_list, self.device)[:n]
-        return x.permute(0, 3, 1, 2) if self.channels_last else x
-
-    def _batch(self, outputs, n):
-        if self.kind == "labelled":
-            labels = _to_torch(outputs[1], torch.device("cpu")).view(-1).to(self.device)
-            if self.debug:
-                index = _to_torch(outputs[2], torch.device("cpu")).view(-1)
-                return common.DebugBatch((self._images(outputs[0], n),), labels, index, _draws(outputs[3:], n))
-            return self._images(outputs[0], n), labels
-        if self.kind == "eval":
-            return self._images(outputs[0], n), _labels(outputs[1])[:n].to(self.device)
-        views = self._images(outputs[0], n), self._images(outputs[1], n)
-        if self.debug:
-            keys = [outputs[2][i].source_info() for i in range(n)]
-            return common.DebugBatch(views, _labels(outputs[2])[:n], None, _draws(outputs[3:], n), keys)
-        return views
+    def _run(self):
+        try:
+            outputs = self._pipe.run()
+        except RuntimeError as exc:  # e.g. a sample DALI cannot decode: one line, not DALI's traceback
+            raise UserError(f"DALI pipeline failed: {str(exc).strip().splitlines()[0]}") from None
+        fed = self.source.take(self._consumed)
+        self._consumed += 1
+        return outputs, fed
 
     def __iter__(self):
-        pipe = self.pipeline()
-        self._pipe_epoch = None  # mid-epoch until the reader's epoch has been run to its end
-        remaining = self.num_samples
-        for i in range(self._reader_batches(pipe)):
-            outputs = pipe.run()
-            if i < self._len:  # batches past len() only finish the reader's epoch (padding, leftovers)
-                n = min(self.batch_size, remaining)
-                remaining -= n
-                yield self._batch(outputs, n)
-        self._pipe_epoch = self.epoch if self.kind == "eval" else self.epoch + 1
+        epoch, start = self.epoch, self.start
+        self.epoch, self.start = epoch + 1, 0
+        self._position(epoch, start)
+        for _ in range(start, len(self)):
+            yield self._batch(*self._run())
+
+    def _images(self, tensor_list):
+        x = _to_torch(tensor_list, self.device)
+        return x.permute(0, 3, 1, 2) if self.channels_last else x
+
+    def _batch(self, outputs, fed: _Batch):
+        views = tuple(self._images(t) for t in outputs)
+        labels = torch.from_numpy(fed.labels)
+        if self.debug:
+            draws_ = tuple({k: torch.as_tensor(np.asarray(v), dtype=common.DRAW_DTYPES[k]) for k, v in d.items()}
+                           for d in fed.draws or ())
+            return common.DebugBatch(views, labels.to(self.device), torch.from_numpy(fed.indices), draws_)
+        return views if self.kind == "ssl" else (views[0], labels.to(self.device))
 
 
-def _pipe_kwargs(batch_size, workers, device: torch.device, gpu: bool, seed: int) -> dict:
+def _pipe_kwargs(batch_size, workers, device: torch.device, gpu: bool) -> dict:
     device_id = (device.index if device.index is not None else torch.cuda.current_device()) if gpu else None
     # exec_dynamic: DALI 2.4's default for these settings, stated because the eval pipeline reads a
-    # GPU node's shape (images.shape()), which needs it
-    return dict(batch_size=batch_size, num_threads=max(1, workers), device_id=device_id, seed=seed,
+    # GPU node's shape (images.shape()), which needs it. The pipeline draws nothing (seed unused).
+    return dict(batch_size=batch_size, num_threads=max(1, workers), device_id=device_id, seed=0,
                 prefetch_queue_depth=2, exec_dynamic=True)
 
 
-def _shard_size(count: int, shard_id: int, num_shards: int) -> int:
-    # DALI's reader gives shard i the samples [count*i // n, count*(i+1) // n)
-    return count * (shard_id + 1) // num_shards - count * shard_id // num_shards
+def _indexed(manifest: Manifest, split: str) -> tuple[list[str], list]:
+    """The split's shards and samples (tar headers read, no image), checked against the manifest."""
+    shards = common.split_wds_shards(manifest, split)
+    samples = common.index_wds(shards)
+    expected = common.split_count(manifest, split)
+    if len(samples) != expected:  # the epoch length is computed from the manifest's count
+        raise UserError(f"{manifest.root}: manifest says {expected} {split} samples, the WebDataset shards "
+                        f"hold {len(samples)}; re-run `fasthpt prep`")
+    return [str(p) for p in shards], samples
+
+
+def _augmented_loader(manifest, *, split, res, batch_size, policy, views, workers, device, seed, rank, world_size,
+                      drop_last, channels_last, indices, debug, kind) -> DaliLoader:
+    gpu = _on_gpu(device)
+    shards, samples = _indexed(manifest, split)
+    if kind == "labelled":
+        samples = common.require_labels(manifest, split, samples)
+    subset = common.subset_indices(manifest, split, indices)
+    per_rank = common.ssl_rank_count(len(subset), world_size)
+    common.check_batch(batch_size, per_rank, drop_last, f"{split} split")
+    source = _Source(shards, samples, lambda e: common.labelled_rank_indices(subset, rank, world_size, seed, e),
+                     batch_size=batch_size, batches=common.num_batches(per_rank, batch_size, drop_last), seed=seed,
+                     policy=policy, res=res, views=views)
+    kw = _pipe_kwargs(batch_size, workers, device, gpu)
+    num = source.batches * batch_size if drop_last else per_rank
+    return DaliLoader(lambda src: _views_pipeline(manifest, src, policy, res, gpu, channels_last, views, **kw),
+                      source, num_samples=num, device=device, channels_last=channels_last, kind=kind, debug=debug)
 
 
 def build_ssl_loader(manifest: Manifest, *, split, res, batch_size, policy, workers, device, seed, rank,
-                     world_size, drop_last, channels_last, debug: bool = False) -> DaliLoader:
-    """Two-view loader. ``debug``: batches are common.DebugBatch (two views, the labels, no sample
-    indices but each sample's key, each view's draws: no jitter order, the colour pass has none)."""
-    policy = policy.validate()
-    gpu = _on_gpu(device)
-    count = common.split_count(manifest, split)
-    per_rank = common.ssl_rank_count(count, world_size)
-    common.check_batch(batch_size, per_rank, drop_last, f"{split} split")
-    fill = min(SHUFFLE_BUFFER, per_rank + 1)
-    files = _shard_files(manifest, split)
-
-    def build(epoch):
-        shard = (rank + epoch) % world_size  # rotate the data among ranks from epoch to epoch
-        kw = _pipe_kwargs(batch_size, workers, device, gpu, common.epoch_seed(seed, epoch, rank) % 2**31)
-        return _ssl_pipeline(manifest, files, policy, res, gpu, shard, world_size, fill, channels_last, debug, **kw)
-
-    return DaliLoader(build, num_samples=per_rank, batch_size=batch_size, drop_last=drop_last, device=device,
-                      channels_last=channels_last, kind="ssl", debug=debug)
+                     world_size, drop_last, channels_last, indices=None, debug: bool = False) -> DaliLoader:
+    """Two-view loader (over the samples ``indices`` of the split when given). ``debug``: batches
+    are common.DebugBatch (two views, the labels, the sample indices, each view's draws; no jitter
+    order: the colour pass has none)."""
+    return _augmented_loader(manifest, split=split, res=res, batch_size=batch_size, policy=policy.validate(),
+                             views=2, workers=workers, device=device, seed=seed, rank=rank, world_size=world_size,
+                             drop_last=drop_last, channels_last=channels_last, indices=indices, debug=debug,
+                             kind="ssl")
 
 
 def build_labelled_loader(manifest: Manifest, *, split, res, batch_size, workers, device, seed, rank, world_size,
                           channels_last, indices=None, debug: bool = False) -> DaliLoader:
     """One labelled crop-and-flip view per sample, full batches, an exact permutation per epoch.
     ``debug``: batches are common.DebugBatch (one view, the labels, the sample indices, the draws)."""
-    gpu = _on_gpu(device)
-    _shard_files(manifest, split)  # the files exist and agree with the manifest
-    shards = common.split_wds_shards(manifest, split)
-    samples = common.require_labels(manifest, split, common.index_wds(shards))
-    subset = common.subset_indices(manifest, split, indices)
-    per_rank = common.ssl_rank_count(len(subset), world_size)
-    common.check_batch(batch_size, per_rank, True, f"{split} split")
-    batches = per_rank // batch_size
-
-    def build(epoch):
-        source = _LabelledSource([str(p) for p in shards], samples, subset, batch_size=batch_size, batches=batches,
-                                 seed=seed, rank=rank, world_size=world_size, first_epoch=epoch)
-        kw = _pipe_kwargs(batch_size, workers, device, gpu, common.epoch_seed(seed, epoch, rank) % 2**31)
-        return _labelled_pipeline(manifest, source, res, gpu, channels_last, debug, **kw)
-
-    return DaliLoader(build, num_samples=batches * batch_size, batch_size=batch_size, drop_last=True, device=device,
-                      channels_last=channels_last, kind="labelled", debug=debug)
+    return _augmented_loader(manifest, split=split, res=res, batch_size=batch_size, policy=common.labelled_policy(),
+                             views=1, workers=workers, device=device, seed=seed, rank=rank, world_size=world_size,
+                             drop_last=True, channels_last=channels_last, indices=indices, debug=debug,
+                             kind="labelled")
 
 
 def build_eval_loader(manifest: Manifest, *, split, res, batch_size, workers, device, rank, world_size,
                       channels_last) -> DaliLoader:
     gpu = _on_gpu(device)
-    n = _shard_size(manifest.count(split), rank, world_size)
-    files = _shard_files(manifest, split)
-    common.check_batch(batch_size, n, False, f"{split} split")
-
-    def build(epoch):
-        kw = _pipe_kwargs(batch_size, workers, device, gpu, 0)
-        return _eval_pipeline(manifest, files, res, gpu, rank, world_size, channels_last, **kw)
-
-    return DaliLoader(build, num_samples=n, batch_size=batch_size, drop_last=False, device=device,
-                      channels_last=channels_last, kind="eval")
+    shards, samples = _indexed(manifest, split)
+    mine = common.eval_rank_indices(len(samples), rank, world_size).numpy()
+    common.check_batch(batch_size, len(mine), False, f"{split} split")
+    source = _Source(shards, samples, lambda e: mine, batch_size=batch_size,
+                     batches=common.num_batches(len(mine), batch_size, False))
+    kw = _pipe_kwargs(batch_size, workers, device, gpu)
+    return DaliLoader(lambda src: _eval_pipeline(manifest, src, res, gpu, channels_last, **kw), source,
+                      num_samples=len(mine), device=device, channels_last=channels_last, kind="eval")
 
 
 def _const(fn, types, value, dtype):

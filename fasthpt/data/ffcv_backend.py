@@ -238,9 +238,6 @@ def _per_part(build_one, manifest: Manifest, split: str, seed: int):
                                     seed)
 
 
-SSL_SUBSETS = True  # build_ssl_loader takes ``indices`` (a subset of the split)
-
-
 def build_ssl_loader(manifest: Manifest, *, split: str, res: int, batch_size: int, policy: AugPolicy,
                      workers: int, device: torch.device, seed: int, rank: int, world_size: int,
                      drop_last: bool, channels_last: bool, indices=None, debug: bool = False):

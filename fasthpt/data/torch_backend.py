@@ -269,9 +269,6 @@ def _loader(dataset, indices_for_epoch, *, batch_size, workers, device, drop_las
                        channels_last=channels_last, mean=manifest.mean, std=manifest.std, views=dataset.views)
 
 
-SSL_SUBSETS = True  # build_ssl_loader takes ``indices`` (a subset of the split)
-
-
 def build_ssl_loader(manifest: Manifest, *, split, res, batch_size, policy, workers, device, seed, rank,
                      world_size, drop_last, channels_last, indices=None, debug: bool = False) -> TorchLoader:
     """Two-view MoCo-v2 loader (over the samples ``indices`` of the split when given). ``debug``:

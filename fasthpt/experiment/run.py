@@ -186,8 +186,7 @@ class Experiment:
             conditions += [("augmentation", p, tuple(f"data.aug.{k}={v}" for k, v in PRESETS[p].items()))
                            for p in st.policies]
         if "data" in which:
-            loader = self._subset_loader()
-            conditions += [("data", f"{f:g}", loader + self._fraction_overrides(f)) for f in st.fractions]
+            conditions += [("data", f"{f:g}", self._fraction_overrides(f)) for f in st.fractions]
         for kind, condition, extra in conditions:
             self.say(f"study {kind}: {condition}")
             if not extra and self._reuse_main(kind, condition, {"scratch": scratch_iters, "hpt": hpt_iters}, st.seeds):
@@ -205,19 +204,6 @@ class Experiment:
             return False
         self.points += [{**p, "study": {"kind": kind, "condition": condition}} for p in found]
         return True
-
-    def _subset_loader(self) -> tuple:
-        """The data study draws subsets of the train split, which DALI cannot: then every one of its
-        runs, 100% included, uses a loader that can (one loader across the study's fractions)."""
-        from fasthpt.data import resolve_backend, subset_backend
-
-        wanted = self.cfg.pretrain.backend
-        chosen = subset_backend(wanted, self.target)
-        if chosen == resolve_backend(wanted, load_manifest(self.target)):
-            return ()
-        self.say(f"study data: the {wanted} loader cannot draw a subset of the train split; every data-study "
-                 f"run (100% included) uses {chosen}")
-        return (f"data.backend={chosen}",)
 
     def _fraction_overrides(self, fraction: float) -> tuple:
         """data.train_fraction, and a queue that still holds fewer keys than the images it draws

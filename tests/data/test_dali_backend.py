@@ -3,6 +3,7 @@ loader contract (batches, epoch length, seeds, ranks, eval) on the shared tiny d
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -142,7 +143,7 @@ def test_normalise_matches_torch():
 def test_ssl_batches(tiny_data, channels_last):
     manifest = load_manifest(tiny_data)
     loader = ssl_loader(tiny_data, "dali", channels_last=channels_last)
-    assert loader.backend == "dali" and loader.num_samples == 36 and len(loader) == 4
+    assert loader.backend == "dali" and loader.num_samples == 32 and len(loader) == 4
     batches = check_epoch(loader, drop_last=True, batch_size=8)
     for q, k in batches:
         check_ssl_batch(q, k, manifest, batch_size=8, res=32, channels_last=channels_last)
@@ -158,55 +159,135 @@ def test_same_seed_repeats(tiny_data):
     check_repeatable(lambda seed: ssl_loader(tiny_data, "dali", res=16, batch_size=12, seed=seed))
 
 
-def _debug_loader(tiny_data, rank, world_size, batch_size=5):
+def _debug_loader(tiny_data, rank, world_size, batch_size=5, **kw):
     manifest = load_manifest(tiny_data)
-    return db.build_ssl_loader(manifest, split="train", res=16, batch_size=batch_size, policy=db.AugPolicy(),
-                               workers=1, device=torch.device("cpu"), seed=3, rank=rank, world_size=world_size,
-                               drop_last=False, channels_last=False, debug=True)
+    opts = dict(split="train", res=16, batch_size=batch_size, policy=db.AugPolicy(), workers=1,
+                device=torch.device("cpu"), seed=3, rank=rank, world_size=world_size, drop_last=False,
+                channels_last=False, debug=True)
+    opts.update(kw)
+    return db.build_ssl_loader(manifest, **opts)
 
 
-def _epoch_keys(loader, epoch):
+def _epoch_indices(loader, epoch):
     loader.set_epoch(epoch)
-    return [key.rsplit(":", 1)[-1] for batch in loader for key in batch.keys]
+    return [i for batch in loader for i in batch.indices.tolist()]
 
 
-def _debug_keys(tiny_data, rank, world_size, epoch=0):
+def _debug_indices(tiny_data, rank, world_size, epoch=0):
     loader = _debug_loader(tiny_data, rank, world_size)
-    return _epoch_keys(loader, epoch), len(loader)
+    return _epoch_indices(loader, epoch), len(loader)
+
+
+ALL = list(range(36))  # the train split's sample indices
 
 
 @pytest.mark.parametrize("epoch", [0, 1])
 def test_two_ranks_disjoint_and_cover(tiny_data, epoch):
-    # a fresh loader asked for `epoch` builds a pipeline seeded for that epoch
-    (keys0, len0), (keys1, len1) = (_debug_keys(tiny_data, r, 2, epoch) for r in (0, 1))
+    (idx0, len0), (idx1, len1) = (_debug_indices(tiny_data, r, 2, epoch) for r in (0, 1))
     assert len0 == len1  # same number of batches on every rank
-    all_keys, _ = _debug_keys(tiny_data, 0, 1)
-    check_partition([keys0, keys1], all_keys, exact=True)  # 36 = 2 x 18: nothing left over
+    check_partition([idx0, idx1], ALL, exact=True)  # 36 = 2 x 18: nothing left over
 
 
 def test_consecutive_epochs_partition_and_repeat(tiny_data):
-    """Consecutive epochs reuse the running pipeline: every epoch is still an exact partition, the
+    """Consecutive epochs run on one pipeline per loader: every epoch is an exact partition, the
     order changes between epochs, and a second run with the same seed repeats the first."""
-    all_keys, _ = _debug_keys(tiny_data, 0, 1)
     runs = []
     for _ in range(2):
         loaders = [_debug_loader(tiny_data, r, 5, batch_size=3) for r in range(5)]  # 36 over 5 ranks: 7 each
         epochs = []
         for epoch in range(3):
-            keys = [_epoch_keys(loader, epoch) for loader in loaders]
-            assert {len(k) for k in keys} == {7}
-            check_partition(keys, all_keys, exact=False)
-            epochs.append(keys)
+            idx = [_epoch_indices(loader, epoch) for loader in loaders]
+            assert {len(i) for i in idx} == {7}
+            check_partition(idx, ALL, exact=False)
+            epochs.append(idx)
         assert epochs[0] != epochs[1] != epochs[2]
+        assert {loader.pipelines_built for loader in loaders} == {1}
         runs.append(epochs)
     assert runs[0] == runs[1]
 
 
 def test_five_ranks_equal_share(tiny_data):
     # 36 train samples over 5 ranks: 7 each, one sample per epoch left out, never repeated
-    ranks = [_debug_keys(tiny_data, r, 5) for r in range(5)]
-    assert {n for _, n in ranks} == {2} and {len(k) for k, _ in ranks} == {7}
-    check_partition([k for k, _ in ranks], _debug_keys(tiny_data, 0, 1)[0], exact=False)
+    ranks = [_debug_indices(tiny_data, r, 5) for r in range(5)]
+    assert {n for _, n in ranks} == {2} and {len(i) for i, _ in ranks} == {7}
+    check_partition([i for i, _ in ranks], ALL, exact=False)
+
+
+def _counting_builds(loader):
+    """Wrap the loader's pipeline factory: how many pipelines it builds."""
+    built = []
+    make = loader.build
+
+    def build(source):
+        built.append(1)
+        return make(source)
+
+    loader.build = build
+    return built
+
+
+def _same(a, b):
+    return len(a) == len(b) and all(
+        torch.equal(x.indices, y.indices) and all(torch.equal(u, v) for u, v in zip(x.views, y.views))
+        for x, y in zip(a, b))
+
+
+def test_composer_style_iteration_builds_one_pipeline_and_equals_full_iteration(tiny_data):
+    """Composer iterates ``islice(loader, len(loader))``, which never resumes the generator after its
+    last batch. Three epochs iterated that way build ONE pipeline and give, epoch by epoch, the
+    batches of full iteration (an earlier version built a new pipeline for every such epoch)."""
+    full, sliced = _debug_loader(tiny_data, 0, 1, batch_size=8), _debug_loader(tiny_data, 0, 1, batch_size=8)
+    built = _counting_builds(sliced)
+    for epoch in range(3):
+        sliced.set_epoch(epoch)
+        got = list(itertools.islice(sliced, len(sliced)))
+        assert _same(got, _epochs_batches(full, epoch))
+    assert len(built) == 1
+
+
+def test_breaks_jumps_and_resumes_reuse_the_pipeline_and_repeat_exactly(tiny_data):
+    """A pass abandoned after one batch, a jump to a later epoch, a resume mid-epoch (start_batch)
+    and a jump back: the batches are those of a fresh loader's epoch, from one pipeline."""
+    ref = _debug_loader(tiny_data, 0, 1, batch_size=6)
+    epochs = [_epochs_batches(ref, e) for e in range(4)]
+    loader = _debug_loader(tiny_data, 0, 1, batch_size=6)
+    built = _counting_builds(loader)
+    it = iter(loader)
+    assert _same([next(it)], epochs[0][:1])
+    it.close()
+    loader.set_epoch(2)
+    assert _same(list(loader), epochs[2])
+    loader.set_epoch(3, start_batch=4)
+    assert _same(list(loader), epochs[3][4:])
+    assert _same(list(loader), _epochs_batches(ref, 4))  # no set_epoch: the next epoch
+    loader.set_epoch(1)
+    assert _same(list(loader), epochs[1])
+    assert len(built) == 1
+    with pytest.raises(ValueError, match="start_batch"):
+        loader.set_epoch(0, start_batch=len(loader) + 1)
+
+
+def _epochs_batches(loader, epoch):
+    loader.set_epoch(epoch)
+    return list(loader)
+
+
+def test_same_samples_and_draws_as_the_ffcv_backend(tiny_data):
+    """Both backends key their draws by (seed, epoch, sample index, view) and take the same order:
+    the same samples in the same batches, with the same crops, flips, coins and factors."""
+    pytest.importorskip("fasthpt.data.ffcv_backend")
+    import fasthpt.data.ffcv_backend as fb
+
+    manifest = load_manifest(tiny_data)
+    kw = dict(split="train", res=16, batch_size=6, policy=db.AugPolicy(), workers=1, device=torch.device("cpu"),
+              seed=5, rank=0, world_size=1, drop_last=True, channels_last=False, debug=True)
+    dali, ffcv = db.build_ssl_loader(manifest, **kw), fb.build_ssl_loader(manifest, **kw)
+    for a, b in zip(_epochs_batches(dali, 2), _epochs_batches(ffcv, 2)):
+        assert torch.equal(a.indices, b.indices)
+        for da, dfv in zip(a.draws, b.draws):
+            for name in ("crop", "gray", "blur", "flip", "jitter"):
+                assert torch.equal(da[name], dfv[name]), name
+            assert torch.allclose(da["factors"], dfv["factors"]) and torch.allclose(da["sigma"], dfv["sigma"])
 
 
 def test_eval_loader_matches_torch_reference(tiny_data):
@@ -252,25 +333,48 @@ def test_gpu_graphs_define_without_a_gpu(tiny_data, policy):
     definition which device each operator runs on and that argument inputs and conditions are CPU
     nodes, so a misplaced node fails here even where the gpu tests cannot run. (Building needs CUDA.)"""
     manifest = load_manifest(tiny_data)
-    files = db._shard_files(manifest, "train")
     kw = dict(batch_size=4, num_threads=1, device_id=0, seed=1, prefetch_queue_depth=2, exec_dynamic=True)
-    for debug in (False, True):
-        assert db._ssl_pipeline(manifest, files, policy, 32, True, 0, 1, 8, True, debug, **kw) is not None
-    assert db._eval_pipeline(manifest, db._shard_files(manifest, "val"), 32, True, 0, 1, False, **kw) is not None
+    for views, p in ((2, policy), (1, db.common.labelled_policy())):
+        assert db._views_pipeline(manifest, lambda info: None, p, 32, True, True, views, **kw) is not None
+    assert db._eval_pipeline(manifest, lambda info: None, 32, True, False, **kw) is not None
 
 
-def test_index_disagreeing_with_manifest_is_a_user_error(tiny_data, tmp_path):
+def _copy(tiny_data, tmp_path):
     import shutil
-
-    from fasthpt.errors import UserError
 
     copy = tmp_path / "tiny"
     shutil.copytree(tiny_data, copy)
-    idx = next((copy / "wds").glob("train-*.idx"))
-    lines = idx.read_text().splitlines()
-    idx.write_text("\n".join([f"v1.2 {int(lines[0].split()[1]) - 1}"] + lines[1:-1]) + "\n")
-    with pytest.raises(UserError, match="index"):
-        ssl_loader(copy, "dali")
+    return copy
+
+
+def test_shards_disagreeing_with_the_manifest_are_a_user_error(tiny_data, tmp_path):
+    """A shard cut short (inside a member, or at a member boundary) is refused in one line when the
+    loader is built, before any batch."""
+    from fasthpt.errors import UserError
+
+    copy = _copy(tiny_data, tmp_path)
+    shard = next((copy / "wds").glob("train-*.tar"))
+    data = shard.read_bytes()
+    members = db.common.index_wds([shard])
+    for cut in (members[-1].offset + 10, members[-1].offset - 512):  # mid-member; at the last header
+        shard.write_bytes(data[:cut])
+        with pytest.raises(UserError, match="re-run `fasthpt prep`|corrupt WebDataset shard"):
+            ssl_loader(copy, "dali")
+
+
+def test_an_undecodable_sample_is_one_line(tiny_data, tmp_path):
+    from fasthpt.errors import UserError
+
+    copy = _copy(tiny_data, tmp_path)
+    shard = next((copy / "wds").glob("train-*.tar"))
+    first = db.common.index_wds([shard])[0]
+    data = bytearray(shard.read_bytes())
+    data[first.offset + 2: first.offset + first.size] = bytes(first.size - 2)  # SOI kept, the rest zeros
+    shard.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="not a readable JPEG|DALI pipeline failed") as info:
+        for _ in ssl_loader(copy, "dali"):
+            pass
+    assert "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize("policy", [
@@ -347,21 +451,24 @@ def test_labelled_subset(tiny_data):
     assert all(sorted(s.tolist()) == sorted(subset) for s in seen)
 
 
-def test_labelled_gpu_graph_defines_without_a_gpu(tiny_data):
-    """Mixed decode + GPU crop/flip/normalise, defined on the CPU (see test_gpu_graphs_define_without_a_gpu)."""
-    manifest = load_manifest(tiny_data)
-    kw = dict(batch_size=4, num_threads=1, device_id=0, seed=1, prefetch_queue_depth=2, exec_dynamic=True)
-    for debug in (False, True):
-        assert db._labelled_pipeline(manifest, lambda info: None, 32, True, True, debug, **kw) is not None
-
-
 def test_train_plus_val_is_both_splits_as_one_epoch(tiny_data):
     manifest = load_manifest(tiny_data)
     loader = db.build_ssl_loader(manifest, split="train+val", res=16, batch_size=8, policy=db.AugPolicy(), workers=1,
                                  device=torch.device("cpu"), seed=3, rank=0, world_size=1, drop_last=False,
                                  channels_last=False, debug=True)
     assert loader.num_samples == 48 and len(loader) == 6
-    keys = [key for batch in loader for key in batch.keys]  # "shard path:sample key": unique over both splits
-    assert len(keys) == len(set(keys)) == 48
-    assert sum("/train-" in k for k in keys) == 36 and sum("/val-" in k for k in keys) == 12
-    assert db._spread([["t0", "t1", "t2", "t3"], ["v0"]]) == ["t0", "t1", "v0", "t2", "t3"]
+    batches = list(loader)
+    indices = torch.cat([b.indices for b in batches])  # train's samples are 0..35, val's 36..47
+    assert sorted(indices.tolist()) == list(range(48))
+    labels = torch.cat([b.labels for b in batches])
+    from fasthpt.data import split_labels
+
+    assert torch.equal(labels, split_labels(tiny_data, "train+val")[indices])
+
+
+def test_ssl_subset(tiny_data):
+    subset = [3, 7, 8, 20, 21, 30, 35, 1, 11, 12]
+    loader = _debug_loader(tiny_data, 0, 1, batch_size=4, indices=subset)
+    assert len(loader) == 3
+    for epoch in range(2):
+        assert sorted(_epoch_indices(loader, epoch)) == sorted(subset)

@@ -59,18 +59,6 @@ def test_auto_prefers_fastest_available(tiny_data, monkeypatch):
         data_api.resolve_backend("auto", none)
 
 
-def test_a_subset_of_a_split_gets_a_loader_that_can_draw_one(tiny_data, monkeypatch):
-    """DALI streams whole shards: the data study's subsets go to ffcv, or torch without ffcv files."""
-    manifest = load_manifest(tiny_data)
-    assert data_api.subset_backend("dali", manifest) == "ffcv"
-    assert data_api.subset_backend("torch", manifest) == "torch"
-    wds_only = dataclasses.replace(manifest, raw={**manifest.raw, "formats": ["wds"]})
-    assert data_api.subset_backend("auto", wds_only) == "torch"  # auto picks dali there
-    monkeypatch.setattr(data_api, "_import_reason", lambda name: None if name == "dali" else "not installed")
-    with pytest.raises(UserError, match="needs the ffcv or torch loader backend"):
-        data_api.subset_backend("dali", manifest)
-
-
 def test_unknown_backend():
     with pytest.raises(UserError, match="valid: auto, ffcv, dali, torch"):
         data_api.resolve_backend("tf")
