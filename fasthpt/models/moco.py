@@ -5,7 +5,8 @@ between steps: the query and key encoders, the momentum (EMA) update, the queue 
 its pointer, and shuffle-BN for the key encoder. Cross-process operations take the process group
 from torch.distributed and are no-ops on one process, so everything runs in a CPU unit test. On
 one process, ``bn_groups`` emulates the authors' several devices (4 GPUs x 64 images): each encoder
-normalises each group separately, and the key encoder's groups are a random reassignment.
+normalises each group separately (GroupedBatchNorm2d: one forward of the whole batch, statistics
+per group), and the key encoder's groups are a random reassignment.
 """
 
 from __future__ import annotations
@@ -87,15 +88,40 @@ def mlp_head(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
     return head
 
 
-def grouped_forward(module: nn.Module, x: torch.Tensor, groups: int) -> torch.Tensor:
-    """``module`` applied to ``groups`` equal chunks of the batch separately, so that its BatchNorm
-    layers normalise each chunk with that chunk's own statistics, as ``groups`` devices each holding
-    one chunk would (train mode; running statistics are updated once per chunk). Outputs in order."""
-    if groups <= 1:
-        return module(x)
-    if x.shape[0] % groups:
-        raise ValueError(f"batch of {x.shape[0]} does not split into {groups} equal BN groups")
-    return torch.cat([module(chunk) for chunk in x.chunk(groups)])
+class GroupedBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d that, in train mode, normalises each of ``groups`` equal chunks of the batch with
+    that chunk's own statistics: what ``groups`` devices each holding one chunk compute (MoCo's
+    per-GPU BN), inside ONE forward of the whole batch, so every convolution runs once on the full
+    batch. Running statistics are updated once per step, from the first chunk: one device's view,
+    which is what the authors' runs keep (DDP broadcasts rank 0's buffers). Eval mode, or
+    ``groups`` 1: plain BatchNorm2d. Parameters and buffers are BatchNorm2d's (same state_dict)."""
+
+    groups: int = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.groups <= 1:
+            return super().forward(x)
+        if x.shape[0] % self.groups:
+            raise ValueError(f"batch of {x.shape[0]} does not split into {self.groups} equal BN groups")
+        self._check_input_dim(x)
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative moving average, as nn.BatchNorm
+                momentum = 1.0 / float(self.num_batches_tracked)
+        out = [F.batch_norm(chunk, self.running_mean if i == 0 else None, self.running_var if i == 0 else None,
+                            self.weight, self.bias, True, momentum, self.eps)
+               for i, chunk in enumerate(x.chunk(self.groups))]
+        return torch.cat(out)
+
+
+def set_bn_groups(module: nn.Module, groups: int) -> None:
+    """Make every BatchNorm2d of ``module`` normalise ``groups`` chunks of the batch separately in
+    train mode (GroupedBatchNorm2d; its state_dict keys and values are unchanged)."""
+    for m in module.modules():
+        if type(m) is nn.BatchNorm2d or isinstance(m, GroupedBatchNorm2d):
+            m.__class__ = GroupedBatchNorm2d
+            m.groups = groups
 
 
 class Encoder(nn.Module):
@@ -122,13 +148,14 @@ class MoCo(nn.Module):
                  momentum: float = 0.999, temperature: float = 0.2, shuffle_bn: bool = True, bn_groups: int = 1):
         super().__init__()
         width = backbone.num_features
+        if bn_groups < 1:
+            raise ValueError(f"bn_groups must be >= 1, got {bn_groups}")
+        set_bn_groups(backbone, bn_groups)
         self.encoder_q = Encoder(backbone, mlp_head(width, mlp_hidden or width, dim))
         self.encoder_k = copy.deepcopy(self.encoder_q)  # MoCo: param_k.copy_(param_q)
         for p in self.encoder_k.parameters():
             p.requires_grad = False
         self.momentum, self.temperature, self.shuffle_bn = momentum, temperature, shuffle_bn
-        if bn_groups < 1:
-            raise ValueError(f"bn_groups must be >= 1, got {bn_groups}")
         self.bn_groups = bn_groups
         # Random unit vectors as the first negatives (MoCo's reference initialisation).
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, dim), dim=1))
@@ -142,9 +169,10 @@ class MoCo(nn.Module):
 
     def train(self, mode: bool = True) -> MoCo:
         super().train(mode)
-        modules = dict(self.encoder_q.named_modules())
-        for name in self.frozen_norms:  # frozen stages keep their BN statistics (OpenSelfSup)
-            modules[name].eval()
+        for encoder in (self.encoder_q, self.encoder_k):  # the key encoder's stages are frozen alike
+            modules = dict(encoder.named_modules())
+            for name in self.frozen_norms:  # frozen stages keep their BN statistics (OpenSelfSup)
+                modules[name].eval()
         return self
 
     @torch.no_grad()
@@ -176,17 +204,17 @@ class MoCo(nn.Module):
         perm = None
         if self.shuffle_bn:
             view_k, perm = batch_shuffle(view_k)
-        local, groups = None, self.bn_groups if self.training else 1
-        if groups > 1:
+        local = None
+        if self.training and self.bn_groups > 1:
             local = torch.randperm(view_k.shape[0], device=view_k.device)
             view_k = view_k[local]
-        k = F.normalize(grouped_forward(self.encoder_k, view_k, groups), dim=1)
+        k = F.normalize(self.encoder_k(view_k), dim=1)
         if local is not None:
             k = k[torch.argsort(local)]
         return batch_unshuffle(k, perm)
 
     def forward(self, view_q: torch.Tensor, view_k: torch.Tensor):
-        q = F.normalize(grouped_forward(self.encoder_q, view_q, self.bn_groups if self.training else 1), dim=1)
+        q = F.normalize(self.encoder_q(view_q), dim=1)
         if self.training:
             self.momentum_update()
         k = self.keys(view_k)

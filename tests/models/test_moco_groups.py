@@ -1,5 +1,7 @@
-"""Shuffle-BN on one process: BN statistics per group in both encoders, a random reassignment of
-the key encoder's groups, and the same numbers as a real G-process (gloo) run."""
+"""Shuffle-BN on one process: BN statistics per group in both encoders (GroupedBatchNorm2d, one
+forward of the whole batch), a random reassignment of the key encoder's groups, the same numbers as
+the per-chunk forward it replaced and as a real G-process (gloo) run, running statistics updated
+once per step."""
 
 import copy
 import os
@@ -12,7 +14,7 @@ import pytest
 import torch
 
 from fasthpt.models.backbones import build_backbone
-from fasthpt.models.moco import ComposerMoCo, MoCo, grouped_forward
+from fasthpt.models.moco import ComposerMoCo, GroupedBatchNorm2d, MoCo, set_bn_groups
 
 SEED = 5
 
@@ -41,15 +43,70 @@ class _Recorder(torch.nn.Module):
         return x.flatten(1)[:, :8]
 
 
-def test_grouped_forward_normalises_each_group_with_its_own_statistics():
-    bn = torch.nn.BatchNorm1d(3).train()
-    x = torch.cat([torch.randn(4, 3), torch.randn(4, 3) * 10 + 5])
-    out = grouped_forward(bn, x, 2)
+def test_grouped_bn_normalises_each_group_with_its_own_statistics():
+    bn = torch.nn.BatchNorm2d(3)
+    set_bn_groups(bn, 2)
+    assert isinstance(bn, GroupedBatchNorm2d) and bn.train()
+    x = torch.cat([torch.randn(4, 3, 5, 5), torch.randn(4, 3, 5, 5) * 10 + 5])
+    out = bn(x)
     for chunk in out.chunk(2):  # each group is standardised on its own
-        torch.testing.assert_close(chunk.mean(0), torch.zeros(3), atol=1e-5, rtol=0)
-    assert not torch.allclose(out, torch.nn.BatchNorm1d(3).train()(x), atol=1e-3)
-    with pytest.raises(ValueError):
-        grouped_forward(bn, torch.randn(7, 3), 2)
+        torch.testing.assert_close(chunk.mean((0, 2, 3)), torch.zeros(3), atol=1e-5, rtol=0)
+    assert not torch.allclose(out, torch.nn.BatchNorm2d(3).train()(x), atol=1e-3)
+    with pytest.raises(ValueError, match="equal BN groups"):
+        bn(torch.randn(7, 3, 5, 5))
+    bn.eval()  # eval mode: the running statistics, whatever the groups
+    torch.testing.assert_close(bn(x), torch.nn.functional.batch_norm(x, bn.running_mean, bn.running_var, bn.weight,
+                                                                      bn.bias, False, 0.0, bn.eps))
+
+
+def test_running_statistics_update_once_per_step_from_one_group():
+    """As one of the authors' devices (DDP keeps rank 0's buffers): one momentum step per forward,
+    from the first group's mean and unbiased variance; a plain BN's state_dict keys."""
+    bn = torch.nn.BatchNorm2d(3, momentum=0.1)
+    set_bn_groups(bn, 4)
+    x = torch.randn(8, 3, 6, 6) * 3 + 2
+    bn.train()(x)
+    first = x[:2]
+    torch.testing.assert_close(bn.running_mean, 0.1 * first.mean((0, 2, 3)))
+    torch.testing.assert_close(bn.running_var, 0.9 + 0.1 * first.var((0, 2, 3), unbiased=True))
+    assert int(bn.num_batches_tracked) == 1
+    assert set(bn.state_dict()) == set(torch.nn.BatchNorm2d(3).state_dict())
+
+
+def _chunked_step(moco: MoCo, x, y, groups: int):
+    """The per-chunk reference (the implementation before GroupedBatchNorm2d): each encoder called
+    on each chunk with plain BatchNorm, the key chunks after the same random reassignment."""
+    set_bn_groups(moco, 1)
+    q = torch.nn.functional.normalize(torch.cat([moco.encoder_q(c) for c in x.chunk(groups)]), dim=1)
+    moco.momentum_update()
+    local = torch.randperm(y.shape[0])
+    with torch.no_grad():
+        k = torch.cat([moco.encoder_k(c) for c in y[local].chunk(groups)])
+    k = torch.nn.functional.normalize(k, dim=1)[torch.argsort(local)]
+    negatives = moco.queue.clone()
+    moco.enqueue(k)
+    return q, k, negatives
+
+
+@pytest.mark.parametrize("groups", [2, 4])
+def test_one_pass_equals_the_per_chunk_forward(groups):
+    """Outputs, loss, the query encoder's gradients and the queue: the same within float tolerance."""
+    x, y = _views(8, side=24)
+    one, ref = _moco(groups), _moco(groups)
+    torch.manual_seed(SEED)
+    out = one(x, y)
+    loss = ComposerMoCo(one).loss(out, None)
+    loss.backward()
+    torch.manual_seed(SEED)
+    out_ref = _chunked_step(ref, x, y, groups)
+    loss_ref = ComposerMoCo(ref).loss(out_ref, None)
+    loss_ref.backward()
+    for a, b in zip(out, out_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(one.queue, ref.queue, rtol=1e-4, atol=1e-5)
+    for (name, p), r in zip(one.encoder_q.named_parameters(), ref.encoder_q.parameters()):
+        torch.testing.assert_close(p.grad, r.grad, rtol=1e-3, atol=1e-5, msg=name)
 
 
 def test_key_groups_are_a_permutation_of_the_query_groups():
@@ -60,14 +117,33 @@ def test_key_groups_are_a_permutation_of_the_query_groups():
     y[:, 0, 0, 0] = torch.arange(8.0)
     torch.manual_seed(SEED)
     _, k, _ = moco(x, y)
-    q_groups = [set(c.tolist()) for c in moco.encoder_q.calls]
-    k_groups = [set(c.tolist()) for c in moco.encoder_k.calls]
+    # one call per encoder with the whole batch; its BN groups are the call's contiguous halves
+    (q_rows,), (k_rows,) = moco.encoder_q.calls, moco.encoder_k.calls
+    q_groups = [set(c.tolist()) for c in q_rows.chunk(2)]
+    k_groups = [set(c.tolist()) for c in k_rows.chunk(2)]
     assert q_groups == [{0, 1, 2, 3}, {4, 5, 6, 7}]
     assert len(k_groups) == 2 and set().union(*k_groups) == set(range(8))
     assert k_groups != q_groups  # SEED draws a permutation that mixes the groups
     # keys come back in the order of the views despite the reassignment
     want = torch.nn.functional.normalize(y.flatten(1)[:, :8], dim=1)
     torch.testing.assert_close(k, want)
+
+
+def test_frozen_stages_are_frozen_in_the_key_encoder_too():
+    """freeze_stages: the key encoder's frozen stages keep their BN statistics (eval mode), as the
+    authors' (OpenSelfSup's frozen_stages applies to both encoders)."""
+    from fasthpt.hpt import apply_mode
+
+    moco = _moco(groups=2)
+    apply_mode(moco, "full", freeze_stages=1)
+    before = {k: v.clone() for k, v in moco.encoder_k.state_dict().items() if "running" in k}
+    moco(*_views(8))
+    after = moco.encoder_k.state_dict()
+    frozen = [k for k in before if k.startswith(("backbone.bn1.", "backbone.layer1."))]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("backbone.layer2."))
+    backbone_k = moco.encoder_k.backbone
+    assert not backbone_k.bn1.training and not backbone_k.layer1[0].bn1.training and backbone_k.layer2[0].bn1.training
 
 
 def test_one_group_is_plain_moco():
