@@ -4,11 +4,14 @@
 #
 #   bash bench/gpu_check.sh [--dry-run] [--no-install] [--bundle DIR] [--stage DIR]
 #
-# Steps, in order: stage + install the bundle (bench/gpu_bundle.py's call folders), versions,
-# `pytest -m gpu`, prep 256 px photos, the loader benchmark at 224 px (FFCV -> CUDA, DALI `mixed`),
-# the training benchmark (ResNet-50 MoCo-v2 bf16, two views: samples/s and data-stall
-# fraction per loader, and with no loader at all), then `fasthpt demo --scale large` for whatever
-# is left of the 8 minutes. Writes under $OUT (default out/gpu-check): gpu_check.jsonl (one line
+# Steps, in order, most valuable first: stage + install the bundle (bench/gpu_bundle.py's call
+# folders), versions; the training benchmark at 224 px, ResNet-50, bf16, channels_last, batch 128:
+# the reference (a plain supervised ResNet-50 step) and the MoCo-v2 step on fixed tensors in one
+# process, then MoCo-v2 fed by FFCV and by DALI `mixed` (samples/s and data stall), then the MoCo
+# step without BN groups (the one-pass shuffle-BN's ceiling); prep of 256 px photos comes first
+# where a loader needs it; then the loader benchmark (Composer-style epochs: samples/s and the
+# epoch-start cost), `pytest -m gpu`, and `fasthpt demo --scale large` for whatever is left of the
+# 8 minutes. Writes under $OUT (default out/gpu-check): gpu_check.jsonl (one line
 # per step: status, exit code, seconds, limit, command), gpu_check.log (everything printed),
 # loaders.jsonl, train.jsonl, gpu_tests.xml.
 #
@@ -49,8 +52,8 @@ NPROC=$(nproc)
 BUDGET_S=${GPU_CHECK_BUDGET_S:-480}
 # (H200, 2026-11-30: the cold imports took over 20 s; three loaders at 16 workers over 75 s, the torch
 # baseline the slowest: its CPU row is bench/RESULTS.md's, the GPU check times the two GPU loaders)
-declare -A LIMIT=([install]=60 [env]=45 [gpu_tests]=75 [prep]=45 [loaders]=80 [train_ffcv]=60 [train_dali]=50
-                  [train_synthetic]=40)
+declare -A LIMIT=([install]=60 [env]=30 [train_synthetic]=70 [prep]=40 [train_ffcv]=55 [train_dali]=50
+                  [train_groups]=40 [loaders]=60 [gpu_tests]=50)
 mkdir -p "$OUT"
 JSONL=$OUT/gpu_check.jsonl
 exec > >(tee -a "$OUT/gpu_check.log") 2>&1
@@ -187,15 +190,13 @@ main() {
   versions
   local data=$SCRATCH/natural nodali=()
   ((DRY || DALI_READY)) || nodali=(-k "not dali")
-  run gpu_tests pytest -q -p no:cacheprovider -m gpu --timeout 60 --junitxml "$OUT/gpu_tests.xml" \
-    "${nodali[@]}" tests
+  local train=(bench train --arch resnet50 --res 224 --batch 128 --workers "$NPROC" --queue 65536
+               --warmup 10 --batches 40 --algorithms channels_last --json "$OUT/train.jsonl")
+  # the reference first: a supervised ResNet-50 step, then the MoCo-v2 step on fixed tensors, one process
+  run train_synthetic fasthpt "${train[@]}" --data synthetic --reference train.precision=amp_bf16
   # 256 px photos stored as JPEG, views cropped to 224 (as bench/run_all.sh's loader rows)
   run prep fasthpt prep --dataset natural --num-images 3000 --image-size 256 --out "$SCRATCH" \
     --workers "$NPROC" --no-progress
-  run loaders fasthpt bench loaders --data "$data" --backends ffcv,dali --res 224 --batch 256 \
-    --workers "$NPROC" --device cuda --warmup 5 --batches 15 --repeats 3 --json "$OUT/loaders.jsonl"
-  local train=(bench train --arch resnet50 --res 224 --batch 128 --workers "$NPROC" --queue 65536
-               --warmup 10 --batches 40 --algorithms channels_last --json "$OUT/train.jsonl")
   # one command per loader: a row that fails costs no other row its figure
   run train_ffcv fasthpt "${train[@]}" --data "$data" --backends ffcv train.precision=amp_bf16
   if ((DRY || DALI_READY)); then
@@ -203,7 +204,12 @@ main() {
   else
     skip train_dali "DALI is not in this bundle (plan B)" fasthpt "${train[@]}" --data "$data" --backends dali
   fi
-  run train_synthetic fasthpt "${train[@]}" --data synthetic train.precision=amp_bf16
+  # one-pass shuffle-BN (2 BN groups of 64 on one GPU) against the same step without groups
+  run train_groups fasthpt "${train[@]}" --data synthetic model.shuffle_bn=none train.precision=amp_bf16
+  run loaders fasthpt bench loaders --data "$data" --backends ffcv,dali --res 224 --batch 256 \
+    --workers "$NPROC" --device cuda --warmup 5 --batches 15 --repeats 3 --json "$OUT/loaders.jsonl"
+  run gpu_tests pytest -q -p no:cacheprovider -m gpu --timeout 60 --junitxml "$OUT/gpu_tests.xml" \
+    "${nodali[@]}" tests
   # the demo gets what is left of the budget (in the dry run: what is left if every step used its limit)
   local fixed=0 k
   for k in "${!LIMIT[@]}"; do fixed=$((fixed + LIMIT[$k])); done

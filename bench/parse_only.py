@@ -37,13 +37,11 @@ def check_train_rows(args: argparse.Namespace) -> int:
     """Each row's config, as `fasthpt bench train` builds it (strict: unknown or bad keys fail)."""
     from fasthpt.benchmark import training
 
-    sets = [[] if s.strip() in ("", "none") else [a.strip() for a in s.split(",")] for s in args.algorithms.split(";")]
-    backends = ["synthetic"] if args.data == "synthetic" else [b.strip() for b in args.backends.split(",")]
+    rows = training.planned_rows(args)
     with tempfile.TemporaryDirectory(prefix="fasthpt-parse-") as tmp:
-        for backend in backends:
-            for algorithms in sets:
-                training._row_config(args, backend, algorithms, tmp)
-    return len(backends) * len(sets)
+        for backend, algorithms in rows:
+            training.row_config(args, backend, algorithms, tmp)
+    return len(rows)
 
 
 def main(argv: list[str] | None = None) -> int:

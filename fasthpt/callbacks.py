@@ -24,21 +24,38 @@ log = logging.getLogger(__name__)
 
 
 class SetEpoch(Callback):
-    """Composer only calls ``set_epoch`` on a DistributedSampler of a torch DataLoader; our FFCV /
-    DALI / torch loaders reshuffle through their own ``set_epoch``, called here at each epoch start
-    (also after a resume, with the resumed epoch)."""
+    """Positions our loaders: Composer only calls ``set_epoch`` on a DistributedSampler of a torch
+    DataLoader; our FFCV / DALI / torch loaders reshuffle through their own ``set_epoch``, called
+    here at each epoch start, and at the start of a fit with the resumed (epoch, batch), so that a
+    run resumed mid-epoch loads the rest of that epoch and nothing before it. The trainer runs with
+    ``spin_dataloaders=False`` (Composer's spin would load, then skip, every batch already trained,
+    and never tell our loaders the epoch); without its spin Composer does not restore the random
+    state of a run resumed mid-epoch, so this callback does, from ``trainer`` (set after the
+    Trainer is built), just before the first batch as Composer's spin would."""
 
     def __init__(self, loader):
         self.loader = loader
+        self.trainer = None
+
+    def fit_start(self, state: State, logger: Logger) -> None:
+        start = int(state.timestamp.batch_in_epoch)
+        if hasattr(self.loader, "set_epoch"):
+            self.loader.set_epoch(int(state.timestamp.epoch), start_batch=start)
+        rng = getattr(self.trainer, "_rng_state", None)  # Composer 0.32.1's checkpointed RNG states
+        if start > 0 and rng is not None:
+            from composer.utils import reproducibility
+
+            reproducibility.load_rng_state(rng)
+            self.trainer._rng_state = None
 
     def epoch_start(self, state: State, logger: Logger) -> None:
-        if hasattr(self.loader, "set_epoch"):
+        if int(state.timestamp.batch_in_epoch) == 0 and hasattr(self.loader, "set_epoch"):
             self.loader.set_epoch(int(state.timestamp.epoch))
 
 
 class DataStall(Callback):
     """Fraction of wall time spent waiting for the next batch: (BEFORE -> AFTER_DATALOADER) over
-    (BEFORE_DATALOADER -> next BEFORE_DATALOADER), summed over a window of batches. Host-side
+    (BEFORE_DATALOADER -> next BEFORE_DATALOADER, or the epoch's end), summed over a window of batches. Host-side
     figure: on a GPU the step's kernels may still run while the host waits, so it is an upper bound."""
 
     def __init__(self, window: int = 50, clock: Callable[[], float] = time.perf_counter):
@@ -49,19 +66,25 @@ class DataStall(Callback):
         self._waited = 0.0  # the current batch's wait, counted once its step closes (a ratio of like spans)
         self._n = 0
 
+    def _close_step(self, now: float, logger: Logger) -> None:
+        """The step begun at the last BEFORE_DATALOADER ends ``now``: count its span and its wait."""
+        if self._t0 is None:
+            return
+        step = now - self._t0
+        self.total += step
+        self.all_total += step
+        self.wait += self._waited
+        self.all_wait += self._waited
+        self._n += 1
+        if self._n % self.window == 0:
+            logger.log_metrics({"data/stall_frac": self.wait / self.total if self.total else 0.0,
+                                "data/wait_s_per_batch": self.wait / self.window})
+            self.wait = self.total = 0.0
+        self._t0, self._waited = None, 0.0
+
     def before_dataloader(self, state: State, logger: Logger) -> None:
         now = self.clock()
-        if self._t0 is not None:
-            step = now - self._t0
-            self.total += step
-            self.all_total += step
-            self.wait += self._waited
-            self.all_wait += self._waited
-            self._n += 1
-            if self._n % self.window == 0:
-                logger.log_metrics({"data/stall_frac": self.wait / self.total if self.total else 0.0,
-                                    "data/wait_s_per_batch": self.wait / self.window})
-                self.wait = self.total = 0.0
+        self._close_step(now, logger)
         self._t0 = now
 
     def after_dataloader(self, state: State, logger: Logger) -> None:
@@ -69,9 +92,13 @@ class DataStall(Callback):
             self._waited = self.clock() - self._t0
 
     def epoch_end(self, state: State, logger: Logger) -> None:
-        # the gap to the next epoch's first batch (loader restart) is not a step, and the last batch's
-        # step never closes: neither its span nor its wait counts (else the fraction can pass 1)
-        self._t0, self._waited = None, 0.0
+        # The epoch's last step closes here (its span and its wait: every batch's wait counts, the
+        # first batch of each epoch, where a loader's epoch start would show, included). The gap
+        # to the next epoch's first BEFORE_DATALOADER (epoch-end callbacks, evaluation) is neither.
+        self._close_step(self.clock(), logger)
+
+    def fit_end(self, state: State, logger: Logger) -> None:
+        self._close_step(self.clock(), logger)  # a run that ends mid-epoch
 
     @property
     def stall_frac(self) -> float:

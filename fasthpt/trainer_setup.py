@@ -50,7 +50,7 @@ class Loader(Protocol):
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
 
-    def set_epoch(self, epoch: int) -> None: ...
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None: ...
 
 
 @dataclass
@@ -196,7 +196,8 @@ def build_trainer(cfg: RunConfig, device: str, precision: str, callbacks: tuple 
     model = ComposerMoCo(moco)
     spec = DataSpec(loader, num_samples=loader.num_samples, get_num_samples_in_batch=lambda b: int(b[0].shape[0]))
     stall = DataStall(window=log_every or 50)  # with logging off (0ba) only its whole-run figure is used
-    callbacks = [*callbacks, SetEpoch(loader), stall, SpeedMonitor(window_size=20), NonFiniteGuard(ckpt)]
+    positioner = SetEpoch(loader)
+    callbacks = [*callbacks, positioner, stall, SpeedMonitor(window_size=20), NonFiniteGuard(ckpt)]
     monitor = knn_monitor(cfg, moco, device)
     if monitor is not None:
         callbacks.append(monitor)
@@ -214,5 +215,7 @@ def build_trainer(cfg: RunConfig, device: str, precision: str, callbacks: tuple 
         log_to_console=cfg.train.console_log and not cfg.train.progress_bar and log_every > 0,  # 0ba: off
         console_log_interval=Time.from_batch(log_every), device_train_microbatch_size=cfg.data.batch_size,
         dist_timeout=1800.0,  # the kNN monitor runs on rank 0 while the others wait at the next all-reduce
+        spin_dataloaders=False,  # SetEpoch positions our loaders at the resumed batch instead
     )
+    positioner.trainer = trainer
     return Parts(trainer=trainer, moco=moco, loader=loader, stall=stall, report=report, monitor=monitor)

@@ -1,14 +1,19 @@
-"""`fasthpt bench loaders`: steady-state two-view samples/s per loader backend, and the JPEG
-decode ceiling of the same files.
+"""`fasthpt bench loaders`: two-view samples/s per loader backend as training sees it, the cost
+of an epoch start, and the JPEG decode ceiling of the same files.
 
-Method: build each loader, run ``--warmup`` batches (pipeline build, JIT compilation, worker
-start-up stay out of the figure), then time ``--batches`` batches ``--repeats`` times,
-synchronising CUDA before reading the clock; report the median. One sample = two views of one
-image. The ``decode`` row decodes the same JPEG bytes (read from the WebDataset shards) with the
-fastest decoder at hand (OpenCV's libjpeg-turbo, else PIL) in ``--workers`` processes and no
-augmentation: no CPU loader can beat it, so each backend's fraction of it says how much
-augmentation costs. Every row is one JSON line (``--json FILE``,
-appended) with fasthpt.fileio.run_metadata's commit, host and time; a backend that cannot run is a
+Method: build each loader and iterate it exactly as the trainer does (Composer: ``set_epoch`` then
+``islice(loader, len(loader))``, epoch after epoch, so the generator is never run past an epoch's
+last batch), at the training run's layout (channels_last by default) and batch. ``--warmup``
+batches first (pipeline build, JIT compilation, worker start-up stay out of the figure), then
+``--batches`` batches ``--repeats`` times, synchronising CUDA before each clock reading; report the
+median samples/s over whole timed spans, epoch starts included. The epoch-start cost is reported on
+its own: the median wait for an epoch's first batch minus the median wait for the other batches
+(null when no epoch starts inside the timed batches: use a split of a few batches per epoch, or
+more --batches). One sample = two views of one image. The ``decode`` row decodes the same JPEG
+bytes (read from the WebDataset shards) with the fastest decoder at hand (OpenCV's libjpeg-turbo,
+else PIL) in ``--workers`` processes and no augmentation: no CPU loader can beat it, so each
+backend's fraction of it says how much augmentation costs. Every row is one JSON line (``--json
+FILE``, appended) with fasthpt.fileio.run_metadata's commit, host and time; a backend that cannot run is a
 row with ``skipped`` and the reason.
 """
 
@@ -41,16 +46,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="train")
     parser.add_argument("--policy", default="mocov2", help="augmentation preset (default mocov2)")
     parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
+    parser.add_argument("--layout", choices=("channels_last", "contiguous"), default="channels_last",
+                        help="memory layout of the batches (default channels_last, as training with that algorithm)")
     parser.add_argument("--decode-images", type=int, default=2000, help="JPEGs for the decode row (default 2000)")
     parser.add_argument("--no-decode", action="store_true", help="skip the decode-ceiling row")
     parser.add_argument("--json", default=None, help="append one JSON line per row to this file")
 
 
-def _endless(loader):
-    """Batches across epoch boundaries (set_epoch between epochs, as training does)."""
+def _composer_batches(loader):
+    """(is_first_of_epoch, batch) across epoch boundaries, iterated as Composer's trainer does."""
     for epoch in itertools.count():
         loader.set_epoch(epoch)
-        yield from loader
+        for i, batch in enumerate(itertools.islice(loader, len(loader))):
+            yield i == 0, batch
 
 
 def _sync(device) -> None:
@@ -60,8 +68,18 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+def epoch_start_cost(waits: list[float], firsts: list[bool]) -> float | None:
+    """Median wait for an epoch's first batch minus the median wait for the others (seconds); None
+    when no epoch starts among the timed batches."""
+    first = [w for w, f in zip(waits, firsts) if f]
+    rest = [w for w, f in zip(waits, firsts) if not f]
+    if not first or not rest:
+        return None
+    return statistics.median(first) - statistics.median(rest)
+
+
 def measure_backend(args, backend: str, progress) -> dict:
-    """Median two-view samples/s of one backend, or {'skipped': reason}."""
+    """Median two-view samples/s of one backend and its epoch-start cost, or {'skipped': reason}."""
     import fasthpt.data as data_api
     from fasthpt.device import resolve_device
 
@@ -69,24 +87,32 @@ def measure_backend(args, backend: str, progress) -> dict:
     try:
         loader = data_api.build_ssl_loader(args.data, split=args.split, backend=backend, res=args.res,
                                            batch_size=args.batch, policy=args.policy, workers=args.workers,
-                                           device=device, drop_last=True)
+                                           device=device, drop_last=True,
+                                           channels_last=args.layout == "channels_last")
     except UserError as exc:
         return {"skipped": str(exc)}
-    batches = _endless(loader)
+    batches = _composer_batches(loader)
     for _ in range(args.warmup):
         next(batches)
         progress.update(1)
-    runs = []
+    runs, waits, firsts = [], [], []
     for _ in range(args.repeats):
         _sync(device)
-        start = time.perf_counter()
+        start = last = time.perf_counter()
         for _ in range(args.batches):
-            next(batches)
+            first, _batch = next(batches)
+            _sync(device)
+            now = time.perf_counter()
+            waits.append(now - last)
+            firsts.append(first)
+            last = now
             progress.update(1)
-        _sync(device)
-        runs.append(args.batches * args.batch / (time.perf_counter() - start))
+        runs.append(args.batches * args.batch / (last - start))
     batches.close()
-    return {"samples_per_s": statistics.median(runs), "runs": runs, "device": str(device)}
+    cost = epoch_start_cost(waits, firsts)
+    return {"samples_per_s": statistics.median(runs), "runs": runs, "device": str(device),
+            "batches_per_epoch": len(loader), "epoch_start_s": None if cost is None else round(cost, 5),
+            "epoch_starts_timed": sum(firsts)}
 
 
 _BLOBS: list[bytes] = []  # set before the decode pool forks: workers inherit it instead of unpickling it
@@ -145,8 +171,10 @@ def measure_decode(args, progress) -> dict:
 
 def _row(args, backend: str, result: dict) -> dict:
     return {
-        "backend": backend, "res": args.res, "batch": args.batch, "workers": args.workers,
+        "backend": backend, "res": args.res, "batch": args.batch, "workers": args.workers, "layout": args.layout,
         "device": result.get("device"), "samples_per_s": result.get("samples_per_s"), "runs": result.get("runs"),
+        "batches_per_epoch": result.get("batches_per_epoch"), "epoch_start_s": result.get("epoch_start_s"),
+        "epoch_starts_timed": result.get("epoch_starts_timed"),
         "skipped": result.get("skipped"), "decoder": result.get("decoder"), "data": str(args.data),
         "split": args.split, "policy": args.policy, **run_metadata(),
     }
@@ -156,7 +184,7 @@ def format_table(rows: list[dict]) -> str:
     ceiling = next((r["samples_per_s"] for r in rows if r["backend"] == "decode" and r["samples_per_s"]), None)
     baseline = next((r["samples_per_s"] for r in rows if r["backend"] == "torch" and r["samples_per_s"]), None)
     lines = [f"{'backend':8} {'res':>4} {'batch':>5} {'workers':>7} {'device':>6} {'samples/s':>10} "
-             f"{'x torch':>8} {'of decode':>9}"]
+             f"{'x torch':>8} {'of decode':>9} {'batches/epoch':>13} {'epoch start':>11}"]
     for r in rows:
         if r["skipped"]:
             lines.append(f"{r['backend']:8} skipped: {r['skipped']}")
@@ -164,8 +192,10 @@ def format_table(rows: list[dict]) -> str:
         rate = r["samples_per_s"]
         speedup = f"{rate / baseline:.1f}x" if baseline and r["backend"] != "decode" else "-"
         frac = f"{rate / ceiling:.0%}" if ceiling and r["backend"] != "decode" else "-"
+        start = r.get("epoch_start_s")
+        start = "-" if start is None else f"{1000 * start:.0f} ms"
         lines.append(f"{r['backend']:8} {r['res']:>4} {r['batch']:>5} {r['workers']:>7} {r['device']:>6} "
-                     f"{rate:>10.1f} {speedup:>8} {frac:>9}")
+                     f"{rate:>10.1f} {speedup:>8} {frac:>9} {r.get('batches_per_epoch') or '-':>13} {start:>11}")
     return "\n".join(lines)
 
 

@@ -7,8 +7,13 @@ real short run through the same Trainer as `fasthpt pretrain`; the first ``--war
 BATCH_END (after synchronising CUDA) over the next ``--batches`` batches, repeated ``--repeats``
 times, median reported. ``--data synthetic`` feeds fixed random tensors already in memory: the
 model's own ceiling, with no loader at all.
-``--knn`` adds the end-of-run kNN accuracy, to see that a speed-up does not cost accuracy. One JSON
-line per row (``--json FILE``, appended) with fasthpt.fileio.run_metadata's commit, host and time.
+``--knn`` adds the end-of-run kNN accuracy, to see that a speed-up does not cost accuracy.
+``--reference`` adds, first, what the device attains on the same backbone: a plain supervised
+training step (the backbone + a 1000-class linear head, cross-entropy, SGD with momentum, fixed
+random tensors) in the same process and settings (batch, resolution, precision, channels_last),
+timed the same way; every MoCo row then carries its ratio to it (a MoCo-v2 step does about 1.33x
+the work of a supervised one: query forward and backward, key forward). One JSON line per row
+(``--json FILE``, appended) with fasthpt.fileio.run_metadata's commit, host and time.
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed batches first (default 3)")
     parser.add_argument("--batches", type=int, default=10, help="timed batches per run (default 10)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per row; median reported (default 1)")
+    parser.add_argument("--reference", action="store_true",
+                        help="also time a plain supervised training step of the same backbone (same batch, "
+                        "resolution, precision and layout): the reference row, and each row's ratio to it")
     parser.add_argument("--knn", action="store_true",
                         help="also report the kNN accuracy (val split) of the backbone at the end of each run")
     parser.add_argument("--json", default=None, help="append one JSON line per row to this file")
@@ -87,7 +95,7 @@ class SyntheticLoader:
     def __iter__(self):
         return iter(self.batches)
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         pass
 
 
@@ -128,41 +136,110 @@ def _row_config(args, backend: str, algorithms: list[str], run_dir: str):
     return load_config(args.config, overrides + list(args.overrides))
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.warmup < 1 or args.batches < 2:
-        raise UserError("need --warmup >= 1 and --batches >= 2")
+def measure_reference(cfg, warmup: int, batches: int) -> dict:
+    """Seconds per step of a plain supervised step of ``cfg``'s backbone at its batch, resolution,
+    precision and layout, on fixed random tensors: what the device attains without MoCo."""
+    from fasthpt.device import resolve_precision, trainer_device
+    from fasthpt.models.backbones import build_backbone
+
+    device = resolve_device()
+    precision = resolve_precision(cfg.train.precision, trainer_device())
+    layout = torch.channels_last if cfg.data.channels_last else torch.contiguous_format
+    torch.manual_seed(0)
+    backbone = build_backbone(cfg.model.arch)
+    model = torch.nn.Sequential(backbone, torch.nn.Linear(backbone.num_features, 1000)).to(device)
+    model = model.to(memory_format=layout).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    b, r = cfg.data.batch_size, cfg.data.res
+    x = torch.randn(b, 3, r, r, device=device).contiguous(memory_format=layout)
+    y = torch.randint(0, 1000, (b,), device=device)
+    autocast = torch.autocast(device.type, dtype={"amp_bf16": torch.bfloat16, "amp_fp16": torch.float16}.get(
+        precision, torch.float32), enabled=precision in ("amp_bf16", "amp_fp16"))
+
+    def step():
+        with autocast:
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(warmup):
+        step()
+    sync()
+    start = time.perf_counter()
+    for _ in range(batches):
+        step()
+    sync()
+    return {"step_s": (time.perf_counter() - start) / batches, "data_stall_frac": 0.0, "backend": "reference",
+            "knn_acc": None, "precision": precision}
+
+
+def planned_rows(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+    """(backend, algorithm set) per row, in order: the reference first when asked (in the first
+    set's layout: channels_last when it lists it), then every backend with every set."""
     sets = [[] if s.strip() in ("", "none") else [a.strip() for a in s.split(",")] for s in args.algorithms.split(";")]
     backends = ["synthetic"] if args.data == "synthetic" else [b.strip() for b in args.backends.split(",")]
     rows = [(backend, algorithms) for backend in backends for algorithms in sets]
+    return ([("reference", sets[0])] if args.reference else []) + rows
+
+
+def row_config(args, backend: str, algorithms: list[str], run_dir: str):
+    """The run config of one planned row (the reference row: the synthetic row's)."""
+    return _row_config(args, "torch" if backend == "reference" else backend, algorithms, run_dir)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.warmup < 1 or args.batches < 2:
+        raise UserError("need --warmup >= 1 and --batches >= 2")
+    rows = planned_rows(args)
     figures: dict[int, list[dict]] = {i: [] for i in range(len(rows))}
     # Repeats are the outer loop: on a shared machine, load drifts; interleaving spreads it over rows.
     for _ in range(args.repeats):
         for i, (backend, algorithms) in enumerate(rows):
             with tempfile.TemporaryDirectory(prefix="fasthpt-bench-") as tmp:
-                cfg = _row_config(args, backend, algorithms, tmp)
-                figures[i].append({**measure(cfg, args.warmup, args.batches, args.data == "synthetic"),
-                                   "load": os.getloadavg()[0]})
-    for i, (_, algorithms) in enumerate(rows):
-        _emit(args, algorithms, figures[i])
+                cfg = row_config(args, backend, algorithms, tmp)
+                if backend == "reference":
+                    got = measure_reference(cfg, args.warmup, args.batches)
+                else:
+                    got = measure(cfg, args.warmup, args.batches, args.data == "synthetic")
+                figures[i].append({**got, "load": os.getloadavg()[0]})
+    reference = None
+    for i, (backend, algorithms) in enumerate(rows):
+        row = _emit(args, algorithms, figures[i], reference)
+        if backend == "reference":
+            reference = row
     return 0
 
 
-def _emit(args, algorithms: list[str], figures: list[dict]) -> None:
+def _emit(args, algorithms: list[str], figures: list[dict], reference: dict | None) -> dict:
     def median(key):
         return statistics.median(f[key] for f in figures)
 
     step = median("step_s")  # the median step; samples/s derived from it so the two agree
+    runs = [round(args.batch / f["step_s"], 2) for f in figures]
     row = {
-        "bench": "train", "data": args.data, "backend": figures[0]["backend"], "arch": args.arch,
+        "bench": "train", "data": "synthetic" if figures[0]["backend"] == "reference" else args.data,
+        "backend": figures[0]["backend"], "arch": args.arch,
         "res": args.res, "batch": args.batch, "workers": args.workers, "queue": args.queue,
         "algorithms": algorithms or ["none"], "samples_per_s": round(args.batch / step, 2),
         "step_s": round(step, 4), "data_stall_frac": round(median("data_stall_frac"), 3),
-        "samples_per_s_runs": [round(args.batch / f["step_s"], 2) for f in figures],
+        "samples_per_s_runs": runs,
         "warmup": args.warmup, "batches": args.batches, "repeats": args.repeats,
         "load_avg_1min": round(median("load"), 2),  # the machine's other load while measuring
         "knn_acc": figures[-1]["knn_acc"],
         "device": accelerator_name() or f"cpu x{os.cpu_count()}", **run_metadata(),
     }
+    if figures[0]["backend"] == "reference":
+        row["what"] = f"supervised {args.arch} step (reference), {figures[0]['precision']}"
+    elif reference is not None:
+        row["vs_reference"] = round(row["samples_per_s"] / reference["samples_per_s"], 3)
+        # the spread of the ratio over the repeats (each run against the reference's median)
+        row["vs_reference_runs"] = [round(r / reference["samples_per_s"], 3) for r in runs]
     print(json.dumps(row))
     if args.json:
         append_jsonl(args.json, row)
+    return row

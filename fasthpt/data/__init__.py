@@ -16,7 +16,12 @@ A split is a manifest split or several joined by "+": "train+val" is both splits
 (SSL and labelled loaders; common.py).
 
 Every loader also has ``len()`` (batches per epoch on this rank), ``.num_samples`` (samples per
-epoch on this rank), ``.backend`` and ``.set_epoch(epoch)`` (deterministic reshuffle from seed+epoch).
+epoch on this rank: those of whole batches with drop_last), ``.backend`` and
+``.set_epoch(epoch, start_batch=0)``: the next pass is that epoch (a deterministic reshuffle from
+seed + epoch) from that batch on (a resume mid-epoch: earlier batches are not loaded). Without
+it, successive passes are successive epochs. A pass may stop at its last batch (Composer's islice)
+or anywhere: loaders keep their pipeline, workers and buffers across epochs, and the next epoch
+starts loading while the current one's last batch trains.
 Each backend is a module (``fasthpt.data.<name>_backend``) exposing ``build_ssl_loader``,
 ``build_eval_loader`` and ``build_labelled_loader`` with the keyword-only signatures used below; it
 is imported only when chosen, so ``import fasthpt.data`` stays cheap.

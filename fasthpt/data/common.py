@@ -263,7 +263,7 @@ class InterleavedLoader:
     loader interface (len, num_samples, backend, set_epoch)."""
 
     def __init__(self, parts: list, seed: int):
-        self.parts, self.seed, self.epoch = parts, seed, 0
+        self.parts, self.seed, self.epoch, self.start = parts, seed, 0, 0
         self.backend = parts[0].backend
 
     @property
@@ -273,8 +273,10 @@ class InterleavedLoader:
     def __len__(self) -> int:
         return sum(len(p) for p in self.parts)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        if not 0 <= start_batch <= len(self):
+            raise ValueError(f"start_batch {start_batch} outside the epoch's {len(self)} batches")
+        self.epoch, self.start = int(epoch), int(start_batch)
 
     def order(self, epoch: int) -> list[int]:
         """Which part each batch of ``epoch`` comes from."""
@@ -283,14 +285,16 @@ class InterleavedLoader:
         return which[perm].tolist()
 
     def __iter__(self):
-        epoch, self.epoch = self.epoch, self.epoch + 1  # successive passes are successive epochs
-        for part in self.parts:
-            part.set_epoch(epoch)
+        epoch, start = self.epoch, self.start
+        self.epoch, self.start = epoch + 1, 0  # successive passes are successive epochs
+        order = self.order(epoch)
+        for j, part in enumerate(self.parts):  # a resume: each part skips its batches before ``start``
+            part.set_epoch(epoch, start_batch=order[:start].count(j))
         its = [iter(p) for p in self.parts]
         try:
-            for j in self.order(epoch):
+            for j in order[start:]:
                 yield next(its[j])
-            for it in its:  # each part to its end: its epoch completes (FFCV: buffers reused, thread done)
+            for it in its:  # each part to its end (a part delivering its last batch ends its epoch)
                 for _ in it:
                     pass
         finally:

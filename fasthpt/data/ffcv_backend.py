@@ -40,7 +40,7 @@ from fasthpt.data import ffcv_compat as compat  # first: refuses an FFCV version
 from ffcv.fields.basics import IntDecoder
 from ffcv.pipeline import PipelineSpec
 
-from fasthpt.data import common
+from fasthpt.data import common, draws
 from fasthpt.data import ffcv_kernels as K
 from fasthpt.data import ffcv_ops as ops  # imports ffcv and numba: fasthpt.data reports them missing
 from fasthpt.data.policy import AugPolicy
@@ -120,7 +120,7 @@ class FFCVAugLoader:
         self.policy, self.debug, self.views = policy, debug, int(views)
         self.res, self.device, self.channels_last = int(res), torch.device(device), channels_last
         self.seed, self.rank, self.world_size = int(seed), rank, world_size
-        subset = common.subset_indices(manifest, split, indices)
+        self._subset = subset = common.subset_indices(manifest, split, indices)
         self._per_rank = common.ssl_rank_count(len(subset), world_size)
         common.check_batch(batch_size, self._per_rank, drop_last, f"{manifest.root} {split}")
         self.batch_size, self.drop_last = batch_size, drop_last
@@ -134,9 +134,16 @@ class FFCVAugLoader:
         spec = PipelineSpec("image", decoder=ops.ViewsCropDecoder(res, policy, self.key, self.views),
                             transforms=[augment])
         pipelines = {"image": spec, "label": [IntDecoder()] if self.views == 1 else None}
-        order = lambda e: common.labelled_rank_indices(subset, rank, world_size, self.seed, e).numpy()  # noqa: E731
-        self._loader = _ffcv_loader(_beton(manifest, split), batch_size, workers, order, pipelines, drop_last)
-        self.epoch = 0
+        self._skip = 0  # whole batches of the epoch's order to leave out (a resume mid-epoch)
+        self._loader = _ffcv_loader(_beton(manifest, split), batch_size, workers,
+                                    lambda e: self.epoch_order(e)[self._skip * batch_size:], pipelines, drop_last)
+        self.epoch, self.start = 0, 0
+        self._open = None  # the EpochRun in flight: the current epoch's, or the next one started ahead
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """This rank's sample indices of ``epoch``, whole batches only with drop_last."""
+        order = common.labelled_rank_indices(self._subset, self.rank, self.world_size, self.seed, epoch).numpy()
+        return order[: len(self) * self.batch_size] if self.drop_last else order
 
     @property
     def num_samples(self) -> int:
@@ -145,35 +152,80 @@ class FFCVAugLoader:
     def __len__(self) -> int:
         return common.num_batches(self._per_rank, self.batch_size, self.drop_last)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """The next pass is ``epoch`` from its batch ``start_batch`` (the ones before are not loaded)."""
+        if not 0 <= start_batch <= len(self):
+            raise ValueError(f"start_batch {start_batch} outside the epoch's {len(self)} batches")
+        self.epoch, self.start = int(epoch), int(start_batch)
+
+    def _run(self, epoch: int, start: int) -> compat.EpochRun:
+        """An EpochRun delivering ``epoch`` from batch ``start``: the one started ahead when it is
+        that, else a new one (an abandoned or mismatched run is closed first)."""
+        run, self._open = self._open, None
+        if run is not None and run.position == (epoch, start):
+            return run
+        if run is not None:
+            run.close()
+        self.key.set_epoch(epoch)  # read by the compiled code once per batch: set before its thread starts
+        self._skip = start
+        compat.start_epoch(self._loader, epoch)
+        return compat.EpochRun(self._loader, self._copies.wait, (epoch, start))
+
+    def _own(self, out: tuple) -> tuple:
+        """The batch, no longer backed by FFCV's slots: views written straight into a CPU slot are
+        cloned (one batch), device copies out of a slot are waited for."""
+        if self.layout == K.OUT_U8:
+            self._copies.wait()
+            return out
+        return tuple(t.clone() for t in out)
 
     def __iter__(self):
         # Without set_epoch, successive passes are successive epochs (as FFCV's own Loader does).
-        epoch, self.epoch = self.epoch, self.epoch + 1
-        self.key.set_epoch(epoch)
-        compat.start_epoch(self._loader, epoch)
-        debug = self._debug_epoch(epoch) if self.debug else None
-        for b, batch in enumerate(compat.batches(self._loader, self._copies.wait)):
-            out = self._to_views(batch[0])
-            if self.views == 1:  # a copy: FFCV refills its label buffers once the next batch is drawn
-                out += (torch.tensor(batch[1].reshape(-1), dtype=torch.int64, device=self.device),)
-            yield out if debug is None else common.DebugBatch.of(out, self.views, *debug[b])
+        epoch, start = self.epoch, self.start
+        self.epoch, self.start = epoch + 1, 0
+        count = len(self) - start
+        if count <= 0:
+            return
+        run = self._open = self._run(epoch, start)
+        run.position = None  # being consumed: not reusable by another pass
+        debug = self._debug_epoch(epoch, start) if self.debug else None
+        try:
+            for b in range(count):
+                batch = run.draw()
+                if batch is None:
+                    raise RuntimeError(f"FFCV ended epoch {epoch} after {b} of {count} batches")
+                out = self._to_views(batch[0])
+                if self.views == 1:  # a copy: FFCV refills its label buffers once the next batch is drawn
+                    out += (torch.tensor(batch[1].reshape(-1), dtype=torch.int64, device=self.device),)
+                if b == count - 1:
+                    # The epoch's last batch (Composer's islice never asks past it): end the epoch now
+                    # and start the next, so that it loads while this batch trains, and FFCV's buffers
+                    # are reused (an epoch left unfinished makes the next one allocate them anew).
+                    out = self._own(out)
+                    if run.draw() is not None:
+                        raise RuntimeError(f"FFCV delivered more than the {count} batches of epoch {epoch}")
+                    run.close()
+                    self._open = self._run(epoch + 1, 0)
+                yield out if debug is None else common.DebugBatch.of(out, self.views, *debug[b])
+        finally:
+            if self._open is run:  # abandoned (a break, an error): stop its thread now
+                self._open = None
+                run.close()
 
-    def _debug_epoch(self, epoch):
-        """Per batch: (sample indices, draws). Computed before FFCV's thread starts: numba 0.68 can
-        fail with a KeyError when two threads compile calls of one kernel at the same time."""
-        order = compat.epoch_order(self._loader)[: len(self) * self.batch_size]
-        chunks = [order[i: i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        return [(torch.from_numpy(np.asarray(idx, dtype=np.int64)), self._draws(epoch, idx)) for idx in chunks]
-
-    def _draws(self, epoch, indices) -> tuple:
-        """Debug mode: per view, the parameters each sample drew (common.DebugBatch.draws), recomputed
-        in Python by the same kernels from the same keys as the compiled pipeline."""
+    def _debug_epoch(self, epoch, start):
+        """Per batch: (sample indices, draws), the draws recomputed by fasthpt.data.draws (the
+        kernels' numbers, vectorised) from the same keys as the compiled pipeline."""
+        order = self.epoch_order(epoch)[start * self.batch_size:]
         meta = compat.field_metadata(self._loader.reader, "image")
-        pairs = [ops.view_draws(self.key.seed, epoch, int(i), int(meta[i]["height"]), int(meta[i]["width"]),
-                                self.policy, self.res) for i in indices]
-        return tuple(common.stack_draws([pair[v] for pair in pairs]) for v in range(self.views))
+        out = []
+        for i in range(0, len(order), self.batch_size):
+            idx = order[i: i + self.batch_size]
+            view_draws = draws.view_draws(self.key.seed, epoch, idx, meta["height"][idx], meta["width"][idx],
+                                          self.policy, self.res, self.views)
+            out.append((torch.from_numpy(np.asarray(idx, dtype=np.int64)),
+                        tuple({k: torch.as_tensor(v, dtype=common.DRAW_DTYPES[k]) for k, v in d.items()}
+                              for d in view_draws)))
+        return out
 
     def _to_views(self, batch: np.ndarray) -> tuple:
         views = []

@@ -18,7 +18,7 @@ tests/data/test_ffcv_compat.py checks that each internal is still there in the s
    ``loader.code`` (a list of (stage, output ids) and the final ids), ``memory_manager.
    schedule_epoch``, the context's ``start_batch`` and ``state``, ``reader.metadata``, the
    {"operation", "shared"} buffers of allocate_memory and epoch_iterator.select_buffer's slicing.
-4. Queue polling (``batches``): EpochIterator's ``output_queue`` (a queue.Queue: ``not_empty``,
+4. Queue polling (``EpochRun``): EpochIterator's ``output_queue`` (a queue.Queue: ``not_empty``,
    ``_qsize``), ``is_alive`` and ``close``. When its thread dies it never posts its end marker.
 5. Kept-alive pipelines (``_KEPT``): every loader's compiled ``code``.
 6. Decoder inputs: ``Operation.metadata`` and ``memory_read`` (set by ``accept_globals``), the
@@ -201,32 +201,48 @@ def _slot(buffer, count):
     return buffer[0][:count]
 
 
+class EpochRun:
+    """One epoch of an FFCV Loader, started at construction: its thread begins loading at once, so
+    an epoch can be started ahead (while the previous epoch's last batch trains). ``draw()`` returns
+    the next batch, or None at the epoch's end, and raises instead of hanging when the thread dies
+    (FFCV 1.0.2's EpochIterator then never posts its end marker and ``next`` would block forever).
+    ``before_draw()`` runs before each draw (drawing lets FFCV refill the previous batch's slot)
+    and at ``close``. ``position``: free for the caller (which batch it will deliver next)."""
+
+    def __init__(self, loader: Loader, before_draw, position=None):
+        self.loader, self.before_draw, self.position = loader, before_draw, position
+        self.it = iter(loader)
+        self.complete = False
+
+    def draw(self):
+        self.before_draw()
+        queue = self.it.output_queue
+        with queue.not_empty:
+            while not queue._qsize() and self.it.is_alive():
+                queue.not_empty.wait(0.5)
+        if not queue._qsize() and not self.it.is_alive():
+            raise RuntimeError("the FFCV pipeline thread stopped with an error (traceback above)")
+        try:
+            return next(self.it)
+        except StopIteration:
+            self.complete = True
+            return None
+
+    def close(self) -> None:
+        self.before_draw()
+        self.it.close()
+        if not self.complete:  # FFCV's thread may still write a batch: the next epoch gets new buffers
+            batch_memory(self.loader).forget()
+
+
 def batches(loader: Loader, before_draw):
-    """Iterate an FFCV Loader, but raise instead of hanging when its pipeline thread dies (FFCV 1.0.2's
-    EpochIterator then never posts its end marker and ``next`` would block forever). ``before_draw()``
-    runs before each draw (drawing lets FFCV refill the previous batch's slot) and once at the end."""
-    it = iter(loader)
-    queue = it.output_queue
-    complete = False
+    """Every batch of the loader's next epoch (an EpochRun drawn to its end, then closed)."""
+    run = EpochRun(loader, before_draw)
     try:
-        while True:
-            before_draw()
-            with queue.not_empty:
-                while not queue._qsize() and it.is_alive():
-                    queue.not_empty.wait(0.5)
-            if not queue._qsize() and not it.is_alive():
-                raise RuntimeError("the FFCV pipeline thread stopped with an error (traceback above)")
-            try:
-                batch = next(it)
-            except StopIteration:
-                complete = True
-                return
+        while (batch := run.draw()) is not None:
             yield batch
     finally:
-        before_draw()
-        it.close()
-        if not complete:  # FFCV's thread may still write a batch: the next epoch gets new buffers
-            batch_memory(loader).forget()
+        run.close()
 
 
 # ---------------------------------------------------------------- files, operations

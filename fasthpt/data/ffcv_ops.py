@@ -320,23 +320,3 @@ def split_views(batch: np.ndarray, res: int, layout: int):
     shape = (3, res, res) if layout == K.OUT_CHW else (res, res, 3)
     views = batch.reshape((count, n) + shape)
     return tuple(views[v] for v in range(count))
-
-
-def view_draws(seed: int, epoch: int, index: int, height: int, width: int, policy: AugPolicy, res: int):
-    """The two views' parameters of sample ``index`` in ``epoch``, as the compiled pipeline draws them."""
-    cfg, _ = policy_vector(policy, res)
-    ekey = np.uint64(K.epoch_key(seed, epoch))  # numba returns a Python int: keep it unsigned
-    lr = np.log(policy.crop_ratio)
-    pair = []
-    for v in range(2):
-        key = np.uint64(K.view_key(ekey, index, v))
-        crop = K.sample_crop(key, height, width, policy.crop_scale[0], policy.crop_scale[1], lr[0], lr[1])
-        p = np.empty(K.PARAMS_LEN)
-        K.sample_view_params(key, cfg, p)
-        pair.append({
-            "crop": tuple(int(c) for c in crop), "jitter": bool(p[K.P_JIT]),
-            "order": tuple(int(o) for o in p[K.P_ORDER:K.P_ORDER + 4]),
-            "factors": tuple(float(f) for f in p[K.P_FACT:K.P_FACT + 4]), "gray": bool(p[K.P_GRAY]),
-            "blur": bool(p[K.P_BLUR]), "sigma": float(p[K.P_SIGMA]), "flip": bool(p[K.P_FLIP]),
-        })
-    return tuple(pair)

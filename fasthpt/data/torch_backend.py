@@ -187,18 +187,27 @@ class _WdsImages(Dataset):
         return views
 
 
-class _EpochSampler:
-    """Yields (epoch, index) for this rank's indices of the current epoch."""
+class _Plan:
+    """The DataLoader's batch sampler: batches of (epoch, index), epoch after epoch from ``start``
+    (epoch, first batch), without end. One DataLoader iterator therefore runs across epoch
+    boundaries: its workers prefetch the next epoch while this one's last batches train, and
+    nothing restarts between epochs (Composer's islice never finishes an epoch's iterator)."""
 
-    def __init__(self, indices_for_epoch):
-        self.indices_for_epoch, self.epoch = indices_for_epoch, 0
+    def __init__(self, indices_for_epoch, batch_size: int, drop_last: bool):
+        self.indices_for_epoch, self.batch_size, self.drop_last = indices_for_epoch, batch_size, drop_last
+        self.start = (0, 0)
+        self.count = len(indices_for_epoch(0))  # samples per epoch on this rank (the same every epoch)
+
+    def __len__(self) -> int:
+        return common.num_batches(self.count, self.batch_size, self.drop_last)
 
     def __iter__(self):
-        epoch = self.epoch
-        return iter([(epoch, int(i)) for i in self.indices_for_epoch(epoch)])
-
-    def __len__(self):
-        return len(self.indices_for_epoch(self.epoch))
+        epoch, first = self.start
+        while True:
+            order = self.indices_for_epoch(epoch)
+            for b in range(first, len(self)):
+                yield [(epoch, int(i)) for i in order[b * self.batch_size: (b + 1) * self.batch_size]]
+            epoch, first = epoch + 1, 0
 
 
 def _collate(views: int):
@@ -220,31 +229,40 @@ def _collate(views: int):
 
 
 class TorchLoader:
-    """Batches of ``dataset`` in ``sampler`` order, normalised on ``device``. ``views``: 2 (SSL:
-    (view_q, view_k)), 1 (labelled) or 0 (eval): (images, labels); ``ssl=True`` is ``views=2``."""
+    """Batches of ``dataset`` in ``plan`` order, normalised on ``device``. ``views``: 2 (SSL:
+    (view_q, view_k)), 1 (labelled) or 0 (eval): (images, labels). Each pass is one epoch:
+    ``set_epoch(e, start_batch)`` chooses the next pass (without it, successive passes are
+    successive epochs); the DataLoader iterator is kept from pass to pass while they follow each
+    other, and restarted (its workers stay; what they had prefetched is dropped) when not."""
 
     backend = BACKEND
 
-    def __init__(self, dataset, sampler, *, batch_size, workers, device, drop_last, channels_last, mean, std,
-                 ssl=False, views=None):
-        self.sampler, self.device, self.channels_last = sampler, device, channels_last
-        self.views = views if views is not None else (2 if ssl else 0)
-        self.num_samples = len(sampler)
-        self._len = common.num_batches(self.num_samples, batch_size, drop_last)
+    def __init__(self, dataset, plan: _Plan, *, workers, device, channels_last, mean, std, views):
+        self.plan, self.device, self.channels_last, self.views = plan, device, channels_last, views
+        self.num_samples = len(plan) * plan.batch_size if plan.drop_last else plan.count
         shape = (1, 3, 1, 1)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(shape)
         self.std = torch.tensor(std, dtype=torch.float32, device=device).view(shape)
         self.loader = DataLoader(
-            dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
+            dataset, batch_sampler=plan, num_workers=workers,
             pin_memory=device.type == "cuda", persistent_workers=workers > 0,
             prefetch_factor=4 if workers > 0 else None, collate_fn=_collate(self.views) if self.views else None,
+            # its own generator: a DataLoader iterator otherwise draws its base seed from the global RNG,
+            # so a run resumed from a checkpoint (a new iterator) would drift from the uninterrupted one
+            # (every sample is seeded by (seed, epoch, index) anyway, whatever the base seed)
+            generator=torch.Generator().manual_seed(0),
         )
+        self.epoch, self.start = 0, 0
+        self._it = None
+        self._next = None  # the (epoch, batch) self._it delivers next
 
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.epoch = epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        if not 0 <= start_batch <= len(self):
+            raise ValueError(f"start_batch {start_batch} outside the epoch's {len(self)} batches")
+        self.epoch, self.start = int(epoch), int(start_batch)
 
     def __len__(self):
-        return self._len
+        return len(self.plan)
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
@@ -253,7 +271,15 @@ class TorchLoader:
         return (x.float() - self.mean) / self.std
 
     def __iter__(self):
-        for batch in self.loader:
+        epoch, start = self.epoch, self.start
+        self.epoch, self.start = epoch + 1, 0
+        if self._it is None or self._next != (epoch, start):
+            self.plan.start = (epoch, start)
+            self._it = iter(self.loader)  # persistent workers: reset, in-flight batches dropped
+        for b in range(start, len(self)):
+            self._next = None  # mid-batch: an error or a break leaves the iterator's position unknown
+            batch = next(self._it)
+            self._next = (epoch, b + 1) if b + 1 < len(self) else (epoch + 1, 0)
             if self.views == 2:
                 out = (self._normalise(batch[0]), self._normalise(batch[1]))
             else:  # eval, labelled: (images, labels)
@@ -263,10 +289,10 @@ class TorchLoader:
 
 
 def _loader(dataset, indices_for_epoch, *, batch_size, workers, device, drop_last, channels_last, manifest, what):
-    sampler = _EpochSampler(indices_for_epoch)
-    common.check_batch(batch_size, len(sampler), drop_last, what)
-    return TorchLoader(dataset, sampler, batch_size=batch_size, workers=workers, device=device, drop_last=drop_last,
-                       channels_last=channels_last, mean=manifest.mean, std=manifest.std, views=dataset.views)
+    plan = _Plan(indices_for_epoch, batch_size, drop_last)
+    common.check_batch(batch_size, plan.count, drop_last, what)
+    return TorchLoader(dataset, plan, workers=workers, device=device, channels_last=channels_last,
+                       mean=manifest.mean, std=manifest.std, views=dataset.views)
 
 
 def build_ssl_loader(manifest: Manifest, *, split, res, batch_size, policy, workers, device, seed, rank,

@@ -189,10 +189,11 @@ class MoCo(nn.Module):
         size = self.queue.shape[0]
         if keys.shape[0] > size:  # only the newest ``size`` keys can be kept
             keys = keys[-size:]
-        ptr = int(self.queue_ptr)
-        idx = (torch.arange(keys.shape[0], device=keys.device) + ptr) % size
+        # pointer arithmetic on the device: reading queue_ptr on the host would wait for the step's
+        # forward to finish on a GPU (a host sync every step)
+        idx = (torch.arange(keys.shape[0], device=keys.device) + self.queue_ptr) % size
         self.queue.index_copy_(0, idx, keys.to(self.queue.dtype))
-        self.queue_ptr.fill_((ptr + keys.shape[0]) % size)
+        self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % size)
 
     @torch.no_grad()
     def keys(self, view_k: torch.Tensor) -> torch.Tensor:

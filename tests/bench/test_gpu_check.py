@@ -15,8 +15,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import parse_only  # noqa: E402 (bench/parse_only.py)
 
-STEPS = ["start", "install", "env", "gpu_tests", "prep", "loaders", "train_ffcv", "train_dali", "train_synthetic",
-         "demo", "end"]
+STEPS = ["start", "install", "env", "train_synthetic", "prep", "train_ffcv", "train_dali", "train_groups", "loaders",
+         "gpu_tests", "demo", "end"]
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +51,13 @@ def test_the_benchmarks_are_the_ones_asked_for(dry_run):
     _, rows, _, _ = dry_run
     loaders = " ".join(rows["loaders"]["cmd"])
     assert "--res 224" in loaders and "--device cuda" in loaders and "--backends ffcv,dali" in loaders
-    for step in ("train_ffcv", "train_dali", "train_synthetic"):
+    for step in ("train_synthetic", "train_ffcv", "train_dali", "train_groups"):
         cmd = " ".join(rows[step]["cmd"])
         assert "--arch resnet50" in cmd and "train.precision=amp_bf16" in cmd and "--res 224" in cmd
-        assert rows[step]["detail"]["train_rows"] == 1  # the row's config was built and validated
+        assert "--batch 128" in cmd and "channels_last" in cmd
+        assert rows[step]["detail"]["train_rows"] == (2 if step == "train_synthetic" else 1)  # configs validated
+    assert "--reference" in rows["train_synthetic"]["cmd"]  # the supervised step, in the same process
+    assert "model.shuffle_bn=none" in rows["train_groups"]["cmd"]
     assert rows["train_ffcv"]["detail"]["parsed"]["backends"] == "ffcv"
     assert "--scale large" in " ".join(rows["demo"]["cmd"])
 
@@ -101,7 +104,7 @@ def test_a_real_run_records_each_outcome(tmp_path):
     status = {step: rows[step]["status"] for step in STEPS}
     assert status == {"start": "real", "install": "skipped", "env": "ok", "gpu_tests": "ok", "prep": "ok",
                       "loaders": "failed", "train_ffcv": "ok", "train_dali": "skipped", "train_synthetic": "ok",
-                      "demo": "bounded", "end": "failed"}
+                      "train_groups": "ok", "demo": "bounded", "end": "failed"}
     assert rows["loaders"]["rc"] == 3 and rows["demo"]["rc"] == 124
     assert "not dali" in (out / "pytest-args").read_text()  # DALI's gpu tests deselected, not failed
     assert "plan B" in rows["train_dali"]["detail"]

@@ -7,6 +7,7 @@ are few of them; the kernels are plain numba functions called directly.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -27,7 +28,7 @@ from checks import (
     ssl_loader,
 )
 
-from fasthpt.data import common, ffcv_ops
+from fasthpt.data import common, draws, ffcv_ops
 from fasthpt.data import ffcv_backend as fb
 from fasthpt.data import ffcv_compat as compat
 from fasthpt.data import ffcv_kernels as K
@@ -183,18 +184,25 @@ def test_reduced_decode_only_when_every_crop_stays_at_least_res():
 
 # ---------------------------------------------------------------- random draws vs the policy
 
+def _view_draws(seed, epoch, index, h, w, policy, res):
+    """Both views' draws of one sample, as Python values (fasthpt.data.draws: the kernels' numbers,
+    tests/data/test_draws.py)."""
+    pair = draws.view_draws(seed, epoch, [index], [h], [w], policy, res, views=2)
+    return tuple({k: (tuple(v[0].tolist()) if v.ndim > 1 else v[0].item()) for k, v in d.items()} for d in pair)
+
+
 def _draws(policy, n=1500, seed=3, side=SIDE):
-    views = [v for i in range(n // 2) for v in ffcv_ops.view_draws(seed, 0, i, side, side, policy, 32)]
-    return draw_stats([common.stack_draws(views)], side, side)
+    pair = draws.view_draws(seed, 0, np.arange(n // 2), np.full(n // 2, side), np.full(n // 2, side), policy, 32, 2)
+    return draw_stats([{k: torch.as_tensor(v) for k, v in d.items()} for d in pair], side, side)
 
 
 @pytest.mark.parametrize("preset", ["mocov2", "crop-only", "no-gray"])
 def test_draws_follow_the_policy(preset):
     policy = AugPolicy.preset(preset)
-    draws = _draws(policy)
-    check_policy_draws(draws, policy, SIDE, SIDE, res=32)
+    got = _draws(policy)
+    check_policy_draws(got, policy, SIDE, SIDE, res=32)
     if policy.uses_color:  # ColorJitter's op order: all 24 permutations, none favoured
-        counts = np.unique([str(o) for o in draws["order"]], return_counts=True)[1]
+        counts = np.unique([str(o) for o in got["order"]], return_counts=True)[1]
         assert len(counts) == 24 and counts.max() < 3 * counts.min()
 
 
@@ -208,24 +216,30 @@ def test_policy_vector_slots_round_trip_through_the_kernels():
     slots = [getattr(K, name) for name in dir(K) if name.startswith("C_")]
     assert sorted(slots) == list(range(K.CFG_LEN)) == list(range(len(cfg)))
     assert 2 * radius + 1 == policy.blur_kernel_cap(64)
-    check_policy_draws(_draws(policy, n=3000), policy, SIDE, SIDE, res=32)
+    ekey = np.uint64(K.epoch_key(3, 0))
+    p = np.empty((3000, K.PARAMS_LEN))
+    for i in range(3000):
+        K.sample_view_params(np.uint64(K.view_key(ekey, i, 0)), cfg, p[i])
+    got = {"jitter": p[:, K.P_JIT] > 0, "gray": p[:, K.P_GRAY] > 0, "blur": p[:, K.P_BLUR] > 0,
+           "flip": p[:, K.P_FLIP] > 0, "sigma": p[:, K.P_SIGMA], "area": _draws(policy, n=3000)["area"]}
+    got.update({name: p[:, K.P_FACT + i] for i, name in enumerate(("brightness", "contrast", "saturation", "hue"))})
+    check_policy_draws(got, policy, SIDE, SIDE, res=64)
 
 
 def test_crop_areas_on_a_non_square_image():
     policy = AugPolicy()
-    views = [ffcv_ops.view_draws(9, 2, i, 40, 90, policy, 32)[0] for i in range(1500)]
-    crops = np.array([v["crop"] for v in views])
+    crops = draws.view_draws(9, 2, np.arange(1500), np.full(1500, 40), np.full(1500, 90), policy, 32, 1)[0]["crop"]
     assert (crops[:, 0] + crops[:, 2] <= 40).all() and (crops[:, 1] + crops[:, 3] <= 90).all()
     check_crop_areas(crops[:, 2] * crops[:, 3] / (40 * 90), policy, 90, 40)
 
 
 def test_draws_depend_on_seed_epoch_sample_and_view():
     policy = AugPolicy()
-    base = ffcv_ops.view_draws(1, 0, 5, SIDE, SIDE, policy, 32)
-    assert base == ffcv_ops.view_draws(1, 0, 5, SIDE, SIDE, policy, 32)
+    base = _view_draws(1, 0, 5, SIDE, SIDE, policy, 32)
+    assert base == _view_draws(1, 0, 5, SIDE, SIDE, policy, 32)
     assert base[0] != base[1]
     for other in ((2, 0, 5), (1, 1, 5), (1, 0, 6)):
-        assert ffcv_ops.view_draws(*other, SIDE, SIDE, policy, 32) != base
+        assert _view_draws(*other, SIDE, SIDE, policy, 32) != base
 
 
 # ---------------------------------------------------------------- the loader
@@ -357,15 +371,19 @@ def test_same_seed_repeats_other_seed_and_epoch_differ(tiny_data, debug_loader):
 
 
 def test_batch_slots_allocated_once_and_an_abandoned_epoch_leaves_the_next_intact(tiny_data):
-    """FFCV's per-epoch buffers are allocated once per loader; an abandoned epoch (whose thread may
-    still be writing) makes the next epoch allocate anew, and no epoch's views change either way."""
+    """FFCV's per-epoch buffers are allocated once per loader: consecutive epochs, however iterated
+    (Composer's islice stops at the last batch), reuse them; an abandoned epoch or one started ahead
+    and not wanted (whose thread may still be writing) makes the next epoch allocate anew, and no
+    epoch's views change either way."""
     loader = _ssl(tiny_data, res=DEBUG_RES, workers=2)
     memory = compat.batch_memory(loader._loader)
     first = _epoch(loader, 1)
     slots = memory.memory
     assert slots is not None
-    again = _epoch(loader, 1)
+    loader.set_epoch(2)
+    [tuple(x.clone() for x in b) for b in itertools.islice(loader, len(loader))]
     assert memory.memory is slots  # a complete epoch: the same buffers serve the next one
+    again = _epoch(loader, 1)  # not the epoch started ahead (3): that one is dropped
     loader.set_epoch(0)
     abandoned = iter(loader)
     next(abandoned)

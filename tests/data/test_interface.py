@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import subprocess
 import sys
 
@@ -83,7 +84,7 @@ def test_missing_data_folder(tmp_path):
 def test_defaults_and_dispatch(tiny_data):
     loader = data_api.build_ssl_loader(tiny_data, backend="torch", res=16, batch_size=8, workers=0,
                                        policy="crop-only")
-    assert loader.backend == "torch" and loader.num_samples == 36  # rank 0 of 1 without torch.distributed
+    assert loader.backend == "torch" and loader.num_samples == 32  # whole batches, rank 0 of 1
     q, k = next(iter(loader))
     assert q.device == resolve_device(None)
     ev = data_api.build_eval_loader(load_manifest(tiny_data), backend="torch", res=16, batch_size=4, workers=0,
@@ -135,11 +136,12 @@ class _Fake:
     def __len__(self):
         return self.n
 
-    def set_epoch(self, epoch):
+    def set_epoch(self, epoch, start_batch=0):
         self.epochs.append(epoch)
+        self.start = start_batch
 
     def __iter__(self):
-        for i in range(self.n):
+        for i in range(self.start, self.n):
             yield (self.name, i)
 
 
@@ -155,4 +157,55 @@ def test_interleaved_loader_takes_every_part_batch_once_in_a_seeded_order():
     assert [x[0] for x in first] == ["ab"[p] for p in loader.order(0)] != [x[0] for x in second]
     loader.set_epoch(0)
     assert list(loader) == first
+    loader.set_epoch(0, start_batch=3)  # a resume: each part skips its batches among the first 3
+    assert list(loader) == first[3:]
     assert common.part_seed(3, 0) == 3 and len({common.part_seed(3, p) for p in range(4)}) == 4
+
+
+def _debug_ssl(backend, tiny_data, **kw):
+    import importlib
+
+    module = importlib.import_module(f"fasthpt.data.{backend}_backend")
+    opts = dict(split="train", res=16, batch_size=6, policy=data_api.AugPolicy(), workers=2, device=torch.device("cpu"),
+                seed=4, rank=0, world_size=1, drop_last=True, channels_last=False, debug=True)
+    opts.update(kw)
+    return module.build_ssl_loader(load_manifest(tiny_data), **opts)
+
+
+def _kept(batches):
+    """(sample indices, first view) per batch, copied (FFCV refills its CPU slots)."""
+    return [(b.indices.clone(), b.views[0].clone()) for b in batches]
+
+
+@pytest.mark.parametrize("backend", ["ffcv", "dali", "torch"])
+def test_every_way_of_iterating_gives_the_epochs_batches(tiny_data, backend):
+    """Composer's islice (which never finishes an epoch's generator), a pass broken off after one
+    batch, a jump to another epoch, a resume at start_batch, and passes without set_epoch (the next
+    epoch): each gives exactly the batches of that epoch (or its tail) of a fresh loader."""
+    if data_api.available_backends()[backend]:
+        pytest.skip(data_api.available_backends()[backend])
+    ref = _debug_ssl(backend, tiny_data)
+
+    def epoch(e, start=0):
+        ref.set_epoch(e)
+        return _kept(ref)[start:]
+
+    want = {e: epoch(e) for e in range(5)}
+    loader = _debug_ssl(backend, tiny_data)
+    got = {}
+    for e in range(3):
+        loader.set_epoch(e)
+        got[e] = _kept(itertools.islice(loader, len(loader)))
+    it = iter(loader)  # epoch 3, broken off
+    next(it)
+    it.close()
+    loader.set_epoch(4, start_batch=2)
+    got["4 from 2"] = _kept(loader)
+    got["next"] = _kept(loader)  # no set_epoch: epoch 5
+    loader.set_epoch(1)
+    got["1 again"] = _kept(loader)
+    expect = {0: want[0], 1: want[1], 2: want[2], "4 from 2": want[4][2:], "next": epoch(5), "1 again": want[1]}
+    for key, batches in expect.items():
+        assert len(got[key]) == len(batches), key
+        for (i, x), (j, y) in zip(got[key], batches):
+            assert torch.equal(i, j) and torch.equal(x, y), key

@@ -25,3 +25,17 @@ def test_bench_train_on_data_reports_stall_and_knn(tmp_path, ssl_data):
     assert code == 0
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert row["backend"] == "torch" and 0 <= row["data_stall_frac"] <= 1 and 0 <= row["knn_acc"] <= 1
+
+
+def test_bench_train_reference_row_and_ratios(tmp_path):
+    """--reference: a supervised step of the same backbone first, then each MoCo row's ratio to it."""
+    out = tmp_path / "train.jsonl"
+    code = cli_main(["bench", "train", "--data", "synthetic", "--algorithms", "channels_last", "--reference",
+                     "--res", "32", "--batch", "8", "--queue", "64", "--warmup", "1", "--batches", "2",
+                     "--workers", "0", "--json", str(out)])
+    assert code == 0
+    ref, moco = [json.loads(line) for line in out.read_text().splitlines()]
+    assert ref["backend"] == "reference" and "supervised resnet_tiny" in ref["what"] and ref["samples_per_s"] > 0
+    assert "vs_reference" not in ref
+    assert moco["backend"] == "synthetic"
+    assert moco["vs_reference"] == round(moco["samples_per_s"] / ref["samples_per_s"], 3)

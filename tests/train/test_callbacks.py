@@ -53,18 +53,23 @@ def test_data_stall_is_wait_over_step_time():
     assert stall.stall_frac == pytest.approx(0.04 / 0.12)
 
 
-def test_data_stall_counts_a_wait_only_with_its_step():
-    """The last batch of an epoch never closes its step: its wait is dropped with it (a long first
-    wait on a 2-batch epoch once gave a fraction of 1.18)."""
+def test_data_stall_counts_every_wait_with_its_step():
+    """Each epoch's last step closes at the epoch's end, so every batch's wait counts (an epoch
+    start that makes the first batch wait included), and the fraction stays a ratio of like spans
+    (it once reached 1.18 when a wait was counted without its step)."""
     now = [0.0]
     stall, logger = DataStall(window=100, clock=lambda: now[0]), _Logger()
-    for wait, work in ((0.9, 0.1), (0.8, 0.1)):  # one epoch of two batches, both slow to load
-        stall.before_dataloader(None, logger)
-        now[0] += wait
-        stall.after_dataloader(None, logger)
-        now[0] += work
-    stall.epoch_end(None, logger)
-    assert stall.stall_frac == pytest.approx(0.9 / 1.0)  # the first step only; the second never closed
+    for epoch_waits in ((0.9, 0.1), (0.8, 0.0)):  # two epochs of two batches, each slow to start
+        for wait in epoch_waits:
+            stall.before_dataloader(None, logger)
+            now[0] += wait
+            stall.after_dataloader(None, logger)
+            now[0] += 0.1  # the training step
+        stall.epoch_end(None, logger)
+        now[0] += 5.0  # epoch-end evaluation: neither a wait nor a step
+    assert stall.stall_frac == pytest.approx(1.8 / 2.2)
+    stall.fit_end(None, logger)  # nothing open: no change
+    assert stall.stall_frac == pytest.approx(1.8 / 2.2)
     assert DataStall().stall_frac != DataStall().stall_frac  # nothing measured: NaN, printed as null
 
 
@@ -80,11 +85,14 @@ def test_jsonl_one_object_per_logged_step(tmp_path):
     assert rows[1] == {"step": 2, "loss": pytest.approx(1 / 3), "lr": 0.1} and rows[-1]["knn/acc"] == 0.5
 
 
-def test_set_epoch_reaches_our_loader():
+def test_set_epoch_positions_our_loader_at_epoch_starts_and_at_a_resume():
     seen = []
-    loader = SimpleNamespace(set_epoch=seen.append)
-    SetEpoch(loader).epoch_start(SimpleNamespace(timestamp=SimpleNamespace(epoch=3)), None)
-    assert seen == [3]
+    loader = SimpleNamespace(set_epoch=lambda epoch, start_batch=0: seen.append((epoch, start_batch)))
+    cb = SetEpoch(loader)
+    cb.epoch_start(SimpleNamespace(timestamp=SimpleNamespace(epoch=3, batch_in_epoch=0)), None)
+    cb.fit_start(SimpleNamespace(timestamp=SimpleNamespace(epoch=5, batch_in_epoch=7)), None)  # resumed mid-epoch
+    cb.epoch_start(SimpleNamespace(timestamp=SimpleNamespace(epoch=5, batch_in_epoch=7)), None)  # not an epoch start
+    assert seen == [(3, 0), (5, 7)]
 
 
 def test_jsonl_after_resume_drops_redone_rows_and_merges_the_resumed_one(tmp_path):

@@ -57,8 +57,16 @@ class _Crash(RuntimeError):
     pass
 
 
-def test_autoresume_continues_without_losing_or_repeating_batches(tmp_path, tiny_run, monkeypatch):
-    extra = ("train.max_duration=6ba", "train.save_interval=2ba")
+@pytest.mark.parametrize("backend", ["torch", "dali", "ffcv"])
+def test_autoresume_continues_without_losing_or_repeating_batches(tmp_path, tiny_run, monkeypatch, backend):
+    """Resumed mid-epoch in the second epoch (4 batches per epoch; the checkpoint at batch 6 is
+    epoch 1, batch 2), a run ends with the same weights as the uninterrupted one: the loader
+    delivers the rest of epoch 1 and the random state (the key encoder's BN groups) is restored."""
+    from fasthpt.data import available_backends
+
+    if available_backends()[backend]:
+        pytest.skip(available_backends()[backend])
+    extra = ("train.max_duration=8ba", "train.save_interval=3ba", f"data.backend={backend}")
     whole = pretrain(tiny_run("r", *extra, run_dir=tmp_path / "a"))
 
     from fasthpt.models.moco import ComposerMoCo
@@ -66,18 +74,18 @@ def test_autoresume_continues_without_losing_or_repeating_batches(tmp_path, tiny
     calls = {"n": 0}
     original = ComposerMoCo.forward
 
-    def crash_on_fifth(self, batch):
+    def crash_on_eighth(self, batch):
         calls["n"] += 1
-        if calls["n"] == 5:  # batch 5: after the checkpoint at batch 4
+        if calls["n"] == 8:  # batch 8: after the checkpoint at batch 6
             raise _Crash("killed")
         return original(self, batch)
 
-    monkeypatch.setattr(ComposerMoCo, "forward", crash_on_fifth)
+    monkeypatch.setattr(ComposerMoCo, "forward", crash_on_eighth)
     with pytest.raises(_Crash):
         pretrain(tiny_run("r", *extra, run_dir=tmp_path / "b"))
     monkeypatch.setattr(ComposerMoCo, "forward", original)
     resumed = pretrain(tiny_run("r", *extra, run_dir=tmp_path / "b"))
-    assert resumed["iterations"] == 6 and resumed["iterations_this_launch"] == 2
+    assert resumed["iterations"] == 8 and resumed["iterations_this_launch"] == 2
     a, b = _backbone(whole["backbone"]), _backbone(resumed["backbone"])
     assert a.keys() == b.keys()
     for key in a:
@@ -85,7 +93,7 @@ def test_autoresume_continues_without_losing_or_repeating_batches(tmp_path, tiny
 
     # launching a finished run again trains nothing and hands back the same backbone
     again = pretrain(tiny_run("r", *extra, run_dir=tmp_path / "b"))
-    assert again["iterations"] == 6 and again["iterations_this_launch"] == 0
+    assert again["iterations"] == 8 and again["iterations_this_launch"] == 0
     c = _backbone(again["backbone"])
     assert all(torch.equal(b[key], c[key]) for key in b)
 
