@@ -49,7 +49,8 @@ SH = "utils/pretrain-configs/"
 HPT_GRID, HPT_BN_GRID, SCRATCH_GRID = [50, 500, 5000, 50000], [50, 500, 5000], [5000, 50000, 100000, 200000]
 AUTHORS = {
     "resisc45-hpt": dict(data=["data/resisc45"], budgets=[5000], grid=HPT_GRID, source=[
-        HPT + "resisc/base-resisc-config.py", HPT + "resisc/moco_v2_800ep_basetrain/5000-iters.py", SH + "resisc45.sh"]),
+        HPT + "resisc/base-resisc-config.py", HPT + "resisc/moco_v2_800ep_basetrain/5000-iters.py",
+        SH + "resisc45.sh"]),
     "resisc45-hpt-bn": dict(data=["data/resisc45"], budgets=[5000], grid=HPT_BN_GRID, source=[
         HPT + "resisc/moco_v2_800ep_basetrain/5000bn-iters.py", SH + "resisc45-bn.sh"]),
     "resisc45-scratch": dict(data=["data/resisc45"], budgets=[200000], grid=SCRATCH_GRID, source=[
