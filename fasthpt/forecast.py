@@ -54,7 +54,7 @@ class Forecast:
     timed: int = 3
     enough_s: float = 10.0
     where: str = "on this CPU"
-    say: Callable[[str], object] = say_note
+    say: Callable[[str], object] | None = None  # None: say_note (a "note:" line on stderr)
     message: str | None = None
     _steps: int = field(default=0, repr=False)
     _start: float = field(default=0.0, repr=False)
@@ -94,7 +94,7 @@ class Forecast:
         each = f" ({self.runs} runs)" if self.runs > 1 else ""
         self.message = (f"{self.what} will take about {human(total)} {self.where}{each}: {self.units:,.0f} "
                         f"{self.unit} at {_per(seconds_per_unit)} each ({how}); faster: {hint}")
-        self.say(self.message)
+        (self.say or say_note)(self.message)
         return self.message
 
 
