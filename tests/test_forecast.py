@@ -59,7 +59,7 @@ def test_iterate_counts_each_item_once_its_loop_body_has_run(clock):
     said = []
     fc = Forecast("this run", 10_000, "images", "hint", say=said.append)
     seen = []
-    for batch in fc.iterate([[0] * 8] * 6, units=len):
+    for _ in fc.iterate([[0] * 8] * 6, units=len):
         seen.append(len(said))
         clock.t += 2.0  # the loop body: 0.25 s per image
     assert seen == [0, 0, 0, 0, 1, 1]  # said after the warm-up batch and three timed ones
