@@ -208,11 +208,10 @@ def labelled_subset(ds, k: int, seed: int) -> torch.Tensor:
 def listed_subset(ds, path) -> tuple[torch.Tensor, dict]:
     """Sample indices of the train images a list file names (eval.label_list), and what the result
     records of the list."""
-    from dataprep.samples import read_samples
     from fasthpt.eval.label_list import list_indices, read_label_list
 
     listed = read_label_list(path)
-    samples = {s: read_samples(ds.root, s) for s in ds.manifest.split_names}
+    samples = {s: ds.manifest.sample_names(s) for s in ds.manifest.split_names}
     return list_indices(listed, samples), {"labels_file": str(path), "labels_file_sha256": listed.sha256}
 
 

@@ -7,8 +7,8 @@ image per line, its path below their data root and its integer label, e.g.
 "all/airport/airport_001.jpg 1" (RESISC-45) or "Images/beach/beach01.tif 4" (UC Merced). The label
 column may be absent; blank lines and lines starting with '#' are skipped.
 
-A listed path names the train sample (dataprep's samples/train.jsonl: the source path of each
-sample index) whose source path is that path, ends with it, or is how the listed path ends (their
+A listed path names the train sample (samples/train.jsonl of the prepared folder: the source path
+of each sample index) whose source path is that path, ends with it, or is how the listed path ends (their
 "all/airport/airport_001.jpg" is the sample "airport/airport_001.jpg" of `fasthpt prep --src
 NWPU-RESISC45`), in whole path components. Each listed path must name exactly one train image, once;
 the list's labels (when given) must follow the data's classes one to one (the numbering may
@@ -88,7 +88,7 @@ def match(listed: str, index: dict) -> list[int]:
 
 def list_indices(labels: LabelList, samples: dict[str, list[tuple[str, int]]]) -> torch.Tensor:
     """Sample indices of the train split that ``labels`` names, in list order. ``samples``: split ->
-    [(source path, label)] (dataprep.samples.read_samples) for train and, to say where a missing
+    [(source path, label)] (fasthpt.manifest.Manifest.sample_names) for train and, to say where a missing
     entry is instead, any other split."""
     train = samples["train"]
     index = _index([p for p, _ in train])

@@ -3,7 +3,6 @@ root, e.g. data/resisc45/meta/train-labeled-1000.txt) as fine-tuning's K images.
 
 import pytest
 
-from dataprep.samples import read_samples
 from fasthpt.errors import UserError
 from fasthpt.eval import common
 from fasthpt.eval.finetune import choose_subset, run_finetune
@@ -11,7 +10,8 @@ from fasthpt.eval.label_list import list_indices, read_label_list
 
 
 def _samples(tiny_data):
-    return {s: read_samples(tiny_data, s) for s in ("train", "val", "test")}
+    manifest = common.resolve_data(tiny_data).manifest
+    return {s: manifest.sample_names(s) for s in ("train", "val", "test")}
 
 
 def _write(tmp_path, lines, name="train-labeled-8.txt"):
