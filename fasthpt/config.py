@@ -10,6 +10,7 @@ through ``RunConfig.durations``.
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from dataclasses import dataclass, field
@@ -38,7 +39,11 @@ class DataConfig:
     path: str = "data/sat"  # a folder written by `fasthpt prep` (holds manifest.json)
     backend: str = "auto"  # auto | ffcv | dali | torch
     res: int = 64  # side of each augmented view
-    batch_size: int = 64  # per process
+    batch_size: int = 64  # per process (derived when global_batch is set)
+    # The global batch, as the paper states it (256): > 0 derives the per-process batch from the
+    # process count, global_batch / processes (per_process()), so one recipe trains alike on 1 GPU and
+    # on `composer -n 4`; 0: data.batch_size is the per-process batch.
+    global_batch: int = 0
     workers: int = 2  # loader threads / processes
     channels_last: bool = False
     # train | train+val (the authors pretrained on train+val); val and test stay for evaluation
@@ -206,12 +211,42 @@ def check_queue(cfg: RunConfig, world_size: int) -> None:
     """MoCo enqueues the keys of the whole global batch every step (MoCo's reference code asserts
     ``K % batch_size == 0``); a queue that cannot hold one batch keeps no negatives from earlier
     batches, so it is refused rather than trained silently."""
-    batch = cfg.data.batch_size * world_size
+    batch = cfg.data.global_batch or cfg.data.batch_size * world_size
     processes = f"{world_size} process" + ("es" if world_size > 1 else "")
+    given = (f"data.global_batch {batch}" if cfg.data.global_batch
+             else f"data.batch_size {cfg.data.batch_size} x {processes}")
     if cfg.model.queue_size < batch:
         raise UserError(f"config key 'model.queue_size' is {cfg.model.queue_size}; valid: >= the global batch "
-                        f"{batch} (data.batch_size {cfg.data.batch_size} x {processes}), since MoCo enqueues a "
-                        f"whole batch of keys per step")
+                        f"{batch} ({given}), since MoCo enqueues a whole batch of keys per step")
+
+
+def per_process(cfg: RunConfig, world_size: int) -> RunConfig:
+    """``cfg`` as it runs on ``world_size`` processes: with data.global_batch, a copy whose
+    data.batch_size is global_batch / world_size (the BN groups follow it: bn_groups()); else
+    ``cfg`` itself. Refused: a global batch the process count does not divide, and a data.batch_size
+    that is neither its default nor the derived one (two batches given, one would be ignored)."""
+    g, given = cfg.data.global_batch, cfg.data.batch_size
+    if not g:
+        return cfg
+    processes = f"{world_size} process" + ("es" if world_size > 1 else "")
+    if g % world_size:
+        raise UserError(f"config key 'data.global_batch' is {g}; valid: a multiple of the {processes} it runs on, "
+                        f"each taking an equal share")
+    derived = g // world_size
+    if given not in (derived, DataConfig.batch_size):
+        raise UserError(f"config keys 'data.global_batch' ({g}) and 'data.batch_size' ({given}) are both set: on "
+                        f"{processes} the per-process batch is {derived}; give one (data.global_batch=0 keeps "
+                        f"data.batch_size per process)")
+    out = copy.deepcopy(cfg)
+    out.data.batch_size = derived
+    return out
+
+
+def batch_summary(cfg: RunConfig, world_size: int) -> str:
+    """What a derived config trains with, in one line (logged by the run)."""
+    groups = bn_groups(cfg, world_size)
+    return (f"data.global_batch {cfg.data.global_batch} on {world_size} process(es): data.batch_size "
+            f"{cfg.data.batch_size} per process, {groups} BN group(s) of {cfg.data.batch_size // groups} per process")
 
 
 def bn_groups(cfg: RunConfig, world_size: int) -> int:
@@ -219,7 +254,7 @@ def bn_groups(cfg: RunConfig, world_size: int) -> int:
     auto: one per 64 images of the per-process batch, at least 2 on one process (a single process
     otherwise normalises keys and queries over the same batch: the leak shuffle-BN prevents), the
     largest such count that divides the batch. 1 without shuffle (sync or none)."""
-    m, batch = cfg.model, cfg.data.batch_size
+    m, batch = cfg.model, cfg.data.batch_size  # per process: per_process() derives it from a global batch
     if m.shuffle_bn != "shuffle":
         return 1
     if m.bn_groups:
@@ -237,16 +272,18 @@ def _finite(lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: boo
 def _ranges(cfg: RunConfig) -> list[tuple]:
     """(key, value, predicate, valid range as text) for every numeric key."""
     d, m, h, o, t = cfg.data, cfg.model, cfg.hpt, cfg.optim, cfg.train
+    batch = d.global_batch or d.batch_size  # on one process (a run re-checks its derived batch)
     return [
         ("data.res", d.res, _finite(1), ">= 1"),
         ("data.batch_size", d.batch_size, _finite(1), ">= 1"),
+        ("data.global_batch", d.global_batch, _finite(0), ">= 0 (0: data.batch_size is per process)"),
         ("data.workers", d.workers, _finite(0), ">= 0"),
         ("data.train_fraction", d.train_fraction, _finite(0, 1, lo_open=True), "(0, 1]"),
         ("model.dim", m.dim, _finite(1), ">= 1"),
         ("model.mlp_hidden", m.mlp_hidden, _finite(0), ">= 0 (0: the backbone's feature width)"),
         ("model.queue_size", m.queue_size, _finite(1), ">= 1"),
-        ("model.bn_groups", m.bn_groups, lambda v: v == 0 or (_finite(1)(v) and d.batch_size % v == 0),
-         f"0 (auto) or a divisor of data.batch_size {d.batch_size}"),
+        ("model.bn_groups", m.bn_groups, lambda v: v == 0 or (_finite(1)(v) and batch % v == 0),
+         f"0 (auto) or a divisor of the per-process batch {batch}"),
         ("model.momentum", m.momentum, _finite(0, 1), "[0, 1] (key-encoder EMA; 1 freezes the key encoder)"),
         ("model.temperature", m.temperature, _finite(0, lo_open=True), "> 0"),
         ("hpt.freeze_stages", h.freeze_stages, _finite(0, 4), "0..4"),

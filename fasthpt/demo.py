@@ -42,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fasthpt.errors import UserError
+    from fasthpt.experiment.cost import forecast_demo
     from fasthpt.experiment.preset import STUDIES, load_preset, preset_path
     from fasthpt.experiment.run import Experiment, check_out, reference_step, write_json
     from fasthpt.fileio import atomic_write_text
@@ -69,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
                      say=lambda msg: print(msg, flush=True))
     if args.build_base:
         return _build_base(exp, Path(args.build_base), reference)
+    forecast_demo(cfg, studies, out)  # a long experiment says its cost before it starts
     results = exp.run(studies, reference)
     write_json(out / "results.json", results)
     plot_convergence(results["points"], results["convergence"], out / "convergence.png", results["metric"])

@@ -119,6 +119,17 @@ class Manifest:
                             "rebuild it with `fasthpt prep --force`")
         return self.root / rel
 
+    def sample_names(self, split: str) -> list[tuple[str, int]]:
+        """(source path as shown, label) of each sample of ``split``, in sample-index order, read from
+        samples/<split>.jsonl (dataprep.samples writes it; a name that is not UTF-8 shows in its
+        display form, which is what a user's list can name)."""
+        path = self.samples_path(split)
+        try:
+            with open(path, encoding="utf-8") as f:
+                return [(rec["path"], int(rec["label"])) for rec in map(json.loads, f)]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"{path} is unreadable ({exc}); rebuild it with `fasthpt prep --force`") from None
+
     def _check_split(self, split: str) -> None:
         if split in self.raw["splits"]:
             return

@@ -40,14 +40,16 @@ def _split_nproc(items: list[str], nproc: int) -> tuple[list[str], int]:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from fasthpt.config import check_queue, load_config
+    from fasthpt.config import check_queue, load_config, per_process
 
     # fasthpt's own INFO lines (base import report, kNN monitor, resume) on the console
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args.overrides, args.nproc = _split_nproc(list(args.overrides), args.nproc)
     cfg = load_config(args.config, args.overrides)  # strict: bad keys fail here, before any launch
     if args.nproc > 1:
-        check_queue(cfg, args.nproc)  # before the launch; each rank checks again with the whole world size
+        # before the launch (each rank checks again with the whole world size): a global batch the
+        # process count does not divide, a queue shorter than the global batch
+        check_queue(per_process(cfg, args.nproc), args.nproc)
         script = Path(__file__).with_name("train.py")
         cmd = [sys.executable, "-m", "composer.cli.launcher", "-n", str(args.nproc), str(script), args.config,
                *args.overrides]

@@ -25,7 +25,7 @@ import time
 
 from composer.utils import dist
 
-from fasthpt.config import RunConfig, check_queue, load_config, save_config, validate
+from fasthpt.config import RunConfig, batch_summary, check_queue, load_config, per_process, save_config, validate
 from fasthpt.device import resolve_precision, trainer_device
 from fasthpt.errors import UserError, interrupted_code
 from fasthpt.fileio import atomic_path, atomic_write_json, printable_json
@@ -88,11 +88,17 @@ def _init_dist() -> None:
 def run_stage(cfg: RunConfig, *, callbacks: tuple = (), loader: Loader | None = None) -> dict:
     """One MoCo-v2 / HPT run (no stages) on this process' share of the job. ``callbacks`` are
     added to the Trainer's; ``loader`` replaces the one built from ``cfg.data`` (benchmarks).
-    Before any heavy work: the config's ranges (the queue's against the world size), then the run
-    folder (writable, not another run's, not in use: fasthpt.run_folder.claim)."""
+    Before any heavy work: the config's ranges, the per-process batch of a data.global_batch
+    (fasthpt.config.per_process, logged), the queue's against the world size, then the run folder
+    (writable, not another run's, not in use: fasthpt.run_folder.claim)."""
     validate(cfg)
     _init_dist()
-    check_queue(cfg, dist.get_world_size())
+    world = dist.get_world_size()
+    cfg = per_process(cfg, world)  # a global batch (data.global_batch) shared out over the processes
+    if cfg.data.global_batch:
+        validate(cfg)  # model.bn_groups against the derived per-process batch
+        log.info("%s", batch_summary(cfg, world))
+    check_queue(cfg, world)
     lock = claim(cfg)
     try:
         return _train(cfg, callbacks, loader)
@@ -151,6 +157,7 @@ def _finish(cfg: RunConfig, parts: Parts, start_batch: int, start_sample: int, w
         "samples_per_s": (done_sample - start_sample) / wall if wall > 0 else 0.0,
         "data_stall_frac": stall.stall_frac, "backend": getattr(loader, "backend", "?"),
         "base": parts.report.summary(), "world_size": dist.get_world_size(), "ranks_in_sync": in_sync,
+        "batch_per_process": cfg.data.batch_size, "global_batch": cfg.data.batch_size * dist.get_world_size(),
         "plateau": parts.monitor.plateau_result() if parts.monitor is not None else None,
     }
     if rank == 0:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
-from composer import Trainer
+from composer import Callback, Trainer
 from composer.callbacks import SpeedMonitor
 from composer.core import DataSpec, Time
 from composer.optim import CosineAnnealingScheduler, CosineAnnealingWithWarmupScheduler
@@ -29,6 +29,7 @@ from fasthpt.data import build_eval_loader, build_ssl_loader, split_labels
 from fasthpt.data.common import stratified_subset
 from fasthpt.device import rank_device
 from fasthpt.errors import UserError
+from fasthpt.forecast import Forecast
 from fasthpt.hpt import apply_mode
 from fasthpt.manifest import load_manifest
 from fasthpt.models.backbones import LoadReport, load_backbone
@@ -169,6 +170,25 @@ def resume_path(cfg: RunConfig, folder: Path) -> str | None:
     return found[0]
 
 
+class ForecastCost(Callback):
+    """The run's cost on the CPU, said after its first timed batches (fasthpt.forecast), before the
+    rest of it runs: a Forecast of the batches left, told of each batch end."""
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg, self.forecast = cfg, None
+
+    def fit_start(self, state, logger) -> None:
+        left = self.cfg.durations.max_duration - int(state.timestamp.batch)
+        knn = " (its kNN monitor not counted)" if self.cfg.durations.knn_interval else ""
+        self.forecast = Forecast(f"this pretraining run{knn}", left, "batches",
+                                 "fewer batches (train.max_duration; each budget is its own run), a smaller data.res, "
+                                 "or a GPU")
+
+    def batch_end(self, state, logger) -> None:
+        if self.forecast is not None:
+            self.forecast.tick()
+
+
 def build_loggers(cfg: RunConfig, log_every: int) -> list:
     """metrics.jsonl always; TensorBoard when train.tensorboard (console: Composer's own)."""
     loggers = [JSONLLogger(cfg.run_path / "metrics.jsonl", interval=log_every)]
@@ -201,6 +221,8 @@ def build_trainer(cfg: RunConfig, device: str, precision: str, callbacks: tuple 
     monitor = knn_monitor(cfg, moco, device)
     if monitor is not None:
         callbacks.append(monitor)
+    if device == "cpu" and dist.get_global_rank() == 0:
+        callbacks.append(ForecastCost(cfg))
     loggers = build_loggers(cfg, log_every)
     global_batch = cfg.data.batch_size * dist.get_world_size()
     optimizer = build_optimizer(moco, cfg, global_batch)

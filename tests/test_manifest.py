@@ -63,3 +63,15 @@ def test_missing_pieces_say_what_to_rerun(tmp_path):
     (tmp_path / MANIFEST).write_bytes(b"\xff\xfe not utf-8")
     with pytest.raises(UserError, match="is not valid JSON"):
         load_manifest(tmp_path)
+
+
+def test_sample_names_read_the_samples_list_or_say_to_rebuild_it(tmp_path):
+    write_manifest(tmp_path, _raw())
+    (tmp_path / "samples").mkdir()
+    rows = [{"path": "a/1.jpg", "label": 0}, {"path": "b/\u00e9t\u00e9.png", "label": 1},
+            {"path": "b/x?", "path_b64": "Yi94/w==", "label": 1}]  # a name that is not UTF-8: its display form
+    (tmp_path / "samples" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert load_manifest(tmp_path).sample_names("train") == [("a/1.jpg", 0), ("b/\u00e9t\u00e9.png", 1), ("b/x?", 1)]
+    (tmp_path / "samples" / "train.jsonl").write_text('{"path": "a/1.jpg"}\n')
+    with pytest.raises(UserError, match="train.jsonl is unreadable .*fasthpt prep --force"):
+        load_manifest(tmp_path).sample_names("train")

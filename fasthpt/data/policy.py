@@ -101,6 +101,9 @@ PRESETS: dict[str, dict] = {
     "mocov2-hue0.1": {"hue": 0.1},  # plain MoCo-v2
     "no-color": {"jitter_p": 0.0},
     "no-gray": {"gray_p": 0.0},
-    "crop-blur": {"jitter_p": 0.0, "gray_p": 0.0},
-    "crop-only": {"jitter_p": 0.0, "gray_p": 0.0, "blur_p": 0.0},
+    # The authors' crop ablations have no flip (configs/hpt-pretrain/bdd_crop_blur/base-bdd_crop_blur-config.py,
+    # bdd_crop_only/base-bdd_crop_only-config.py: RandomResizedCrop [+ blur], ToTensor, Normalize); their
+    # rm_color and rm_gray configs keep RandomHorizontalFlip.
+    "crop-blur": {"jitter_p": 0.0, "gray_p": 0.0, "flip_p": 0.0},
+    "crop-only": {"jitter_p": 0.0, "gray_p": 0.0, "blur_p": 0.0, "flip_p": 0.0},
 }

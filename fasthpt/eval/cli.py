@@ -85,16 +85,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     ft = sub.add_parser("finetune", help="fine-tune the whole network on K labelled images (the paper's recipe)")
     _common(ft, 64)
-    ft.add_argument("--labels", type=int, default=1000, help="K labelled train images, stratified (paper: 1000)")
+    ft.add_argument("--labels", type=int, default=None,
+                    help="K labelled train images, stratified (paper: 1000; with --labels-file: its count)")
+    ft.add_argument("--labels-file", default=None, metavar="FILE",
+                    help="the K labelled images as the authors list them (train-labeled-1000.txt: one 'PATH LABEL' "
+                    "per line, PATH below their data root, e.g. all/airport/airport_001.jpg), instead of a "
+                    "stratified draw")
     ft.add_argument("--subset-seed", type=int, default=0,
                     help="seed of the K-image subset, the same for every --seeds run (default 0)")
-    ft.add_argument("--iters", type=int, default=2500, help="iterations of one batch each (paper: 2500)")
+    ft.add_argument("--iters", type=int, default=2500,
+                    help="optimizer updates (paper: 2500, which the authors' runner trains as 2500 x 4 = 10,000 "
+                    "batches)")
     ft.add_argument("--accum-steps", type=int, default=4,
-                    help="an optimizer update every N iterations (paper: 4, i.e. 64 x 4 = 256 images per update)")
-    ft.add_argument("--lr", type=float, default=0.01, help="backbone lr (paper: 0.01 or 0.001)")
+                    help="batches per optimizer update (paper: 4, i.e. 64 x 4 = 256 images per update)")
+    ft.add_argument("--lr", type=float, default=0.01,
+                    help="backbone lr, x0.1 after batches round(ITERS/3) and round(2*ITERS/3) (paper: 0.01 or "
+                    "0.001; steps 833 and 1667)")
     ft.add_argument("--head-mult", type=float, default=100.0, help="head lr multiplier (paper: 100)")
-    ft.add_argument("--eval-every", type=int, default=100, help="evaluate val and test every N iterations (paper: 100)")
-
+    ft.add_argument("--eval-every", type=int, default=100,
+                    help="evaluate val and test every N batches (paper: 100, counted in batches as the authors' "
+                    "hooks count them)")
 
 def run(args: argparse.Namespace) -> int:
     from fasthpt.eval.seeds import run_seeds
@@ -117,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         from fasthpt.eval.finetune import run_finetune
 
-        run_seeds(run_finetune, args.backbone, args.data, labels=args.labels, subset_seed=args.subset_seed,
+        run_seeds(run_finetune, args.backbone, args.data, labels=args.labels, labels_file=args.labels_file,
+                  subset_seed=args.subset_seed,
                   iters=args.iters, accum_steps=args.accum_steps, lr=args.lr, head_mult=args.head_mult,
                   eval_every=args.eval_every, **series, **shared)
     return 0

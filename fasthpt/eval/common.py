@@ -197,6 +197,19 @@ def note(message: str, quiet: bool = False) -> str:
     return message
 
 
+def forecast(what: str, passes: float, device, notices: list, quiet: bool, runs: int, hint: str,
+             fast_passes: float | None = None):
+    """The run's fasthpt.forecast.Forecast in image passes on the CPU, said as a notice (printed
+    unless quiet, and kept in the result); None on a GPU, for nothing to do, or runs=0 (a later seed
+    of a series whose first run forecast them all)."""
+    if torch.device(device).type != "cpu" or runs < 1 or passes <= 0:
+        return None
+    from fasthpt.forecast import Forecast
+
+    return Forecast(what, passes, "image passes", hint, fast_units=fast_passes, runs=runs,
+                    say=lambda message: notices.append(note(message, quiet)))
+
+
 def clamp_batch(batch_size: int, available: int, what: str, notices: list, quiet: bool = False) -> int:
     """``batch_size``, or ``available`` when it is smaller (a notice; not refused)."""
     if 0 < available < batch_size:
@@ -221,9 +234,10 @@ def default_cache_dir(data: Dataset) -> Path:
 def cached_features(
     backbone: Backbone, data: Dataset, split: str, *, res: int, batch_size: int, workers: int,
     device: torch.device, backend: str = "auto", cache_dir: Path | None = None, use_cache: bool = True,
-    progress: bool = True,
+    progress: bool = True, forecast=None,
 ) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """Frozen features of one split (resize + center crop), cached on disk.
+    """Frozen features of one split (resize + center crop), cached on disk; an extraction tells
+    ``forecast`` (fasthpt.forecast.Forecast, in image passes) of each batch.
 
     The key holds everything that changes the numbers: backbone fingerprint, dataset fingerprint,
     split, resolution, loader backend and device type (bf16 on CUDA, fp32 on the CPU).
@@ -242,7 +256,8 @@ def cached_features(
     loader = eval_loader(data, split, res, batch_size, workers, device, backend)
     module = place(backbone, device)
     with autocast(device):
-        feats, labels = extract_features(module, loader, device=device, progress=progress, desc=f"features {split}")
+        feats, labels = extract_features(module, loader, device=device, progress=progress, desc=f"features {split}",
+                                         forecast=forecast)
     if path is not None:
         try:  # the cache only saves time: a full disk or an unwritable default folder must not cost the result
             atomic_torch_save({"features": feats, "labels": labels}, path)

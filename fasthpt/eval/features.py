@@ -8,10 +8,12 @@ from torch import nn
 
 @torch.no_grad()
 def extract_features(
-    model: nn.Module, loader, device: torch.device | str | None = None, progress: bool = False, desc: str = "features"
+    model: nn.Module, loader, device: torch.device | str | None = None, progress: bool = False, desc: str = "features",
+    forecast=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``model`` (images -> N x D pooled features) over an eval loader yielding
     ``(images, labels)``; returns (features M x D float32 on CPU, labels M int64 on CPU).
+    ``forecast`` (fasthpt.forecast.Forecast, in image passes) is told of each batch done.
 
     The model is put in eval mode for the pass and restored to its previous mode afterwards.
     """
@@ -29,6 +31,8 @@ def extract_features(
             out = model(images.to(device, non_blocking=True))
             feats.append(out.float().flatten(1).cpu())
             labels.append(target.cpu().long())
+            if forecast is not None:
+                forecast.tick(len(target))
     finally:
         model.train(was_training)
     if not feats:

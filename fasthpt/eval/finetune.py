@@ -2,11 +2,21 @@
 
 Recipe: the authors' finetune/1000-labels configs (eval.paper): SGD momentum 0.9, weight decay 0,
 lr 0.01 (or 0.001) for the backbone and x100 for the linear head, batch 64 with an update every 4
-iterations (256 images per update), 2,500 iterations with lr x0.1 at 1/3 and 2/3 (their steps
-833 and 1667), BatchNorm in train mode; train views RandomResizedCrop + flip of the whole image
-(the labelled loader of fasthpt.data over the K images), val and test resize + center crop, both
-evaluated every 100 iterations. The reported ``top1`` is test at the best val point of the second
-half (eval.selection).
+batches (256 images per update), BatchNorm in train mode; train views RandomResizedCrop + flip of
+the whole image (the labelled loader of fasthpt.data over the K images), val and test resize +
+center crop. The reported ``top1`` is test at the best val point of the second half
+(eval.selection).
+
+The schedule counts what the authors' runner counts (``Schedule``): their config says
+total_iters=2500 with update_interval=4, and OpenSelfSup's train_model multiplies total_iters by
+update_interval (OpenSelfSup/openselfsup/apis/train.py, lines 98-102), so the run is 10,000
+batches = 2,500 optimizer updates. Their lr steps (step=[833, 1667]) and their val / test hooks
+(interval=100, initial=False) are read by mmcv's hooks against runner.iter, which counts batches: the
+lr drops x0.1 after batch 833 and again after batch 1667, and val and test are evaluated after
+every 100th batch (100 evaluations; the selection window is evaluations 52..100, batches
+5,200..10,000, all at the last lr). Here ``iters`` is the updates (their total_iters),
+``accum_steps`` their update_interval, ``eval_every`` in batches, and the lr steps at
+round(iters / 3) and round(2 * iters / 3) batches, the rule that gives their 833 and 1667.
 """
 
 from __future__ import annotations
@@ -14,16 +24,21 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fasthpt.errors import UserError
-from fasthpt.eval import budget, common, paper
+from fasthpt.eval import common, paper
 from fasthpt.eval.selection import Curves
 
 LR_GAMMA = 0.1  # the authors' finetune/1000-labels configs: lr_config gamma 0.1
+PAPER_LABELS = 1000  # their finetune/1000-labels: train-labeled-1000.txt
+# A training image costs about three forward passes: the backward pass costs about twice the forward
+# (the usual 2:1 rule, e.g. Kaplan et al. 2020, "Scaling laws for neural language models", sec. 2.1).
+TRAIN_PASSES = 3
 
 
 def stratified_ranks(per_class: list[int], k: int, seed: int) -> list[torch.Tensor]:
@@ -84,44 +99,96 @@ def make_optimizer(backbone: nn.Module, head: nn.Module, lr: float, head_mult: f
     return torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=0.0)
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """The fine-tuning schedule, in the authors' units (module doc): ``iters`` optimizer updates of
+    ``accum_steps`` batches each; lr steps and evaluations counted in batches."""
+
+    iters: int  # optimizer updates (the authors' total_iters)
+    accum_steps: int  # batches per update (the authors' update_interval)
+    eval_every: int  # batches between evaluations (the authors' ValidateHook interval)
+
+    @property
+    def batches(self) -> int:
+        return self.iters * self.accum_steps
+
+    @property
+    def lr_steps(self) -> tuple[int, ...]:
+        """Batch counts after which the lr drops by LR_GAMMA: 1/3 and 2/3 of ``iters``, rounded
+        (2,500 -> 833, 1667: the authors' step=[833,1667]), read against batches as their runner does."""
+        return tuple(s for s in (round(self.iters / 3), round(2 * self.iters / 3)) if s > 0)
+
+    def lr_factor(self, batch: int) -> float:
+        """The lr multiplier of batch ``batch`` (1-based): mmcv's StepLrUpdaterHook sets it before the
+        batch from runner.iter = batch - 1."""
+        return LR_GAMMA ** sum(batch - 1 >= s for s in self.lr_steps)
+
+    def updates_after(self, batch: int) -> bool:
+        return batch % self.accum_steps == 0
+
+    def evaluates_after(self, batch: int) -> bool:
+        """Every ``eval_every`` batches (the authors' hooks); also after the last batch, which at their
+        settings is one of those (a shorter run is then evaluated at least once)."""
+        return batch % self.eval_every == 0 or batch == self.batches
+
+    @property
+    def eval_points(self) -> list[int]:
+        return [b for b in range(1, self.batches + 1) if self.evaluates_after(b)]
+
+
+@dataclass
+class Trained:
+    """What ``finetune`` did, counted as it happened (not derived from the schedule)."""
+
+    curves: Curves
+    train_s: float
+    samples: int
+    batches: int
+    updates: int
+
+
 def finetune(
-    model: nn.Module, opt: torch.optim.Optimizer, batches: Iterator, evals: dict, *, iters: int, accum_steps: int,
-    eval_every: int, device, progress: bool = False,
-) -> tuple[Curves, float, int]:
-    """Train ``model`` (backbone + head, BatchNorm in train mode) for ``iters`` iterations of one batch
-    each, an optimizer update every ``accum_steps`` iterations and after the last one (the authors'
-    update_interval; the loss is divided by it, as their optimizer hook does); the lr steps by
-    LR_GAMMA at 1/3 and 2/3 of the iterations; ``evals`` ({"val": loader, "test": loader}) every
-    ``eval_every`` iterations and after the last. Returns (curves, train seconds, train samples)."""
-    curves, train_s, seen = Curves(), 0.0, 0
+    model: nn.Module, opt: torch.optim.Optimizer, batches: Iterator, evals: dict, schedule: Schedule, *, device,
+    progress: bool = False, forecast=None,
+) -> Trained:
+    """Train ``model`` (backbone + head, BatchNorm in train mode) on ``schedule.batches`` batches, an
+    optimizer update after every ``accum_steps`` of them (the loss divided by it, as the authors'
+    optimizer hook does), the lr set per batch by ``schedule.lr_factor`` from each group's base_lr;
+    ``evals`` ({"val": loader, "test": loader}) after the batches ``schedule.evaluates_after`` names.
+    ``forecast`` (fasthpt.forecast.Forecast, in image passes) is told of each batch done."""
+    done = Trained(Curves(), 0.0, 0, 0, 0)
     model.train()
-    steps = range(1, iters + 1)
+    steps = range(1, schedule.batches + 1)
     if progress:
         from tqdm.auto import tqdm
 
-        steps = tqdm(steps, desc="fine-tune", unit="it", leave=False)
+        steps = tqdm(steps, desc="fine-tune", unit="batch", leave=False)
     opt.zero_grad(set_to_none=True)
-    for it in steps:
+    for b in steps:
         t = time.perf_counter()
         for group in opt.param_groups:
-            group["lr"] = common.step_lr(group["base_lr"], it - 1, iters, LR_GAMMA)
+            group["lr"] = group["base_lr"] * schedule.lr_factor(b)
         x, y = next(batches)
         with common.autocast(device):
             logits = model(x)
-        loss = F.cross_entropy(logits.float(), y.to(device)) / accum_steps
+        loss = F.cross_entropy(logits.float(), y.to(device)) / schedule.accum_steps
         loss.backward()
-        seen += len(y)
-        if it % accum_steps == 0 or it == iters:
+        done.samples += len(y)
+        done.batches += 1
+        if schedule.updates_after(b):
             opt.step()
             opt.zero_grad(set_to_none=True)
+            done.updates += 1
         if device.type == "cuda":
             torch.cuda.synchronize()
-        train_s += time.perf_counter() - t
-        if it % eval_every == 0 or it == iters:
-            curves.add(it, evaluate(model, evals["val"], device), evaluate(model, evals["test"], device))
+        done.train_s += time.perf_counter() - t
+        if forecast is not None:
+            forecast.tick(TRAIN_PASSES * len(y))
+        if schedule.evaluates_after(b):
+            done.curves.add(b, evaluate(model, evals["val"], device), evaluate(model, evals["test"], device))
             if progress:
-                steps.set_postfix(loss=f"{loss.item() * accum_steps:.3f}", val=f"{curves.val[-1]:.3f}")
-    return curves, train_s, seen
+                steps.set_postfix(loss=f"{loss.item() * schedule.accum_steps:.3f}", val=f"{done.curves.val[-1]:.3f}")
+    return done
 
 
 def labelled_subset(ds, k: int, seed: int) -> torch.Tensor:
@@ -138,22 +205,48 @@ def labelled_subset(ds, k: int, seed: int) -> torch.Tensor:
     return subset_indices(labels, stratified_ranks(per_class, k, seed))
 
 
+def listed_subset(ds, path) -> tuple[torch.Tensor, dict]:
+    """Sample indices of the train images a list file names (eval.label_list), and what the result
+    records of the list."""
+    from fasthpt.eval.label_list import list_indices, read_label_list
+
+    listed = read_label_list(path)
+    samples = {s: ds.manifest.sample_names(s) for s in ds.manifest.split_names}
+    return list_indices(listed, samples), {"labels_file": str(path), "labels_file_sha256": listed.sha256}
+
+
+def choose_subset(ds, labels: int | None, labels_file, subset_seed: int) -> tuple[torch.Tensor, dict]:
+    """The K labelled images: those ``labels_file`` names, else ``labels`` (default 1000) drawn
+    stratified with ``subset_seed``. Returns (indices, the options that say how they were chosen)."""
+    if labels_file is None:
+        k = PAPER_LABELS if labels is None else labels
+        return labelled_subset(ds, k, subset_seed), {"subset": "stratified", "subset_seed": subset_seed}
+    subset, how = listed_subset(ds, labels_file)
+    if labels is not None and labels != len(subset):
+        raise UserError(f"--labels {labels} but --labels-file {labels_file} lists {len(subset)} images; "
+                        "give one of them")
+    return subset, {"subset": "list", **how}
+
+
 def run_finetune(
-    backbone, data, *, labels: int = 1000, arch: str | None = None, iters: int = 2500, batch_size: int = 64,
-    accum_steps: int = 4, lr: float = 0.01, head_mult: float = 100.0, eval_every: int = 100, res: int = 224,
-    workers: int = 2, backend: str = "auto", device="auto", seed: int = 0, subset_seed: int = 0, json_path=None,
-    progress: bool = True, quiet: bool = False, trust: bool = False, settings_name: str | None = None,
-    estimate_runs: int = 1,
+    backbone, data, *, labels: int | None = None, labels_file=None, arch: str | None = None, iters: int = 2500,
+    batch_size: int = 64, accum_steps: int = 4, lr: float = 0.01, head_mult: float = 100.0, eval_every: int = 100,
+    res: int = 224, workers: int = 2, backend: str = "auto", device="auto", seed: int = 0, subset_seed: int = 0,
+    json_path=None, progress: bool = True, quiet: bool = False, trust: bool = False,
+    settings_name: str | None = None, estimate_runs: int = 1,
 ) -> dict:
     """Fine-tune ``backbone`` (path / spec / nn.Module; an in-memory module is copied, never changed)
-    on ``labels`` train images of ``data`` (a stratified subset drawn with ``subset_seed``: the same
-    subset for every ``seed``, as the authors' one labelled list); returns the result dict."""
+    on K train images of ``data``: those ``labels_file`` names (the authors' list), else ``labels``
+    (default 1000) drawn stratified with ``subset_seed`` (the same subset for every ``seed``, as the
+    authors' one list). ``iters`` optimizer updates of ``accum_steps`` batches each, lr steps and
+    evaluations counted in batches (``Schedule``). Returns the result dict."""
     t0 = time.perf_counter()
     if min(iters, batch_size, accum_steps, eval_every) < 1 or lr <= 0:
         raise UserError("--iters, --batch-size, --accum-steps, --eval-every and --lr must be positive")
     common.check_outputs(json_path)
     ds = common.resolve_protocol_data(data)
-    subset = labelled_subset(ds, labels, subset_seed)
+    subset, chosen = choose_subset(ds, labels, labels_file, subset_seed)
+    k = len(subset)
     bb = common.resolve_backbone(backbone, arch, seed, trust)
     dev = common.module_device(bb, device)
     work = bb
@@ -161,38 +254,35 @@ def run_finetune(
         work = common.Backbone(copy.deepcopy(bb.module), "<copy>", bb.fingerprint, bb.arch)
     module = common.place(work, dev)
     notices = []
-    batch = common.clamp_batch(batch_size, labels, "labelled images", notices, quiet)
-    _announce(module, ds, dev, notices, quiet, labels=labels, iters=iters, batch=batch, eval_every=eval_every,
-              res=res, runs=estimate_runs)
+    batch = common.clamp_batch(batch_size, k, "labelled images", notices, quiet)
+    schedule = Schedule(iters, accum_steps, eval_every)
+    forecast = _forecast(ds, dev, notices, quiet, k, schedule, batch, estimate_runs)
     evals = {s: common.eval_loader(ds, s, res, batch, workers, dev, backend) for s in ("val", "test")}
     model = _with_head(module, bb.num_features, ds.manifest.num_classes, seed).to(dev)
     opt = make_optimizer(module, model[1], lr, head_mult)
     batches = common.labelled_batches(ds, res=res, batch_size=batch, workers=workers, device=dev, backend=backend,
                                       seed=seed, indices=subset)
-    curves, train_s, seen = finetune(model, opt, batches, evals, iters=iters, accum_steps=accum_steps,
-                                     eval_every=eval_every, device=dev, progress=progress)
-    options = dict(labels=labels, iters=iters, batch_size=batch, batch_size_requested=batch_size,
-                   accum_steps=accum_steps, images_per_update=batch * accum_steps,
-                   updates=-(-iters // accum_steps), lr=lr, head_mult=head_mult, eval_every=eval_every, res=res,
-                   seed=seed, subset_seed=subset_seed, backend=backend, workers=workers)
+    done = finetune(model, opt, batches, evals, schedule, device=dev, progress=progress, forecast=forecast)
+    options = dict(labels=k, iters=iters, batch_size=batch, batch_size_requested=batch_size,
+                   accum_steps=accum_steps, images_per_update=batch * accum_steps, batches=done.batches,
+                   updates=done.updates, lr_steps=list(schedule.lr_steps), lr=lr, head_mult=head_mult,
+                   eval_every=eval_every, res=res, seed=seed, **chosen, backend=backend, workers=workers)
     result = common.make_result(
-        "finetune", f"finetune-{labels}", bb, ds, options, paper.settings_fields("finetune", options, settings_name),
-        **curves.report(), notices=notices, num_train=labels, num_val=ds.manifest.count("val"),
-        num_test=ds.manifest.count("test"), wall_clock_s=time.perf_counter() - t0,
-        samples_per_s=seen / max(train_s, 1e-9), device=str(dev),
+        "finetune", f"finetune-{k}", bb, ds, options, paper.settings_fields("finetune", options, settings_name),
+        **done.curves.report(), curve_unit="batches", notices=notices, num_train=k,
+        num_val=ds.manifest.count("val"), num_test=ds.manifest.count("test"), wall_clock_s=time.perf_counter() - t0,
+        samples_per_s=done.samples / max(done.train_s, 1e-9), device=str(dev),
     )
     return common.finish(result, json_path, quiet)
 
 
-def _announce(module, ds, dev, notices, quiet, *, labels, iters, batch, eval_every, res, runs) -> None:
-    """The up-front CPU estimate (eval.budget): every training image costs TRAIN_PASSES passes, every
-    evaluation one pass per val and test image."""
-    evaluations = iters // eval_every + (iters % eval_every > 0)
-    passes = budget.TRAIN_PASSES * iters * batch + evaluations * sum(ds.manifest.count(s) for s in ("val", "test"))
-    message = budget.estimate(module, dev, res, f"fine-tuning on {labels} labels", passes,
-                              "fewer --iters or a larger --eval-every is faster", runs)
-    if message:
-        notices.append(common.note(message, quiet))
+def _forecast(ds, dev, notices, quiet, k, schedule: Schedule, batch: int, runs: int):
+    """The run's cost in image passes (every training image TRAIN_PASSES, every evaluated val and
+    test image one), timed on its first batches (fasthpt.forecast)."""
+    evaluated = len(schedule.eval_points) * sum(ds.manifest.count(s) for s in ("val", "test"))
+    passes = TRAIN_PASSES * schedule.batches * batch + evaluated
+    return common.forecast(f"this fine-tuning on {k} labels", passes, dev, notices, quiet, runs,
+                           hint="fewer --iters, a larger --eval-every, or a GPU")
 
 
 def _with_head(backbone: nn.Module, num_features: int, num_classes: int, seed: int) -> nn.Sequential:

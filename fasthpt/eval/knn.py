@@ -107,8 +107,8 @@ def run_knn(
     notices = []
     n_train = ds.manifest.count("train")
     ks = _usable_ks(ks_requested, n_train, notices, quiet)
-    _announce(bb, ds, dev, opts, notices, quiet, res=res, runs=estimate_runs)
-    feats = {s: common.cached_features(bb, ds, s, **opts) for s in ("train", "val", "test")}
+    fc = _forecast(bb, ds, dev, opts, notices, quiet, runs=estimate_runs)
+    feats = {s: common.cached_features(bb, ds, s, forecast=fc, **opts) for s in ("train", "val", "test")}
     train_x, train_y = feats["train"][0].to(dev), feats["train"][1].to(dev)
     grid = {s: knn_grid_accuracy(train_x, train_y, feats[s][0].to(dev), feats[s][1].to(dev),
                                  ds.manifest.num_classes, ks, ts) for s in ("val", "test")}
@@ -129,15 +129,13 @@ def run_knn(
     return common.finish(result, json_path, quiet)
 
 
-def _announce(bb, ds, dev, opts, notices, quiet, *, res, runs) -> None:
-    """The up-front CPU estimate (eval.budget): one pass per image of each split not yet cached."""
-    from fasthpt.eval import budget, common
+def _forecast(bb, ds, dev, opts, notices, quiet, *, runs):
+    """The run's cost (fasthpt.forecast, timed on its first batches): one pass per image of each
+    split not yet cached."""
+    from fasthpt.eval import common
 
     passes = sum(ds.manifest.count(s) for s in ("train", "val", "test") if not common.is_cached(bb, ds, s, opts))
-    message = budget.estimate(common.place(bb, dev), dev, res, "kNN evaluation", passes, "a lower --res is faster",
-                              runs)
-    if message:
-        notices.append(common.note(message, quiet))
+    return common.forecast("this kNN evaluation", passes, dev, notices, quiet, runs, "a lower --res, or a GPU")
 
 
 def _grid(value, default) -> list:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fasthpt.eval import budget, common, paper
+from fasthpt.eval import common, paper
 from fasthpt.eval.selection import Curves
 
 PAPER_LR = 30.0  # for a batch of 512 (MoCo main_lincls, the authors' linear-eval-lr-s0.py)
@@ -125,18 +125,20 @@ def run_linear(
     notices = []
     n_train = ds.manifest.count("train")
     batch = common.clamp_batch(batch_size, n_train, "train images", notices, quiet)
-    _announce(bb, ds, dev, feats, notices, quiet, iters=iters, batch=batch, res=res, precomputed=precomputed,
-              runs=estimate_runs)
-    evals = {s: common.cached_features(bb, ds, s, **feats)[:2] for s in ("val", "test")}
+    fc = _forecast(bb, ds, dev, feats, notices, quiet, iters=iters, batch=batch, precomputed=precomputed,
+                   runs=estimate_runs)
+    evals = {s: common.cached_features(bb, ds, s, forecast=fc, **feats)[:2] for s in ("val", "test")}
     gen = torch.Generator().manual_seed(seed)
     was_training = bb.module.training
     try:
         if precomputed:
-            train_x, train_y, _ = common.cached_features(bb, ds, "train", **feats)
+            train_x, train_y, _ = common.cached_features(bb, ds, "train", forecast=fc, **feats)
             batches = feature_batches(train_x, train_y, batch, gen)
         else:
             images = common.labelled_batches(ds, res=res, batch_size=batch, workers=workers, device=dev,
                                              backend=backend, seed=seed)
+            if fc is not None:
+                images = fc.iterate(images, units=lambda batch: len(batch[1]))
             batches = frozen_feature_batches(common.place(bb, dev), images, dev)
         eff_lr = lr * batch / PAPER_BATCH
         t_train = time.perf_counter()
@@ -158,17 +160,14 @@ def run_linear(
     return common.finish(result, json_path, quiet)
 
 
-def _announce(bb, ds, dev, feats, notices, quiet, *, iters, batch, res, precomputed, runs) -> None:
-    """The up-front CPU estimate (eval.budget): the uncached feature extractions, plus one backbone
-    pass per training image in the augmented mode."""
+def _forecast(bb, ds, dev, feats, notices, quiet, *, iters, batch, precomputed, runs):
+    """The run's cost in image passes (fasthpt.forecast, timed on its first batches): the uncached
+    feature extractions, plus one backbone pass per training image in the augmented mode."""
     uncached = {s: ds.manifest.count(s) for s in ("train", "val", "test") if not common.is_cached(bb, ds, s, feats)}
     extraction = sum(uncached.values())
     if precomputed:
-        passes, hint = extraction, "a lower --res is faster"
+        passes, hint = extraction, "a lower --res, or a GPU"
     else:
         passes = iters * batch + extraction - uncached.get("train", 0)
-        hint = "--precomputed trains on cached center-crop features instead (about {fast}), or use fewer --iters"
-    message = budget.estimate(common.place(bb, dev), dev, res, "linear probe", passes, hint, runs,
-                              fast_passes=extraction)
-    if message:
-        notices.append(common.note(message, quiet))
+        hint = "--precomputed trains on cached center-crop features instead (about {fast}), fewer --iters, or a GPU"
+    return common.forecast("this linear probe", passes, dev, notices, quiet, runs, hint, fast_passes=extraction)

@@ -20,16 +20,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
+def candidates(n: int) -> range:
+    """The indices a curve of ``n`` evaluations selects among: ct > round(n * 0.5), or the last
+    evaluation alone when no index passes (module doc)."""
+    first = round(n * 0.5) + 1
+    return range(first, n) if first < n else range(max(n - 1, 0), n)
+
+
 def select_index(val: Sequence[float]) -> int:
     """The index of the reported point of a val curve (module doc)."""
     n = len(val)
     if n == 0:
         raise ValueError("no evaluations to select from")
-    first = round(n * 0.5) + 1
-    if first >= n:
-        return n - 1
-    best = first
-    for ct in range(first + 1, n):
+    window = candidates(n)
+    best = window[0]
+    for ct in window[1:]:
         if val[ct] > val[best]:
             best = ct
     return best

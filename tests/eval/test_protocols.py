@@ -9,8 +9,8 @@ import torch
 
 from fasthpt import stats
 from fasthpt.errors import UserError
-from fasthpt.eval import budget, paper
-from fasthpt.eval.finetune import run_finetune
+from fasthpt.eval import paper
+from fasthpt.eval.finetune import PAPER_LABELS, run_finetune
 from fasthpt.eval.knn import run_knn
 from fasthpt.eval.linear import run_linear
 from fasthpt.eval.seeds import run_seeds
@@ -95,8 +95,9 @@ def test_batch_larger_than_the_train_split_is_clamped_with_a_notice(tiny_data, t
 
 def test_finetune_reports_test_at_the_selected_val_and_leaves_caller_module_untouched(tiny_data, tiny_backbone):
     before = {k: v.clone() for k, v in tiny_backbone.state_dict().items()}
-    r = run_finetune(tiny_backbone, tiny_data, labels=10, iters=4, accum_steps=2, eval_every=1, **FAST)
-    assert r["mode"] == "finetune-10" and r["options"]["updates"] == 2 and r["options"]["images_per_update"] == 20
+    r = run_finetune(tiny_backbone, tiny_data, labels=10, iters=2, accum_steps=2, eval_every=1, **FAST)
+    assert r["mode"] == "finetune-10" and r["options"]["images_per_update"] == 20
+    assert (r["options"]["updates"], r["options"]["batches"], r["curve_unit"]) == (2, 4, "batches")
     assert r["options"]["batch_size"] == 10 and r["notices"]  # the batch of 16 lowered to the 10 labelled images
     assert r["curves"]["iter"] == [1, 2, 3, 4]
     assert r["best_iter"] == 4 and r["top1"] == r["curves"]["test_top1"][3]  # 4 points: only the last is a candidate
@@ -134,27 +135,61 @@ def test_seeds_give_distinct_runs_and_a_summary_line(tiny_data, tiny_backbone, t
     assert lines[3]["protocol_version"] == paper.PROTOCOL_VERSION and lines[3]["mode"] == "linear-precomputed"
 
 
-def test_a_long_cpu_run_is_announced_up_front(tiny_data, tiny_backbone, tmp_path, monkeypatch, capsys):
-    """The estimate is passes x the timed pass; a fake timer of 100 s per image makes any run long."""
-    monkeypatch.setattr(budget, "seconds_per_image", lambda module, res, device: 100.0)
+def fake_clock(monkeypatch, step_s: float = 100.0) -> None:
+    """fasthpt.forecast reads a clock that advances ``step_s`` per reading: every timed step "takes" it."""
+    from fasthpt import forecast
+
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(forecast, "now", lambda: step_s * next(ticks))
+
+
+def test_a_long_cpu_run_is_announced_from_its_first_timed_batches(tiny_data, tiny_backbone, tmp_path, monkeypatch,
+                                                                  capsys):
+    """The fake clock makes each batch 1000 s: the warm-up batch (val: one batch), then one timed batch
+    (1000 s is past the 10 s that suffice), then the note."""
+    fake_clock(monkeypatch, 1000.0)
     r = run_linear(tiny_backbone, tiny_data, iters=2, eval_every=2, cache_dir=tmp_path, **dict(FAST, quiet=False))
     notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: ")]
-    # the fast mode's figure: 36 + 12 + 12 extractions at 100 s each
-    assert len(notes) == 1 and "--precomputed trains on cached center-crop features instead (about 1.7 h)" in notes[0]
-    assert "56 image passes" in notes[0]  # 2 iterations x 16 train views + 12 val + 12 test extractions
+    # 2 iterations x 16 train views + 12 val + 12 test extractions; the timed batch: the 12 test images,
+    # 1000 s / 12 = 83.33 s per pass, 56 x 83.33 s = 78 min
+    assert len(notes) == 1 and "about 78 min on this CPU: 56 image passes at 83.33 s each" in notes[0]
+    # the fast mode extracts all 60 images once: 60 x 83.33 s
+    assert "--precomputed trains on cached center-crop features instead (about 83 min)" in notes[0]
     assert r["notices"] == [notes[0][len("note: "):]]
     again = run_linear(tiny_backbone, tiny_data, iters=2, eval_every=2, precomputed=True, cache_dir=tmp_path, **FAST)
     assert "36 image passes" in again["notices"][0] and "--res" in again["notices"][0]  # val/test cached: train only
-    ft = run_finetune(tiny_backbone, tiny_data, labels=8, iters=2, eval_every=2, **dict(FAST, batch_size=8))
+    ft = run_finetune(tiny_backbone, tiny_data, labels=8, iters=1, accum_steps=2, eval_every=2,
+                      **dict(FAST, batch_size=8))
     assert "72 image passes" in ft["notices"][0] and "fewer --iters" in ft["notices"][0]  # 3 x 2 x 8 + 12 + 12
 
 
-def test_long_run_note_arithmetic():
-    assert [budget.human(s) for s in (30, 600, 7200)] == ["30 s", "10 min", "2.0 h"]
-    assert budget.long_run_note("x", 600, 1.0, "hint") is None  # 10 min exactly is not long
-    note = budget.long_run_note("linear probe", 7200, 1.0, "use --precomputed", runs=3)
-    assert "about 6.0 h" in note and "(3 seeds)" in note and "7,200 image passes" in note
-    assert note.endswith("use --precomputed")
+def test_finetune_says_its_cost_after_its_first_timed_batches_before_the_rest(tiny_data, tiny_backbone,
+                                                                              monkeypatch):
+    from fasthpt.eval import common
+
+    fake_clock(monkeypatch, 1000.0)
+    events = []
+    real_batches, real_note = common.labelled_batches, common.note
+
+    def counted(*args, **kw):
+        for batch in real_batches(*args, **kw):
+            events.append("batch")
+            yield batch
+
+    monkeypatch.setattr(common, "labelled_batches", counted)
+    monkeypatch.setattr(common, "note", lambda message, quiet=False: events.append("note") or real_note(message, quiet))
+    r = run_finetune(tiny_backbone, tiny_data, labels=8, iters=3, accum_steps=2, eval_every=100,
+                     **dict(FAST, batch_size=8))
+    assert events == ["batch", "batch", "note"] + ["batch"] * 4  # 6 batches: the note after the timed one
+    assert "this fine-tuning on 8 labels will take about" in r["notices"][0]
+
+
+def test_no_forecast_on_a_gpu_or_for_the_later_seeds():
+    from fasthpt.eval import common
+
+    assert common.forecast("x", 10**9, torch.device("cuda"), [], True, 1, "h") is None
+    assert common.forecast("x", 10**9, torch.device("cpu"), [], True, 0, "h") is None  # a later seed of a series
+    assert common.forecast("x", 10**9, torch.device("cpu"), [], True, 1, "h") is not None
 
 
 def _without_test(tiny_data, tmp_path):
@@ -190,6 +225,8 @@ def test_cli_defaults_are_the_papers():
     base = ["--backbone", "b.pt", "--data", "d"]
     lin = vars(parser.parse_args(["linear", *base]))
     ft = vars(parser.parse_args(["finetune", *base]))
+    assert ft["labels"] is None and ft["labels_file"] is None  # run_finetune: 1000 stratified (PAPER_LABELS)
+    ft["labels"] = PAPER_LABELS
     assert paper.settings_vs_paper("linear", lin) == {}
     assert paper.settings_vs_paper("finetune", ft) == {}
     assert paper.settings_vs_paper("finetune", {**ft, "lr": 0.001}) == {}  # the paper's other lr
@@ -210,11 +247,3 @@ def test_protocols_on_cuda_bf16(tiny_data, tmp_path):
         assert 0.0 <= r["top1"] <= 1.0
     r = run_finetune(net, tiny_data, labels=12, iters=2, accum_steps=2, **opts)
     assert 0.0 <= r["top1"] <= 1.0
-
-
-def test_the_timed_pass_leaves_the_module_as_it_was(tiny_backbone):
-    before = {k: v.clone() for k, v in tiny_backbone.state_dict().items()}
-    assert tiny_backbone.training and budget.seconds_per_image(tiny_backbone, 16, torch.device("cpu")) > 0
-    assert tiny_backbone.training  # mode restored; BatchNorm statistics untouched (eval mode, no_grad)
-    assert all(torch.equal(before[k], v) for k, v in tiny_backbone.state_dict().items())
-    assert budget.estimate(tiny_backbone, torch.device("cuda"), 16, "x", 10**9, "h") is None  # GPUs: no estimate

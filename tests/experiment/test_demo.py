@@ -80,3 +80,41 @@ def test_a_second_call_trains_nothing(tiny_demo):
     before = {p: p.stat().st_mtime for p in (out / "runs").glob("*/backbone.pt")}
     assert main(argv) == 0
     assert {p: p.stat().st_mtime for p in (out / "runs").glob("*/backbone.pt")} == before
+
+
+def test_the_demo_says_its_cost_before_it_starts(tmp_path, monkeypatch):
+    """The planned pretraining (tiny preset: 14 runs, 1,344 images of batches of 16) priced at an
+    injected 10 s per synthetic step: 840 s, said before the experiment runs; finished runs are not
+    counted."""
+    from fasthpt import forecast
+    from fasthpt.experiment import cost
+    from fasthpt.experiment.run import Experiment
+
+    events = []
+    monkeypatch.setattr(cost, "step_seconds", lambda cfg: 10.0)
+    monkeypatch.setattr(forecast, "say_note", events.append)
+
+    def run(self, studies, reference=None):
+        events.append("experiment")
+        raise RuntimeError("stopped here")
+
+    monkeypatch.setattr(Experiment, "run", run)
+    out = tmp_path / "out"
+    argv = ["demo", "--scale", "tiny", "--out", str(out), "--data", str(tmp_path / "data"), "--no-reference"]
+    with pytest.raises(RuntimeError, match="stopped here"):
+        main(argv)
+    assert len(events) == 2 and events[1] == "experiment"
+    assert events[0].startswith("this demo's 14 pretraining runs will take about 14 min on this CPU: 1,344 "
+                                "pretraining images at 625.0 ms each")
+    assert events[0].endswith("faster: --scale tiny, grid.seeds=1, fewer --study, or a GPU")
+    done = out / "runs" / "scratch-18-s1"
+    done.mkdir(parents=True)
+    (done / "demo_result.json").write_text("{}")
+    cfg = load_preset(preset_path("tiny"))
+    said = cost.forecast_demo(cfg, [], out)  # 13 runs left, 1,056 images: 660 s
+    assert said.startswith("this demo's 13 pretraining runs will take about 11 min on this CPU: 1,056")
+    # the studies add crop-only and 50% of the data (100% is the main experiment's own runs)
+    studies = cost.planned_jobs(cfg, ["augmentation", "data"])[14:]
+    assert sorted({j.name.rsplit("-s", 1)[0] for j in studies}) == [
+        "study-augmentation-crop-only-hpt-6", "study-augmentation-crop-only-scratch-18",
+        "study-data-0.5-hpt-6", "study-data-0.5-scratch-18"] and len(studies) == 8

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -33,19 +34,66 @@ def test_preset_loads_strictly_and_matches_its_scale(path):
                 "demo-hpt-bn": [max(demo.grid.hpt_bn)]}.get(path.stem, [s.iters for s in demo.base.chain])
         assert budgets == want[:len(runs)]
         return
-    # The paper's recipe (Reed et al. 2022, the authors' configs): ResNet-50, MoCo-v2 defaults, global
-    # batch 256 on 4 processes, lr 0.03.
-    assert cfg.model.arch == "resnet50" and cfg.data.res == 224 and cfg.data.batch_size * 4 == 256
+    # The paper's recipe (Reed et al. 2022, the authors' configs): ResNet-50, MoCo-v2 defaults, lr 0.03;
+    # data, budgets and batch: test_paper_presets_are_the_authors below.
+    assert cfg.model.arch == "resnet50" and cfg.data.res == 224
     assert (cfg.model.queue_size, cfg.model.dim, cfg.model.mlp_hidden) == (65536, 128, 2048)
     assert cfg.optim.lr == 0.03 and cfg.data.aug.hue == 0.4
-    budgets = [r.train.max_duration for r in runs]
-    if "scratch" in path.stem:
-        assert budgets == ["400000ba"]
-    elif path.stem == "ucmerced-hpt":  # the authors' chain: RESISC-45 at 50k, then UC Merced at 5k
-        assert [r.name for r in runs] == ["resisc45", "ucmerced"] and budgets == ["50000ba", "5000ba"]
-    else:
-        assert budgets == ["5000ba"]
     assert (runs[0].hpt.base == "none") == ("scratch" in path.stem)
+
+
+# The authors' values for each paper preset (github.com/cjrd/self-supervised-pretraining), and the files
+# they come from. EuroSAT is not in the paper: its presets take the RESISC-45 recipe.
+HPT = "OpenSelfSup/configs/hpt-pretrain/"
+SH = "utils/pretrain-configs/"
+HPT_GRID, HPT_BN_GRID, SCRATCH_GRID = [50, 500, 5000, 50000], [50, 500, 5000], [5000, 50000, 100000, 200000]
+AUTHORS = {
+    "resisc45-hpt": dict(data=["data/resisc45"], budgets=[5000], grid=HPT_GRID, source=[
+        HPT + "resisc/base-resisc-config.py", HPT + "resisc/moco_v2_800ep_basetrain/5000-iters.py",
+        SH + "resisc45.sh"]),
+    "resisc45-hpt-bn": dict(data=["data/resisc45"], budgets=[5000], grid=HPT_BN_GRID, source=[
+        HPT + "resisc/moco_v2_800ep_basetrain/5000bn-iters.py", SH + "resisc45-bn.sh"]),
+    "resisc45-scratch": dict(data=["data/resisc45"], budgets=[200000], grid=SCRATCH_GRID, source=[
+        HPT + "resisc/no_basetrain/{5000,50000,100000,200000}-iters.py", SH + "resisc45.sh"]),
+    "ucmerced-hpt": dict(data=["data/resisc45", "data/ucmerced"], budgets=[50000, 5000], grid=HPT_GRID, source=[
+        HPT + "resisc-ucmerced/base-resisc-ucmerced-config.py",
+        HPT + "resisc-ucmerced/moco_v2_800ep_resisc_50000it_basetrain/5000-iters.py", SH + "resisc-ucmerced.sh"]),
+    "ucmerced-scratch": dict(data=["data/ucmerced"], budgets=[200000], grid=SCRATCH_GRID, source=[
+        HPT + "ucmerced/base-ucmerced-config.py", HPT + "ucmerced/no_basetrain/{5000,50000,100000,200000}-iters.py"]),
+    "eurosat-hpt": dict(data=["data/eurosat"], budgets=[5000], grid=HPT_GRID, source=[
+        HPT + "resisc/base-resisc-config.py", SH + "resisc45.sh"]),
+    "eurosat-scratch": dict(data=["data/eurosat"], budgets=[200000], grid=SCRATCH_GRID, source=[
+        HPT + "resisc/no_basetrain/{5000,50000,100000,200000}-iters.py", SH + "resisc45.sh"]),
+}
+# Every paper preset pretrains on train+val (train-val.txt, train_val_combined[_repeat].txt in the
+# configs above) with a global batch of 256 (batch_size=256, or imgs_per_gpu=64 on their 4 GPUs).
+AUTHORS_SPLITS, AUTHORS_GLOBAL_BATCH = "train+val", 256
+PAPER = [p for p in CONFIGS if not p.stem.startswith("demo-")]
+
+
+def test_every_paper_preset_has_a_row():
+    assert sorted(p.stem for p in PAPER) == sorted(AUTHORS)
+
+
+@pytest.mark.parametrize("path", PAPER, ids=lambda p: p.stem)
+def test_paper_presets_are_the_authors(path):
+    from fasthpt.config import per_process
+
+    want, cfg, text = AUTHORS[path.stem], load_config(path), path.read_text()
+    runs = stage_configs(cfg)
+    assert [r.data.path for r in runs] == want["data"]
+    assert all(r.data.ssl_splits == AUTHORS_SPLITS for r in runs)
+    assert [r.durations.max_duration for r in runs] == want["budgets"]
+    assert cfg.data.global_batch == AUTHORS_GLOBAL_BATCH
+    # the same recipe on one GPU and on the authors' 4: 256 images a step, BN groups of 64
+    for world, per in ((1, 256), (4, 64)):
+        assert per_process(cfg, world).data.batch_size == per
+    grid = re.search(r"budgets \(the authors' [^)]*\): ([\d, ]+) iterations", text)
+    assert grid and [int(v) for v in grid[1].split(",")] == want["grid"]
+    assert max(want["budgets"]) in want["grid"]
+    # the preset names where its values come from
+    for source in want["source"]:
+        assert source.removeprefix(HPT).removeprefix("utils/").split("/{")[0].split("/")[-1] in text, source
 
 
 def test_config_name_lists_match_the_implementations():

@@ -90,3 +90,43 @@ def test_train_fraction_pretrains_on_the_same_stratified_subset(tiny_run, backen
         assert sum(batch[0].shape[0] for batch in loader) == 16
     with pytest.raises(UserError, match="data.train_fraction"):
         tiny_run("frac-tv", "data.train_fraction=0.5", "data.ssl_splits=train+val")
+
+
+@pytest.mark.parametrize("world, per_process_batch, groups", [(1, 256, 4), (2, 128, 2), (4, 64, 1), (8, 32, 1)])
+def test_a_global_batch_is_shared_out_over_the_processes(world, per_process_batch, groups):
+    """data.global_batch=256 (the paper's): every process count trains 256 images per step, normalised
+    in BN groups of 64 (the authors' 64 per GPU) down to one group per process."""
+    from fasthpt.config import batch_summary, per_process
+
+    cfg = load_config(None, ["data.global_batch=256"])
+    run = per_process(cfg, world)
+    assert run.data.batch_size == per_process_batch and bn_groups(run, world) == groups
+    assert run.data.batch_size * world == 256 and cfg.data.batch_size == 64  # the loaded config is not changed
+    assert batch_summary(run, world).startswith(f"data.global_batch 256 on {world} process(es): data.batch_size "
+                                                f"{per_process_batch} per process, {groups} BN group(s)")
+
+
+def test_a_global_batch_the_processes_do_not_divide_or_a_second_batch_is_refused():
+    from fasthpt.config import per_process
+
+    with pytest.raises(UserError, match="'data.global_batch' is 256; valid: a multiple of the 3 processes"):
+        per_process(load_config(None, ["data.global_batch=256"]), 3)
+    with pytest.raises(UserError, match=r"'data.global_batch' \(256\) and 'data.batch_size' \(32\) are both set"):
+        per_process(load_config(None, ["data.global_batch=256", "data.batch_size=32"]), 1)
+    plain = load_config(None, ["data.batch_size=32"])  # no global batch: data.batch_size per process, as before
+    assert per_process(plain, 4) is plain
+    with pytest.raises(UserError, match="model.queue_size.*global batch 256 \\(data.global_batch 256\\)"):
+        load_config(None, ["data.global_batch=256", "model.queue_size=128"])
+    with pytest.raises(UserError, match="model.bn_groups"):  # checked against the batch on one process
+        load_config(None, ["data.global_batch=256", "model.bn_groups=3"])
+
+
+def test_pretrain_refuses_before_launching_processes_that_do_not_divide_the_global_batch(tmp_path, capsys):
+    from fasthpt.cli import main
+
+    config = tmp_path / "g.yaml"
+    config.write_text("data: {global_batch: 256}\n")
+    code = main(["pretrain", str(config), f"run_dir={tmp_path / 'runs'}", "--nproc", "3"])
+    err = capsys.readouterr().err
+    assert code == 2 and "data.global_batch' is 256; valid: a multiple of the 3 processes" in err
+    assert not (tmp_path / "runs").exists()

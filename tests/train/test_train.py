@@ -188,3 +188,49 @@ def test_pretrain_cli_takes_nproc_anywhere_after_config():
     assert _split_nproc(["--nproc=2"], 1) == ([], 2) and _split_nproc(["x=1"], 1) == (["x=1"], 1)
     with pytest.raises(UserError):
         _split_nproc(["--nproc"], 1)
+
+
+def test_a_run_derives_its_batch_from_the_global_batch_and_says_so(tmp_path, tiny_run, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="fasthpt.train")
+    result = pretrain(tiny_run("global", "data.global_batch=16", "data.batch_size=64", "train.max_duration=2ba",
+                               "train.save_interval=0ba", "train.log_interval=0ba"))
+    assert (result["batch_per_process"], result["global_batch"], result["world_size"]) == (16, 16, 1)
+    assert "data.global_batch 16 on 1 process(es): data.batch_size 16 per process, 2 BN group(s) of 8" in caplog.text
+    saved = (tmp_path / "global" / "config.yaml").read_text()
+    assert "global_batch: 16" in saved and "batch_size: 16" in saved  # what it trained with
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_global_batch(tmp_path, tiny_yaml):
+    cfg = tiny_yaml("gb", "data.global_batch=16", "data.batch_size=64", "train.max_duration=2ba",
+                    "train.save_interval=2ba")
+    proc = _launch(["-n", "2", "--master_port", str(_port())], cfg, tmp_path)
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-3000:]
+    result = _summary(out)
+    assert (result["batch_per_process"], result["global_batch"], result["world_size"]) == (8, 16, 2)
+
+
+def test_a_long_cpu_run_says_its_cost_after_its_first_timed_batches(tmp_path, tiny_run, monkeypatch):
+    """A fake clock (1000 s per reading) makes every batch 1000 s: after the warm-up batch and one
+    timed batch (past the 10 s that suffice) the run says 6 x 1000 s, before its third batch."""
+    from composer.core import Callback
+
+    from fasthpt import forecast
+    from fasthpt.train import run_stage
+
+    readings = iter(range(10**6))
+    monkeypatch.setattr(forecast, "now", lambda: 1000.0 * next(readings))
+    events = []
+    monkeypatch.setattr(forecast, "say_note", lambda message: events.append(message))
+
+    class Batches(Callback):
+        def batch_end(self, state, logger):
+            events.append("batch")
+
+    run_stage(tiny_run("cost", "train.max_duration=6ba", "train.save_interval=0ba"), callbacks=(Batches(),))
+    assert events[:2] == ["batch", "batch"] and events[3:] == ["batch"] * 4
+    assert events[2].startswith("this pretraining run will take about 1.7 h on this CPU: 6 batches at 1000.00 s "
+                                "each (from 1 timed step after a warm-up one); faster: fewer batches")
