@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--jpeg-quality", type=int, default=90, help="JPEG quality of re-encoded images (default 90)")
     a("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
       help=f"samples per WebDataset shard (default {DEFAULT_SHARD_SIZE})")
+    a("--band-names", default=None, metavar="NAMES",
+      help="rasters: one name per band, comma-separated, e.g. B02,B03,B04,B08 (default: the files' own band "
+           "descriptions, where they carry them)")
     a("--force", action="store_true",
       help="rebuild an existing output written by `fasthpt prep` (nothing else is ever deleted)")
     a("--no-progress", action="store_true", help="no progress bar")
@@ -41,5 +44,5 @@ def run(args: argparse.Namespace) -> int:
             splits=args.splits, seed=args.seed,
             formats=args.formats, max_res=args.max_res, jpeg_quality=args.jpeg_quality,
             shard_size=args.shard_size, workers=args.workers, force=args.force,
-            progress=not args.no_progress)
+            progress=not args.no_progress, band_names=args.band_names)
     return 0
