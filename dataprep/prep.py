@@ -470,7 +470,7 @@ def _say_stored(layout: Layout, image: dict) -> None:
     if not layout.raster:
         return
     names = f" ({', '.join(layout.band_names)})" if layout.band_names else ""
-    print(f"stored as rasters: {layout.kind}{names}, values as in the files; per-band statistics in "
+    print(f"stored as {layout.kind.many()}{names}, values as in the files; per-band statistics in "
           "manifest.json", file=sys.stderr)
     for c, (low, high) in enumerate(image["value_range"]):
         if low == high:

@@ -58,10 +58,13 @@ class Kind:
     def eight_bit(self) -> bool:
         return self == EIGHT_BIT
 
-    def __str__(self) -> str:
-        if self.eight_bit:
-            return "8-bit image"
-        return f"{self.dtype}, {self.bands} band{'s' if self.bands != 1 else ''}"
+    def many(self) -> str:
+        """'8-bit images', 'uint16 rasters of 13 bands'."""
+        return "8-bit images" if self.eight_bit else f"{self.dtype} rasters of {self.bands} band{'s' * (self.bands != 1)}"
+
+    def one(self) -> str:
+        """'an 8-bit image', 'a uint16 raster of 13 bands'."""
+        return "an 8-bit image" if self.eight_bit else f"a {self.many().replace(' rasters ', ' raster ')}"
 
 
 EIGHT_BIT = Kind(3, "uint8")

@@ -71,7 +71,7 @@ class Layout:
     def refuse(self, kind: Kind) -> None:
         """SkipImage for a file of another Kind than the dataset's."""
         if kind != self.kind:
-            raise SkipImage(f"{kind}: the dataset is {self.kind} (the most common kind among its files)")
+            raise SkipImage(f"{kind.one()}: the dataset holds {self.kind.many()} (the most common kind among its files)")
 
     def manifest_fields(self) -> dict:
         names = self.band_names if self.raster else RGB_NAMES
@@ -87,8 +87,8 @@ def choose_layout(headers: list[Header | None], band_names=None) -> Layout:
     kind, _ = counts.most_common(1)[0] if counts else (EIGHT_BIT, 0)
     winners = [h for h in headers if h is not None and h.kind == kind]
     if len(counts) > 1:
-        found = "; ".join(f"{c} {k}" for k, c in counts.most_common())
-        _note(f"the files hold {len(counts)} kinds of images ({found}): keeping {kind}, the most common; "
+        found = "; ".join(f"{k.many()}: {c}" for k, c in counts.most_common())
+        _note(f"the files hold {len(counts)} kinds of images ({found}): keeping {kind.many()}, the most common; "
               f"the other {sum(counts.values()) - len(winners)} files are skipped (listed below and in manifest.json)")
     narrowed = sum(h.source_dtype == "float64" for h in winners)
     if narrowed:
