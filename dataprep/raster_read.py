@@ -60,7 +60,8 @@ class Kind:
 
     def many(self) -> str:
         """'8-bit images', 'uint16 rasters of 13 bands'."""
-        return "8-bit images" if self.eight_bit else f"{self.dtype} rasters of {self.bands} band{'s' * (self.bands != 1)}"
+        plural = "s" if self.bands != 1 else ""
+        return "8-bit images" if self.eight_bit else f"{self.dtype} rasters of {self.bands} band{plural}"
 
     def one(self) -> str:
         """'an 8-bit image', 'a uint16 raster of 13 bands'."""

@@ -71,7 +71,8 @@ class Layout:
     def refuse(self, kind: Kind) -> None:
         """SkipImage for a file of another Kind than the dataset's."""
         if kind != self.kind:
-            raise SkipImage(f"{kind.one()}: the dataset holds {self.kind.many()} (the most common kind among its files)")
+            raise SkipImage(f"{kind.one()}: the dataset holds {self.kind.many()} "
+                            "(the most common kind among its files)")
 
     def manifest_fields(self) -> dict:
         names = self.band_names if self.raster else RGB_NAMES
