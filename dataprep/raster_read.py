@@ -282,6 +282,6 @@ def _npy_bands(shape: tuple[int, ...]) -> int:
 
 def _read_npy(data: bytes) -> Decoded | Raster:
     shape, dtype = _npy_header(data)
-    _npy_bands(shape)
+    _kind(dtype, _npy_bands(shape))  # a dtype prep cannot store is refused before loading
     _check_size(shape, dtype)
     return as_image(np.load(io.BytesIO(data), allow_pickle=False))

@@ -1,7 +1,9 @@
 """Read a prepared split back with each consumer's own reader: FFCV's Loader, webdataset, DALI.
 
 Used by the tests to check that every format holds the same labels and pixels; handy to inspect a
-prepared folder by hand as well. Each function returns (list of HxWx3 uint8 arrays, list of labels).
+prepared folder by hand as well. Each function returns (list of HxWx3 uint8 arrays, list of labels);
+the raster_* functions, for raster datasets (dataprep/rasters.py), (list of H x W x C arrays in the
+stored dtype, list of labels).
 """
 
 from __future__ import annotations
@@ -60,3 +62,54 @@ def dali_samples(shards):
     images = [np.array(imgs.at(i)) for i in range(n)]
     labels = [int(bytes(np.array(cls.at(i))).decode()) for i in range(n)]
     return images, labels
+
+
+def raster_ffcv_samples(path):
+    from dataprep.writers import import_ffcv
+    from fasthpt.raster_format import unpack
+
+    import_ffcv("ffcv.loader")
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.fields.bytes import BytesDecoder
+    from ffcv.loader import Loader, OrderOption
+
+    loader = Loader(str(path), batch_size=16, num_workers=1, order=OrderOption.SEQUENTIAL, drop_last=False,
+                    pipelines={"image": [BytesDecoder()], "label": [IntDecoder()]})
+    arrays, labels = [], []
+    for records, labs in loader:
+        arrays += [unpack(np.array(r)).copy() for r in records]  # each record padded to the batch's longest
+        labels += np.asarray(labs).ravel().tolist()
+    return arrays, labels
+
+
+def raster_wds_samples(shards):
+    import webdataset as wds
+
+    from fasthpt.raster_format import npy_array
+
+    ds = wds.WebDataset([str(s) for s in shards], shardshuffle=False).to_tuple("npy", "cls")
+    arrays, labels = [], []
+    for npy, cls in ds:
+        arrays.append(npy_array(npy))
+        labels.append(int(cls))
+    return arrays, labels
+
+
+def raster_dali_samples(shards):
+    """Through each shard's DALI index (the `npy` members) and DALI's own numpy decoder."""
+    from nvidia.dali import fn, pipeline_def
+
+    n = sum(int(s.with_suffix(".idx").read_text().split()[1]) for s in shards)
+
+    @pipeline_def(batch_size=n, num_threads=1, device_id=None)
+    def pipe():
+        npy, cls = fn.readers.webdataset(
+            paths=[str(s) for s in shards], index_paths=[str(s.with_suffix(".idx")) for s in shards],
+            ext=["npy", "cls"], missing_component_behavior="error", random_shuffle=False)
+        return fn.decoders.numpy(npy, device="cpu"), cls
+
+    p = pipe()
+    p.build()
+    arrays, cls = p.run()
+    return ([np.array(arrays.at(i)) for i in range(n)],
+            [int(bytes(np.array(cls.at(i))).decode()) for i in range(n)])
