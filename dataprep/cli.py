@@ -9,7 +9,8 @@ from dataprep.prep import DEFAULT_SHARD_SIZE, DEFAULT_TEST_FRAC, DEFAULT_VAL_FRA
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
-    a("--dataset", required=True, help="sat | sat-target | natural (embedded, generated) or any NAME with --src")
+    a("--dataset", required=True,
+      help="sat | sat-target | s2-target | natural (embedded, generated) or any NAME with --src")
     a("--src", default=None, help="folder with one sub-folder per class, or a .zip / .tar of one")
     a("--out", default="data", help="output root; the dataset goes to OUT/DATASET (default: data)")
     a("--formats", default=None,

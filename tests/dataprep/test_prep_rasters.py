@@ -383,3 +383,43 @@ def test_the_embedded_s2_target_is_a_13_band_12_bit_raster_dataset(tmp_path):
     assert all(0 <= lo <= hi <= 4095 for lo, hi in m.value_range)
     _statistics_match(out, m)
     _all_readers_agree(out)
+
+
+def test_a_jpeg_only_source_is_never_surveyed(tiny_folder, tmp_path, monkeypatch):
+    """Files named .jpg (etc.) are read once, by the conversion pass, exactly as before rasters."""
+    from dataprep.sources import FileSource
+
+    jpegs = tmp_path / "src"
+    for path in sorted(tiny_folder.rglob("*.jpg"))[:12]:
+        (jpegs / path.parent.name).mkdir(parents=True, exist_ok=True)
+        (jpegs / path.parent.name / path.name).write_bytes(path.read_bytes())
+
+    def no_survey(self, i):
+        raise AssertionError("a JPEG dataset was surveyed")
+
+    monkeypatch.setattr(FileSource, "header", no_survey)
+    out = prepare("jpegs", out=tmp_path / "out", src=jpegs, formats="wds", val_frac=0, **FAST)
+    assert load_manifest(out).image_format == "jpeg"
+
+
+def test_a_constant_band_is_warned_about(tmp_path, capsys):
+    for name in ("a", "b"):
+        (tmp_path / "src" / name).mkdir(parents=True)
+        for k in range(2):
+            np.save(tmp_path / "src" / name / f"{k}.npy", np.dstack([np.full((4, 4), 3, np.uint16),
+                                                                    np.full((4, 4), k, np.uint16)]))
+    prepare("flat", out=tmp_path / "out", src=tmp_path / "src", val_frac=0, band_names="cirrus,b", **FAST)
+    assert "warning: cirrus holds one value (3) over the whole train split: its std is 0" in capsys.readouterr().err
+
+
+def test_embedding_a_folder_skips_rasters_with_a_reason_until_it_reads_them(tmp_path):
+    from fasthpt.image_folder import UNUSABLE, EvalImages, list_images
+
+    (tmp_path / "c").mkdir()
+    Image.fromarray(np.full((8, 8), 3000, np.uint16)).save(tmp_path / "c" / "deep.png")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "c" / "rgb.png")
+    source = list_images(tmp_path)
+    images = EvalImages(source, res=8)
+    labels = [images[(0, i)][1] for i in range(len(source))]
+    assert labels == [UNUSABLE, 0]
+    assert images.reason(0) == "a uint16 raster of 1 band: this command reads 8-bit images only"
