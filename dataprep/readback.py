@@ -65,21 +65,18 @@ def dali_samples(shards):
 
 
 def raster_ffcv_samples(path):
+    """FFCV's Reader gives each record's file offset and size (what BytesDecoder copies); the
+    records are read there. Not through a Loader: each Loader compiles BytesDecoder's memcpy anew,
+    and numba's finalizers of those duplicates raise KeyError when collected, which in CPython
+    3.11 can surface later as "SystemError: AST constructor recursion depth mismatch"."""
     from dataprep.writers import import_ffcv
     from fasthpt.raster_format import unpack
 
-    import_ffcv("ffcv.loader")
-    from ffcv.fields.basics import IntDecoder
-    from ffcv.fields.bytes import BytesDecoder
-    from ffcv.loader import Loader, OrderOption
-
-    loader = Loader(str(path), batch_size=16, num_workers=1, order=OrderOption.SEQUENTIAL, drop_last=False,
-                    pipelines={"image": [BytesDecoder()], "label": [IntDecoder()]})
-    arrays, labels = [], []
-    for records, labs in loader:
-        arrays += [unpack(np.array(r)).copy() for r in records]  # each record padded to the batch's longest
-        labels += np.asarray(labs).ravel().tolist()
-    return arrays, labels
+    compat = import_ffcv("fasthpt.data.ffcv_compat")
+    records, labels = compat.read_field(path, "image"), compat.read_field(path, "label")
+    data = np.memmap(path, dtype=np.uint8, mode="r")
+    arrays = [unpack(np.asarray(data[int(r["ptr"]) : int(r["ptr"]) + int(r["size"])])).copy() for r in records]
+    return arrays, [int(v) for v in labels]
 
 
 def raster_wds_samples(shards):
