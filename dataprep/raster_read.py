@@ -1,6 +1,7 @@
 """Reading one file as it is: TIFF / GeoTIFF (tifffile), 16-bit PNG (OpenCV), .npy (numpy) -> an
 H x W x C array of the file's own values and dtype; everything 8-bit RGB / gray / palette / RGBA
-still goes to dataprep.convert.decode_bytes, untouched (the JPEG path).
+still goes to dataprep.convert.decode_bytes, untouched (the JPEG path: for a TIFF, Pillow's header
+parse says whether it is such an image).
 
 ``decode(data)`` is what the file sources call: a ``convert.Decoded`` for an 8-bit image, else a
 ``Raster``. ``kind_of(data)`` says which of the two a file holds from its header alone (no pixel
@@ -22,11 +23,13 @@ from __future__ import annotations
 
 import io
 import struct
+import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from dataprep.convert import Decoded, SkipImage, decode_bytes
 
@@ -41,8 +44,10 @@ MAX_DECODED_BYTES = 1 << 30
 _STORED = {"uint8": "uint8", "uint16": "uint16", "int16": "int16", "float32": "float32",
            "int8": "int16", "float16": "float32", "float64": "float32"}
 _BAND_AXES = set("SCIQ")  # tifffile: samples, channels, pages, unknown; Z (depth), T (time) are not bands
-_ALPHA = (1, 2)  # TIFF ExtraSamples: associated / unassociated alpha (0: unspecified data, e.g. NIR)
 _GDAL_METADATA = 42112  # TIFF tag GDAL_METADATA (GDAL's GTiff driver): XML with band descriptions
+_BITS_PER_SAMPLE, _SAMPLES_PER_PIXEL, _SAMPLE_FORMAT = 258, 277, 339  # TIFF 6.0; SampleFormat 1: unsigned
+# Pillow modes of the 8-bit images the JPEG path reads
+_PILLOW_MODES = {"1", "L", "P", "LA", "La", "PA", "RGB", "RGBA", "RGBa", "CMYK", "YCbCr", "LAB"}
 _MAX_GDAL_XML = 1 << 20
 
 
@@ -176,37 +181,44 @@ def _band_axis(axes: str) -> str:
 def _tiff_header(data: bytes) -> Header:
     import tifffile
 
+    if _pillow_tiff(data):
+        return Header(EIGHT_BIT)
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
         series, axes, shape = _tiff_layout(tif)
         bands = shape[axes.index(_band_axis(axes))] if _band_axis(axes) else 1
-        if _pillow_image(tif.pages[0], series.dtype, bands):
-            return Header(EIGHT_BIT)
         return Header(_kind(series.dtype, bands), _gdal_band_names(tif.pages[0], bands), np.dtype(series.dtype).name)
 
 
-def _pillow_image(page, dtype, bands: int) -> bool:
-    """Whether an 8-bit TIFF is one of the images the JPEG path has always read with Pillow: RGB,
-    gray, palette, bilevel, CMYK / YCbCr, with or without alpha. Extra samples that are not alpha
-    (an RGB + NIR tile) make it a 4-band raster instead."""
-    if np.dtype(dtype) not in (np.uint8, np.bool_):
+def _pillow_tiff(data: bytes) -> bool:
+    """Whether the TIFF is an 8-bit image that Pillow reads, as the JPEG path always has (RGB,
+    gray, palette, bilevel, CMYK / YCbCr, with alpha or not), from Pillow's header parse alone
+    (a tenth of tifffile's). Pillow also opens 16-bit RGB as 8-bit "RGB", and RGB + a data sample
+    (an RGB + NIR tile) as "RGB" without it: bits and samples per pixel tell those apart."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a damaged header: tifffile (or decode_bytes) says why
+            with Image.open(io.BytesIO(data)) as img:
+                tags = img.tag_v2
+                bits, kind = _tuple(tags.get(_BITS_PER_SAMPLE, 1)), _tuple(tags.get(_SAMPLE_FORMAT, 1))
+                return (img.mode in _PILLOW_MODES and len(img.getbands()) == tags.get(_SAMPLES_PER_PIXEL, 1)
+                        and all(b <= 8 for b in bits) and all(k == 1 for k in kind))
+    except Exception:  # Pillow cannot read it (N bands, a codec it lacks): tifffile's to read
         return False
-    name = getattr(page.photometric, "name", str(page.photometric))
-    alpha = [e for e in (page.extrasamples or ()) if e in _ALPHA]
-    nominal = {"MINISBLACK": 1, "MINISWHITE": 1, "PALETTE": 1, "RGB": 3}.get(name)
-    if nominal is None:
-        return name in ("YCBCR", "SEPARATED", "CIELAB")
-    return bands == nominal + len(alpha) and len(alpha) <= 1
+
+
+def _tuple(value) -> tuple:
+    return value if isinstance(value, tuple) else (value,)
 
 
 def _read_tiff(data: bytes) -> Decoded | Raster:
     import tifffile
 
+    if _pillow_tiff(data):
+        return decode_bytes(data)  # exactly the JPEG path's reading of an 8-bit TIFF
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
         series, axes, shape = _tiff_layout(tif)
         extra = _band_axis(axes)
         bands = shape[axes.index(extra)] if extra else 1
-        if _pillow_image(tif.pages[0], series.dtype, bands):
-            return decode_bytes(data)  # exactly the JPEG path's reading of an 8-bit TIFF
         _check_size(shape, series.dtype)
         names = _gdal_band_names(tif.pages[0], bands)
         pixels = series.asarray().reshape(shape)
