@@ -9,7 +9,8 @@ from dataprep.prep import DEFAULT_SHARD_SIZE, DEFAULT_TEST_FRAC, DEFAULT_VAL_FRA
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
-    a("--dataset", required=True, help="sat | sat-target | natural (embedded, generated) or any NAME with --src")
+    a("--dataset", required=True,
+      help="sat | sat-target | s2-target | natural (embedded, generated) or any NAME with --src")
     a("--src", default=None, help="folder with one sub-folder per class, or a .zip / .tar of one")
     a("--out", default="data", help="output root; the dataset goes to OUT/DATASET (default: data)")
     a("--formats", default=None,
@@ -30,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--jpeg-quality", type=int, default=90, help="JPEG quality of re-encoded images (default 90)")
     a("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
       help=f"samples per WebDataset shard (default {DEFAULT_SHARD_SIZE})")
+    a("--band-names", default=None, metavar="NAMES",
+      help="rasters: one name per band, comma-separated, e.g. B02,B03,B04,B08 (default: the files' own band "
+           "descriptions, where they carry them)")
     a("--force", action="store_true",
       help="rebuild an existing output written by `fasthpt prep` (nothing else is ever deleted)")
     a("--no-progress", action="store_true", help="no progress bar")
@@ -41,5 +45,5 @@ def run(args: argparse.Namespace) -> int:
             splits=args.splits, seed=args.seed,
             formats=args.formats, max_res=args.max_res, jpeg_quality=args.jpeg_quality,
             shard_size=args.shard_size, workers=args.workers, force=args.force,
-            progress=not args.no_progress)
+            progress=not args.no_progress, band_names=args.band_names)
     return 0

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from fasthpt.manifest import MANIFEST, SCHEMA_VERSION, read_raw, write_manifest
+from fasthpt.manifest import MANIFEST, SCALING, SCHEMA_VERSION, read_raw, write_manifest
 
 __all__ = ["PixelStats", "build_manifest", "foreign_files", "is_prep_manifest", "read_raw", "request_differences",
            "request_of", "write_manifest"]
@@ -28,9 +28,9 @@ PREP_KEYS = ("schema", "name", "classes", "splits", "files", "settings", "finger
 # num_images / image_size are compared through the generator's fingerprint, which holds the
 # resolved values (so `--num-images 2400` equals the default it spells out).
 OUTPUT_SETTINGS = ("val_frac", "test_frac", "split_source", "seed", "formats", "max_res", "jpeg_quality",
-                   "shard_size")
-_PACKAGES = ("numpy", "pillow", "opencv-python-headless", "opencv-python", "ffcv", "webdataset",
-             "nvidia-dali-cuda120", "fasthpt")
+                   "shard_size", "band_names")
+_PACKAGES = ("numpy", "pillow", "opencv-python-headless", "opencv-python", "tifffile", "imagecodecs", "ffcv",
+             "webdataset", "nvidia-dali-cuda120", "fasthpt")
 
 
 class PixelStats:
@@ -41,11 +41,12 @@ class PixelStats:
         self.sums = [0, 0, 0]
         self.sq_sums = [0, 0, 0]
 
-    def add(self, count: int, sums, sq_sums) -> None:
-        self.count += count
+    def add(self, stored) -> None:
+        """Add one dataprep.convert.Stored (its exact sums over the pixels as stored)."""
+        self.count += stored.pixel_count
         for c in range(3):
-            self.sums[c] += sums[c]
-            self.sq_sums[c] += sq_sums[c]
+            self.sums[c] += stored.sums[c]
+            self.sq_sums[c] += stored.sq_sums[c]
 
     def mean(self) -> list[float]:
         return [s / self.count for s in self.sums]
@@ -54,6 +55,11 @@ class PixelStats:
         # Population variance (N*SS - S^2) / N^2, computed on exact integers before the division.
         n = self.count
         return [math.sqrt((n * ss - s * s) / (n * n)) for s, ss in zip(self.sums, self.sq_sums)]
+
+    def fields(self) -> dict:
+        """The manifest's statistics (0..255 units, population std over every stored (decoded)
+        training pixel); range and percentiles are kept for rasters only."""
+        return {"mean": self.mean(), "std": self.std(), "value_range": None, "percentiles": None}
 
 
 def library_versions() -> dict[str, str]:
@@ -128,22 +134,27 @@ def _written_files(raw: dict) -> set[str]:
     return ours
 
 
-def build_manifest(*, source, settings: dict, per_class: dict, stats: PixelStats, files: dict,
+def build_manifest(*, source, settings: dict, per_class: dict, image: dict, files: dict,
                    skipped: list, excluded: dict | None, passthrough: int, sizes: dict,
                    timing: dict) -> dict:
+    """image: the layout's and the statistics' fields (dataprep/rasters.py: image_format, bands,
+    dtype, band_names, mean, std, value_range, percentiles; rasters add "statistics")."""
     splits = {s: {"count": sum(c), "per_class": list(c)} for s, c in per_class.items() if sum(c)}
+    if image["image_format"] == "raster":
+        storage = {"encoding": "raster", "wds_member": "npy", "ffcv_image_field": "BytesField (raster_format.pack)"}
+    else:
+        storage = {"encoding": "jpeg", "chroma": "4:4:4", "jpeg_quality": settings["jpeg_quality"],
+                   "passthrough_jpegs": passthrough}
     return {
         "schema": SCHEMA_VERSION,
         "name": source.name,
         "classes": list(source.classes),
         "splits": splits,
-        # 0..255 units, population std over every stored (decoded) training pixel.
-        "mean": stats.mean(),
-        "std": stats.std(),
+        **image,
+        "scaling": SCALING,
         "formats": [f for f in settings["formats"] if f in files],
         "files": files,
-        "storage": {"encoding": "jpeg", "chroma": "4:4:4", "jpeg_quality": settings["jpeg_quality"],
-                    "max_res": settings["max_res"], "passthrough_jpegs": passthrough, **sizes},
+        "storage": {**storage, "max_res": settings["max_res"], **sizes},
         "skipped": [{"path": p, "reason": r} for p, r in skipped],
         # --splits: the source images that no list names ({count, per_class, examples}).
         "excluded": excluded or {"count": 0},

@@ -26,9 +26,12 @@ import numpy as np
 from tqdm import tqdm
 
 from dataprep import manifest as mf
-from dataprep.convert import SkipImage, Stored, store
+from dataprep.convert import Decoded, SkipImage, Stored, store
 from dataprep.inputs import open_source
 from dataprep.lock import output_lock
+from dataprep.raster_read import EIGHT_BIT, Header, Kind, Raster
+from dataprep.raster_stats import RasterStats
+from dataprep.rasters import Layout, StoredRaster, choose_layout, store_raster
 from dataprep.samples import write_samples
 from dataprep.sources import display_name
 from dataprep.split import ListedSplit, StreamingSplit, shuffled_order
@@ -52,7 +55,7 @@ _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, er
 def prepare(dataset: str, out="data", src=None, *, num_images=None, image_size=None,
             val_frac=None, test_frac=None, splits=None, seed=0, formats=None, max_res=256,
             jpeg_quality=90, shard_size=DEFAULT_SHARD_SIZE, workers=None, force=False,
-            progress=True) -> Path:
+            progress=True, band_names=None) -> Path:
     """Convert a dataset once into the formats the loaders read; return the dataset folder.
 
     dataset: output name, and the embedded generator to use when `src` is None (dataprep.synthetic.EMBEDDED).
@@ -66,10 +69,13 @@ def prepare(dataset: str, out="data", src=None, *, num_images=None, image_size=N
     jpeg_quality: for images that are (re-)encoded; upright RGB JPEGs within max_res are stored
     unchanged. shard_size: samples per WebDataset shard. workers: processes (None: all cores).
     force: rebuild an existing output that `fasthpt prep` wrote (nothing else is ever deleted).
+    band_names: a name per band of a raster dataset (None: the files' own, where they carry them).
+    Rasters (not 8-bit RGB / gray) are stored as dataprep/rasters.py says.
     Raises UserError for bad input (one line)."""
     formats = _check_formats(formats)
     settings = _check_settings(dataset, src, num_images, image_size, seed, formats, max_res,
                                jpeg_quality, shard_size, workers)
+    settings["band_names"] = _check_band_names(band_names)
     lists = _split_settings(settings, val_frac, test_frac, splits)
     out = Path(out)
     _check_apart(out / dataset, src)
@@ -153,6 +159,17 @@ def _check_settings(dataset, src, num_images, image_size, seed, formats, max_res
             "formats": list(formats), "max_res": max_res or 0, "jpeg_quality": jpeg_quality,
             "shard_size": shard_size, "num_images": num_images, "image_size": image_size,
             "workers": workers or _default_workers()}
+
+
+def _check_band_names(names) -> list[str] | None:
+    if names is None:
+        return None
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",")]
+    if not names or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+        raise UserError(f"--band-names {','.join(map(str, names))}: give one distinct, non-empty name per band, "
+                        "comma-separated (e.g. B02,B03,B04,B08)")
+    return list(names)
 
 
 def _split_settings(settings: dict, val_frac, test_frac, splits) -> SplitLists | None:
@@ -264,9 +281,9 @@ _WORKER_SOURCE = None
 _WORKER_OPTS: tuple = ()
 
 
-def _init_worker(source, max_res, quality, in_pool=False) -> None:
+def _init_worker(source, max_res, quality, layout, in_pool=False) -> None:
     global _WORKER_SOURCE, _WORKER_OPTS
-    _WORKER_SOURCE, _WORKER_OPTS = source, (max_res, quality)
+    _WORKER_SOURCE, _WORKER_OPTS = source, (max_res, quality, layout)
     if in_pool:
         # Ctrl-C is handled once, by the parent (which terminates the pool), instead of printing
         # one KeyboardInterrupt traceback per worker.
@@ -276,21 +293,38 @@ def _init_worker(source, max_res, quality, in_pool=False) -> None:
 
 
 def _convert_one(i: int):
-    """Worker: item i -> (i, label, Stored) or (i, None, reason)."""
+    """Worker: item i -> (i, label, Stored | StoredRaster) or (i, None, reason)."""
     try:
         decoded, label = _WORKER_SOURCE.load(i)
-        return i, label, store(decoded, *_WORKER_OPTS)
+        return i, label, _store(decoded, *_WORKER_OPTS)
     except SkipImage as exc:
         return i, None, str(exc)
 
 
-def _converted(source, order, settings):
-    """Results in `order`, from a process pool (or in-process for one worker)."""
-    opts = (source, settings["max_res"], settings["jpeg_quality"])
+def _store(decoded: Decoded | Raster, max_res, quality, layout: Layout) -> Stored | StoredRaster:
+    """The JPEG path for 8-bit images of an 8-bit dataset (as ever), the raster path for rasters;
+    a file of another kind than the dataset's is skipped."""
+    if layout.raster:
+        if not isinstance(decoded, Raster):
+            layout.refuse(EIGHT_BIT)
+        return store_raster(decoded, layout, max_res)
+    if isinstance(decoded, Raster):
+        layout.refuse(decoded.header.kind)
+    return store(decoded, max_res, quality)
+
+
+def _header_one(i: int):
+    """Worker (survey): item i -> (i, its Header or None)."""
+    return i, _WORKER_SOURCE.header(i)
+
+
+def _converted(source, order, settings, layout: Layout, task=_convert_one):
+    """task's results in `order`, from a process pool (or in-process for one worker)."""
+    opts = (source, settings["max_res"], settings["jpeg_quality"], layout)
     workers = min(settings["workers"], max(1, len(order)))
     if workers == 1:
         _init_worker(*opts)
-        yield from map(_convert_one, (int(i) for i in order))
+        yield from map(task, (int(i) for i in order))
         return
     chunk = max(1, min(32, len(order) // (workers * 8)))
     # forkserver, not fork: a fork of a parent that already runs OpenCV / torch / numba threads can
@@ -301,19 +335,19 @@ def _converted(source, order, settings):
     else:
         ctx = mp.get_context()
     with ctx.Pool(workers, initializer=_init_worker, initargs=(*opts, True)) as pool:
-        yield from pool.imap(_convert_one, (int(i) for i in order), chunksize=chunk)
+        yield from pool.imap(task, (int(i) for i in order), chunksize=chunk)
 
 
 class _Outputs:
     """Parent side of the conversion pass: routes each converted image to its split, appends it to
     that split's shards and keeps what the manifest needs (counts, sample ids, pixel sums)."""
 
-    def __init__(self, tmp: Path, num_classes: int, settings: dict, router):
+    def __init__(self, tmp: Path, num_classes: int, settings: dict, router, layout: Layout):
         self.writers = {s: ShardWriter(tmp / "wds", s, settings["shard_size"]) for s in SPLITS}
         self.records = {s: [] for s in SPLITS}
         self.keys = {s: [] for s in SPLITS}
         self.per_class = {s: [0] * num_classes for s in SPLITS}
-        self.stats = mf.PixelStats()
+        self.stats = RasterStats(layout) if layout.raster else mf.PixelStats()
         self.router = router
         self.passthrough = 0
 
@@ -321,15 +355,18 @@ class _Outputs:
         for split, item in self.router.assign(source_key, label, (source_key, label, result)):
             self._write(split, *item)
 
-    def _write(self, split: str, source_key: str, label: int, result: Stored) -> None:
+    def _write(self, split: str, source_key: str, label: int, result: Stored | StoredRaster) -> None:
         key = f"{len(self.keys[split]):07d}"  # position in the split: the same in every format
         writer = self.writers[split]
-        self.records[split].append(writer.write(key, result.jpeg, label, result.height, result.width))
+        if isinstance(result, StoredRaster):
+            self.records[split].append(writer.write(key, result.npy, label, result.height, result.width, ext="npy"))
+        else:
+            self.records[split].append(writer.write(key, result.jpeg, label, result.height, result.width))
         self.keys[split].append(source_key)
         self.per_class[split][label] += 1
         self.passthrough += result.passthrough
         if split == "train":
-            self.stats.add(result.pixel_count, result.sums, result.sq_sums)
+            self.stats.add(result)
 
     def close(self) -> dict[str, list[Path]]:
         for split, item in self.router.flush():
@@ -376,9 +413,10 @@ def _build(tmp: Path, source, settings: dict, lists: SplitLists | None, progress
     router, order, left_out = _plan(source, settings, lists)
     excluded = _excluded(source, left_out)
     start = time.perf_counter()
-    outputs = _Outputs(tmp, len(source.classes), settings, router)
+    layout = _layout(source, order, settings, progress)
+    outputs = _Outputs(tmp, len(source.classes), settings, router, layout)
     skipped = list(source.skipped)
-    bar = tqdm(_converted(source, order, settings), total=len(order), disable=not progress,
+    bar = tqdm(_converted(source, order, settings, layout), total=len(order), disable=not progress,
                desc=f"prep {source.name}", unit="img", dynamic_ncols=True)
     for i, label, result in bar:
         if label is None:
@@ -390,18 +428,59 @@ def _build(tmp: Path, source, settings: dict, lists: SplitLists | None, progress
     shards = outputs.close()
     if not outputs.records["train"]:
         _no_train(settings["src"] or source.name, outputs.per_class, skipped)
-    files = _write_formats(tmp, settings, outputs.records, shards, outputs.keys, progress)
+    files = _write_formats(tmp, settings, outputs.records, shards, outputs.keys, progress, layout)
     total_s = time.perf_counter() - start
     n = outputs.count
     print(_summary(source, settings, outputs.per_class, skipped, excluded, n, convert_s, total_s),
           file=sys.stderr)
+    image = {**layout.manifest_fields(), **outputs.stats.fields()}
+    _say_stored(layout, image)
     return mf.build_manifest(
-        source=source, settings=settings, per_class=outputs.per_class, stats=outputs.stats,
+        source=source, settings=settings, per_class=outputs.per_class, image=image,
         files=files, skipped=skipped, excluded=excluded, passthrough=outputs.passthrough,
         sizes=outputs.sizes(),
         timing={"convert_s": round(convert_s, 3), "total_s": round(total_s, 3),
                 "images_per_s": round(n / max(total_s, 1e-9), 1)},
     )
+
+
+# Suffixes of formats that hold 8-bit images only: a source of nothing else needs no survey, so a
+# JPEG dataset is read exactly once, as before (a file among them that is a raster after all is
+# skipped as one of another kind).
+_EIGHT_BIT_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".bmp", ".gif", ".webp")
+# Below this many files the parent reads their headers sooner than a worker pool starts (~1 s on
+# 2 cores; a header takes ~0.2 ms to read and parse).
+_SURVEY_IN_PARENT = 5000
+
+
+def _layout(source, order, settings: dict, progress: bool) -> Layout:
+    """The dataset's one kind of image (dataprep/rasters.py): declared by an embedded generator,
+    else the most common among the files' headers (read in the worker pool)."""
+    gen = getattr(source, "gen", None)
+    if gen is not None:  # an embedded generator says what it renders; 8-bit RGB unless it says otherwise
+        declared = [Header(Kind(gen.bands, gen.dtype), gen.band_names, gen.dtype)] if hasattr(gen, "bands") else []
+        return choose_layout(declared, settings["band_names"])
+    if all(source.key(int(i)).lower().endswith(_EIGHT_BIT_SUFFIXES) for i in order):
+        return choose_layout([], settings["band_names"])
+    workers = settings["workers"] if len(order) > _SURVEY_IN_PARENT else 1
+    bar = tqdm(_converted(source, order, {**settings, "workers": workers}, Layout(), task=_header_one),
+               total=len(order), disable=not progress, desc=f"survey {source.name}", unit="file", dynamic_ncols=True)
+    headers = [header for _, header in bar]
+    bar.close()
+    return choose_layout(headers, settings["band_names"])
+
+
+def _say_stored(layout: Layout, image: dict) -> None:
+    if not layout.raster:
+        return
+    names = f" ({', '.join(layout.band_names)})" if layout.band_names else ""
+    print(f"stored as {layout.kind.many()}{names}, values as in the files; per-band statistics in "
+          "manifest.json", file=sys.stderr)
+    for c, (low, high) in enumerate(image["value_range"]):
+        if low == high:
+            name = layout.band_names[c] if layout.band_names else f"band {c}"
+            print(f"warning: {name} holds one value ({low}) over the whole train split: its std is 0, so "
+                  "it cannot be standardised; drop the band or check the files", file=sys.stderr)
 
 
 def _excluded(source, items: list[int]) -> dict | None:
@@ -415,14 +494,14 @@ def _excluded(source, items: list[int]) -> dict | None:
             "examples": [display_name(source.key(i)) for i in items[:_EXAMPLES]]}
 
 
-def _write_formats(tmp: Path, settings: dict, records, shards, keys, progress: bool) -> dict:
+def _write_formats(tmp: Path, settings: dict, records, shards, keys, progress: bool, layout: Layout) -> dict:
     splits = [s for s in SPLITS if records[s]]
     files: dict = {}
     if "ffcv" in settings["formats"]:
         (tmp / "ffcv").mkdir()
         for s in splits:
             write_ffcv(tmp / "ffcv" / f"{s}.beton", records[s], settings["max_res"],
-                       settings["jpeg_quality"], progress=progress)
+                       settings["jpeg_quality"], progress=progress, raster=layout.raster)
         files["ffcv"] = {s: f"ffcv/{s}.beton" for s in splits}
     if "wds" in settings["formats"]:
         files["wds"] = {s: [p.relative_to(tmp).as_posix() for p in shards[s]] for s in splits}

@@ -3,8 +3,9 @@
 Every source exposes the same small interface, used by the parent (listing) and by the worker
 processes (loading one item):
     .name, .classes, .fingerprint (dict), .skipped [(path, reason)], .warnings [str]
-    len(src), src.key(i) -> str (a path-like id), src.load(i) -> (Decoded, label)
-`load` raises convert.SkipImage for a file that is not a usable image. Only regular files are ever
+    len(src), src.key(i) -> str (a path-like id), src.load(i) -> (Decoded | Raster, label)
+`load` raises convert.SkipImage for a file that is not a usable image; 8-bit images come back as
+convert.Decoded, anything else as raster_read.Raster. Only regular files are ever
 opened (a FIFO blocks its reader forever, a device never ends). Class names, skipped paths and
 warnings are display_name()s; key(i) is the exact name (bytes that are not UTF-8 are kept as lone
 surrogates, as os.listdir and tarfile give them: PEP 383).
@@ -20,11 +21,12 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from dataprep.convert import Decoded, SkipImage, decode_bytes
+from dataprep.convert import Decoded, SkipImage
+from dataprep.raster_read import Header, Raster, as_image, decode, kind_of
 from fasthpt.errors import UserError
 
 # Suffixes used only to find the class-folder level of a tree; files are identified by content.
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".ppm"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".ppm", ".npy"}
 _IGNORED_DIRS = {"__MACOSX"}  # resource forks that macOS adds to zip files
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _FILE_KINDS = {stat.S_IFIFO: "fifo", stat.S_IFSOCK: "socket", stat.S_IFCHR: "character device",
@@ -182,9 +184,16 @@ class FileSource(abc.ABC):
     def key(self, i: int) -> str:
         return self.items[i][0]
 
-    def load(self, i: int) -> tuple[Decoded, int]:
+    def load(self, i: int) -> tuple[Decoded | Raster, int]:
         path, label = self.items[i]
-        return decode_bytes(self._read(path)), label
+        return decode(self._read(path)), label
+
+    def header(self, i: int) -> Header | None:
+        """What file i holds, from its header alone (None: unreadable; load() says why)."""
+        try:
+            return kind_of(self._read(self.items[i][0]))
+        except SkipImage:
+            return None
 
     @abc.abstractmethod
     def _read(self, path: str) -> bytes:
@@ -297,6 +306,6 @@ class GeneratorSource:
     def key(self, i: int) -> str:
         return f"{self.name}/{i:07d}"
 
-    def load(self, i: int) -> tuple[Decoded, int]:
+    def load(self, i: int) -> tuple[Decoded | Raster, int]:
         pixels, label = self.gen.render(i)
-        return Decoded(pixels), int(label)
+        return as_image(pixels, getattr(self.gen, "band_names", None)), int(label)

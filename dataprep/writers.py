@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from fasthpt.errors import FFCV_INSTALL, UserError  # FFCV is an extra (pyproject.toml)
+from fasthpt.raster_format import npy_array, pack
 
 # DALI's index format, as written by its own tool (nvidia-dali: wds2idx.py, IndexCreator):
 # first line "v1.2 <num_samples>", then one line per sample listing each component as
@@ -41,7 +42,8 @@ class Record:
 
 class ShardWriter:
     """Writes <dir>/<split>-NNNNNN.tar shards of at most `shard_size` samples, each sample a
-    `<key>.jpg` (JPEG bytes) and `<key>.cls` (ASCII decimal label), and X.idx beside each X.tar."""
+    `<key>.jpg` (JPEG bytes; `<key>.npy` for rasters: dataprep/rasters.py) and `<key>.cls` (ASCII
+    decimal label), and X.idx beside each X.tar."""
 
     def __init__(self, folder: Path, split: str, shard_size: int):
         self.folder, self.split, self.shard_size = folder, split, shard_size
@@ -49,16 +51,16 @@ class ShardWriter:
         self._tar: tarfile.TarFile | None = None
         self._index_lines: list[str] = []
 
-    def write(self, key: str, jpeg: bytes, label: int, height: int, width: int) -> Record:
+    def write(self, key: str, image: bytes, label: int, height: int, width: int, ext: str = "jpg") -> Record:
         if self._tar is None or len(self._index_lines) >= self.shard_size:
             self._open_next()
-        jpg_off = self._add(f"{key}.jpg", jpeg)
+        image_off = self._add(f"{key}.{ext}", image)
         cls = str(int(label)).encode("ascii")
         cls_off = self._add(f"{key}.cls", cls)
         self._index_lines.append(
-            f"jpg {jpg_off} {len(jpeg)} {key}.jpg cls {cls_off} {len(cls)} {key}.cls"
+            f"{ext} {image_off} {len(image)} {key}.{ext} cls {cls_off} {len(cls)} {key}.cls"
         )
-        return Record(self.shards[-1], jpg_off, len(jpeg), height, width, int(label))
+        return Record(self.shards[-1], image_off, len(image), height, width, int(label))
 
     def close(self) -> list[Path]:
         self._finish_current()
@@ -100,12 +102,22 @@ class _StoredJpegs:
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i: int):
-        r = self.records[i]
+    def _bytes(self, r: Record) -> bytes:
         with open(r.shard, "rb") as f:
             f.seek(r.offset)
-            data = f.read(r.size)
-        return (np.frombuffer(data, dtype=np.uint8), r.height, r.width), r.label
+            return f.read(r.size)
+
+    def __getitem__(self, i: int):
+        r = self.records[i]
+        return (np.frombuffer(self._bytes(r), dtype=np.uint8), r.height, r.width), r.label
+
+
+class _StoredRasters(_StoredJpegs):
+    """The .npy members already in the shards as FFCV BytesField records (raster_format.pack)."""
+
+    def __getitem__(self, i: int):
+        r = self.records[i]
+        return np.frombuffer(pack(npy_array(self._bytes(r))), dtype=np.uint8), r.label
 
 
 def ffcv_installed() -> bool:
@@ -142,8 +154,9 @@ def _page_size(records: list[Record]) -> int:
 
 
 def write_ffcv(path: Path, records: list[Record], max_res: int | None, jpeg_quality: int,
-               progress: bool = True) -> None:
-    """Write a .beton with fields 'image' (RGBImageField) and 'label' (IntField).
+               progress: bool = True, raster: bool = False) -> None:
+    """Write a .beton with fields 'image' (RGBImageField; for rasters a BytesField of
+    raster_format.pack records: dataprep/rasters.py) and 'label' (IntField).
 
     Write mode 'jpg' (every sample JPEG): files 5-10x smaller than 'raw' stay in the page cache,
     FFCV's libjpeg-turbo decode is not the bottleneck of two-view loading (measured: ~4,400
@@ -155,11 +168,12 @@ def write_ffcv(path: Path, records: list[Record], max_res: int | None, jpeg_qual
     writer process that dies is an error instead of a hang.
     """
     compat = import_ffcv("fasthpt.data.ffcv_compat")
-    from ffcv.fields import IntField
+    from ffcv.fields import BytesField, IntField
     from ffcv.writer import DatasetWriter
 
-    image = compat.stored_jpeg_field(max_res, jpeg_quality)
+    # a record is never larger than its .npy member (16 header bytes against at least 128)
+    image = BytesField() if raster else compat.stored_jpeg_field(max_res, jpeg_quality)
     writer = DatasetWriter(str(path), {"image": image, "label": IntField()},
                            page_size=_page_size(records), num_workers=1)
     with compat.writer_hooks(f"ffcv {path.stem}", progress):
-        writer.from_indexed_dataset(_StoredJpegs(records), chunksize=256)
+        writer.from_indexed_dataset((_StoredRasters if raster else _StoredJpegs)(records), chunksize=256)

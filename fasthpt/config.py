@@ -31,6 +31,7 @@ AUTHORS_BATCH_PER_DEVICE = 64  # imgs_per_gpu in the authors' configs: 4 GPUs x 
 # fasthpt.algorithms.ALGORITHMS hold the implementations (a test keeps the names in step).
 ARCH_NAMES = ("resnet_tiny", "resnet_micro", "resnet18", "resnet50")
 ALGORITHM_NAMES = ("channels_last", "blurpool", "progressive_resizing", "layer_freezing")
+CONV1_STRATEGIES = ("auto", "rgb", "mean")  # fasthpt.models.backbones.CONV1_STRATEGIES (a test keeps them equal)
 _BATCHES = re.compile(r"^\d+ba$")
 
 
@@ -75,6 +76,9 @@ class HPTConfig:
     mode: str = "full"  # full | bn (HPT-BN: convs frozen, BN + head train)
     freeze_stages: int = 0  # additionally freeze stem + the first k ResNet stages
     trust_checkpoint: bool = False  # true: a base that pickles more than tensors is unpickled in full (runs its code)
+    # conv1 from a base of other input channels than the data's bands (an RGB base, 13-band data):
+    # auto | rgb | mean (fasthpt.models.backbones.CONV1_STRATEGIES; the one used is in base.json)
+    conv1: str = "auto"
 
 
 @dataclass
@@ -182,6 +186,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         "model.shuffle_bn": (cfg.model.shuffle_bn, ("shuffle", "sync", "none")),
         "data.ssl_splits": (cfg.data.ssl_splits, SSL_SPLITS),
         "hpt.mode": (cfg.hpt.mode, ("full", "bn")),
+        "hpt.conv1": (cfg.hpt.conv1, CONV1_STRATEGIES),
         "train.precision": (cfg.train.precision, ("auto", "fp32", "amp_bf16", "amp_fp16")),
     }
     for stage in cfg.stages:

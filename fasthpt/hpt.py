@@ -5,11 +5,16 @@ HPT-BN follows the authors' OpenSelfSup configs (cjrd/self-supervised-pretrainin
 layer in train mode (running statistics update) with its affine parameters trainable, and the
 projection head trainable. ``freeze_stages=k`` freezes the stem and the first k ResNet stages
 entirely (parameters and BN statistics), as OpenSelfSup's ``frozen_stages``.
+
+A backbone whose conv1 does not take 3 channels (N-band data: conv1 adapted from an RGB base by
+fasthpt.models.backbones.adapt_conv1, or new) keeps conv1 trainable under HPT-BN: filters made up
+for bands the base never saw must learn them, and a frozen made-up stem would bound what BN can fix.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 from pathlib import Path
 
 from torch import nn
@@ -18,13 +23,15 @@ from fasthpt.config import RunConfig
 from fasthpt.errors import UserError
 from fasthpt.models.moco import MoCo
 
+log = logging.getLogger(__name__)
 MODES = ("full", "bn")
 _NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm)
 
 
 def apply_mode(moco: MoCo, mode: str = "full", freeze_stages: int = 0) -> dict[str, int]:
     """Set ``requires_grad`` on the query encoder for ``mode``; returns counts of trainable and
-    frozen parameter tensors (the key encoder never trains: it follows by momentum)."""
+    frozen parameter tensors and whether conv1 trains (the key encoder never trains: it follows by
+    momentum)."""
     if mode not in MODES:
         raise UserError(f"hpt.mode {mode!r}; valid: {', '.join(MODES)}")
     if not 0 <= freeze_stages <= 4:
@@ -37,6 +44,12 @@ def apply_mode(moco: MoCo, mode: str = "full", freeze_stages: int = 0) -> dict[s
             if not isinstance(m, _NORMS):
                 for p in m.parameters(recurse=False):
                     p.requires_grad = False
+        bands = _stem_bands(backbone)
+        if bands != 3:
+            for p in backbone.conv1.parameters():
+                p.requires_grad = True
+            log.info("hpt mode bn: conv1 (%d input bands, adapted or new) stays trainable with the norms and head",
+                     bands)
     frozen = ["conv1", "bn1"] + [f"layer{i}" for i in range(1, freeze_stages + 1)] if freeze_stages else []
     moco.frozen_norms = []
     for name in frozen:
@@ -45,9 +58,18 @@ def apply_mode(moco: MoCo, mode: str = "full", freeze_stages: int = 0) -> dict[s
             p.requires_grad = False
         moco.frozen_norms += [f"backbone.{name}.{n}".rstrip(".") for n, m in module.named_modules()
                               if isinstance(m, _NORMS)]
+    if freeze_stages and _stem_bands(backbone) != 3:
+        log.warning("hpt.freeze_stages=%d freezes conv1 too, which takes %d bands (adapted from the base, or new)",
+                    freeze_stages, _stem_bands(backbone))
     moco.train(moco.training)
     params = list(moco.encoder_q.parameters())
-    return {"trainable": sum(p.requires_grad for p in params), "frozen": sum(not p.requires_grad for p in params)}
+    return {"trainable": sum(p.requires_grad for p in params), "frozen": sum(not p.requires_grad for p in params),
+            "conv1_trainable": int(all(p.requires_grad for p in backbone.conv1.parameters()))}
+
+
+def _stem_bands(backbone: nn.Module) -> int:
+    """conv1's input channels (its 4-d weight; a speed-up may have wrapped the conv)."""
+    return next(p.shape[1] for p in backbone.conv1.parameters() if p.ndim == 4)
 
 
 def stage_configs(cfg: RunConfig) -> list[RunConfig]:

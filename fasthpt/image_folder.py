@@ -56,6 +56,7 @@ class EvalImages(Dataset):
         _, index = item
         try:
             decoded, label = self.source.load(index)
+            _eight_bit(decoded)
         except SkipImage:
             return torch.zeros(3, self.res, self.res, dtype=torch.uint8), UNUSABLE
         return eval_view(Image.fromarray(decoded.pixels), self.res), label
@@ -65,10 +66,19 @@ class EvalImages(Dataset):
         from dataprep.convert import SkipImage
 
         try:
-            self.source.load(index)
+            _eight_bit(self.source.load(index)[0])
         except SkipImage as exc:
             return str(exc)
         return "unreadable while embedding, readable afterwards"
+
+
+def _eight_bit(decoded) -> None:
+    """This transform takes 8-bit RGB: a raster (dataprep.raster_read.Raster: 16-bit, float, N
+    bands) is a skip with its reason, not a crash in a loader worker."""
+    from dataprep.convert import Decoded, SkipImage
+
+    if not isinstance(decoded, Decoded):
+        raise SkipImage(f"{decoded.header.kind.one()}: this command reads 8-bit images only")
 
 
 def eval_loader(source, res: int, *, batch_size: int, workers: int, device, mean, std):

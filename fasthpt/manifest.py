@@ -6,7 +6,11 @@ Written last, atomically, by dataprep: a dataset folder without it is incomplete
 - ``schema`` (int, SCHEMA_VERSION), ``name``, ``classes`` (list of class names; label i is classes[i])
 - ``splits``: {"train": {"count": int, "per_class": [int, ...]}, "val": {...}, "test": {...}}
   (a split that holds no image is absent: --val-frac 0, --test-frac 0, no test.txt in --splits)
-- ``mean``, ``std``: per-channel RGB statistics of the training images in 0..255 pixel units
+- ``mean``, ``std``: per-band statistics of the training images, in stored units (0..255 for JPEG
+  datasets, R, G, B), one value per band
+- ``image_format`` ("jpeg" | "raster"), ``bands``, ``dtype``, ``band_names``, ``value_range``,
+  ``percentiles``, ``scaling`` (schema 4; absent in older manifests, which are JPEG datasets:
+  read as "jpeg", 3 bands, "uint8"). How rasters are stored: dataprep/rasters.py.
 - ``formats``: subset of FORMATS
 - ``files``: {"ffcv": {"train": "ffcv/train.beton", "val": ...},
               "wds": {"train": ["wds/train-000000.tar", ...], "val": [...]},
@@ -26,15 +30,21 @@ from pathlib import Path
 
 from fasthpt.errors import UserError
 from fasthpt.fileio import atomic_write_json
+from fasthpt.raster_format import CODES
 
 MANIFEST = "manifest.json"
 # 2: the sample-to-file lists are samples/<split>.jsonl (were .txt, one name per line).
 # 3: a test split (--test-frac, or the user's lists: --splits); settings.test_frac, .split_source;
 #    "excluded" (images no list names). Readers tell an older folder by its missing test split.
-SCHEMA_VERSION = 3
+# 4: rasters (image_format, bands, dtype, band_names, value_range, percentiles, scaling); mean/std
+#    hold one value per band. Schema 3 manifests are read as JPEG datasets of 3 bands.
+SCHEMA_VERSION = 4
 TEST_SPLIT_SCHEMA = 3  # the first schema with a test split
 FORMATS = ("ffcv", "wds")
 SPLITS = ("train", "val", "test")
+IMAGE_FORMATS = ("jpeg", "raster")
+# The only transform between stored values and the network (dataprep writes it into every manifest).
+SCALING = "standardise per band: (x - mean[c]) / std[c]"
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,44 @@ class Manifest:
     @property
     def std(self) -> list[float]:
         return [float(v) for v in self.raw["std"]]
+
+    @property
+    def image_format(self) -> str:
+        """"jpeg" (8-bit RGB JPEG bytes, today's path) or "raster" (dataprep/rasters.py)."""
+        return self.raw.get("image_format", "jpeg")
+
+    @property
+    def is_raster(self) -> bool:
+        return self.image_format == "raster"
+
+    @property
+    def bands(self) -> int:
+        return int(self.raw.get("bands", 3))
+
+    @property
+    def dtype(self) -> str:
+        """The stored numpy dtype name ("uint8" for JPEG datasets)."""
+        return self.raw.get("dtype", "uint8")
+
+    @property
+    def band_names(self) -> list[str] | None:
+        names = self.raw.get("band_names")
+        return None if names is None else list(names)
+
+    @property
+    def value_range(self) -> list[list[float]] | None:
+        """[min, max] per band over the train split (rasters; None for JPEG datasets)."""
+        return self.raw.get("value_range")
+
+    @property
+    def percentiles(self) -> list[list[float]] | None:
+        """[p0.1, p99.9] per band over the train split (rasters; None for JPEG datasets)."""
+        return self.raw.get("percentiles")
+
+    @property
+    def scaling(self) -> str:
+        """What loaders do with stored values: the one rule, for every dataset and backend."""
+        return self.raw.get("scaling", SCALING)
 
     @property
     def formats(self) -> list[str]:
@@ -168,9 +216,9 @@ def problem(raw) -> str | None:
             return f"{key!r} missing or not a JSON {'string' if kind is str else kind.__name__}"
     if not all(isinstance(c, str) for c in raw["classes"]):
         return "'classes' holds a name that is not a string"
-    for key in ("mean", "std"):
-        if len(raw[key]) != 3 or not all(_number(v) for v in raw[key]):
-            return f"{key!r} is not three numbers (R, G, B)"
+    wrong = _image_problem(raw)
+    if wrong:
+        return wrong
     for split, entry in raw["splits"].items():
         if not isinstance(entry, dict) or not _count(entry.get("count")):
             return f"splits.{split}.count missing or not a count"
@@ -181,6 +229,30 @@ def problem(raw) -> str | None:
     for key, kind in (("formats", list), ("files", dict), ("settings", dict)):
         if raw.get(key) is not None and not isinstance(raw[key], kind):
             return f"{key!r} is not a JSON {kind.__name__}"
+    return None
+
+
+def _image_problem(raw: dict) -> str | None:
+    """The image fields (schema 4; defaults for older manifests): one statistic per band."""
+    fmt, bands, dtype = raw.get("image_format", "jpeg"), raw.get("bands", 3), raw.get("dtype", "uint8")
+    if fmt not in IMAGE_FORMATS:
+        return f"'image_format' is {fmt!r}, not one of {', '.join(IMAGE_FORMATS)}"
+    if not _count(bands) or bands < 1 or (fmt == "jpeg" and bands != 3):
+        return f"'bands' is {bands!r}: not a band count (3 for JPEG datasets)"
+    if dtype not in CODES or (fmt == "jpeg" and dtype != "uint8"):
+        return f"'dtype' is {dtype!r}: not one of {', '.join(CODES)} (uint8 for JPEG datasets)"
+    for key in ("mean", "std"):
+        if len(raw[key]) != bands or not all(_number(v) for v in raw[key]):
+            return f"{key!r} is not {bands} numbers (one per band)"
+    names = raw.get("band_names")
+    if names is not None and not (isinstance(names, list) and len(names) == bands
+                                  and all(isinstance(n, str) for n in names)):
+        return f"'band_names' is not null or {bands} names"
+    for key in ("value_range", "percentiles"):
+        pairs = raw.get(key)
+        if pairs is not None and not (isinstance(pairs, list) and len(pairs) == bands and all(
+                isinstance(p, list) and len(p) == 2 and all(_number(v) for v in p) for p in pairs)):
+            return f"{key!r} is not null or {bands} [low, high] pairs"
     return None
 
 

@@ -5,7 +5,7 @@
     fasthpt pretrain CONFIG [key=value ...]                 # one process
     from fasthpt.train import pretrain; pretrain(cfg)       # library
 
-A run writes runs/<name>/{config.yaml, checkpoints/, backbone.pt, metrics.jsonl}; with
+A run writes runs/<name>/{config.yaml, base.json, checkpoints/, backbone.pt, metrics.jsonl}; with
 ``stages`` each stage writes those into runs/<name>/<stage>/ and its backbone.pt is the next
 stage's base. The run is the top of the training assembly: it calls fasthpt.trainer_setup, which
 never calls back.
@@ -17,6 +17,7 @@ an import by name from Python or a library cannot land on a file of ours (tests/
 checks the names; tests/train/test_entry.py runs this file and checks what it imported).
 """
 
+import dataclasses
 import logging
 import math
 import shutil
@@ -30,7 +31,7 @@ from fasthpt.device import resolve_precision, trainer_device
 from fasthpt.errors import UserError, interrupted_code
 from fasthpt.fileio import atomic_path, atomic_write_json, printable_json
 from fasthpt.hpt import stage_configs
-from fasthpt.models.backbones import save_backbone
+from fasthpt.models.backbones import BASE_REPORT, save_backbone
 from fasthpt.models.moco import replicas_in_sync
 from fasthpt.run_folder import Interrupted, claim, resume_hint, write_failure
 from fasthpt.trainer_setup import Loader, Parts, build_trainer
@@ -117,6 +118,8 @@ def _train(cfg: RunConfig, callbacks: tuple, loader: Loader | None) -> dict:
                               loader=loader)
         if rank == 0:  # only once the base, the data and the config have all been accepted
             save_config(cfg, run / "config.yaml")
+            # how the base was read, conv1's strategy for N-band data included (export reads it)
+            atomic_write_json(run / BASE_REPORT, dataclasses.asdict(parts.report))
         start_batch, start_sample = int(parts.trainer.state.timestamp.batch), int(parts.trainer.state.timestamp.sample)
         t0 = time.perf_counter()
         # a run resumed from its final checkpoint, or from where its plateau stopped it, is already

@@ -66,11 +66,17 @@ class Parts:
     monitor: KNNMonitor | None = None  # the kNN monitor (and plateau rule), when train.knn_interval > 0
 
 
-def build_model(cfg: RunConfig, device: str) -> tuple[MoCo, LoadReport]:
+def build_model(cfg: RunConfig, device: str, bands: tuple[int, list | None] | None = None) -> tuple[MoCo, LoadReport]:
     """Backbone from the base, fresh MLP head, key encoder := query, random queue (as the authors'
-    code after loading a base), then the HPT mode. Seeded so every rank builds the same model."""
+    code after loading a base), then the HPT mode. Seeded so every rank builds the same model.
+    The backbone takes the data's bands (the manifest's count and names; ``bands`` gives them for
+    a stand-in loader's data)."""
     reproducibility.seed_all(cfg.train.seed)
-    backbone, report = load_backbone(cfg.hpt.base, cfg.model.arch, trust=cfg.hpt.trust_checkpoint)
+    if bands is None:
+        data = load_manifest(cfg.data.path)
+        bands = data.bands, data.band_names
+    backbone, report = load_backbone(cfg.hpt.base, cfg.model.arch, trust=cfg.hpt.trust_checkpoint,
+                                     in_chans=bands[0], band_names=bands[1], conv1=cfg.hpt.conv1)
     m = cfg.model
     world = dist.get_world_size()
     groups = bn_groups(cfg, world)
@@ -207,7 +213,7 @@ def build_trainer(cfg: RunConfig, device: str, precision: str, callbacks: tuple 
     load_path = resume_path(cfg, ckpt)
     durations = cfg.durations
     log_every = durations.log_interval
-    moco, report = build_model(cfg, device)
+    moco, report = build_model(cfg, device, None if loader is None else (3, None))  # stand-ins: RGB
     algorithms = build_algorithms(list(cfg.train.algorithms), moco)
     loader = build_loader(cfg, device) if loader is None else loader
     if len(loader) == 0:

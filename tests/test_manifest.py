@@ -35,7 +35,7 @@ def test_written_manifest_reads_back_through_typed_accessors(tmp_path):
 
 @pytest.mark.parametrize("changes, named", [
     ({"classes": "a,b"}, "'classes' missing or not a JSON list"),
-    ({"mean": [1, 2]}, "'mean' is not three numbers"),
+    ({"mean": [1, 2]}, "'mean' is not 3 numbers (one per band)"),
     ({"splits": {"train": {"count": -1}}}, "splits.train.count"),
     ({"splits": {"train": {"count": 5, "per_class": [5]}}}, "splits.train.per_class is not one count per class"),
     ({"files": []}, "'files' is not a JSON dict"),

@@ -1,10 +1,12 @@
 """Embedded datasets that need no download: `sat` (procedural aerial scenes of 13 land-use
 classes), `sat-target` (new scenes of 6 of those classes: a small target domain, as UC Merced is
-to RESISC-45 in the paper's chain) and `natural` (crops of scikit-image's photographs, a generic
-domain standing in for ImageNet).
+to RESISC-45 in the paper's chain), `s2-target` (a 13-band, 12-bit Sentinel-2-like target of 8
+land-cover classes: dataprep/synthetic/spectral.py) and `natural` (crops of scikit-image's
+photographs, a generic domain standing in for ImageNet).
 
     gen = get_generator("sat", num_images=2400, image_size=64, seed=0)
     img, label = gen.render(i)        # HxWx3 uint8 RGB, int in [0, len(gen.classes))
+                                      # s2-target: HxWx13 uint16 (0..4095), gen.band_names
 
 Each image depends only on (name, seed, index, image_size, difficulty): any index can be rendered
 alone, in any process, in any order (dataprep renders indices in parallel workers). Labels are
@@ -17,18 +19,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dataprep.synthetic import photos
+from dataprep.synthetic import photos, spectral
 from dataprep.synthetic.scenes import SCENES
 from dataprep.synthetic.sensor import apply_sensor
 from fasthpt.errors import UserError
 
-EMBEDDED = ("sat", "sat-target", "natural")
+EMBEDDED = ("sat", "sat-target", "s2-target", "natural")
 
 # Small enough to pretrain on 2 CPU cores in minutes (the demo trains at 64 px); scale up with
 # --num-images / --image-size.
 DEFAULTS = {
     "sat": {"num_images": 4000, "image_size": 64},  # ~308 per class: 800 val images keep kNN/linear noise ~1.7 points
     "sat-target": {"num_images": 3000, "image_size": 32},
+    "s2-target": {"num_images": 1200, "image_size": 32},  # 720 train images, rendered in seconds
     "natural": {"num_images": 3000, "image_size": 64},
 }
 
@@ -83,6 +86,30 @@ class SatTargetGenerator(SatGenerator):
     salt = 0x7A6
 
 
+class S2TargetGenerator(_Base):
+    """13 bands, 12 bits, Sentinel-2-like: each class a `sat` scene layout given per-material
+    reflectance spectra, then an atmosphere and a sensor (dataprep/synthetic/spectral.py). Stored
+    by prep as a raster dataset (dataprep/rasters.py): uint16, 13 bands, named B01..B12 and B8A."""
+
+    name = "s2-target"
+    version = "s2-target-1"
+    classes = list(spectral.CLASSES)
+    salt = 0x52A
+    bands, dtype, band_names = len(spectral.BANDS), "uint16", spectral.BANDS
+
+    def render(self, i: int) -> tuple[np.ndarray, int]:
+        rng = self._rng(i, salt=self.salt)
+        label = i % len(self.classes)
+        scene, materials = spectral.CLASSES[self.classes[label]]
+        surface = spectral.scene_to_spectra(SCENES[scene](rng, self.image_size), materials)
+        return spectral.observe(rng, surface, self.difficulty), label
+
+    @staticmethod
+    def preview(img: np.ndarray) -> np.ndarray:
+        """uint8 true-colour RGB of a rendered image (contact sheets)."""
+        return spectral.true_colour(img)
+
+
 class NaturalGenerator(_Base):
     """Random crops of real photographs; the label is the photograph's index."""
 
@@ -107,7 +134,8 @@ class NaturalGenerator(_Base):
         return photos.crop(rng, photos.load(names[label]), self.image_size), label
 
 
-_GENERATORS = {"sat": SatGenerator, "sat-target": SatTargetGenerator, "natural": NaturalGenerator}
+_GENERATORS = {"sat": SatGenerator, "sat-target": SatTargetGenerator, "s2-target": S2TargetGenerator,
+               "natural": NaturalGenerator}
 
 
 def get_generator(name: str, num_images: int | None = None, image_size: int | None = None,

@@ -33,7 +33,8 @@ def contact_sheet(name: str, per_class: int = 6, image_size: int = 64, seed: int
         for k in range(per_class):
             img, label = gen.render(c + k * n_cls)
             assert label == c
-            sheet.paste(Image.fromarray(img), (LABEL_W + k * cell, c * cell))
+            shown = gen.preview(img) if hasattr(gen, "preview") else img  # N bands: a true-colour view
+            sheet.paste(Image.fromarray(shown), (LABEL_W + k * cell, c * cell))
     return sheet
 
 

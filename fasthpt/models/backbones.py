@@ -3,11 +3,16 @@
 Every backbone has torchvision's module names (conv1, bn1, layer1..layer4, fc = Identity), returns
 N x D globally pooled features and exposes D as ``model.num_features``; ``backbone.pt`` files are
 plain torchvision-format state_dicts without ``fc``, so any torchvision ResNet can read them.
+
+A backbone takes the data's bands as input channels (``in_chans``; 3 for RGB). A base whose conv1
+takes another number of channels (an RGB base for 13-band data) has conv1 adapted by a named
+strategy (CONV1_STRATEGIES, recorded in the LoadReport); every other tensor loads exactly.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +25,7 @@ from fasthpt.errors import UserError
 from fasthpt.fileio import atomic_torch_save
 
 log = logging.getLogger(__name__)
+BASE_REPORT = "base.json"  # a run folder's record of its LoadReport (fasthpt.train)
 
 
 def _torchvision(name: str) -> Callable[[], nn.Module]:
@@ -65,11 +71,77 @@ ARCHS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
-def build_backbone(arch: str) -> nn.Module:
-    """A randomly initialised backbone: images N x 3 x H x W -> features N x model.num_features."""
+def build_backbone(arch: str, in_chans: int = 3) -> nn.Module:
+    """A randomly initialised backbone: images N x in_chans x H x W -> features N x model.num_features."""
     if arch not in ARCHS:
         raise UserError(f"unknown architecture {arch!r}; valid: {', '.join(ARCHS)}")
-    return ARCHS[arch]()
+    if not isinstance(in_chans, int) or in_chans < 1:
+        raise UserError(f"a backbone takes at least 1 input band, got {in_chans!r}")
+    model = ARCHS[arch]()
+    if in_chans != 3:
+        old = model.conv1
+        model.conv1 = nn.Conv2d(in_chans, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
+        nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")  # torchvision's init
+    return model
+
+
+# How conv1 is made from a base whose conv1 takes another number of channels than the data's bands.
+# "rgb": the base's R, G, B filters to the bands named red, green and blue (rgb_bands), their mean
+# to the other bands; "mean": the mean filter on every band. Both scale by base channels / bands,
+# so a uniform input gives the base's response (timm's adapt_input_conv rule for 1 band: the sum).
+# "auto": rgb where the band names identify red, green and blue in an RGB base, else mean.
+CONV1_STRATEGIES = ("auto", "rgb", "mean")
+_COLOURS = {"red": ("red", "r", "b04"), "green": ("green", "g", "b03"), "blue": ("blue", "b", "b02")}
+
+
+def rgb_bands(band_names) -> tuple[int, int, int] | None:
+    """The indices of the red, green and blue bands among ``band_names`` (one band each), else
+    None. A band is red when its name is 'red', 'r' or Sentinel-2's 'B04', or has the word 'red' in
+    it and not 'edge' (Sentinel-2's red-edge bands); green and blue alike ('B03', 'B02')."""
+    if not band_names:
+        return None
+    found = []
+    for colour, names in _COLOURS.items():
+        hits = [i for i, name in enumerate(band_names) if _is_colour(str(name), colour, names)]
+        if len(hits) != 1:
+            return None
+        found.append(hits[0])
+    return tuple(found) if len(set(found)) == 3 else None
+
+
+def _is_colour(name: str, colour: str, names: tuple[str, ...]) -> bool:
+    words = [w for w in re.split(r"[^a-z0-9]+", name.lower()) if w]
+    return name.strip().lower() in names or (colour in words and "edge" not in words and "rededge" not in words)
+
+
+def adapt_conv1(weight: torch.Tensor, in_chans: int, strategy: str = "auto", band_names=None):
+    """conv1 weights O x Cb x k x k of a base -> O x in_chans x k x k by ``strategy``; returns
+    (weights, strategy used, a line that says what was done)."""
+    if strategy not in CONV1_STRATEGIES:
+        raise UserError(f"hpt.conv1 {strategy!r}; valid: {', '.join(CONV1_STRATEGIES)}")
+    base = weight.shape[1]
+    rgb = rgb_bands(band_names) if base == 3 and in_chans > 3 else None
+    if strategy == "auto":
+        strategy = "rgb" if rgb else "mean"
+    scale = base / in_chans
+    mean = weight.float().mean(1, keepdim=True)
+    out = mean.repeat(1, in_chans, 1, 1)
+    if strategy == "mean":
+        how = f"mean: the mean of the base's {base} input filters on each of the {in_chans} bands, x{base}/{in_chans}"
+    else:
+        if rgb is None:
+            raise UserError(f"hpt.conv1=rgb needs an RGB base and bands named red, green and blue (e.g. B04, B03, "
+                            f"B02), got a {base}-channel base and bands {_shown(band_names)}; use hpt.conv1=mean "
+                            "or name the bands (fasthpt prep --band-names)")
+        for channel, band in enumerate(rgb):
+            out[:, band] = weight[:, channel].float()
+        named = ", ".join(f"{c}={band_names[b]}" for c, b in zip("RGB", rgb))
+        how = f"rgb: the base's R, G, B filters to {named}, their mean to the other {in_chans - 3} bands, x3/{in_chans}"
+    return (out * scale).to(weight.dtype), strategy, how
+
+
+def _shown(names) -> str:
+    return "(unnamed)" if not names else ", ".join(map(str, names))
 
 
 @dataclass
@@ -81,11 +153,18 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)  # backbone keys left at random init
     unexpected: list[str] = field(default_factory=list)  # checkpoint keys not used
     dropped: list[str] = field(default_factory=list)  # classifier / projection head keys (by design)
+    in_chans: int = 3  # input bands of the built backbone
+    # How conv1 was made: "as is" (the base's conv1 takes in_chans channels), "random" (no base),
+    # or an adapt_conv1 strategy ("rgb", "mean"); conv1_how says it in words.
+    conv1: str = "as is"
+    conv1_how: str = ""
 
     def summary(self) -> str:
+        stem = f"; conv1 {self.conv1_how}" if self.conv1_how else ""
         return (
             f"base {self.source} ({self.format}, {self.arch}): {self.loaded} tensors loaded, "
             f"{len(self.missing)} missing, {len(self.unexpected)} unexpected, {len(self.dropped)} head keys dropped"
+            f"{stem}"
         )
 
 
@@ -113,8 +192,8 @@ def _plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_backbone(spec: str, arch: str | None = None, *, trust: bool = False,
-                  arch_key: str = "model.arch") -> tuple[nn.Module, LoadReport]:
+def load_backbone(spec: str, arch: str | None = None, *, trust: bool = False, arch_key: str = "model.arch",
+                  in_chans: int = 3, band_names=None, conv1: str = "auto") -> tuple[nn.Module, LoadReport]:
     """Build a backbone and load base weights from ``spec``.
 
     spec: ``none`` / ``random`` (random init of ``arch``), ``torchvision:NAME`` (from the local
@@ -124,19 +203,23 @@ def load_backbone(spec: str, arch: str | None = None, *, trust: bool = False,
     inferred from key names and shapes; if ``arch`` is given and differs, that is a UserError
     whose hint names ``arch_key``, the user's knob (``model.arch`` in a config, ``--arch`` on a
     command line). Files are read without running code they pickle unless ``trust``; a base
-    holding NaN / inf is refused.
+    holding NaN / inf is refused. ``in_chans``: the data's bands; a base whose conv1 takes another
+    number of channels has it adapted by ``conv1`` (adapt_conv1; ``band_names`` name the data's bands).
     """
     from fasthpt.models import checkpoint_formats as fmt
 
     if spec in ("none", "random", ""):
         if arch is None:
             raise UserError(f"base 'none' needs an architecture ({arch_key})")
-        model = build_backbone(arch)
-        return model, LoadReport(source=spec or "none", format="random", arch=arch, missing=[])
+        model = build_backbone(arch, in_chans)
+        return model, LoadReport(source=spec or "none", format="random", arch=arch, missing=[], in_chans=in_chans,
+                                 conv1="random")
     state, kind = fmt.read_state(spec, trust)
     state, dropped = fmt.to_backbone_keys(state, spec)
     fmt.check_finite(state, spec)
-    found = fmt.infer_arch(state, {name: _reference_shapes(name) for name in ARCHS})
+    stem = state.get(fmt.STEM)
+    base_chans = stem.shape[1] if torch.is_tensor(stem) and stem.ndim == 4 else 3
+    found = fmt.infer_arch(state, {name: _reference_shapes(name, base_chans) for name in ARCHS})
     if arch is not None and found is not None and found != arch:
         fix = f"{arch_key} {found}" if arch_key.startswith("--") else f"{arch_key}={found}"
         raise UserError(f"base {spec} holds a {found} but {arch_key} is {arch}; set {fix} or pick another base")
@@ -144,9 +227,13 @@ def load_backbone(spec: str, arch: str | None = None, *, trust: bool = False,
     if chosen is None:
         raise UserError(f"base {spec}: not a ResNet this tool knows ({', '.join(ARCHS)}); conv1.weight is "
                         f"{tuple(state['conv1.weight'].shape) if 'conv1.weight' in state else 'absent'}")
-    model = build_backbone(chosen)
+    model = build_backbone(chosen, in_chans)
+    used, how = "as is", ""
+    if base_chans != in_chans:
+        weight, used, how = adapt_conv1(state[fmt.STEM], in_chans, conv1, band_names)
+        state = {**state, fmt.STEM: weight}
     report = _copy_weights(model, state, spec, kind, chosen)
-    report.dropped = dropped
+    report.dropped, report.in_chans, report.conv1, report.conv1_how = dropped, in_chans, used, how
     log.info(report.summary())
     for name in ("missing", "unexpected"):
         keys = getattr(report, name)
@@ -159,12 +246,16 @@ def load_backbone(spec: str, arch: str | None = None, *, trust: bool = False,
 _SHAPES: dict[str, dict[str, tuple]] = {}
 
 
-def _reference_shapes(arch: str) -> dict[str, tuple]:
+def _reference_shapes(arch: str, in_chans: int = 3) -> dict[str, tuple]:
+    """Every tensor's shape in ``arch`` with ``in_chans`` input channels (only conv1 differs)."""
     if arch not in _SHAPES:
         with torch.device("meta"):
             model = build_backbone(arch)
         _SHAPES[arch] = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    return _SHAPES[arch]
+    shapes = dict(_SHAPES[arch])
+    out, _, *kernel = shapes["conv1.weight"]
+    shapes["conv1.weight"] = (out, in_chans, *kernel)
+    return shapes
 
 
 def _copy_weights(model: nn.Module, state: dict, spec: str, kind: str, arch: str) -> LoadReport:

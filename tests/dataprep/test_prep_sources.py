@@ -16,6 +16,7 @@ from tiny_images import tiny_image, write_tiny_folder
 from dataprep import prepare
 from dataprep.archives import TarSource, ZipSource
 from dataprep.convert import SkipImage, decode_bytes
+from dataprep.raster_read import Raster, decode
 from dataprep.samples import read_samples
 from dataprep.sources import Entry, FolderSource, list_tree
 
@@ -54,17 +55,17 @@ def test_pixel_modes_become_8bit_rgb():
     out = decode_bytes(encoded(pal, "PNG")).pixels
     assert np.array_equal(out, np.asarray(pal.convert("RGB")))
 
+    # 16 bits per channel: what prep's sources decode (raster_read.decode) keeps every value
     deep = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
-    out = decode_bytes(encoded(Image.fromarray(deep), "PNG")).pixels
-    assert np.array_equal(out[..., 0], (deep >> 8).astype(np.uint8))  # 16-bit: high byte
-    assert np.array_equal(out[..., 0], out[..., 2])
+    out = decode(encoded(Image.fromarray(deep), "PNG"))
+    assert isinstance(out, Raster) and out.pixels.dtype == np.uint16 and np.array_equal(out.pixels[..., 0], deep)
 
     import cv2
 
     deep_rgb = np.random.default_rng(0).integers(0, 65536, (6, 9, 3)).astype(np.uint16)
     for ext in (".tif", ".png"):  # 16 bits per channel colour (written by OpenCV, BGR order)
         data = cv2.imencode(ext, deep_rgb[..., ::-1])[1].tobytes()
-        assert np.array_equal(decode_bytes(data).pixels, (deep_rgb >> 8).astype(np.uint8))
+        assert np.array_equal(decode(data).pixels, deep_rgb), ext  # RGB order, every bit
 
     cmyk = Image.fromarray(tiny_image(3, 0, 8)).convert("CMYK")
     assert decode_bytes(encoded(cmyk, "JPEG")).pixels.shape == (8, 8, 3)
@@ -119,9 +120,10 @@ def messy_folder(tmp_path_factory):
             img = Image.fromarray(tiny_image(label, k, 40))
             img.save(root / name / f"img{k}.{ext}", format=FORMATS[ext])
             good[f"{name}/img{k}.{ext}"] = label
+    # a 16-bit file among 8-bit ones: another kind of image than the dataset's, skipped and listed
     Image.fromarray(np.full((40, 40), 9, np.uint16) * 5000).save(root / "fields" / "deep.png")
     Image.fromarray(tiny_image(1, 9, 40)).convert("P").save(root / "forest" / "pal.png")
-    good.update({"fields/deep.png": 0, "forest/pal.png": 1})
+    good.update({"forest/pal.png": 1})
     jpeg = encoded(Image.fromarray(tiny_image(0, 9, 40)), "JPEG")
     (root / "fields" / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 3])
     (root / "fields" / "notes.txt").write_text("not an image")
@@ -144,7 +146,9 @@ def test_messy_folder_skips_and_counts(messy_folder, tmp_path, capsys):
     assert sorted(read_samples(out, "train")) == sorted(good.items())
     reasons = {s["path"]: s["reason"] for s in m["skipped"]}
     assert set(reasons) == {"fields/truncated.jpg", "fields/notes.txt", "forest/zero.png",
-                            "forest/garbage.jpg", "forest/dangling.jpg", "README.md"}
+                            "forest/garbage.jpg", "forest/dangling.jpg", "README.md", "fields/deep.png"}
+    assert reasons["fields/deep.png"] == ("a uint16 raster of 1 band: the dataset holds 8-bit images (the most "
+                                          "common kind among its files)")
     assert reasons["forest/zero.png"] == "empty file"
     assert reasons["fields/notes.txt"].startswith("not an image")
     assert reasons["fields/truncated.jpg"].startswith("cannot decode")
@@ -153,7 +157,7 @@ def test_messy_folder_skips_and_counts(messy_folder, tmp_path, capsys):
     assert m["warnings"] == ["empty class folder ignored: snow"]
     assert "val" not in m["splits"] and "test" not in m["splits"]  # fractions 0: no files at all
     err = capsys.readouterr().err
-    assert "skipped 6 files" in err and "snow" in err
+    assert "skipped 7 files" in err and "snow" in err
 
 
 def _archive(folder, path, kind):
@@ -218,7 +222,7 @@ def test_symlinked_class_folders_are_followed(tmp_path):
 
 
 def test_every_format_reads_back_through_every_reader(messy_folder, tmp_path):
-    """JPEG, PNG, TIFF, BMP, WebP, palette and 16-bit sources, among corrupt files, come back
+    """JPEG, PNG, TIFF, BMP, WebP and palette sources, among corrupt files, come back
     from FFCV, webdataset and DALI with their labels and their pixels (PSNR >= 28 dB)."""
     from dataprep.readback import dali_samples, ffcv_samples, psnr, wds_samples
     from fasthpt.manifest import load_manifest
@@ -229,11 +233,7 @@ def test_every_format_reads_back_through_every_reader(messy_folder, tmp_path):
     keys = [k for k, _ in read_samples(out, "train")]
     refs = []
     for key in keys:
-        img = Image.open(root / key)
-        if img.mode.startswith("I;16"):  # the 16-bit rule: keep the high byte
-            refs.append(np.repeat((np.asarray(img) >> 8).astype(np.uint8)[..., None], 3, 2))
-        else:
-            refs.append(np.asarray(img.convert("RGB")))
+        refs.append(np.asarray(Image.open(root / key).convert("RGB")))
     for name, (images, labels) in {
         "ffcv": ffcv_samples(m.ffcv_path("train")),
         "webdataset": wds_samples(m.wds_shards("train")),

@@ -17,7 +17,7 @@ from dataprep.samples import read_samples
 from dataprep.split import StreamingSplit
 from fasthpt.cli import main
 from fasthpt.errors import UserError
-from fasthpt.manifest import load_manifest
+from fasthpt.manifest import SCHEMA_VERSION, load_manifest
 
 FAST = dict(formats=("wds",), workers=1, progress=False)
 SPLITS = ("train", "val", "test")
@@ -109,7 +109,7 @@ def test_three_disjoint_stratified_splits_cover_the_data(uneven, tmp_path, capsy
             assert m.raw["splits"][s]["per_class"][c] == want[s], (name, s)
             assert sum(label == c for _, label in samples[s]) == want[s], (name, s)
     assert m.raw["settings"]["test_frac"] == 0.2 and m.raw["settings"]["split_source"] == "fractions"
-    assert m.raw["schema"] == 3
+    assert m.raw["schema"] == SCHEMA_VERSION
     assert "27 train / 9 val / 9 test images" in capsys.readouterr().err  # (7, 10, 13, 15) per class
 
 
