@@ -3,6 +3,7 @@
 # valuable figures first, each step under its own `timeout`, 8 minutes in all (of a 10-minute call).
 #
 #   bash bench/gpu_check.sh [--dry-run] [--no-install] [--bundle DIR] [--stage DIR]
+#   bash bench/gpu_check.sh --claim [--resume DIR] [--dry-run] [--no-install] [-- key=value ...]
 #
 # Steps, in order, most valuable first: stage + install the bundle (bench/gpu_bundle.py's call
 # folders), versions; the training benchmark at 224 px, ResNet-50, bf16, channels_last, batch 128:
@@ -10,8 +11,8 @@
 # process, then MoCo-v2 fed by FFCV and by DALI `mixed` (samples/s and data stall), then the MoCo
 # step without BN groups (the one-pass shuffle-BN's ceiling); prep of 256 px photos comes first
 # where a loader needs it; then the loader benchmark (Composer-style epochs: samples/s and the
-# epoch-start cost), `pytest -m gpu`, and `fasthpt demo --scale large` for whatever is left of the
-# 8 minutes. Writes under $OUT (default out/gpu-check): gpu_check.jsonl (one line
+# epoch-start cost), `pytest -m gpu`, and `fasthpt demo --scale gpu` for whatever is left of the
+# 8 minutes (its first runs time the claim preset's set-up and steps; bench/RESULTS.md says why). Writes under $OUT (default out/gpu-check): gpu_check.jsonl (one line
 # per step: status, exit code, seconds, limit, command), gpu_check.log (everything printed),
 # loaders.jsonl, train.jsonl, gpu_tests.xml.
 #
@@ -21,10 +22,20 @@
 # folder, back to back on the warm machine, each running this same script, which stages what the
 # call carried and stops until call-1 arrives; the manifest's plan_a lists the carry of each call.
 #
+# --claim: the paper's claim instead (configs/demo-gpu.yaml, plan B's bundle: FFCV -> CUDA): install,
+# versions, `fasthpt demo --scale gpu` with the rest of the 8 minutes (its expected seconds per phase,
+# from the measured rates, printed first), then `pack`: the report, results.json and figure, and
+# the finished runs with their evaluations as claim-runs.tar.N parts (15 MiB each, at most 3), all
+# in $OUT. A second call resumes from them: copy the parts into a folder of the checkout (.claim-runs/
+# is ignored), carry it with .gpu-bundle/call-1 and run `--claim --resume .claim-runs -- key=value`
+# (e.g. grid.scratch_cap=2700): the demo reads the finished runs back and trains only the rest.
+#
 # --no-install runs the steps on the environment as it is (DALI's steps where it imports).
 # --dry-run (the test suite runs it, tests/bench/test_gpu_check.py): every step's command printed
 # and its wiring checked on the CPU (fasthpt command lines parsed by bench/parse_only.py, the gpu
-# tests collected, the bundle's checksums verified where one is built), nothing CUDA executed.
+# tests collected, the bundle's checksums verified where one is built), nothing CUDA executed; with
+# --claim, the expected seconds of each step and of the call (the demo's --plan: fasthpt/experiment/
+# gpu_cost.py, from the rates measured on the H200).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,16 +43,29 @@ DRY=0
 INSTALL=1
 BUNDLE=.gpu-bundle
 STAGE=/tmp/fasthpt-bundle
+CLAIM=0
+RESUME=""
+CLAIM_ARGS=()
 while (($#)); do
   case $1 in
     --dry-run) DRY=1 ;;
     --no-install) INSTALL=0 ;;
     --bundle) BUNDLE=$2; shift ;;
     --stage) STAGE=$2; shift ;;
-    *) echo "gpu_check.sh: error: unknown argument $1 (valid: --dry-run, --no-install, --bundle DIR, --stage DIR)" >&2; exit 2 ;;
+    --claim) CLAIM=1 ;;
+    --resume) RESUME=$2; shift ;;
+    --) shift; CLAIM_ARGS=("$@"); break ;;
+    *) echo "gpu_check.sh: error: unknown argument $1 (valid: --dry-run, --no-install, --bundle DIR, --stage DIR," \
+         "--claim, --resume DIR, -- key=value ...)" >&2; exit 2 ;;
   esac
   shift
 done
+if ((!CLAIM)) && { [ -n "$RESUME" ] || ((${#CLAIM_ARGS[@]})); }; then
+  echo "gpu_check.sh: error: --resume and -- key=value go with --claim" >&2; exit 2
+fi
+if [ -n "$RESUME" ] && ! compgen -G "$RESUME/claim-runs.tar.*" >/dev/null; then
+  echo "gpu_check.sh: error: --resume $RESUME holds no claim-runs.tar.* parts (a --claim call's \$OUT)" >&2; exit 2
+fi
 if ((DRY)); then PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
 else PYTHON=${PYTHON:-python3}; fi  # the GPU machine's python3 holds torch 2.11
 OUT=${OUT:-out/gpu-check}
@@ -54,6 +78,13 @@ BUDGET_S=${GPU_CHECK_BUDGET_S:-480}
 # baseline the slowest: its CPU row is bench/RESULTS.md's, the GPU check times the two GPU loaders)
 declare -A LIMIT=([install]=60 [env]=30 [train_synthetic]=70 [prep]=40 [train_ffcv]=55 [train_dali]=50
                   [train_groups]=40 [loaders]=60 [gpu_tests]=50)
+# --claim: install, env, claim (the rest), pack; what each is expected to take, from what was
+# measured: install 13 s (the H200's 39 wheels, DALI's included; call-1 alone is fewer), the version
+# probe at its limit (it ran past 20 s on the cold H200), pack a tar of ~35 MB; the claim's own
+# figure comes from its plan
+declare -A CLAIM_LIMIT=([install]=60 [env]=30 [pack]=20) EXPECT=([install]=13 [env]=30 [pack]=2)
+CLAIM_OUT=$SCRATCH/claim
+PACK_PARTS=3  # at most 8 files come back from a call: 5 are the log, the rows, report, results, figure
 mkdir -p "$OUT"
 JSONL=$OUT/gpu_check.jsonl
 exec > >(tee -a "$OUT/gpu_check.log") 2>&1
@@ -106,6 +137,7 @@ run() {
     timeout -k 10 "$limit" "${cmd[@]}"; rc=$?
     case $rc in 0) status=ok ;; 124 | 137) status=timed_out ;; *) status=failed ;; esac
     [ "$step" = demo ] && [ "$status" = timed_out ] && status=bounded  # it runs until the budget ends
+    [ "$step" = claim ] && [ "$status" = timed_out ] && status=bounded  # its finished runs are packed
   fi
   [[ $status == ok || $status == wired || $status == bounded ]] || FAILED=1
   emit "$step" "$status" "$rc" $((SECONDS - t0)) "$limit" "$out" "${cmd[@]}"
@@ -215,11 +247,98 @@ main() {
   for k in "${!LIMIT[@]}"; do fixed=$((fixed + LIMIT[$k])); done
   LIMIT[demo]=$(($(left) > 20 ? $(left) : 20))
   ((DRY)) && LIMIT[demo]=$((BUDGET_S - fixed))
-  run demo fasthpt demo --scale large --out "$SCRATCH/demo" --data "$SCRATCH/demo-data"
+  run demo fasthpt demo --scale gpu --out "$SCRATCH/demo" --data "$SCRATCH/demo-data"
   emit end "$( ((FAILED)) && echo failed || echo ok)" $FAILED $((SECONDS - START)) $BUDGET_S "" bench/gpu_check.sh
   echo "gpu_check: $( ((FAILED)) && echo 'some steps failed' || echo 'every step passed') in $((SECONDS - START)) s; see $JSONL"
   return $FAILED
 }
 
-main
+# the claim's expected seconds (its plan; with --resume, the runs it carries are not counted), printed,
+# and the call's: every step's expected seconds and their sum against the budget
+claim_plan() {
+  local plan rc
+  plan=$("$PYTHON" -m fasthpt.cli demo --scale gpu --plan --json --out "$CLAIM_OUT" "${CLAIM_ARGS[@]}" 2>&1); rc=$?
+  ((rc)) && { echo "$plan"; return $rc; }
+  "$PYTHON" - "$plan" "${CLAIM_LIMIT[install]}:${EXPECT[install]}" "${CLAIM_LIMIT[env]}:${EXPECT[env]}" \
+    "${LIMIT[claim]}:" "${CLAIM_LIMIT[pack]}:${EXPECT[pack]}" "$BUDGET_S" <<'PY'
+import json, sys
+plan, *steps, budget = sys.argv[1:]
+plan = json.loads(plan.strip().splitlines()[-1])
+rows = []
+for name, spec in zip(("install", "env", "claim", "pack"), steps):
+    limit, expect = spec.split(":")
+    rows.append((name, int(limit), float(expect) if expect else plan["total_s"]))
+for name, limit, expect in rows:
+    print(f"expected {name:<8} {expect:6.0f} s (limit {limit} s)")
+total = sum(e for _, _, e in rows)
+print(f"expected total   {total:6.0f} s of {budget} s; the claim's phases: "
+      + ", ".join(f"{k} {v:.0f} s" for k, v in plan["phases_s"].items()) + f"; up to {plan['high_s']:.0f} s")
+print(json.dumps({**plan, "expected_s": {n: round(e, 1) for n, _, e in rows}, "expected_total_s": round(total, 1)}))
+over = [n for n, limit, e in rows if e > limit] + (["total"] if total > int(budget) else [])
+if over:
+    print(f"over budget on paper: {', '.join(over)}", file=sys.stderr)
+    sys.exit(3)
+PY
+}
+
+# the claim's results and its finished runs (backbones, results, evaluations) into $OUT, the runs
+# as tar parts a second call unpacks (--resume)
+pack() {
+  local t0=$SECONDS files=() rc=0 n
+  echo "=== pack (limit ${CLAIM_LIMIT[pack]}s)"
+  if ((DRY)); then
+    emit pack wired 0 0 "${CLAIM_LIMIT[pack]}" "" tar split; return 0
+  fi
+  for f in report.md results.json convergence.png; do
+    [ -f "$CLAIM_OUT/$f" ] && cp "$CLAIM_OUT/$f" "$OUT/claim-$f" && files+=("claim-$f")
+  done
+  (cd "$CLAIM_OUT" 2>/dev/null && compgen -G "runs/*/demo_result.json" >/dev/null) || {
+    emit pack ok 0 $((SECONDS - t0)) "${CLAIM_LIMIT[pack]}" "no finished run to pack" "${files[@]}"; return 0; }
+  (cd "$CLAIM_OUT" && tar -cf - runs/*/demo_result.json runs/*/backbone.pt $(ls -d evaluations 2>/dev/null)) |
+    split -d -a 1 -b 15M - "$OUT/claim-runs.tar." || rc=1
+  n=$(compgen -G "$OUT/claim-runs.tar.*" | wc -l)
+  if ((n > PACK_PARTS)); then
+    rm -f "$OUT"/claim-runs.tar.*  # only what this step wrote
+    emit pack failed 1 $((SECONDS - t0)) "${CLAIM_LIMIT[pack]}" "the runs need $n parts of 15 MiB; $PACK_PARTS come back" tar
+    FAILED=1; return 1
+  fi
+  ((rc)) && FAILED=1
+  emit pack "$( ((rc)) && echo failed || echo ok)" $rc $((SECONDS - t0)) "${CLAIM_LIMIT[pack]}" \
+    "{\"parts\": $n, \"files\": \"${files[*]}\"}" tar split
+}
+
+claim_main() {
+  emit start "$( ((DRY)) && echo dry_run || echo real)" 0 0 $BUDGET_S "{\"nproc\": $NPROC, \"claim\": true}" \
+    bench/gpu_check.sh --claim
+  LIMIT[install]=${CLAIM_LIMIT[install]}
+  LIMIT[env]=${CLAIM_LIMIT[env]}
+  if ((INSTALL)); then install || FAILED=1; else skip install "--no-install: the environment as it is" "$PYTHON"; fi
+  versions
+  if [ -n "$RESUME" ] && ((!DRY)); then  # the finished runs of an earlier call, read back by the demo
+    mkdir -p "$CLAIM_OUT" && cat "$RESUME"/claim-runs.tar.* | tar -xf - -C "$CLAIM_OUT" || FAILED=1
+  fi
+  LIMIT[claim]=$((BUDGET_S - CLAIM_LIMIT[install] - CLAIM_LIMIT[env] - CLAIM_LIMIT[pack]))
+  ((DRY)) || LIMIT[claim]=$(( $(left) - CLAIM_LIMIT[pack] > 20 ? $(left) - CLAIM_LIMIT[pack] : 20 ))
+  if ((DRY)); then  # the plan; a real call's demo prints it itself, on the GPU, and keeps it in results.json
+    local t0=$SECONDS plan rc cmd=("$PYTHON" -m fasthpt.cli demo --scale gpu --out "$CLAIM_OUT"
+                                    --data "$SCRATCH/claim-data" "${CLAIM_ARGS[@]}")
+    echo "=== claim (limit ${LIMIT[claim]}s): ${cmd[*]}"
+    plan=$(claim_plan 2>&1); rc=$?
+    echo "$plan"
+    ((rc)) && FAILED=1
+    local status=wired
+    ((rc == 3)) && status=over_budget
+    ((rc && rc != 3)) && status=not_wired
+    emit claim $status $rc $((SECONDS - t0)) "${LIMIT[claim]}" "$(grep '^{' <<<"$plan" | tail -n 1)" "${cmd[@]}"
+  else
+    run claim fasthpt demo --scale gpu --out "$CLAIM_OUT" --data "$SCRATCH/claim-data" "${CLAIM_ARGS[@]}"
+  fi
+  pack
+  emit end "$( ((FAILED)) && echo failed || echo ok)" $FAILED $((SECONDS - START)) $BUDGET_S "" bench/gpu_check.sh --claim
+  echo "gpu_check --claim: $( ((FAILED)) && echo 'some steps failed' || echo 'every step passed') in" \
+    "$((SECONDS - START)) s; see $JSONL"
+  return $FAILED
+}
+
+if ((CLAIM)); then claim_main; else main; fi
 finish $?

@@ -37,12 +37,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--build-base", metavar="PATH", default=None,
                    help="only build the preset's base by its chain and write it to PATH (.pt, recipe in .json): "
                         "how the shipped base in fasthpt/assets was made (make demo-base)")
+    p.add_argument("--plan", action="store_true",
+                   help="print the expected seconds of each phase on one GPU, from the rates measured on an H200 "
+                        "(fasthpt/experiment/gpu_cost.py), and exit: nothing is prepared or trained")
+    p.add_argument("--json", action="store_true", help="with --plan: the plan as one JSON object")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="preset overrides, e.g. grid.seeds=5")
 
 
 def run(args: argparse.Namespace) -> int:
     from fasthpt.errors import UserError
     from fasthpt.experiment.cost import forecast_demo
+    from fasthpt.experiment.gpu_cost import expected_on_gpu
     from fasthpt.experiment.preset import STUDIES, load_preset, preset_path
     from fasthpt.experiment.run import Experiment, check_out, reference_step, write_json
     from fasthpt.fileio import atomic_write_text
@@ -59,8 +64,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--parallel must be >= 1, got {parallel}")
     out = Path(args.out or ("runs/demo" if args.scale == "default" and not args.config else f"runs/demo-{cfg.name}"))
     check_out(out)
-    out.mkdir(parents=True, exist_ok=True)
     studies = list(STUDIES) if "all" in args.study else list(dict.fromkeys(args.study))
+    if args.json and not args.plan:
+        raise UserError("--json goes with --plan")
+    if args.plan:
+        return _plan(cfg, studies, out, args.json)
+    out.mkdir(parents=True, exist_ok=True)
     logging.getLogger("fasthpt").setLevel(logging.WARNING)
     reference = None if args.no_reference else reference_step()
     if reference:
@@ -71,7 +80,10 @@ def run(args: argparse.Namespace) -> int:
     if args.build_base:
         return _build_base(exp, Path(args.build_base), reference)
     forecast_demo(cfg, studies, out)  # a long experiment says its cost before it starts
+    expected = expected_on_gpu(cfg, studies, out)  # on a GPU: the estimate its run measures
     results = exp.run(studies, reference)
+    if expected:
+        results["expected_on_gpu"] = expected
     write_json(out / "results.json", results)
     plot_convergence(results["points"], results["convergence"], out / "convergence.png", results["metric"])
     if results.get("studies"):
@@ -80,6 +92,18 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_text(out / "report.md", report)
     print(report.split("## Accuracy per method")[0])
     print(f"report: {out / 'report.md'} ({results['wall_clock_s'] / 60:.1f} min)")
+    return 0
+
+
+def _plan(cfg, studies: list[str], out: Path, as_json: bool) -> int:
+    """`--plan`: the GPU estimate of the experiment (runs already finished in ``out`` cost only
+    their evaluation)."""
+    import json
+
+    from fasthpt.experiment import gpu_cost
+
+    plan = gpu_cost.plan(cfg, studies, out)
+    print(json.dumps(plan) if as_json else gpu_cost.describe(plan))
     return 0
 
 

@@ -95,6 +95,9 @@ class EvalSpec:
     linear_batch: int = 256
     linear_lr: float = 30.0  # per 512 images (the paper's)
     batch_size: int = 256
+    # the evaluation loaders' backend; empty: pretrain.backend. FFCV compiles each loader's pipeline
+    # (11 s for the three splits on the 2-core VM), which dozens of short evaluations pay again and again
+    backend: str = ""
 
 
 @dataclass
@@ -121,7 +124,7 @@ class DemoConfig:
 
 # The shipped presets; configs/demo-{base,scratch,hpt,hpt-bn,chain}.yaml beside them are single
 # `fasthpt pretrain` runs at the default preset's settings (a test keeps them in step).
-SCALES = ("default", "tiny", "large")
+SCALES = ("default", "tiny", "large", "gpu")
 
 
 def preset_path(scale: str) -> Path:
@@ -154,6 +157,8 @@ def load_preset(path: str | Path, overrides: Optional[list[str]] = None) -> Demo
 
 
 def validate(cfg: DemoConfig) -> DemoConfig:
+    from fasthpt.data import BACKEND_CHOICES
+
     g, e = cfg.grid, cfg.eval
     checks = [
         (g.seeds >= 1, f"grid.seeds must be >= 1, got {g.seeds}"),
@@ -164,6 +169,8 @@ def validate(cfg: DemoConfig) -> DemoConfig:
         (all(b >= 1 for b in g.hpt + g.hpt_bn), "grid.hpt and grid.hpt_bn budgets must be >= 1"),
         (e.metric in ("knn", "linear"), f"eval.metric must be knn or linear, got {e.metric!r}"),
         (bool(e.knn_k) and bool(e.knn_t), "eval.knn_k and eval.knn_t need at least one value each"),
+        (e.backend in ("", *BACKEND_CHOICES), f"eval.backend must be empty (pretrain.backend) or one of "
+                                                f"{', '.join(BACKEND_CHOICES)}, got {e.backend!r}"),
         (all(0 < f <= 1 for f in cfg.study.fractions), "study.fractions must be in (0, 1]"),
         (cfg.study.seeds >= 1, "study.seeds must be >= 1"),
         (all(st.iters >= 1 for st in cfg.base.chain), "base.chain: every stage's iters must be >= 1"),

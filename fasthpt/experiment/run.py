@@ -1,8 +1,9 @@
 """The experiment, in the order it runs: data -> base -> direct transfer -> scratch budgets (extended
 until converged) -> HPT and HPT-BN budgets -> robustness studies -> analysis -> report.
 
-Every pretraining run is cached (fasthpt.experiment.runs): a second `fasthpt demo` with the same
-preset trains nothing and reports again; a preset with more seeds or budgets trains only those.
+Every pretraining run is cached (fasthpt.experiment.runs) and so is every evaluation
+(fasthpt.experiment.evaluate): a second `fasthpt demo` with the same preset trains and evaluates
+nothing and reports again; a preset with more seeds or budgets trains only those.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from fasthpt.experiment.evaluate import evaluate
 from fasthpt.experiment.preset import DemoConfig, to_yaml
 from fasthpt.experiment.runs import Job, run_all
 from fasthpt.manifest import load_manifest
+
+EVALUATIONS = "evaluations"  # <out>/evaluations/*.json: every backbone's evaluation, read back by a later call
 
 
 class Phases:
@@ -122,7 +125,7 @@ class Experiment:
         self.say(f"  {job.name}: {how}")
 
     def _eval(self, backbone: str) -> dict:
-        return evaluate(backbone, str(self.target), self.cfg, self.evals)
+        return evaluate(backbone, str(self.target), self.cfg, self.evals, self.out / EVALUATIONS)
 
     def reference_points(self) -> None:
         """The base itself (direct transfer, the 0-iteration point) and a random init, for reference."""
