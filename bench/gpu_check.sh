@@ -257,7 +257,8 @@ main() {
 # and the call's: every step's expected seconds and their sum against the budget
 claim_plan() {
   local plan rc
-  plan=$("$PYTHON" -m fasthpt.cli demo --scale gpu --plan --json --out "$CLAIM_OUT" "${CLAIM_ARGS[@]}" 2>&1); rc=$?
+  plan=$("$PYTHON" -m fasthpt.cli demo --scale gpu --plan --json --budget-s "$CLAIM_FIT" --out "$CLAIM_OUT" \
+    "${CLAIM_ARGS[@]}" 2>&1); rc=$?
   ((rc)) && { echo "$plan"; return $rc; }
   "$PYTHON" - "$plan" "${CLAIM_LIMIT[install]}:${EXPECT[install]}" "${CLAIM_LIMIT[env]}:${EXPECT[env]}" \
     "${LIMIT[claim]}:" "${CLAIM_LIMIT[pack]}:${EXPECT[pack]}" "$BUDGET_S" <<'PY'
@@ -273,6 +274,9 @@ for name, limit, expect in rows:
 total = sum(e for _, _, e in rows)
 print(f"expected total   {total:6.0f} s of {budget} s; the claim's phases: "
       + ", ".join(f"{k} {v:.0f} s" for k, v in plan["phases_s"].items()) + f"; up to {plan['high_s']:.0f} s")
+caps = [c["scratch_cap"] for c in plan["calls"]]
+print(f"this call: scratch up to {plan['scratch_cap']}; the preset (up to {plan['preset_scratch_cap']}) in "
+      f"{len(caps)} call(s) of this budget, resumed with --resume: scratch up to {', '.join(map(str, caps))}")
 print(json.dumps({**plan, "expected_s": {n: round(e, 1) for n, _, e in rows}, "expected_total_s": round(total, 1)}))
 over = [n for n, limit, e in rows if e > limit] + (["total"] if total > int(budget) else [])
 if over:
@@ -319,8 +323,9 @@ claim_main() {
   fi
   LIMIT[claim]=$((BUDGET_S - CLAIM_LIMIT[install] - CLAIM_LIMIT[env] - CLAIM_LIMIT[pack]))
   ((DRY)) || LIMIT[claim]=$(( $(left) - CLAIM_LIMIT[pack] > 20 ? $(left) - CLAIM_LIMIT[pack] : 20 ))
+  CLAIM_FIT=$((LIMIT[claim] * 4 / 5))  # the demo fits its scratch grid to 80% of its limit: the estimate's margin
   if ((DRY)); then  # the plan; a real call's demo prints it itself, on the GPU, and keeps it in results.json
-    local t0=$SECONDS plan rc cmd=("$PYTHON" -m fasthpt.cli demo --scale gpu --out "$CLAIM_OUT"
+    local t0=$SECONDS plan rc cmd=("$PYTHON" -m fasthpt.cli demo --scale gpu --budget-s "$CLAIM_FIT" --out "$CLAIM_OUT"
                                     --data "$SCRATCH/claim-data" "${CLAIM_ARGS[@]}")
     echo "=== claim (limit ${LIMIT[claim]}s): ${cmd[*]}"
     plan=$(claim_plan 2>&1); rc=$?
@@ -331,7 +336,8 @@ claim_main() {
     ((rc && rc != 3)) && status=not_wired
     emit claim $status $rc $((SECONDS - t0)) "${LIMIT[claim]}" "$(grep '^{' <<<"$plan" | tail -n 1)" "${cmd[@]}"
   else
-    run claim fasthpt demo --scale gpu --out "$CLAIM_OUT" --data "$SCRATCH/claim-data" "${CLAIM_ARGS[@]}"
+    run claim fasthpt demo --scale gpu --budget-s "$CLAIM_FIT" --out "$CLAIM_OUT" --data "$SCRATCH/claim-data" \
+      "${CLAIM_ARGS[@]}"
   fi
   pack
   emit end "$( ((FAILED)) && echo failed || echo ok)" $FAILED $((SECONDS - START)) $BUDGET_S "" bench/gpu_check.sh --claim

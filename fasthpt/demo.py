@@ -41,6 +41,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="print the expected seconds of each phase on one GPU, from the rates measured on an H200 "
                         "(fasthpt/experiment/gpu_cost.py), and exit: nothing is prepared or trained")
     p.add_argument("--json", action="store_true", help="with --plan: the plan as one JSON object")
+    p.add_argument("--budget-s", type=float, default=None, metavar="SECONDS",
+                   help="fit this call to SECONDS on one GPU: scratch's cap is lowered to the largest budget of its "
+                        "grid whose estimate fits (runs finished in --out not counted); a later call goes on from "
+                        "this one's runs")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="preset overrides, e.g. grid.seeds=5")
 
 
@@ -67,8 +71,11 @@ def run(args: argparse.Namespace) -> int:
     studies = list(STUDIES) if "all" in args.study else list(dict.fromkeys(args.study))
     if args.json and not args.plan:
         raise UserError("--json goes with --plan")
+    preset_cap = cfg.grid.scratch_cap
+    if args.budget_s is not None:
+        _fit(cfg, studies, out, args.budget_s, say=print if not args.json else lambda msg: None)
     if args.plan:
-        return _plan(cfg, studies, out, args.json)
+        return _plan(cfg, studies, out, args.json, args.budget_s, preset_cap)
     out.mkdir(parents=True, exist_ok=True)
     logging.getLogger("fasthpt").setLevel(logging.WARNING)
     reference = None if args.no_reference else reference_step()
@@ -95,14 +102,38 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plan(cfg, studies: list[str], out: Path, as_json: bool) -> int:
-    """`--plan`: the GPU estimate of the experiment (runs already finished in ``out`` cost only
-    their evaluation)."""
+def _fit(cfg, studies: list[str], out: Path, budget_s: float, say) -> None:
+    """`--budget-s`: lower ``cfg``'s scratch cap to what one call of ``budget_s`` seconds can train."""
+    from fasthpt.errors import UserError
+    from fasthpt.experiment import gpu_cost
+
+    if budget_s <= 0:
+        raise UserError(f"--budget-s must be > 0, got {budget_s:g}")
+    cap, plan = gpu_cost.fit(cfg, studies, budget_s, out)
+    if plan["total_s"] > budget_s:
+        say(f"note: even scratch's first budget is expected to take {plan['total_s']:.0f} s on one GPU, over the "
+            f"--budget-s {budget_s:.0f}")
+    elif cap < cfg.grid.scratch_cap:
+        say(f"this call: scratch up to {cap} iterations of the preset's {cfg.grid.scratch_cap}, expected "
+            f"{plan['total_s']:.0f} s of the --budget-s {budget_s:.0f} on one GPU; call again with the same --out "
+            f"to go on from its runs")
+    cfg.grid.scratch_cap = cap
+
+
+def _plan(cfg, studies: list[str], out: Path, as_json: bool, budget_s: float | None, preset_cap: int) -> int:
+    """`--plan`: the GPU estimate of the experiment (runs already finished in ``out`` cost nothing);
+    with a budget, the calls of that budget the whole preset takes."""
     import json
 
     from fasthpt.experiment import gpu_cost
 
     plan = gpu_cost.plan(cfg, studies, out)
+    if budget_s is not None:
+        full = gpu_cost.with_cap(cfg, preset_cap)
+        plan["calls"] = [{"scratch_cap": c["scratch_cap"], "total_s": c["total_s"]}
+                         for c in gpu_cost.calls(full, studies, budget_s, out)]
+        plan["preset_scratch_cap"] = preset_cap
+        plan["budget_s"] = budget_s
     print(json.dumps(plan) if as_json else gpu_cost.describe(plan))
     return 0
 

@@ -24,9 +24,7 @@ def planned_jobs(cfg: DemoConfig, studies: list[str]) -> list[Job]:
     when the preset leaves them to it) x study.seeds."""
     g, st = cfg.grid, cfg.study
     jobs = [] if cfg.base.checkpoint else [Job("base", s.iters, 0, "", stage=_stage(s.data)) for s in cfg.base.chain]
-    budgets = [g.scratch_start]
-    while budgets[-1] * g.scratch_factor <= g.scratch_cap:
-        budgets.append(budgets[-1] * g.scratch_factor)
+    budgets = scratch_budgets(g)
     grids = (("scratch", budgets, "full"), ("hpt", g.hpt, "full"), ("hpt-bn", g.hpt_bn, "bn"))
     jobs += [Job(m, b, s, "", mode=mode) for m, grid, mode in grids for b in grid for s in range(g.seeds)]
     conditions = [("augmentation", p) for p in st.policies if "augmentation" in studies]
@@ -34,6 +32,14 @@ def planned_jobs(cfg: DemoConfig, studies: list[str]) -> list[Job]:
     study_budgets = {"scratch": st.scratch_iterations or budgets[-1], "hpt": st.hpt_iterations or max(g.hpt)}
     jobs += [Job(m, b, s, "", study=c) for c in conditions for m, b in study_budgets.items() for s in range(st.seeds)]
     return jobs
+
+
+def scratch_budgets(g) -> list[int]:
+    """Scratch's budgets up to its cap: grid.scratch_start, x grid.scratch_factor each step."""
+    budgets = [g.scratch_start]
+    while budgets[-1] * g.scratch_factor <= g.scratch_cap:
+        budgets.append(budgets[-1] * g.scratch_factor)
+    return budgets
 
 
 def _stage(spec) -> str:

@@ -24,12 +24,12 @@ machines: FFCV's import and first loader, 16.8 s there, 24.4 s here (x 0.69).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
 from fasthpt.errors import UserError
-from fasthpt.experiment.cost import planned_jobs
+from fasthpt.experiment.cost import planned_jobs, scratch_budgets
 from fasthpt.experiment.preset import DemoConfig, PretrainSpec
 from fasthpt.experiment.runs import RESULT
 
@@ -102,11 +102,20 @@ def eval_seconds(cfg: DemoConfig, images: int) -> float:
     return GPU_EVAL_S + HOST * loaders
 
 
-def plan(cfg: DemoConfig, studies: list[str] | None = None, out: Path | None = None, _flops=flops) -> dict:
+def finished(cfg: DemoConfig, studies: list[str], out: Path | None) -> set[str]:
+    """Names of the planned runs that ``out`` holds finished (a later call reads them back)."""
+    if out is None:
+        return set()
+    return {j.name for j in planned_jobs(cfg, studies) if (Path(out) / "runs" / j.name / RESULT).is_file()}
+
+
+def plan(cfg: DemoConfig, studies: list[str] | None = None, out: Path | None = None, _flops=flops,
+         done: set[str] | None = None) -> dict:
     """Expected seconds per phase of ``fasthpt demo`` with ``cfg`` on one GPU, at most: the scratch
-    grid up to its cap. Runs already finished in ``out`` cost nothing (a later call reads their
-    results and evaluations back)."""
+    grid up to its cap. Runs already finished (in ``out``, or named in ``done``) cost nothing: a
+    later call reads their results and evaluations back."""
     studies = studies or []
+    done = (done or set()) | finished(cfg, studies, out)
     s = step(cfg.pretrain, _flops)
     base_step = None if cfg.base.checkpoint else step(cfg.base.pretrain, _flops)
     images = cfg.target.num_images
@@ -116,16 +125,17 @@ def plan(cfg: DemoConfig, studies: list[str] | None = None, out: Path | None = N
     setup = HOST * (VM_FFCV_LOADER_S + VM_RUN_S)
     train = {"point": 0.0, "high": 0.0}
     evaluations = 2  # the base itself (direct transfer) and a random init
-    for job in planned_jobs(cfg, studies):
+    jobs = planned_jobs(cfg, studies)
+    for job in jobs:
         phase = "base" if job.method == "base" else ("studies" if job.study else job.method)
         phases.setdefault(phase, 0.0)
-        if out is not None and (Path(out) / "runs" / job.name / RESULT).is_file():
-            continue  # a finished run is read back, and its evaluation too (fasthpt.experiment.evaluate)
-        evaluations += job.method != "base"
+        if job.name in done:
+            continue  # read back with its evaluation (fasthpt.experiment.evaluate), not trained
         st = base_step if job.method == "base" else s
         phases[phase] += setup + job.iterations * st.seconds
         train["point"] += job.iterations * st.seconds
         train["high"] += job.iterations * st.high_s
+        evaluations += job.method != "base"
     phases["evaluation"] = evaluations * eval_seconds(cfg, images)
     total = sum(phases.values())
     fixed = total - train["point"]
@@ -134,7 +144,41 @@ def plan(cfg: DemoConfig, studies: list[str] | None = None, out: Path | None = N
             "high_s": round(fixed * HIGH_SETUP + train["high"], 1), "training_s": round(train["point"], 1),
             "step_s": round(s.seconds, 4), "step_high_s": round(s.high_s, 4),
             "samples_per_s": round(cfg.pretrain.batch_size / s.seconds), "evaluations": evaluations,
-            "runs": len(planned_jobs(cfg, studies))}
+            "runs": len(jobs) - len(done & {j.name for j in jobs}), "scratch_cap": cfg.grid.scratch_cap}
+
+
+def with_cap(cfg: DemoConfig, cap: int) -> DemoConfig:
+    return replace(cfg, grid=replace(cfg.grid, scratch_cap=cap))
+
+
+def fit(cfg: DemoConfig, studies: list[str], budget_s: float, out: Path | None = None, _flops=flops,
+        done: set[str] | None = None) -> tuple[int, dict]:
+    """The largest scratch cap of ``cfg``'s grid (at most its own) whose plan fits ``budget_s``
+    seconds, with that plan; the first budget when none fits (the call then runs past its budget)."""
+    best = None
+    for cap in scratch_budgets(cfg.grid):
+        p = plan(with_cap(cfg, cap), studies, out, _flops, done)
+        if best is None or p["total_s"] <= budget_s:
+            best = (cap, p)
+    return best
+
+
+def calls(cfg: DemoConfig, studies: list[str], budget_s: float, out: Path | None = None, _flops=flops,
+          limit: int = 20) -> list[dict]:
+    """The calls of ``budget_s`` seconds that take the whole preset to its cap, each resuming from
+    the runs of the ones before (and of ``out``): their plans, in order. It stops where a call could
+    add no budget: then the last plan's cap is below the preset's."""
+    done = finished(cfg, studies, out)
+    plans: list[dict] = []
+    while len(plans) < limit:
+        cap, p = fit(cfg, studies, budget_s, None, _flops, done)
+        if p["runs"] == 0 or (plans and p["total_s"] > budget_s):
+            break
+        plans.append(p)
+        done |= {j.name for j in planned_jobs(with_cap(cfg, cap), studies)}
+        if cap == cfg.grid.scratch_cap:
+            break
+    return plans
 
 
 def describe(p: dict) -> str:
@@ -146,6 +190,13 @@ def describe(p: dict) -> str:
     lines.append(f"  {p['runs']} pretraining runs, {p['evaluations']} evaluations; a MoCo step "
                  f"{p['step_s'] * 1000:.1f} ms (up to {p['step_high_s'] * 1000:.0f} ms), "
                  f"{p['samples_per_s']:,} samples/s")
+    if "calls" in p:
+        caps = [c["scratch_cap"] for c in p["calls"]]
+        whole = (f"the whole preset (scratch up to {p['preset_scratch_cap']}): {len(caps)} call(s) of "
+                 f"{p['budget_s']:.0f} s, scratch up to {', '.join(map(str, caps))}")
+        if not caps or caps[-1] < p["preset_scratch_cap"]:
+            whole += f"; no call of {p['budget_s']:.0f} s can add the next budget (3 seeds x its iterations)"
+        lines.append("  " + whole)
     return "\n".join(lines)
 
 
