@@ -52,7 +52,9 @@ HOST = H200_FFCV_FIRST_S / VM_FFCV_FIRST_S  # the H200's host does the VM's sing
 GPU_EVAL_S = 1.0  # estimate: features of every split, the kNN (k, t) grid and a 300-step probe on the GPU
 REFERENCE_RUNS, REFERENCE_STEPS = 3, 13  # fasthpt.experiment.run.reference_step
 HIGH_FLOOR, HIGH_FLOPS, HIGH_SETUP = 2.0, 10.0, 1.5  # the uncertainty above, each at its pessimistic end
-LOADERS = ("ffcv", "auto")  # the training backends with measured GPU rates (`auto` is FFCV on the GPU machine)
+VM_TORCH_LOADER_S = 0.9  # a torch training loader's start (2 workers, to its first batch)
+VM_TORCH_SAMPLE_S = 2 / 639  # the torch loader's two views of one sample, per worker: 639 samples/s on 2 workers, 32 px
+LOADERS = ("ffcv", "auto", "torch")  # training backends with rates (`auto` is FFCV on the GPU machine)
 
 
 @dataclass(frozen=True)
@@ -61,14 +63,16 @@ class Step:
 
     floor_s: float
     flops_s: float
+    fed: float = H200_FFCV_FED  # FFCV's cost at ResNet-50; the torch loader is priced by its own rate instead
+    loader_s: float = 0.0  # a loader that cannot keep up: its seconds per batch
 
     @property
     def seconds(self) -> float:
-        return H200_FFCV_FED * (self.floor_s + self.flops_s)
+        return max(self.fed * (self.floor_s + self.flops_s), self.loader_s)
 
     @property
     def high_s(self) -> float:
-        return H200_FFCV_FED * (HIGH_FLOOR * self.floor_s + HIGH_FLOPS * self.flops_s)
+        return max(self.fed * (HIGH_FLOOR * self.floor_s + HIGH_FLOPS * self.flops_s), HIGH_SETUP * self.loader_s)
 
 
 @cache
@@ -86,13 +90,22 @@ def flops(arch: str, res: int) -> float:
 
 
 def step(p: PretrainSpec, _flops=flops) -> Step:
-    """The MoCo step of ``p`` on the GPU, by the scaling rule of the module doc."""
+    """The MoCo step of ``p`` on the GPU, by the scaling rule of the module doc; the torch loader
+    (CPU augmentation in its workers) at its rate measured on the VM, scaled to the host."""
     if p.backend not in LOADERS:
         raise UserError(f"no measured GPU rate for pretrain.backend={p.backend}: the GPU estimate covers "
-                        f"{' and '.join(LOADERS)} (FFCV -> CUDA)")
+                        f"{', '.join(LOADERS)} (`auto` and ffcv: FFCV -> CUDA)")
     per_flop = H200_RN50_STEP_S / 128 / _flops("resnet50", 224)  # seconds per image-FLOP at ResNet-50
     floor = H200_REFERENCE_STEP_S - 64 * _flops("resnet_tiny", 56) * per_flop
-    return Step(floor, p.batch_size * _flops(p.arch, p.res) * per_flop)
+    arithmetic = p.batch_size * _flops(p.arch, p.res) * per_flop
+    if p.backend == "torch":
+        return Step(floor, arithmetic, fed=1.0, loader_s=p.batch_size * HOST * VM_TORCH_SAMPLE_S / max(1, p.workers))
+    return Step(floor, arithmetic)
+
+
+def setup_seconds(p: PretrainSpec) -> float:
+    """A run's set-up on the GPU host: its loader (FFCV compiles its pipeline) and the rest."""
+    return HOST * ((VM_TORCH_LOADER_S if p.backend == "torch" else VM_FFCV_LOADER_S) + VM_RUN_S)
 
 
 def eval_seconds(cfg: DemoConfig, images: int) -> float:
@@ -119,10 +132,10 @@ def plan(cfg: DemoConfig, studies: list[str] | None = None, out: Path | None = N
     s = step(cfg.pretrain, _flops)
     base_step = None if cfg.base.checkpoint else step(cfg.base.pretrain, _flops)
     images = cfg.target.num_images
+    ffcv = any(p.backend != "torch" for p in [cfg.pretrain] + ([cfg.base.pretrain] if base_step else []))
     phases = {"start": H200_PROCESS_S + REFERENCE_RUNS * (REFERENCE_STEPS * H200_REFERENCE_STEP_S + HOST * VM_RUN_S)
-              + H200_FFCV_FIRST_S - HOST * VM_FFCV_LOADER_S,  # the first loader's extra cost, once
+              + (H200_FFCV_FIRST_S - HOST * VM_FFCV_LOADER_S if ffcv else 0.0),  # the first FFCV loader's extra
               "prep": (images + sum(st.data.num_images for st in cfg.base.chain if base_step)) / H200_PREP_IMAGES_S}
-    setup = HOST * (VM_FFCV_LOADER_S + VM_RUN_S)
     train = {"point": 0.0, "high": 0.0}
     evaluations = 2  # the base itself (direct transfer) and a random init
     jobs = planned_jobs(cfg, studies)
@@ -132,7 +145,8 @@ def plan(cfg: DemoConfig, studies: list[str] | None = None, out: Path | None = N
         if job.name in done:
             continue  # read back with its evaluation (fasthpt.experiment.evaluate), not trained
         st = base_step if job.method == "base" else s
-        phases[phase] += setup + job.iterations * st.seconds
+        phases[phase] += setup_seconds(cfg.base.pretrain if job.method == "base" else cfg.pretrain) \
+            + job.iterations * st.seconds
         train["point"] += job.iterations * st.seconds
         train["high"] += job.iterations * st.high_s
         evaluations += job.method != "base"
