@@ -17,7 +17,7 @@ from fasthpt.errors import UserError
 from fasthpt.experiment import analysis
 from fasthpt.experiment.evaluate import evaluate
 from fasthpt.experiment.preset import DemoConfig, to_yaml
-from fasthpt.experiment.runs import Job, run_all
+from fasthpt.experiment.runs import Job, Workers, run_all
 from fasthpt.manifest import load_manifest
 
 EVALUATIONS = "evaluations"  # <out>/evaluations/*.json: every backbone's evaluation, read back by a later call
@@ -43,7 +43,7 @@ class Experiment:
                  parallel: int = 1, say=print):
         self.cfg, self.out, self.data_root, self.force = cfg, Path(out), Path(data_root), force
         self.runs = self.out / "runs"
-        self.parallel, self.say, self.progress = parallel, say, progress
+        self.workers, self.say, self.progress = Workers(parallel), say, progress
         self.phases = Phases()
         self.points: list[dict] = []
         self.evals: dict = {}
@@ -110,7 +110,7 @@ class Experiment:
 
     def train_and_evaluate(self, jobs: list[Job], phase: str) -> list[dict]:
         with self.phases(phase):
-            results = run_all(jobs, self.cfg, self.runs, self.parallel, on_done=self._done)
+            results = run_all(jobs, self.cfg, self.runs, self.workers, on_done=self._done)
         points = []
         with self.phases("evaluation"):
             for job, res in zip(jobs, results):
@@ -221,6 +221,10 @@ class Experiment:
     # ------------------------------------------------------------------ all of it
 
     def run(self, study: list[str], reference: dict | None = None) -> dict:
+        with self.workers:
+            return self._run(study, reference)
+
+    def _run(self, study: list[str], reference: dict | None) -> dict:
         t0 = time.time()
         self.prepare()
         self.reference_points()

@@ -1,5 +1,5 @@
 """The experiment's pretraining runs: one fasthpt run per (method, budget, seed[, study condition]),
-each with its own cosine schedule, cached on disk and optionally run two at a time.
+each with its own cosine schedule, cached on disk and optionally run several at a time (Workers).
 
 A finished run is found again by its folder's ``demo_result.json``, which holds the exact resolved
 config it was trained with: the same config is never trained twice; another config under the same
@@ -91,32 +91,59 @@ def _train_in_worker(run: RunConfig, threads: int) -> dict:
     return train(run)
 
 
-def run_all(jobs: list[Job], cfg: DemoConfig, runs: Path, parallel: int = 1, on_done=None) -> list[dict]:
-    """Results of ``jobs`` in order: cached ones read back, the others trained, ``parallel`` at a
-    time (each in its own process with cores / parallel threads). ``on_done(job, result)`` is
-    called as each finishes (progress)."""
+class Workers:
+    """Processes that train an experiment's runs ``parallel`` at a time, kept for the whole
+    experiment (``with Workers(n) as w``): each pays its start once (imports, on a GPU its CUDA
+    context and FFCV's first pipeline compile, ~40 s on the H200's host) rather than once per
+    budget. On one GPU the processes share the device: where a small model's steps wait on Python
+    and kernel launches, several at once may keep it busier. Not measured yet on a GPU: a tested
+    option (`fasthpt demo --parallel N`), not a claimed gain."""
+
+    def __init__(self, parallel: int = 1):
+        self.parallel = parallel
+        self._pool: ProcessPoolExecutor | None = None
+
+    def submit(self, run: RunConfig):
+        if self._pool is None:
+            import multiprocessing as mp
+
+            self._pool = ProcessPoolExecutor(max_workers=self.parallel, mp_context=mp.get_context("spawn"))
+        return self._pool.submit(_train_in_worker, run, max(1, _cores() // self.parallel))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def run_all(jobs: list[Job], cfg: DemoConfig, runs: Path, workers: Workers | None = None, on_done=None) -> list[dict]:
+    """Results of ``jobs`` in order: cached ones read back, the others trained, in this process or
+    by ``workers`` (``workers.parallel`` at a time, each with cores / parallel threads).
+    ``on_done(job, result)`` is called as each finishes (progress)."""
     configs = [run_config(job, cfg, runs) for job in jobs]
     results: list[dict | None] = [cached(c) for c in configs]
     todo = [i for i, r in enumerate(results) if r is None]
     for i, r in enumerate(results):
         if r is not None and on_done:
             on_done(jobs[i], r)
-    if parallel <= 1 or len(todo) <= 1:
+    if workers is None or workers.parallel <= 1 or len(todo) <= 1:
         for i in todo:
             results[i] = train(configs[i])
             if on_done:
                 on_done(jobs[i], results[i])
         return results
-    import multiprocessing as mp
-
-    threads = max(1, _cores() // parallel)
-    with ProcessPoolExecutor(max_workers=parallel, mp_context=mp.get_context("spawn")) as pool:
-        futures = {pool.submit(_train_in_worker, configs[i], threads): i for i in todo}
-        for future in _as_completed(futures):
-            i = futures[future]
-            results[i] = future.result()
-            if on_done:
-                on_done(jobs[i], results[i])
+    futures = {workers.submit(configs[i]): i for i in todo}
+    for future in _as_completed(futures):
+        i = futures[future]
+        results[i] = future.result()
+        if on_done:
+            on_done(jobs[i], results[i])
     return results
 
 

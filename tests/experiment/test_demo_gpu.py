@@ -2,7 +2,8 @@
 numbers meaningless), through every path of the claim run: prep of its target, the shipped base,
 scratch's grid extended x3, seeds, the HPT and HPT-BN grids, evaluations (stored), the report; and
 the claim's two calls: a first one fitted to a small --budget-s stops scratch's grid early, a second
-on the same folder trains and evaluates only what the first left.
+on the same folder (its two new runs trained by two worker processes, `--parallel 2`) trains and
+evaluates only what the first left.
 
 The one path that differs from the GPU run: the torch loader trains (the preset's is FFCV -> CUDA):
 FFCV compiles each loader's pipeline (7.5 s on the 2-core VM), a minute for these 12 runs; FFCV's
@@ -44,7 +45,7 @@ def two_calls(tmp_path_factory):
     assert main([*argv, "--budget-s", f"{(fits + too_long) / 2:.1f}"]) == 0
     first = json.loads((out / "results.json").read_text())
     before = mtimes(out)
-    assert main(argv) == 0
+    assert main([*argv, "--parallel", "2"]) == 0  # the two new runs by two worker processes
     return first, json.loads((out / "results.json").read_text()), before, out
 
 
