@@ -12,9 +12,10 @@
 # step without BN groups (the one-pass shuffle-BN's ceiling); prep of 256 px photos comes first
 # where a loader needs it; then the loader benchmark (Composer-style epochs: samples/s and the
 # epoch-start cost), `pytest -m gpu`, and `fasthpt demo --scale gpu` for whatever is left of the
-# 8 minutes (its first runs time the claim preset's set-up and steps; bench/RESULTS.md says why). Writes under $OUT (default out/gpu-check): gpu_check.jsonl (one line
-# per step: status, exit code, seconds, limit, command), gpu_check.log (everything printed),
-# loaders.jsonl, train.jsonl, gpu_tests.xml.
+# 8 minutes (its first runs time the claim preset's set-up and steps against its plan). Writes
+# under $OUT (default out/gpu-check): gpu_check.jsonl (one line per step: status, exit code,
+# seconds, limit, command), gpu_check.log (everything printed), loaders.jsonl, train.jsonl,
+# gpu_tests.xml.
 #
 # Device calls. Plan B (the default): carry .gpu-bundle/call-1 (Composer, FFCV for cp312 and
 # friends, ~13 MiB with the tree) and run this script once: DALI rows and tests are skipped, with
@@ -23,12 +24,12 @@
 # call carried and stops until call-1 arrives; the manifest's plan_a lists the carry of each call.
 #
 # --claim: the paper's claim instead (configs/demo-gpu.yaml, plan B's bundle: FFCV -> CUDA): install,
-# versions, `fasthpt demo --scale gpu` with the rest of the 8 minutes (its expected seconds per phase,
-# from the measured rates, printed first), then `pack`: the report, results.json and figure, and
-# the finished runs with their evaluations as claim-runs.tar.N parts (15 MiB each, at most 3), all
-# in $OUT. A second call resumes from them: copy the parts into a folder of the checkout (.claim-runs/
-# is ignored), carry it with .gpu-bundle/call-1 and run `--claim --resume .claim-runs -- key=value`
-# (e.g. grid.scratch_cap=2700): the demo reads the finished runs back and trains only the rest.
+# versions, `fasthpt demo --scale gpu --budget-s` with the rest of the 8 minutes (the demo fits its
+# scratch grid to 80% of it by its plan and prints the plan first), then `pack`: the report,
+# results.json and figure, and the finished runs with their stored evaluations as claim-runs.tar.N
+# parts (15 MiB each, at most 3), all in $OUT. The next call goes on from them: copy the parts into
+# .claim-runs/ (ignored), carry it with .gpu-bundle/call-1 and run `--claim --resume .claim-runs`: the
+# demo reads the finished runs back and trains the next budgets. `-- key=value ...`: preset overrides.
 #
 # --no-install runs the steps on the environment as it is (DALI's steps where it imports).
 # --dry-run (the test suite runs it, tests/bench/test_gpu_check.py): every step's command printed
@@ -253,8 +254,9 @@ main() {
   return $FAILED
 }
 
-# the claim's expected seconds (its plan; with --resume, the runs it carries are not counted), printed,
-# and the call's: every step's expected seconds and their sum against the budget
+# the claim's expected seconds (its plan, fitted to CLAIM_FIT; a dry run plans a first call: a
+# --resume's runs are not unpacked), printed, and the call's: every step's expected seconds and their
+# sum against the budget; exit 3 when over it
 claim_plan() {
   local plan rc
   plan=$("$PYTHON" -m fasthpt.cli demo --scale gpu --plan --json --budget-s "$CLAIM_FIT" --out "$CLAIM_OUT" \
