@@ -29,7 +29,8 @@
 # results.json and figure, and the finished runs with their stored evaluations as claim-runs.tar.N
 # parts (15 MiB each, at most 3), all in $OUT. The next call goes on from them: copy the parts into
 # .claim-runs/ (ignored), carry it with .gpu-bundle/call-1 and run `--claim --resume .claim-runs`: the
-# demo reads the finished runs back and trains the next budgets. `-- key=value ...`: preset overrides.
+# demo reads the finished runs back and trains the next budgets. `-- ARGS`: more `fasthpt demo`
+# arguments (key=value preset overrides, --parallel N).
 #
 # --no-install runs the steps on the environment as it is (DALI's steps where it imports).
 # --dry-run (the test suite runs it, tests/bench/test_gpu_check.py): every step's command printed
