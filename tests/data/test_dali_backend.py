@@ -371,7 +371,7 @@ def test_an_undecodable_sample_is_one_line(tiny_data, tmp_path):
     data = bytearray(shard.read_bytes())
     data[first.offset + 2: first.offset + first.size] = bytes(first.size - 2)  # SOI kept, the rest zeros
     shard.write_bytes(bytes(data))
-    with pytest.raises(UserError, match="not a readable JPEG|DALI pipeline failed") as info:
+    with pytest.raises(UserError, match="cannot be read|DALI pipeline failed") as info:
         for _ in ssl_loader(copy, "dali"):
             pass
     assert "\n" not in str(info.value)
