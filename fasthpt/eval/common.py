@@ -100,12 +100,15 @@ def sha256_state_dict(module: nn.Module) -> str:
 
 
 def resolve_backbone(backbone: str | nn.Module, arch: str | None = None, seed: int = 0,
-                     trust: bool = False) -> Backbone:
+                     trust: bool = False, data: Dataset | None = None) -> Backbone:
     """A path / spec through the project's one backbone loader, or an in-memory module as is.
 
     ``random`` / ``none``: random init of ``arch`` under ``seed`` (repeatable, so its features can
     be cached); ``torchvision:NAME``: weights from the local torch hub cache; else a checkpoint file,
-    read without running code it pickles unless ``trust`` (``--trust-checkpoint``).
+    read without running code it pickles unless ``trust`` (``--trust-checkpoint``). ``data``: the
+    dataset it will read: a backbone whose conv1 takes another band count than the data's is
+    adapted as pretraining would adapt it (hpt.conv1's default rule), and a note says so; without
+    ``data`` it loads as it is.
     """
     if isinstance(backbone, nn.Module):
         return Backbone(backbone, IN_MEMORY, sha256_state_dict(backbone), arch)
@@ -119,7 +122,12 @@ def resolve_backbone(backbone: str | nn.Module, arch: str | None = None, seed: i
         raise UserError(f"backbone checkpoint not found: {spec}")
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG state
         torch.manual_seed(seed)
-        module, report = load_backbone(spec, arch=arch, trust=trust, arch_key="--arch")
+        bands = ({"in_chans": None} if data is None else
+                 {"in_chans": data.manifest.bands, "band_names": data.manifest.band_names})
+        module, report = load_backbone(spec, arch=arch, trust=trust, arch_key="--arch", **bands)
+    if getattr(report, "conv1_how", "") and report.conv1 not in ("as is", "random"):
+        print(f"note: backbone {spec}: conv1 {report.conv1_how} (the data has {report.in_chans} bands)",
+              file=sys.stderr)
     is_file = Path(spec).is_file()
     fingerprint = sha256_file(Path(spec)) if is_file else sha256_state_dict(module)
     return Backbone(module, spec, fingerprint, getattr(report, "arch", arch))
@@ -130,7 +138,7 @@ def frozen_setup(backbone, data, *, arch, seed, device, res, batch_size, workers
     """What the frozen-feature protocols (kNN, linear) share: the dataset (with its test split), the
     backbone, where to run it, and the keyword arguments of ``cached_features``."""
     ds = resolve_protocol_data(data)
-    bb = resolve_backbone(backbone, arch, seed, trust)
+    bb = resolve_backbone(backbone, arch, seed, trust, ds)
     dev = module_device(bb, device)
     feats = dict(res=res, batch_size=batch_size, workers=workers, device=dev, backend=backend,
                  cache_dir=cache_dir, use_cache=use_cache, progress=progress)

@@ -193,7 +193,7 @@ def _plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def load_backbone(spec: str, arch: str | None = None, *, trust: bool = False, arch_key: str = "model.arch",
-                  in_chans: int = 3, band_names=None, conv1: str = "auto") -> tuple[nn.Module, LoadReport]:
+                  in_chans: int | None = 3, band_names=None, conv1: str = "auto") -> tuple[nn.Module, LoadReport]:
     """Build a backbone and load base weights from ``spec``.
 
     spec: ``none`` / ``random`` (random init of ``arch``), ``torchvision:NAME`` (from the local
@@ -204,13 +204,15 @@ def load_backbone(spec: str, arch: str | None = None, *, trust: bool = False, ar
     whose hint names ``arch_key``, the user's knob (``model.arch`` in a config, ``--arch`` on a
     command line). Files are read without running code they pickle unless ``trust``; a base
     holding NaN / inf is refused. ``in_chans``: the data's bands; a base whose conv1 takes another
-    number of channels has it adapted by ``conv1`` (adapt_conv1; ``band_names`` name the data's bands).
+    number of channels has it adapted by ``conv1`` (adapt_conv1; ``band_names`` name the data's bands);
+    None: the base's own channel count (3 for a random init), loaded as it is.
     """
     from fasthpt.models import checkpoint_formats as fmt
 
     if spec in ("none", "random", ""):
         if arch is None:
             raise UserError(f"base 'none' needs an architecture ({arch_key})")
+        in_chans = 3 if in_chans is None else in_chans
         model = build_backbone(arch, in_chans)
         return model, LoadReport(source=spec or "none", format="random", arch=arch, missing=[], in_chans=in_chans,
                                  conv1="random")
@@ -219,6 +221,7 @@ def load_backbone(spec: str, arch: str | None = None, *, trust: bool = False, ar
     fmt.check_finite(state, spec)
     stem = state.get(fmt.STEM)
     base_chans = stem.shape[1] if torch.is_tensor(stem) and stem.ndim == 4 else 3
+    in_chans = base_chans if in_chans is None else in_chans
     found = fmt.infer_arch(state, {name: _reference_shapes(name, base_chans) for name in ARCHS})
     if arch is not None and found is not None and found != arch:
         fix = f"{arch_key} {found}" if arch_key.startswith("--") else f"{arch_key}={found}"
