@@ -35,7 +35,9 @@ from dataprep.split import ListedSplit, StreamingSplit, shuffled_order
 from dataprep.split_lists import SplitLists, assign_listed, read_split_lists
 from dataprep.writers import ShardWriter, ffcv_installed, import_ffcv, write_ffcv
 from fasthpt.errors import FFCV_INSTALL, UserError
+from fasthpt.errors import shown as quoted
 from fasthpt.manifest import FORMATS, SPLITS
+from fasthpt.names import name_problem
 
 # 60/20/20: HPT's RESISC-45 splits, 18,900 / 6,300 / 6,300 images (the TensorFlow Datasets lists in
 # github.com/cjrd/self-supervised-pretraining, utils/raw-tf-splits/resisc45).
@@ -135,8 +137,9 @@ def _note_wds_only() -> None:
 
 def _check_settings(dataset, src, num_images, image_size, seed, formats, max_res, jpeg_quality,
                     shard_size, workers) -> dict:
-    if not isinstance(dataset, str) or not _NAME.match(dataset):
-        raise UserError(f"--dataset {dataset!r}: use letters, digits, '.', '_' or '-' (a folder name)")
+    if not isinstance(dataset, str) or not _NAME.fullmatch(dataset) or name_problem(dataset):
+        raise UserError(f"--dataset {quoted(dataset)}: use letters, digits, '.', '_' or '-' (a folder name of at "
+                        "most 255 bytes)")
     checks = [
         (max_res is None or max_res >= 0, f"--max-res {max_res}: must be >= 0 (0: keep size)"),
         (1 <= jpeg_quality <= 100, f"--jpeg-quality {jpeg_quality}: must be in 1..100"),

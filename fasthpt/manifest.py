@@ -152,6 +152,9 @@ def problem(raw) -> str | None:
     """What makes ``raw`` unreadable as a manifest (the first thing found), or None."""
     if not isinstance(raw, dict):
         return "not a JSON object"
+    schema = raw.get("schema")  # absent in the first manifests
+    if schema is not None and (not isinstance(schema, int) or isinstance(schema, bool) or schema < 1):
+        return "'schema' is not a version number"
     for key, kind in (("name", str), ("classes", list), ("splits", dict), ("mean", list), ("std", list)):
         if not isinstance(raw.get(key), kind):
             return f"{key!r} missing or not a JSON {'string' if kind is str else kind.__name__}"
@@ -195,6 +198,10 @@ def load_manifest(data_dir: str | Path) -> Manifest:
     wrong = problem(raw)
     if wrong:
         raise UserError(f"{path} is not a `fasthpt prep` manifest ({wrong}); re-run `fasthpt prep ... --force`")
+    if (raw.get("schema") or 0) > SCHEMA_VERSION:  # its fields may mean what this version cannot know
+        raise UserError(f"{path} has manifest schema {raw['schema']}, written by a newer fasthpt; this version reads "
+                        f"schemas up to {SCHEMA_VERSION}: upgrade fasthpt, or re-run `fasthpt prep ... --force` with "
+                        "this one")
     return Manifest(root=root, raw=raw)
 
 

@@ -63,3 +63,28 @@ def test_missing_pieces_say_what_to_rerun(tmp_path):
     (tmp_path / MANIFEST).write_bytes(b"\xff\xfe not utf-8")
     with pytest.raises(UserError, match="is not valid JSON"):
         load_manifest(tmp_path)
+
+
+@pytest.mark.parametrize("schema", [SCHEMA_VERSION + 1, SCHEMA_VERSION + 100, 2**62])
+def test_a_manifest_from_a_newer_fasthpt_is_refused_naming_both_versions(tmp_path, schema):
+    (tmp_path / MANIFEST).write_text(json.dumps(_raw(schema=schema)))
+    with pytest.raises(UserError) as err:
+        load_manifest(tmp_path)
+    text = str(err.value)
+    assert f"schema {schema}" in text and f"up to {SCHEMA_VERSION}" in text and "\n" not in text
+
+
+@pytest.mark.parametrize("schema", ["3", 3.0, True, 0, -1, [3]])
+def test_a_schema_that_is_not_a_version_number_is_refused(tmp_path, schema):
+    (tmp_path / MANIFEST).write_text(json.dumps(_raw(schema=schema)))
+    with pytest.raises(UserError, match="'schema' is not a version number"):
+        load_manifest(tmp_path)
+
+
+@pytest.mark.parametrize("schema", [None, 1, SCHEMA_VERSION])
+def test_older_and_current_schemas_still_read(tmp_path, schema):
+    raw = _raw(schema=schema)
+    if schema is None:
+        del raw["schema"]
+    (tmp_path / MANIFEST).write_text(json.dumps(raw))
+    assert load_manifest(tmp_path).schema == schema

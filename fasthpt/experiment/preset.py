@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fasthpt.errors import UserError
+from fasthpt.names import check_name
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 STUDIES = ("augmentation", "data")
@@ -172,6 +173,8 @@ def validate(cfg: DemoConfig) -> DemoConfig:
     for ok, message in checks:
         if not ok:
             raise UserError(message)
+    # the name becomes folder names: runs/demo-NAME, DATA/demo-NAME
+    check_name("preset key 'name'", cfg.name, "; --out and --data choose where the demo writes")
     from fasthpt.data.policy import PRESETS
 
     bad = [p for p in cfg.study.policies if p not in PRESETS]
