@@ -468,7 +468,23 @@ def _summary(source, settings, per_class, skipped, excluded, n, convert_s, total
         lines += [f"  {p}: {r}" for p, r in skipped[:_EXAMPLES]]
         if len(skipped) > _EXAMPLES:
             lines.append(f"  ... and {len(skipped) - _EXAMPLES} more (all listed in manifest.json)")
-    for c, name in enumerate(source.classes):
-        if not any(per_class[s][c] for s in SPLITS):
+    return "\n".join(lines + _class_warnings(source.classes, per_class))
+
+
+def _class_warnings(classes: list[str], per_class: dict) -> list[str]:
+    """What the evaluations will make of the classes: one class is no classification task, and a
+    class too small for the split fractions is missing from a held-out split (said per class)."""
+    lines = []
+    if len(classes) == 1:
+        lines.append(f"warning: one class ({classes[0]!r}): fine for self-supervised pretraining, but no "
+                     "classification task: `fasthpt eval` refuses it (any accuracy would be 1.0)")
+    present = [s for s in SPLITS if sum(per_class[s])]
+    for c, name in enumerate(classes):
+        total = sum(per_class[s][c] for s in SPLITS)
+        missing = [s for s in present if not per_class[s][c]]
+        if not total:
             lines.append(f"warning: class {name!r} has no images in any split")
-    return "\n".join(lines)
+        elif missing:
+            lines.append(f"warning: class {name!r} has {total} image{'s' * (total > 1)}, none in "
+                         f"{' or '.join(missing)}: evaluations leave it out there")
+    return lines

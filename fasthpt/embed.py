@@ -50,7 +50,7 @@ def embed(backbone: str, out, *, images=None, data=None, splits=None, res=None, 
           norm_data=None, mean=None, std=None, batch_size=256, workers=2, device="auto", backend="auto",
           force=False, trust=False, progress=True) -> dict:
     """Embed ``images`` or ``data`` with ``backbone``; write ``out`` and its record; return the record."""
-    from fasthpt.eval.common import autocast, module_device, place
+    from fasthpt.eval.common import autocast, check_features, module_device, place
 
     if (images is None) == (data is None):
         raise UserError("give exactly one of --images DIR or --data DIR")
@@ -72,6 +72,7 @@ def embed(backbone: str, out, *, images=None, data=None, splits=None, res=None, 
             rows = _images(module, images, pv.resolve_norm(source.run, norm_data, mean, std), **opts)
         else:
             rows = _data(module, data, splits, backend=backend, **opts)
+    check_features(rows.features, source.backbone.source, "embedded")
     if l2:
         rows.features = torch.nn.functional.normalize(rows.features, dim=1)
     record = _record(rows, pv.record(source, rows.norm, res), l2=l2, device=dev)
@@ -101,7 +102,7 @@ def _images(module, root, norm: pv.Norm, *, res, batch_size, workers, device, pr
 
 
 def _data(module, data, splits, *, backend, res, batch_size, workers, device, progress) -> Rows:
-    from fasthpt.eval.common import eval_loader, resolve_data
+    from fasthpt.eval.common import check_labels, eval_loader, resolve_data
     from fasthpt.eval.features import extract_features
 
     ds = resolve_data(data)
@@ -111,6 +112,7 @@ def _data(module, data, splits, *, backend, res, batch_size, workers, device, pr
         loader = eval_loader(ds, split, res, batch_size, workers, device, backend)
         used.add(loader.backend)
         f, y = extract_features(module, loader, device=device, progress=progress, desc=f"embed {split}")
+        check_labels(y, ds, split)
         feats.append(f)
         labels += y.tolist()
         paths += _sample_paths(ds.manifest, split, len(f))

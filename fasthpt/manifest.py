@@ -170,6 +170,8 @@ def problem(raw) -> str | None:
         if per_class is not None and not (isinstance(per_class, list) and len(per_class) == len(raw["classes"])
                                           and all(_count(n) for n in per_class)):
             return f"splits.{split}.per_class is not one count per class"
+        if per_class is not None and sum(per_class) != entry["count"]:
+            return f"splits.{split}.per_class adds up to {sum(per_class)}, not its count {entry['count']}"
     for key, kind in (("formats", list), ("files", dict), ("settings", dict)):
         if raw.get(key) is not None and not isinstance(raw[key], kind):
             return f"{key!r} is not a JSON {kind.__name__}"

@@ -169,9 +169,9 @@ def resolve_res(run: dict | None, res: int | None) -> int:
         res = (run or {}).get("res")
     if res is None:
         raise UserError("input resolution unknown for a bare checkpoint: pass --res N (the side it was trained at)")
-    if not isinstance(res, int) or res < 1:
-        raise UserError(f"--res {res}: must be a positive number of pixels")
-    return res
+    from fasthpt.eval.common import check_res
+
+    return check_res(res)
 
 
 def record(source: Source, norm: Norm, res: int, results=()) -> dict:

@@ -39,6 +39,7 @@ def test_written_manifest_reads_back_through_typed_accessors(tmp_path):
     ({"splits": {"train": {"count": -1}}}, "splits.train.count"),
     ({"splits": {"train": {"count": 5, "per_class": [5]}}}, "splits.train.per_class is not one count per class"),
     ({"files": []}, "'files' is not a JSON dict"),
+    ({"splits": {"train": {"count": 5, "per_class": [2, 2]}}}, "splits.train.per_class adds up to 4, not its count 5"),
 ])
 def test_a_malformed_field_is_one_line_naming_it(tmp_path, changes, named):
     (tmp_path / MANIFEST).write_text(json.dumps(_raw(**changes)))

@@ -24,7 +24,7 @@ def _common(p: argparse.ArgumentParser, batch: int) -> None:
                    "any code the file names, so only for files from a source you trust")
     p.add_argument("--arch", default=None,
                    help=f"architecture ({', '.join(ARCH_NAMES)}): needed for 'random', else checked")
-    p.add_argument("--res", type=int, default=224,
+    p.add_argument("--res", type=_positive, default=224,
                    help="eval side: resize to RES*256/224 + center crop RES; train crops are RES (paper: 224)")
     p.add_argument("--batch-size", type=int, default=batch, help=f"per step (default {batch})")
     p.add_argument("--workers", type=int, default=2)
@@ -45,6 +45,17 @@ def _cache(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None,
                    help="feature cache folder (default DATA/.cache/features, else ~/.cache/fasthpt/features)")
     p.add_argument("--no-cache", action="store_true", help="always re-extract features, write no cache")
+
+
+def _positive(text: str) -> int:
+    """A positive integer (argparse type): --res 0 has no pixels to resize to."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of pixels, got {text!r}")
+    return value
 
 
 def _numbers(kind):

@@ -129,12 +129,20 @@ def frozen_setup(backbone, data, *, arch, seed, device, res, batch_size, workers
                  progress, trust=False):
     """What the frozen-feature protocols (kNN, linear) share: the dataset (with its test split), the
     backbone, where to run it, and the keyword arguments of ``cached_features``."""
+    check_res(res)
     ds = resolve_protocol_data(data)
     bb = resolve_backbone(backbone, arch, seed, trust)
     dev = module_device(bb, device)
     feats = dict(res=res, batch_size=batch_size, workers=workers, device=dev, backend=backend,
                  cache_dir=cache_dir, use_cache=use_cache, progress=progress)
     return ds, bb, dev, feats
+
+
+def check_res(res) -> int:
+    """An input side in pixels: a positive integer (0 or less has no pixels to resize to)."""
+    if isinstance(res, bool) or not isinstance(res, int) or res < 1:
+        raise UserError(f"--res {res}: must be a positive number of pixels")
+    return res
 
 
 def resolve_data(data: str | os.PathLike) -> Dataset:
@@ -148,7 +156,45 @@ def resolve_protocol_data(data: str | os.PathLike) -> Dataset:
     ds = resolve_data(data)
     for split in ("train", "val", "test"):
         ds.manifest.count(split)  # UserError naming the split (and, for test, how to get one)
+    _check_task(ds)
     return ds
+
+
+def _classes_in(ds: Dataset, split: str) -> list[int] | None:
+    """Labels of the classes with at least one image in ``split`` (None: the manifest does not say)."""
+    per_class = ds.manifest.split(split).per_class
+    return None if per_class is None else [c for c, n in enumerate(per_class) if n > 0]
+
+
+def _check_task(ds: Dataset) -> None:
+    """Refuse a trivial task: with fewer than two classes to train on or to test, every prediction
+    is right (or the only one possible) by construction, which is no result."""
+    m = ds.manifest
+    if m.num_classes < 2:
+        raise UserError(f"{ds.root} has {m.num_classes} class ({', '.join(m.classes) or 'none'}): any accuracy on it "
+                        "is 1.0 by construction; the protocols need a dataset of at least 2 classes")
+    for split in ("train", "test"):
+        present = _classes_in(ds, split)
+        if present is not None and len(present) < 2:
+            more = " or a larger --test-frac" if split == "test" else ""
+            raise UserError(f"{ds.root}: only {len(present)} of its {m.num_classes} classes has {split} images, so "
+                            f"the task is trivial; re-run `fasthpt prep` with more images per class{more}")
+
+
+def coverage_notices(ds: Dataset, quiet: bool = False) -> list[str]:
+    """Notes for classes a protocol cannot score: with no test images (top-1 is over the others),
+    no val images (the selection ignores them) or no train images (never predicted)."""
+    names, notices = ds.manifest.classes, []
+    effect = {"test": "top-1 is over the other classes", "val": "the selection on val ignores them",
+              "train": "no protocol can predict them, so their test images always count as errors"}
+    for split in ("test", "val", "train"):
+        present = _classes_in(ds, split)
+        missing = [names[c] for c in range(len(names)) if present is not None and c not in present]
+        if missing:
+            shown_names = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+            notices.append(note(f"{len(missing)} of {len(names)} classes have no {split} images ({shown_names}; too "
+                                f"few images for the split fractions): {effect[split]}", quiet))
+    return notices
 
 
 def eval_loader(data: Dataset, split: str, res: int, batch_size: int, workers: int, device, backend="auto"):
@@ -234,21 +280,60 @@ def cached_features(
     path = cache_path(backbone, data, split, res=res, device=device, backend=backend, cache_dir=cache_dir,
                       use_cache=use_cache)
     if path is not None and path.is_file():
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-            return blob["features"], blob["labels"], True
-        except Exception:  # a truncated or foreign file: recompute and overwrite it
-            pass
+        cached = _read_cache(path, data)
+        if cached is not None:
+            return *cached, True
     loader = eval_loader(data, split, res, batch_size, workers, device, backend)
     module = place(backbone, device)
     with autocast(device):
         feats, labels = extract_features(module, loader, device=device, progress=progress, desc=f"features {split}")
+    check_features(feats, backbone.source, split)
+    check_labels(labels, data, split)
     if path is not None:
         try:  # the cache only saves time: a full disk or an unwritable default folder must not cost the result
             atomic_torch_save({"features": feats, "labels": labels}, path)
         except OSError as exc:
             log.warning("feature cache not written (%s); the result is unaffected", exc)
     return feats, labels, False
+
+
+def _read_cache(path: Path, data: Dataset) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The cached (features, labels), or None for a file that is truncated, foreign or holds what
+    extraction would have refused (NaN, labels outside the classes): then it is recomputed."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        feats, labels = blob["features"], blob["labels"]
+        if (feats.ndim == 2 and labels.ndim == 1 and len(feats) == len(labels) and bool(torch.isfinite(feats).all())
+                and not _outside_classes(labels, data.manifest.num_classes).any()):
+            return feats, labels
+    except Exception:  # noqa: BLE001 - any unreadable cache file is recomputed and overwritten
+        pass
+    return None
+
+
+def _outside_classes(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    return (labels < 0) | (labels >= num_classes)
+
+
+def check_features(feats: torch.Tensor, source: str, what: str) -> None:
+    """Refuse features holding NaN or inf (a damaged checkpoint: a NaN feature is equally far from
+    every neighbour, so kNN would report chance as a result, and embed would write NaNs)."""
+    bad = ~torch.isfinite(feats).all(dim=1) if feats.numel() else torch.zeros(0, dtype=torch.bool)
+    if bad.any():
+        raise UserError(f"backbone {source} gives NaN or inf features for {int(bad.sum())} of {len(feats)} {what} "
+                        "images; no result is computed from them (a damaged checkpoint: overflowing weights or "
+                        "statistics?)")
+
+
+def check_labels(labels: torch.Tensor, data: Dataset, split: str) -> None:
+    """Refuse labels outside the manifest's classes: the manifest does not describe these files."""
+    outside = _outside_classes(labels, data.manifest.num_classes)
+    if outside.any():
+        found = sorted(set(labels[outside].tolist()))
+        n = data.manifest.num_classes
+        raise UserError(f"{data.root}: the {split} split holds label{'s' * (len(found) > 1)} "
+                        f"{', '.join(map(str, found[:5]))} but its {MANIFEST} lists {n} classes (labels 0..{n - 1}): "
+                        "the manifest does not describe these files; re-run `fasthpt prep ... --force`")
 
 
 def cache_path(backbone: Backbone, data: Dataset, split: str, *, res: int, device: torch.device, backend: str = "auto",

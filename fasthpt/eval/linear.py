@@ -16,6 +16,7 @@ no augmentation).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 
@@ -116,13 +117,13 @@ def run_linear(
     caller will make (seeds), for the up-front CPU time estimate (0: none).
     """
     t0 = time.perf_counter()
-    if min(iters, batch_size, eval_every) < 1 or lr <= 0:
+    if min(iters, batch_size, eval_every) < 1 or not (math.isfinite(lr) and lr > 0):
         raise common.UserError("--iters, --batch-size, --eval-every and --lr must be positive")
     common.check_outputs(json_path, cache_dir, use_cache)
     ds, bb, dev, feats = common.frozen_setup(
         backbone, data, arch=arch, seed=seed, device=device, res=res, batch_size=batch_size, workers=workers,
         backend=backend, cache_dir=cache_dir, use_cache=use_cache, progress=progress, trust=trust)
-    notices = []
+    notices = common.coverage_notices(ds, quiet)
     n_train = ds.manifest.count("train")
     batch = common.clamp_batch(batch_size, n_train, "train images", notices, quiet)
     _announce(bb, ds, dev, feats, notices, quiet, iters=iters, batch=batch, res=res, precomputed=precomputed,

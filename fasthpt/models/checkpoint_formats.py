@@ -180,13 +180,19 @@ def _backbone_prefix(state: dict, spec: str) -> str:
 
 
 def check_finite(state: dict, spec: str) -> None:
-    """Refuse a base whose floating-point tensors hold NaN or inf: training from it can only give
-    a non-finite loss, which would then look like a learning-rate problem."""
+    """Refuse a base whose floating-point tensors hold NaN or inf, or a BatchNorm running variance
+    below zero (a mean of squares: no training makes one; normalising by its square root gives NaN
+    features, which would then pass for a learning-rate problem or a chance-level result)."""
     floats = {k: v for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()}
     bad = {k: n for k, v in floats.items() if (n := int((~torch.isfinite(v)).sum()))}
     if bad:
         raise UserError(f"base {spec}: {sum(bad.values())} NaN/inf values in {len(bad)} tensors (first: "
                         f"{next(iter(bad))}); the checkpoint is damaged, pick another base")
+    negative = {k: n for k, v in floats.items() if k.endswith("running_var") and (n := int((v < 0).sum()))}
+    if negative:
+        raise UserError(f"base {spec}: {sum(negative.values())} negative BatchNorm running variances in "
+                        f"{len(negative)} tensors (first: {next(iter(negative))}); a variance cannot be negative: "
+                        "the checkpoint is damaged, pick another base")
 
 
 def infer_arch(state: dict, references: dict[str, dict[str, tuple]]) -> str | None:
