@@ -50,15 +50,15 @@ _STREAM_ERRORS = (tarfile.ReadError, EOFError, zlib.error, lzma.LZMAError, OSErr
 _ZIP_MEMBER_ERRORS = (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError)
 
 
-def open_archive(name: str, path: Path, scratch: Path):
+def open_archive(name: str, path: Path, scratch: Path, class_depth: int | None = None):
     """A ZipSource or TarSource for the archive at path, or None when it is neither."""
     with open(path, "rb") as f:
         head = f.read(512)
     if zipfile.is_zipfile(path) or head.startswith(_ZIP_MAGIC):
-        return ZipSource(name, path)
+        return ZipSource(name, path, class_depth)
     at, magic = _USTAR_MAGIC
     if _decompressor(head) or head[at : at + len(magic)] == magic or tarfile.is_tarfile(path):
-        return TarSource(name, path, scratch)
+        return TarSource(name, path, scratch, class_depth)
     if head.startswith(_ZSTD_MAGIC):
         raise UserError(f"--src {display_name(str(path))}: zstd-compressed archives are not supported; "
                         "decompress it first (zstd -d)")
@@ -72,7 +72,7 @@ def _decompressor(head: bytes):
 class ZipSource(FileSource):
     kind = "zip"
 
-    def __init__(self, name: str, path: Path):
+    def __init__(self, name: str, path: Path, class_depth: int | None = None):
         self.path = path
         try:
             with zipfile.ZipFile(path) as zf:
@@ -87,7 +87,8 @@ class ZipSource(FileSource):
         self._infos = {i.filename: i for i in files}  # a name held twice: its last copy, as listed
         dirs = [i.filename.rstrip("/") for i in infos if i.is_dir()]
         dirs += [str(PurePosixPath(e.path).parent) for e in entries]
-        super().__init__(name, list_tree(entries, dirs, rejected), fingerprint_entries(self.kind, entries))
+        listing = list_tree(entries, dirs, rejected, class_depth)
+        super().__init__(name, listing, fingerprint_entries(self.kind, entries))
 
     def _read(self, path: str) -> bytes:
         try:
@@ -128,7 +129,7 @@ class TarSource(FileSource):
 
     kind = "tar"
 
-    def __init__(self, name: str, path: Path, scratch: Path):
+    def __init__(self, name: str, path: Path, scratch: Path, class_depth: int | None = None):
         self.offsets: dict[str, tuple[int, int]] = {}
         with open(path, "rb") as f:
             opener = _decompressor(f.read(8))
@@ -139,7 +140,8 @@ class TarSource(FileSource):
             raise UserError(f"--src {display_name(str(path))}: {display_name(str(exc))} after "
                             f"{len(self.offsets)} whole files; nothing was converted: re-download it, "
                             "or extract what it holds and pass that folder") from None
-        super().__init__(name, list_tree(entries, dirs, rejected), fingerprint_entries(self.kind, entries))
+        listing = list_tree(entries, dirs, rejected, class_depth)
+        super().__init__(name, listing, fingerprint_entries(self.kind, entries))
 
     def _index(self, path: Path, opener):
         entries, dirs, rejected, ends = [], [], [], []

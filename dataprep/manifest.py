@@ -28,7 +28,7 @@ PREP_KEYS = ("schema", "name", "classes", "splits", "files", "settings", "finger
 # num_images / image_size are compared through the generator's fingerprint, which holds the
 # resolved values (so `--num-images 2400` equals the default it spells out).
 OUTPUT_SETTINGS = ("val_frac", "test_frac", "split_source", "seed", "formats", "max_res", "jpeg_quality",
-                   "shard_size")
+                   "shard_size", "class_depth")
 _PACKAGES = ("numpy", "pillow", "opencv-python-headless", "opencv-python", "ffcv", "webdataset",
              "nvidia-dali-cuda120", "fasthpt")
 

@@ -54,7 +54,7 @@ _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, er
 def prepare(dataset: str, out="data", src=None, *, num_images=None, image_size=None,
             val_frac=None, test_frac=None, splits=None, seed=0, formats=None, max_res=256,
             jpeg_quality=90, shard_size=DEFAULT_SHARD_SIZE, workers=None, force=False,
-            progress=True) -> Path:
+            progress=True, class_depth=None) -> Path:
     """Convert a dataset once into the formats the loaders read; return the dataset folder.
 
     dataset: output name, and the embedded generator to use when `src` is None (dataprep.synthetic.EMBEDDED).
@@ -68,10 +68,12 @@ def prepare(dataset: str, out="data", src=None, *, num_images=None, image_size=N
     jpeg_quality: for images that are (re-)encoded; upright RGB JPEGs within max_res are stored
     unchanged. shard_size: samples per WebDataset shard. workers: processes (None: all cores).
     force: rebuild an existing output that `fasthpt prep` wrote (nothing else is ever deleted).
+    class_depth: the class is the first N folders below the shared root (None: the whole path).
     Raises UserError for bad input (one line)."""
     formats = _check_formats(formats)
     settings = _check_settings(dataset, src, num_images, image_size, seed, formats, max_res,
                                jpeg_quality, shard_size, workers)
+    settings["class_depth"] = _check_class_depth(class_depth, src)
     lists = _split_settings(settings, val_frac, test_frac, splits)
     out = Path(out)
     _check_apart(out / dataset, src)
@@ -96,7 +98,7 @@ def _prepare_locked(out: Path, dataset: str, settings: dict, lists: SplitLists |
     try:
         source = open_source(dataset, settings["src"], num_images=settings["num_images"],
                              image_size=settings["image_size"], seed=settings["seed"],
-                             scratch=tmp / "scratch")
+                             scratch=tmp / "scratch", class_depth=settings["class_depth"])
         if existing is not None and not force:
             _check_same_request(dest, existing, settings, source)
             print(f"{display_name(str(dest))}: already prepared with these settings and source; "
@@ -156,6 +158,16 @@ def _check_settings(dataset, src, num_images, image_size, seed, formats, max_res
             "formats": list(formats), "max_res": max_res or 0, "jpeg_quality": jpeg_quality,
             "shard_size": shard_size, "num_images": num_images, "image_size": image_size,
             "workers": workers or _default_workers()}
+
+
+def _check_class_depth(class_depth, src) -> int | None:
+    if class_depth is None:
+        return None
+    if src is None:
+        raise UserError("--class-depth applies to --src folders and archives, not to the embedded datasets")
+    if isinstance(class_depth, bool) or not isinstance(class_depth, int) or class_depth < 1:
+        raise UserError(f"--class-depth {class_depth}: must be >= 1 (folder levels below the shared root)")
+    return class_depth
 
 
 def _split_settings(settings: dict, val_frac, test_frac, splits) -> SplitLists | None:
