@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fasthpt import feature_cache
 from fasthpt.config import ARCH_NAMES
 from fasthpt.device import available_device
 from fasthpt.errors import UserError
@@ -254,7 +255,7 @@ def clamp_batch(batch_size: int, available: int, what: str, notices: list, quiet
 
 def default_cache_dir(data: Dataset) -> Path:
     """<data>/.cache/features when the data folder is writable, else ~/.cache/fasthpt/features."""
-    local = data.root / ".cache" / "features"
+    local = data.root.joinpath(*feature_cache.FOLDER)
     try:
         local.mkdir(parents=True, exist_ok=True)
         if os.access(local, os.W_OK):
@@ -341,7 +342,7 @@ def cache_path(backbone: Backbone, data: Dataset, split: str, *, res: int, devic
     """Where ``cached_features`` keeps one split's features (None without a cache)."""
     if not use_cache:
         return None
-    key = f"{backbone.fingerprint[:16]}-{data.fingerprint[:12]}-{split}-r{res}-{backend}-{device.type}.pt"
+    key = feature_cache.file_name(backbone.fingerprint, data.fingerprint, split, res, backend, device.type)
     return (Path(cache_dir) if cache_dir else default_cache_dir(data)) / key
 
 
