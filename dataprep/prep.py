@@ -36,6 +36,7 @@ from dataprep.split_lists import SplitLists, assign_listed, read_split_lists
 from dataprep.writers import ShardWriter, ffcv_installed, import_ffcv, write_ffcv
 from fasthpt.errors import FFCV_INSTALL, UserError
 from fasthpt.errors import shown as quoted
+from fasthpt.locks import pid_alive
 from fasthpt.manifest import FORMATS, SPLITS
 from fasthpt.names import name_problem
 
@@ -218,18 +219,8 @@ def _remove_stale(out: Path, dataset: str) -> None:
         kind, _, pid = path.name.rpartition("-")
         if kind not in (f".{dataset}.tmp", f".{dataset}.old") or not pid.isdigit():
             continue
-        if int(pid) == os.getpid() or not _alive(int(pid)):
+        if int(pid) == os.getpid() or not pid_alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _existing_output(dest: Path, force: bool) -> dict | None:

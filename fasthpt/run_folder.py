@@ -20,6 +20,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from fasthpt import locks
 from fasthpt.config import RunConfig, config_differences, load_config
 from fasthpt.errors import UserError
 
@@ -120,8 +121,8 @@ class RunLock:
             except BlockingIOError:
                 holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "pid unknown"
                 os.close(fd)
-                raise UserError(f"{self.run} is in use by another launch ({holder}); wait for it to end, "
-                                f"or choose another name=") from None
+                raise UserError(f"{self.run} is in use by another launch ({holder}{_ended(holder)}); wait for it "
+                                f"to end, or choose another name=") from None
             except OSError as exc:  # a filesystem without flock (some network mounts)
                 log.warning("cannot lock %s (%s): a second launch of this run would not be detected",
                             self.path, exc.strerror)
@@ -131,7 +132,7 @@ class RunLock:
             os.close(fd)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-        return fd
+        return locks.keep_from_children(fd)  # a forked loader worker must not outlive the launch holding it
 
     def release(self) -> None:
         """Remove the lock file (while still holding it: a launch that opened it meanwhile sees it
@@ -147,8 +148,17 @@ class RunLock:
         except OSError:
             pass  # another process wrote there meanwhile: the folder stays
         finally:
-            os.close(self._fd)
+            locks.close(self._fd)
             self._fd = None
+
+
+def _ended(holder: str) -> str:
+    """', which has ended: ...' when the lock file names a process of this machine that no longer
+    exists (one it started, not forked from it, may still hold the lock for a moment)."""
+    found = re.fullmatch(r"pid (\d+) on (.+)", holder)
+    if not found or found.group(2) != socket.gethostname() or locks.pid_alive(int(found.group(1))):
+        return ""
+    return ", which has ended; a process it started still holds the lock: retry once that exits"
 
 
 def _same_file(fd: int, path: Path) -> bool:
