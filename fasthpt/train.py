@@ -29,7 +29,7 @@ from fasthpt.config import RunConfig, check_queue, load_config, save_config, val
 from fasthpt.device import resolve_precision, trainer_device
 from fasthpt.errors import UserError, interrupted_code
 from fasthpt.fileio import atomic_path, atomic_write_json, printable_json
-from fasthpt.hpt import stage_configs
+from fasthpt.hpt import check_stage_data, stage_configs
 from fasthpt.models.backbones import save_backbone
 from fasthpt.models.moco import replicas_in_sync
 from fasthpt.run_folder import Interrupted, claim, resume_hint, write_failure
@@ -47,11 +47,13 @@ def pretrain(cfg: RunConfig) -> dict:
     if not cfg.stages:
         return run_stage(cfg)
     _init_dist()
+    stages = stage_configs(cfg)
+    check_stage_data(stages, dist.get_world_size())  # all of them, before stage 1 trains
     lock = claim(cfg)
     try:
         if dist.get_global_rank() == 0:
             save_config(cfg, cfg.run_path / "config.yaml")
-        results = [run_stage(stage) for stage in stage_configs(cfg)]
+        results = [run_stage(stage) for stage in stages]
         final = cfg.run_path / "backbone.pt"
         if dist.get_global_rank() == 0:
             with atomic_path(final) as tmp:
