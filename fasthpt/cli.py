@@ -17,10 +17,12 @@ from fasthpt.errors import UserError, clipped, interrupted_code
 COMMANDS: dict[str, tuple[str, str]] = {
     "prep": ("dataprep.cli", "convert an image dataset to FFCV .beton files and WebDataset shards"),
     "pretrain": ("fasthpt.pretrain", "MoCo-v2 / HPT pretraining from a YAML config (Composer)"),
-    "eval": ("fasthpt.eval.cli", "evaluate a backbone: kNN, linear probe, K-label fine-tuning"),
+    "eval": ("fasthpt.eval.cli", "evaluate a backbone (a run folder, a torch or safetensors checkpoint): kNN, "
+             "linear probe, K-label fine-tuning"),
     "bench": ("fasthpt.benchmark.cli", "benchmark the data loaders and training throughput"),
     "demo": ("fasthpt.demo", "reproduce HPT's convergence experiment on the embedded data"),
-    "export": ("fasthpt.export", "export a backbone for torchvision, timm, TorchScript or ONNX, with its record"),
+    "export": ("fasthpt.export", "export a backbone for torchvision, timm, safetensors, TorchScript or ONNX, "
+               "with its record"),
     "embed": ("fasthpt.embed", "pooled features of a folder of images or a prepared dataset (.npy/.parquet)"),
 }
 

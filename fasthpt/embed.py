@@ -63,13 +63,15 @@ def embed(backbone: str, out, *, images=None, data=None, splits=None, res=None, 
     if out.suffix.lower() == ".parquet":
         _pyarrow()  # before any work
     source = pv.resolve_source(backbone, arch=arch, trust=trust)
-    res = pv.resolve_res(source.run, res)
+    # --data is normalised with its own manifest: only --images needs the backbone's normalisation
+    res, norm = pv.resolve_inputs(source.run, ("res", "norm") if images is not None else ("res",), res=res,
+                                  norm_data=norm_data, mean=mean, std=std)
     dev = module_device(source.backbone, device)
     module = place(source.backbone, dev)
     opts = dict(res=res, batch_size=batch_size, workers=workers, device=dev, progress=progress)
     with autocast(dev):
         if images is not None:
-            rows = _images(module, images, pv.resolve_norm(source.run, norm_data, mean, std), **opts)
+            rows = _images(module, images, norm, **opts)
         else:
             rows = _data(module, data, splits, backend=backend, **opts)
     check_features(rows.features, source.backbone.source, "embedded")
@@ -194,7 +196,8 @@ def _report_skipped(skipped, record_path: Path) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
-    a("--backbone", required=True, help="a run folder (runs/<name>), a checkpoint file, torchvision:NAME or random")
+    a("--backbone", required=True, help="a run folder (runs/<name>), a checkpoint file (torch or .safetensors), "
+      "torchvision:NAME or random")
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--images", default=None, metavar="DIR", help="any folder of images (recursive)")
     what.add_argument("--data", default=None, metavar="DIR", help="a `fasthpt prep` folder (holds manifest.json)")

@@ -27,6 +27,7 @@ from fasthpt.errors import UserError
 log = logging.getLogger("fasthpt.train")
 
 LOCK_NAME = ".lock"
+BACKBONE, CONFIG = "backbone.pt", "config.yaml"  # what a finished run folder holds (fasthpt.train)
 _CHECKPOINT = re.compile(r"^ep\d+-ba(\d+)-rank0\.pt$")  # CheckpointSaver's default name, rank 0's file
 
 
@@ -167,6 +168,15 @@ def _same_file(fd: int, path: Path) -> bool:
     except FileNotFoundError:
         return False
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def run_backbone(folder: Path) -> Path:
+    """The backbone.pt of a run folder (what every command takes a run folder for); one line
+    saying why when it has none."""
+    if not (folder / BACKBONE).is_file():
+        what = "the run has not finished" if (folder / CONFIG).is_file() else "not a fasthpt run folder"
+        raise UserError(f"{folder} has no {BACKBONE} ({what}); give a run folder or a checkpoint file")
+    return folder / BACKBONE
 
 
 def check_same_config(cfg: RunConfig, saved: Path) -> None:

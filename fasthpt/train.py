@@ -5,7 +5,7 @@
     fasthpt pretrain CONFIG [key=value ...]                 # one process
     from fasthpt.train import pretrain; pretrain(cfg)       # library
 
-A run writes runs/<name>/{config.yaml, checkpoints/, backbone.pt, metrics.jsonl}; with
+A run writes runs/<name>/{config.yaml, data.json, checkpoints/, backbone.pt, metrics.jsonl}; with
 ``stages`` each stage writes those into runs/<name>/<stage>/ and its backbone.pt is the next
 stage's base. The run is the top of the training assembly: it calls fasthpt.trainer_setup, which
 never calls back.
@@ -32,6 +32,7 @@ from fasthpt.fileio import atomic_path, atomic_write_json, printable_json
 from fasthpt.hpt import check_stage_data, stage_configs
 from fasthpt.models.backbones import save_backbone
 from fasthpt.models.moco import replicas_in_sync
+from fasthpt.provenance import record_data
 from fasthpt.run_folder import Interrupted, claim, resume_hint, write_failure
 from fasthpt.trainer_setup import Loader, Parts, build_trainer
 
@@ -113,6 +114,7 @@ def _train(cfg: RunConfig, callbacks: tuple, loader: Loader | None) -> dict:
                               loader=loader)
         if rank == 0:  # only once the base, the data and the config have all been accepted
             save_config(cfg, run / "config.yaml")
+            record_data(run, cfg.data.path)  # where the data was and what it looked like, for exports
         start_batch, start_sample = int(parts.trainer.state.timestamp.batch), int(parts.trainer.state.timestamp.sample)
         t0 = time.perf_counter()
         # a run resumed from its final checkpoint, or from where its plateau stopped it, is already

@@ -15,8 +15,9 @@ from fasthpt.data import BACKEND_CHOICES
 
 def _common(p: argparse.ArgumentParser, batch: int) -> None:
     p.add_argument("--backbone", required=True,
-                   help="checkpoint (fasthpt backbone.pt, torchvision state_dict, MoCo release, Composer "
-                   "checkpoint) or 'random' (random init: the floor)")
+                   help="a run folder (runs/<name>: its backbone.pt), a checkpoint (fasthpt backbone.pt, torchvision "
+                   "or timm state_dict, .safetensors, MoCo release, Composer checkpoint) or 'random' (random init: "
+                   "the floor)")
     p.add_argument("--data", required=True,
                    help="a folder written by `fasthpt prep` with train, val and test splits (holds manifest.json)")
     p.add_argument("--trust-checkpoint", action="store_true",

@@ -12,7 +12,7 @@ import hashlib
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -37,9 +37,10 @@ class Backbone:
     """A resolved backbone: the module (images -> N x D), where it came from, and its fingerprint."""
 
     module: nn.Module
-    source: str  # the path or spec given, or IN_MEMORY
+    source: str  # the path or spec given (a run folder's backbone.pt), or IN_MEMORY
     fingerprint: str  # sha256 hex of the checkpoint file, or of the state_dict bytes
     arch: str | None = None
+    missing: list[str] = field(default_factory=list)  # tensors left at random init (allow_missing only)
 
     @property
     def num_features(self) -> int:
@@ -101,29 +102,53 @@ def sha256_state_dict(module: nn.Module) -> str:
 
 
 def resolve_backbone(backbone: str | nn.Module, arch: str | None = None, seed: int = 0,
-                     trust: bool = False) -> Backbone:
-    """A path / spec through the project's one backbone loader, or an in-memory module as is.
+                     trust: bool = False, allow_missing: bool = False) -> Backbone:
+    """A path / spec through the project's one backbone loader, or an in-memory module as is: what
+    every command (eval, export, embed) takes as a backbone.
 
     ``random`` / ``none``: random init of ``arch`` under ``seed`` (repeatable, so its features can
-    be cached); ``torchvision:NAME``: weights from the local torch hub cache; else a checkpoint file,
-    read without running code it pickles unless ``trust`` (``--trust-checkpoint``).
+    be cached); ``torchvision:NAME``: weights from the local torch hub cache; a run folder: its
+    backbone.pt; else a checkpoint file (torch or safetensors), read without running code it
+    pickles unless ``trust`` (``--trust-checkpoint``). A checkpoint that leaves backbone tensors at
+    random init (a whole stage missing) is refused unless ``allow_missing``; they are then listed.
     """
     if isinstance(backbone, nn.Module):
         return Backbone(backbone, IN_MEMORY, sha256_state_dict(backbone), arch)
     spec = str(backbone)
     from fasthpt.models.backbones import load_backbone  # lazy: torchvision and the checkpoint formats
+    from fasthpt.run_folder import run_backbone
 
     if spec in ("random", "none"):
         if arch is None:
             raise UserError(f"--backbone {spec} needs --arch ({', '.join(ARCH_NAMES)})")
+    elif Path(spec).is_dir():
+        spec = str(run_backbone(Path(spec)))
     elif not spec.startswith("torchvision:") and not Path(spec).is_file():
-        raise UserError(f"backbone checkpoint not found: {spec}")
+        raise UserError(f"backbone checkpoint not found: {spec} (give a run folder, a checkpoint file, "
+                        "torchvision:NAME or random)")
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG state
         torch.manual_seed(seed)
         module, report = load_backbone(spec, arch=arch, trust=trust, arch_key="--arch")
+    missing = [k for k in report.missing if not k.endswith("num_batches_tracked")]  # a counter, unused in eval
+    if missing and not allow_missing:
+        raise UserError(f"backbone {spec} lacks {len(missing)} of the {len(module.state_dict())} tensors of a "
+                        f"{report.arch} ({missing_summary(missing, module)}): they would stay at random init; give "
+                        "a complete checkpoint")
     is_file = Path(spec).is_file()
     fingerprint = sha256_file(Path(spec)) if is_file else sha256_state_dict(module)
-    return Backbone(module, spec, fingerprint, getattr(report, "arch", arch))
+    return Backbone(module, spec, fingerprint, getattr(report, "arch", arch), missing)
+
+
+def missing_summary(missing: list[str], module: nn.Module) -> str:
+    """'all of layer4; bn1.weight' for missing tensor names: a top-level part of the network named
+    once when all of it is missing, other names listed (the first few)."""
+    parts: dict[str, list[str]] = {}
+    for key in module.state_dict():
+        parts.setdefault(key.split(".")[0], []).append(key)
+    whole = [p for p, keys in parts.items() if all(k in missing or k.endswith("num_batches_tracked") for k in keys)]
+    rest = [k for k in missing if k.split(".")[0] not in whole]
+    shown = [f"all of {p}" for p in whole] + rest[:4] + ([f"{len(rest) - 4} more"] if len(rest) > 4 else [])
+    return "; ".join(shown)
 
 
 def frozen_setup(backbone, data, *, arch, seed, device, res, batch_size, workers, backend, cache_dir, use_cache,
@@ -356,12 +381,12 @@ def check_outputs(json_path=None, cache_dir=None, use_cache: bool = True) -> Non
     """Refuse, before any work, the outputs that could otherwise only fail once a result exists:
     a ``--json`` that is a folder or cannot be created or appended to, an unwritable ``--cache-dir``."""
     if json_path:
-        _check_writable(Path(json_path), "--json", folder=False)
+        check_writable(Path(json_path), "--json", folder=False)
     if cache_dir and use_cache:
-        _check_writable(Path(cache_dir), "--cache-dir", folder=True)
+        check_writable(Path(cache_dir), "--cache-dir", folder=True)
 
 
-def _check_writable(path: Path, flag: str, folder: bool) -> None:
+def check_writable(path: Path, flag: str, folder: bool) -> None:
     """``path`` (a file, or a folder when ``folder``) exists with the right kind and is writable, or
     its nearest existing ancestor is a folder in which it can be created (nothing is created here)."""
     want, other = ("folder", "file") if folder else ("file", "folder")

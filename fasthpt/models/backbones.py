@@ -89,11 +89,16 @@ class LoadReport:
         )
 
 
+def backbone_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s weights and buffers in torchvision's layout, no ``fc``: CPU tensors of their own
+    (contiguous, sharing no storage), as torch.save and safetensors both write them."""
+    return {k: v.detach().cpu().contiguous().clone() for k, v in _plain_state_dict(model).items()
+            if not k.startswith("fc.")}
+
+
 def save_backbone(model: nn.Module, path: str | Path) -> Path:
     """Write ``model``'s state_dict (torchvision layout, no ``fc``) to ``path`` atomically."""
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in _plain_state_dict(model).items()
-             if not k.startswith("fc.")}
-    return atomic_torch_save(state, path)
+    return atomic_torch_save(backbone_state(model), path)
 
 
 def _plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
