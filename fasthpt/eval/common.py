@@ -353,13 +353,18 @@ def check_features(feats: torch.Tensor, source: str, what: str) -> None:
 
 def check_labels(labels: torch.Tensor, data: Dataset, split: str) -> None:
     """Refuse labels outside the manifest's classes: the manifest does not describe these files."""
-    outside = _outside_classes(labels, data.manifest.num_classes)
+    check_label_range(labels, data.manifest.num_classes, f"{data.root}: the {split} split")
+
+
+def check_label_range(labels: torch.Tensor, num_classes: int, where: str) -> None:
+    """One line when ``labels`` hold a class index outside 0..num_classes-1 (else a vote or a loss
+    would index past its classes: a traceback, or a silently wrong count)."""
+    outside = _outside_classes(labels, num_classes)
     if outside.any():
         found = sorted(set(labels[outside].tolist()))
-        n = data.manifest.num_classes
-        raise UserError(f"{data.root}: the {split} split holds label{'s' * (len(found) > 1)} "
-                        f"{', '.join(map(str, found[:5]))} but its {MANIFEST} lists {n} classes (labels 0..{n - 1}): "
-                        "the manifest does not describe these files; re-run `fasthpt prep ... --force`")
+        raise UserError(f"{where} holds label{'s' * (len(found) > 1)} {', '.join(map(str, found[:5]))} but its "
+                        f"{MANIFEST} lists {num_classes} classes (labels 0..{num_classes - 1}): the manifest does not "
+                        "describe these files; re-run `fasthpt prep ... --force`")
 
 
 def cache_path(backbone: Backbone, data: Dataset, split: str, *, res: int, device: torch.device, backend: str = "auto",

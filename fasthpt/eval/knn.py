@@ -37,12 +37,17 @@ def knn_predict(
     t: float = 0.07,
     chunk: int = 1024,
 ) -> torch.Tensor:
-    """Class scores for each query.
+    """Class scores for each query: the sum of exp(sim / t) over its k neighbours of each class,
+    divided by exp(s_max / t) of the query's nearest one (vote_weights: the same ranking, finite
+    at any t).
 
     train_feats: N x D, train_labels: N (int64), query_feats: M x D -> scores M x num_classes.
     Features are L2-normalised here; similarity is cosine. Queries are processed in chunks so the
     M x N similarity matrix never needs to exist whole.
     """
+    from fasthpt.eval.common import check_label_range  # lazy: the training monitor imports this module
+
+    check_label_range(train_labels, num_classes, "the train split")
     train = F.normalize(train_feats.float(), dim=1)
     k = min(k, train.shape[0])
     out = []
@@ -69,6 +74,9 @@ def knn_grid_accuracy(train_feats, train_labels, query_feats, query_labels, num_
                       chunk: int = 1024) -> torch.Tensor:
     """Top-1 accuracy (0..1) of weighted cosine kNN for every (k, t) of a grid: len(ks) x len(ts).
     One similarity pass: the top max(ks) neighbours of each query serve every k (topk is sorted)."""
+    from fasthpt.eval.common import check_label_range
+
+    check_label_range(train_labels, num_classes, "the train split")
     train = F.normalize(train_feats.float(), dim=1)
     ks = [min(k, train.shape[0]) for k in ks]
     correct = torch.zeros(len(ks), len(ts))

@@ -83,6 +83,7 @@ def train_linear(
         for group in opt.param_groups:
             group["lr"] = common.step_lr(lr, it - 1, iters, LR_GAMMA)
         x, y = next(batches)
+        common.check_label_range(y, num_classes, "the train split")
         loss = F.cross_entropy(head(x.to(device).float()), y.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -234,3 +234,19 @@ def test_classes_too_small_for_val_and_test_are_named_by_prep_and_kNN(tmp_path, 
     line = f"{len(small)} of {2 + len(small)} classes have no test images ({names}"
     assert line in err and "top-1 is over the other classes" in err
     assert any(line in n for n in result["notices"]) and any("no val images" in n for n in result["notices"])
+
+
+def test_labels_beyond_the_classes_are_one_line_in_every_vote_and_loss():
+    """What the training's kNN monitor and the linear probe's train batches meet (no cache to check)."""
+    from fasthpt.eval.linear import train_linear
+
+    x, y, q, qy, c = _features(0)  # labels 0..4
+    for call in (lambda: knn_predict(x, y, q, c - 1), lambda: knn_accuracy(x, y, q, qy, c - 1),
+                 lambda: knn_grid_accuracy(x, y, q, qy, c - 1, ks=[5], ts=[0.07]),
+                 lambda: knn_predict(x, y - 1, q, c)):
+        with pytest.raises(UserError, match="the train split holds label"):
+            call()
+    batches = iter([(x[:8], torch.full((8,), c))] * 2)
+    evals = {"val": (q, qy), "test": (q, qy)}
+    with pytest.raises(UserError, match=f"lists {c} classes"):
+        train_linear(batches, evals, x.shape[1], c, iters=2, lr=0.1, eval_every=1)
