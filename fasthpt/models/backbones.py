@@ -123,7 +123,8 @@ def load_backbone(spec: str, arch: str | None = None, *, trust: bool = False,
     """Build a backbone and load base weights from ``spec``.
 
     spec: ``none`` / ``random`` (random init of ``arch``), ``torchvision:NAME`` (from the local
-    torch hub cache only), or a file: a torchvision / timm / fasthpt ``backbone.pt`` state_dict,
+    torch hub cache only), a run folder (its backbone.pt), or a file (torch or safetensors): a
+    torchvision / timm / fasthpt ``backbone.pt`` state_dict,
     the official MoCo release (``state_dict`` with ``module.encoder_q.`` keys; its MLP ``fc`` is
     dropped) or a Composer checkpoint of a fasthpt run (its query backbone). The architecture is
     inferred from key names and shapes; if ``arch`` is given and differs, that is a UserError
@@ -138,6 +139,10 @@ def load_backbone(spec: str, arch: str | None = None, *, trust: bool = False,
             raise UserError(f"base 'none' needs an architecture ({arch_key})")
         model = build_backbone(arch)
         return model, LoadReport(source=spec or "none", format="random", arch=arch, missing=[])
+    if Path(spec).is_dir():
+        from fasthpt.run_folder import run_backbone
+
+        spec = str(run_backbone(Path(spec)))
     state, kind = fmt.read_state(spec, trust)
     state, dropped = fmt.to_backbone_keys(state, spec)
     fmt.check_finite(state, spec)

@@ -324,3 +324,13 @@ def test_user_error_is_raised_for_a_missing_safetensors_package(tmp_path, monkey
     monkeypatch.setattr(builtins, "__import__", no_safetensors)
     with pytest.raises(UserError, match="pip install safetensors"):
         load_backbone(str(path))
+
+
+def test_a_run_folder_is_a_base_for_pretraining_too(run_dir, r18, tmp_path):
+    model, report = load_backbone(str(run_dir), "resnet18")
+    x = torch.rand(1, 3, RES, RES)
+    assert report.source == str(run_dir / "backbone.pt") and torch.equal(_features(model, x), _features(r18[0], x))
+    (tmp_path / "unfinished").mkdir()
+    (tmp_path / "unfinished" / "config.yaml").write_text("name: x\n")
+    with pytest.raises(UserError, match="has no backbone.pt .the run has not finished"):
+        load_backbone(str(tmp_path / "unfinished"), "resnet18")
