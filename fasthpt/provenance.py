@@ -170,8 +170,8 @@ def resolve_inputs(run: dict | None, need=("res", "norm"), *, res=None, norm_dat
     if "res" in need and side is None:
         lacking.append("its input resolution (pass --res N, the side it was trained at)")
     if "norm" in need and norm is None:
-        lacking.append(f"its normalisation ({why}: pass --norm-data DIR, the `fasthpt prep` folder it was trained on, "
-                       "or --mean R,G,B --std R,G,B in 0..255 units)")
+        lacking.append(f"its normalisation ({why + ': ' if why else ''}pass --norm-data DIR, the `fasthpt prep` folder "
+                       "it was trained on, or --mean R,G,B --std R,G,B in 0..255 units)")
     if lacking:
         what = "a bare checkpoint" if run is None else f"the run {run.get('run')}"
         raise UserError(f"{what} does not say {' nor '.join(lacking)}")
@@ -188,7 +188,7 @@ def _norm(run: dict | None, norm_data, mean, std) -> tuple[Norm | None, str]:
         manifest = load_manifest(norm_data)
         return Norm(manifest.mean, manifest.std, str(Path(norm_data) / MANIFEST)), ""
     if run is None:
-        return None, "a bare checkpoint does not record it"
+        return None, ""  # a bare checkpoint records nothing of its data
     if run.get("data_record"):
         return _recorded_norm(run["data_record"]), ""
     data = run.get("data")

@@ -129,9 +129,10 @@ def resolve_backbone(backbone: str | nn.Module, arch: str | None = None, seed: i
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG state
         torch.manual_seed(seed)
         module, report = load_backbone(spec, arch=arch, trust=trust, arch_key="--arch")
-    missing = [k for k in report.missing if not k.endswith("num_batches_tracked")]  # a counter, unused in eval
+    counted = [k for k in module.state_dict() if not k.endswith("num_batches_tracked")]  # a counter, unused in eval
+    missing = [k for k in report.missing if k in counted]
     if missing and not allow_missing:
-        raise UserError(f"backbone {spec} lacks {len(missing)} of the {len(module.state_dict())} tensors of a "
+        raise UserError(f"backbone {spec} lacks {len(missing)} of the {len(counted)} tensors of a "
                         f"{report.arch} ({missing_summary(missing, module)}): they would stay at random init; give "
                         "a complete checkpoint")
     is_file = Path(spec).is_file()
