@@ -114,7 +114,8 @@ def _train(cfg: RunConfig, callbacks: tuple, loader: Loader | None) -> dict:
                               loader=loader)
         if rank == 0:  # only once the base, the data and the config have all been accepted
             save_config(cfg, run / "config.yaml")
-            record_data(run, cfg.data.path)  # where the data was and what it looked like, for exports
+            if loader is None:  # where the data was and what it looked like, for exports (a benchmark's own
+                record_data(run, cfg.data.path)  # loader reads no data folder)
         start_batch, start_sample = int(parts.trainer.state.timestamp.batch), int(parts.trainer.state.timestamp.sample)
         t0 = time.perf_counter()
         # a run resumed from its final checkpoint, or from where its plateau stopped it, is already
