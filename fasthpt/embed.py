@@ -50,7 +50,8 @@ def embed(backbone: str, out, *, images=None, data=None, splits=None, res=None, 
           norm_data=None, mean=None, std=None, batch_size=256, workers=2, device="auto", backend="auto",
           force=False, trust=False, progress=True) -> dict:
     """Embed ``images`` or ``data`` with ``backbone``; write ``out`` and its record; return the record."""
-    from fasthpt.eval.common import autocast, check_features, module_device, place
+    from fasthpt.eval.checks import check_features
+    from fasthpt.eval.common import autocast, module_device, place
 
     if (images is None) == (data is None):
         raise UserError("give exactly one of --images DIR or --data DIR")
@@ -104,7 +105,8 @@ def _images(module, root, norm: pv.Norm, *, res, batch_size, workers, device, pr
 
 
 def _data(module, data, splits, *, backend, res, batch_size, workers, device, progress) -> Rows:
-    from fasthpt.eval.common import check_labels, eval_loader, resolve_data
+    from fasthpt.eval.checks import check_labels
+    from fasthpt.eval.common import eval_loader, resolve_data
     from fasthpt.eval.features import extract_features
 
     ds = resolve_data(data)

@@ -160,7 +160,7 @@ def resolve_inputs(run: dict | None, need=("res", "norm"), *, res=None, norm_dat
     """(input side, normalisation) of a backbone: given (--res, --mean/--std, --norm-data), else what
     its run recorded; None for what is not known and not in ``need`` (what the output uses). All that
     ``need`` lacks is named in one error, each with the flag that gives it."""
-    from fasthpt.eval.common import check_res
+    from fasthpt.eval.checks import check_res
 
     side = res if res is not None else (run or {}).get("res")
     if side is not None:

@@ -22,6 +22,7 @@ from fasthpt import feature_cache
 from fasthpt.config import ARCH_NAMES
 from fasthpt.device import available_device
 from fasthpt.errors import UserError
+from fasthpt.eval.checks import check_features, check_labels, check_res, check_task, outside_classes
 from fasthpt.fileio import append_jsonl, atomic_torch_save, run_metadata
 from fasthpt.manifest import MANIFEST, Manifest, load_manifest
 
@@ -165,13 +166,6 @@ def frozen_setup(backbone, data, *, arch, seed, device, res, batch_size, workers
     return ds, bb, dev, feats
 
 
-def check_res(res) -> int:
-    """An input side in pixels: a positive integer (0 or less has no pixels to resize to)."""
-    if isinstance(res, bool) or not isinstance(res, int) or res < 1:
-        raise UserError(f"--res {res}: must be a positive number of pixels")
-    return res
-
-
 def resolve_data(data: str | os.PathLike) -> Dataset:
     manifest = load_manifest(data)  # UserError for a missing folder / manifest
     return Dataset(Path(data), manifest, sha256_file(Path(data) / MANIFEST))
@@ -183,45 +177,8 @@ def resolve_protocol_data(data: str | os.PathLike) -> Dataset:
     ds = resolve_data(data)
     for split in ("train", "val", "test"):
         ds.manifest.count(split)  # UserError naming the split (and, for test, how to get one)
-    _check_task(ds)
+    check_task(ds)
     return ds
-
-
-def _classes_in(ds: Dataset, split: str) -> list[int] | None:
-    """Labels of the classes with at least one image in ``split`` (None: the manifest does not say)."""
-    per_class = ds.manifest.split(split).per_class
-    return None if per_class is None else [c for c, n in enumerate(per_class) if n > 0]
-
-
-def _check_task(ds: Dataset) -> None:
-    """Refuse a trivial task: with fewer than two classes to train on or to test, every prediction
-    is right (or the only one possible) by construction, which is no result."""
-    m = ds.manifest
-    if m.num_classes < 2:
-        raise UserError(f"{ds.root} has {m.num_classes} class ({', '.join(m.classes) or 'none'}): any accuracy on it "
-                        "is 1.0 by construction; the protocols need a dataset of at least 2 classes")
-    for split in ("train", "test"):
-        present = _classes_in(ds, split)
-        if present is not None and len(present) < 2:
-            more = " or a larger --test-frac" if split == "test" else ""
-            raise UserError(f"{ds.root}: only {len(present)} of its {m.num_classes} classes has {split} images, so "
-                            f"the task is trivial; re-run `fasthpt prep` with more images per class{more}")
-
-
-def coverage_notices(ds: Dataset, quiet: bool = False) -> list[str]:
-    """Notes for classes a protocol cannot score: with no test images (top-1 is over the others),
-    no val images (the selection ignores them) or no train images (never predicted)."""
-    names, notices = ds.manifest.classes, []
-    effect = {"test": "top-1 is over the other classes", "val": "the selection on val ignores them",
-              "train": "no protocol can predict them, so their test images always count as errors"}
-    for split in ("test", "val", "train"):
-        present = _classes_in(ds, split)
-        missing = [names[c] for c in range(len(names)) if present is not None and c not in present]
-        if missing:
-            shown_names = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
-            notices.append(note(f"{len(missing)} of {len(names)} classes have no {split} images ({shown_names}; too "
-                                f"few images for the split fractions): {effect[split]}", quiet))
-    return notices
 
 
 def eval_loader(data: Dataset, split: str, res: int, batch_size: int, workers: int, device, backend="auto"):
@@ -331,41 +288,11 @@ def _read_cache(path: Path, data: Dataset) -> tuple[torch.Tensor, torch.Tensor] 
         blob = torch.load(path, map_location="cpu", weights_only=True)
         feats, labels = blob["features"], blob["labels"]
         if (feats.ndim == 2 and labels.ndim == 1 and len(feats) == len(labels) and bool(torch.isfinite(feats).all())
-                and not _outside_classes(labels, data.manifest.num_classes).any()):
+                and not outside_classes(labels, data.manifest.num_classes).any()):
             return feats, labels
     except Exception:  # noqa: BLE001 - any unreadable cache file is recomputed and overwritten
         pass
     return None
-
-
-def _outside_classes(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    return (labels < 0) | (labels >= num_classes)
-
-
-def check_features(feats: torch.Tensor, source: str, what: str) -> None:
-    """Refuse features holding NaN or inf (a damaged checkpoint: a NaN feature is equally far from
-    every neighbour, so kNN would report chance as a result, and embed would write NaNs)."""
-    bad = ~torch.isfinite(feats).all(dim=1) if feats.numel() else torch.zeros(0, dtype=torch.bool)
-    if bad.any():
-        raise UserError(f"backbone {source} gives NaN or inf features for {int(bad.sum())} of {len(feats)} {what} "
-                        "images; no result is computed from them (a damaged checkpoint: overflowing weights or "
-                        "statistics?)")
-
-
-def check_labels(labels: torch.Tensor, data: Dataset, split: str) -> None:
-    """Refuse labels outside the manifest's classes: the manifest does not describe these files."""
-    check_label_range(labels, data.manifest.num_classes, f"{data.root}: the {split} split")
-
-
-def check_label_range(labels: torch.Tensor, num_classes: int, where: str) -> None:
-    """One line when ``labels`` hold a class index outside 0..num_classes-1 (else a vote or a loss
-    would index past its classes: a traceback, or a silently wrong count)."""
-    outside = _outside_classes(labels, num_classes)
-    if outside.any():
-        found = sorted(set(labels[outside].tolist()))
-        raise UserError(f"{where} holds label{'s' * (len(found) > 1)} {', '.join(map(str, found[:5]))} but its "
-                        f"{MANIFEST} lists {num_classes} classes (labels 0..{num_classes - 1}): the manifest does not "
-                        "describe these files; re-run `fasthpt prep ... --force`")
 
 
 def cache_path(backbone: Backbone, data: Dataset, split: str, *, res: int, device: torch.device, backend: str = "auto",

@@ -12,6 +12,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from fasthpt.eval.checks import check_label_range, coverage
+
 # The grid (k, t) is chosen on: k from DINO's eval_knn.py (nb_knn 10, 20, 100, 200), t around the
 # 0.07 of Wu et al. 2018 (InstDisc) and DINO.
 K_GRID = (10, 20, 100, 200)
@@ -45,8 +47,6 @@ def knn_predict(
     Features are L2-normalised here; similarity is cosine. Queries are processed in chunks so the
     M x N similarity matrix never needs to exist whole.
     """
-    from fasthpt.eval.common import check_label_range  # lazy: the training monitor imports this module
-
     check_label_range(train_labels, num_classes, "the train split")
     train = F.normalize(train_feats.float(), dim=1)
     k = min(k, train.shape[0])
@@ -74,8 +74,6 @@ def knn_grid_accuracy(train_feats, train_labels, query_feats, query_labels, num_
                       chunk: int = 1024) -> torch.Tensor:
     """Top-1 accuracy (0..1) of weighted cosine kNN for every (k, t) of a grid: len(ks) x len(ts).
     One similarity pass: the top max(ks) neighbours of each query serve every k (topk is sorted)."""
-    from fasthpt.eval.common import check_label_range
-
     check_label_range(train_labels, num_classes, "the train split")
     train = F.normalize(train_feats.float(), dim=1)
     ks = [min(k, train.shape[0]) for k in ks]
@@ -123,7 +121,7 @@ def run_knn(
     ds, bb, dev, opts = common.frozen_setup(
         backbone, data, arch=arch, seed=seed, device=device, res=res, batch_size=batch_size, workers=workers,
         backend=backend, cache_dir=cache_dir, use_cache=use_cache, progress=progress, trust=trust)
-    notices = common.coverage_notices(ds, quiet)
+    notices = [common.note(m, quiet) for m in coverage(ds)]
     n_train = ds.manifest.count("train")
     ks = _usable_ks(ks_requested, n_train, notices, quiet)
     _announce(bb, ds, dev, opts, notices, quiet, res=res, runs=estimate_runs)

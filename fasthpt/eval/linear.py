@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fasthpt.eval import budget, common, paper
+from fasthpt.eval import budget, checks, common, paper
 from fasthpt.eval.selection import Curves
 
 PAPER_LR = 30.0  # for a batch of 512 (MoCo main_lincls, the authors' linear-eval-lr-s0.py)
@@ -83,7 +83,7 @@ def train_linear(
         for group in opt.param_groups:
             group["lr"] = common.step_lr(lr, it - 1, iters, LR_GAMMA)
         x, y = next(batches)
-        common.check_label_range(y, num_classes, "the train split")
+        checks.check_label_range(y, num_classes, "the train split")
         loss = F.cross_entropy(head(x.to(device).float()), y.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -124,7 +124,7 @@ def run_linear(
     ds, bb, dev, feats = common.frozen_setup(
         backbone, data, arch=arch, seed=seed, device=device, res=res, batch_size=batch_size, workers=workers,
         backend=backend, cache_dir=cache_dir, use_cache=use_cache, progress=progress, trust=trust)
-    notices = common.coverage_notices(ds, quiet)
+    notices = [common.note(m, quiet) for m in checks.coverage(ds)]
     n_train = ds.manifest.count("train")
     batch = common.clamp_batch(batch_size, n_train, "train images", notices, quiet)
     _announce(bb, ds, dev, feats, notices, quiet, iters=iters, batch=batch, res=res, precomputed=precomputed,
