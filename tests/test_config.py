@@ -222,3 +222,12 @@ def test_the_cli_clips_a_huge_argument_in_its_error_line(capsys):
         main(["eval", "knn", "--backbone", "b", "--data", "d", "--t", "a" * 1_000_000])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and len(err) < 2000 and "--t" in err
+
+
+def test_a_huge_bad_demo_preset_value_is_one_short_line():
+    from fasthpt.experiment.preset import load_preset, preset_path
+
+    for item in ["eval.metric=" + "m" * 100_000, "study.policies=[" + "p" * 100_000 + "]", "x" * 100_000]:
+        with pytest.raises(UserError) as err:
+            load_preset(preset_path("default"), [item])
+        assert len(str(err.value)) < 600, str(err.value)[:600]
