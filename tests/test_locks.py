@@ -31,20 +31,26 @@ else:
     from fasthpt.run_folder import RunLock
     fd = RunLock(target)._fd
 
-def stay():
+up_r, up_w = os.pipe()
+
+def stay(signal_up=False):
+    if signal_up:  # the child runs (its at-fork handlers did): only then is the parent killed
+        os.write(up_w, b"up")
     time.sleep(120)
 
 if how == "fork":
     child = os.fork()
     if child == 0:
-        stay()
+        stay(True)
         os._exit(0)
 elif how == "mp-fork":  # how torch's DataLoader starts its workers on Linux
-    proc = multiprocessing.get_context("fork").Process(target=stay, daemon=False)
+    proc = multiprocessing.get_context("fork").Process(target=stay, args=(True,), daemon=False)
     proc.start()
     child = proc.pid
 else:  # a program it started and handed the descriptor (not a fork: nothing closes it there)
     child = subprocess.Popen(["sleep", "120"], pass_fds=[fd]).pid
+    os.write(up_w, b"up")
+os.read(up_r, 2)
 print(os.getpid(), child, flush=True)
 stay()
 """
