@@ -50,6 +50,7 @@ def embed(backbone: str, out, *, images=None, data=None, splits=None, res=None, 
           norm_data=None, mean=None, std=None, batch_size=256, workers=2, device="auto", backend="auto",
           force=False, trust=False, progress=True) -> dict:
     """Embed ``images`` or ``data`` with ``backbone``; write ``out`` and its record; return the record."""
+    from fasthpt.eval.checks import check_features
     from fasthpt.eval.common import autocast, module_device, place
 
     if (images is None) == (data is None):
@@ -63,15 +64,18 @@ def embed(backbone: str, out, *, images=None, data=None, splits=None, res=None, 
     if out.suffix.lower() == ".parquet":
         _pyarrow()  # before any work
     source = pv.resolve_source(backbone, arch=arch, trust=trust)
-    res = pv.resolve_res(source.run, res)
+    # --data is normalised with its own manifest: only --images needs the backbone's normalisation
+    res, norm = pv.resolve_inputs(source.run, ("res", "norm") if images is not None else ("res",), res=res,
+                                  norm_data=norm_data, mean=mean, std=std)
     dev = module_device(source.backbone, device)
     module = place(source.backbone, dev)
     opts = dict(res=res, batch_size=batch_size, workers=workers, device=dev, progress=progress)
     with autocast(dev):
         if images is not None:
-            rows = _images(module, images, pv.resolve_norm(source.run, norm_data, mean, std), **opts)
+            rows = _images(module, images, norm, **opts)
         else:
             rows = _data(module, data, splits, backend=backend, **opts)
+    check_features(rows.features, source.backbone.source, "embedded")
     if l2:
         rows.features = torch.nn.functional.normalize(rows.features, dim=1)
     record = _record(rows, pv.record(source, rows.norm, res), l2=l2, device=dev)
@@ -101,6 +105,7 @@ def _images(module, root, norm: pv.Norm, *, res, batch_size, workers, device, pr
 
 
 def _data(module, data, splits, *, backend, res, batch_size, workers, device, progress) -> Rows:
+    from fasthpt.eval.checks import check_labels
     from fasthpt.eval.common import eval_loader, resolve_data
     from fasthpt.eval.features import extract_features
 
@@ -111,6 +116,7 @@ def _data(module, data, splits, *, backend, res, batch_size, workers, device, pr
         loader = eval_loader(ds, split, res, batch_size, workers, device, backend)
         used.add(loader.backend)
         f, y = extract_features(module, loader, device=device, progress=progress, desc=f"embed {split}")
+        check_labels(y, ds, split)
         feats.append(f)
         labels += y.tolist()
         paths += _sample_paths(ds.manifest, split, len(f))
@@ -192,7 +198,8 @@ def _report_skipped(skipped, record_path: Path) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
-    a("--backbone", required=True, help="a run folder (runs/<name>), a checkpoint file, torchvision:NAME or random")
+    a("--backbone", required=True, help="a run folder (runs/<name>), a checkpoint file (torch or .safetensors), "
+      "torchvision:NAME or random")
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--images", default=None, metavar="DIR", help="any folder of images (recursive)")
     what.add_argument("--data", default=None, metavar="DIR", help="a `fasthpt prep` folder (holds manifest.json)")

@@ -1,10 +1,15 @@
 """Where a backbone came from, and what it expects as input: shared by `fasthpt export` and `embed`.
 
-A source is a run folder (runs/<name>/ with backbone.pt, config.yaml, metrics.jsonl; with stages,
-one sub-folder per stage) or any backbone spec the evaluators accept (a checkpoint file,
-``torchvision:NAME``, ``random``). From a run it reads the base, the data, the resolution and the
-iterations trained; files in the run folder are data (YAML parsed with ``safe_load``, JSON lines
+A source is a run folder (runs/<name>/ with backbone.pt, config.yaml, metrics.jsonl, data.json;
+with stages, one sub-folder per stage) or any backbone spec the evaluators accept (a checkpoint
+file, ``torchvision:NAME``, ``random``). From a run it reads the base, the data, the resolution and
+the iterations trained; files in the run folder are data (YAML parsed with ``safe_load``, JSON lines
 skipped when malformed), never code.
+
+A run remembers its data in data.json (``record_data``, written when it starts): the folder as
+given and resolved to an absolute path, the manifest's sha256 and the mean/std it trained with. An
+export of the run uses that normalisation wherever it is run from, and says when the folder has
+changed or gone since.
 """
 
 from __future__ import annotations
@@ -18,10 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fasthpt.errors import UserError
-from fasthpt.fileio import atomic_path, json_text
+from fasthpt.fileio import atomic_path, atomic_write_json, json_text
 from fasthpt.manifest import MANIFEST, load_manifest
+from fasthpt.run_folder import CONFIG
 
-BACKBONE, CONFIG, METRICS = "backbone.pt", "config.yaml", "metrics.jsonl"
+METRICS, DATA = "metrics.jsonl", "data.json"
 # The input contract of every export and embedding: the eval transform of the loaders
 # (fasthpt.data.build_eval_loader: resize the shorter side to round(res*256/224), center crop res).
 PREPROCESS = ("RGB; resize the shorter side to round(res * 256 / 224) (bilinear, antialiased), "
@@ -51,22 +57,27 @@ def say(command: str, message: str) -> None:
     print(f"{command}: {message}", file=sys.stderr, flush=True)
 
 
-def resolve_source(spec: str, *, arch: str | None = None, trust: bool = False) -> Source:
-    """A run folder (its backbone.pt) or a backbone spec, loaded through the evaluators' loader.
+def resolve_source(spec: str, *, arch: str | None = None, trust: bool = False, allow_missing: bool = False) -> Source:
+    """A run folder (its backbone.pt) or a backbone spec, loaded through the evaluators' loader
+    (fasthpt.eval.common.resolve_backbone: one notion of a backbone for every command).
 
     Missing file, a folder without backbone.pt, or a checkpoint of another architecture than
     ``arch``: UserError (one line)."""
     from fasthpt.eval.common import resolve_backbone
 
-    path = Path(spec)
-    run = None
-    if path.is_dir():
-        if not (path / BACKBONE).is_file():
-            what = "the run has not finished" if (path / CONFIG).is_file() else "not a fasthpt run folder"
-            raise UserError(f"{path} has no {BACKBONE} ({what}); give a run folder or a checkpoint file")
-        run, spec = read_run(path), str(path / BACKBONE)
-    backbone = resolve_backbone(spec, arch, trust=trust)
-    return Source(backbone, run)
+    backbone = resolve_backbone(spec, arch, trust=trust, allow_missing=allow_missing)
+    return Source(backbone, read_run(Path(spec)) if Path(spec).is_dir() else None)
+
+
+def record_data(run: Path, data: str) -> None:
+    """data.json: where the run's data was (as given and absolute) and what it looked like."""
+    from fasthpt.eval.common import sha256_file
+
+    manifest = load_manifest(data)
+    atomic_write_json(Path(run) / DATA, {
+        "path": str(data), "resolved": str(Path(data).resolve()), "name": manifest.name,
+        "manifest_sha256": sha256_file(Path(data) / MANIFEST), "mean": manifest.mean, "std": manifest.std,
+        "classes": manifest.num_classes})
 
 
 def read_run(root: Path) -> dict:
@@ -76,9 +87,11 @@ def read_run(root: Path) -> dict:
     data, hpt, model, train = section("data"), section("hpt"), section("model"), section("train")
     steps = _jsonl(root / METRICS)
     knn = [row for row in steps if "knn/acc" in row]
+    recorded = _json(root / DATA)
     info = {
         "run": str(root), "name": cfg.get("name"), "arch": model.get("arch"), "base": hpt.get("base"),
-        "mode": hpt.get("mode"), "data": data.get("path"), "res": data.get("res"),
+        "mode": hpt.get("mode"), "data": recorded.get("resolved") or data.get("path"), "data_record": recorded or None,
+        "res": data.get("res"),
         "max_duration": train.get("max_duration"),
         "iterations": steps[-1].get("step") if steps else None,  # the last logged batch (Composer's step)
         "knn_monitor": {"step": knn[-1].get("step"), "acc": knn[-1]["knn/acc"]} if knn else None,
@@ -86,7 +99,7 @@ def read_run(root: Path) -> dict:
     stages = [s for s in cfg.get("stages") or [] if isinstance(s, dict) and s.get("name")]
     if stages:  # runs/<name>/<stage>/ each hold a run of their own (fasthpt.hpt.stage_configs)
         info["stages"] = [read_run(root / str(s["name"])) for s in stages]
-        info["data"] = info["stages"][-1]["data"]
+        info["data"], info["data_record"] = info["stages"][-1]["data"], info["stages"][-1]["data_record"]
         counts = [s["iterations"] for s in info["stages"]]
         info["iterations"] = sum(counts) if None not in counts else None
     return info
@@ -102,6 +115,15 @@ def _yaml(path: Path) -> dict:
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise UserError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     return cfg if isinstance(cfg, dict) else {}
+
+
+def _json(path: Path) -> dict:
+    """The JSON object in ``path``; {} when absent or not one (a run from before data.json)."""
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -133,23 +155,76 @@ def protocol_results(source: Source, files=()) -> list[dict]:
             if "protocol" in row and row.get("backbone_fingerprint") == fingerprint]
 
 
-def resolve_norm(run: dict | None, norm_data=None, mean=None, std=None) -> Norm:
-    """--mean/--std, else the manifest of --norm-data, else of the run's training data."""
+def resolve_inputs(run: dict | None, need=("res", "norm"), *, res=None, norm_data=None, mean=None,
+                   std=None) -> tuple[int | None, Norm | None]:
+    """(input side, normalisation) of a backbone: given (--res, --mean/--std, --norm-data), else what
+    its run recorded; None for what is not known and not in ``need`` (what the output uses). All that
+    ``need`` lacks is named in one error, each with the flag that gives it."""
+    from fasthpt.eval.checks import check_res
+
+    side = res if res is not None else (run or {}).get("res")
+    if side is not None:
+        check_res(side)
+    norm, why = _norm(run, norm_data, mean, std)
+    lacking = []
+    if "res" in need and side is None:
+        lacking.append("its input resolution (pass --res N, the side it was trained at)")
+    if "norm" in need and norm is None:
+        lacking.append(f"its normalisation ({why + ': ' if why else ''}pass --norm-data DIR, the `fasthpt prep` folder "
+                       "it was trained on, or --mean R,G,B --std R,G,B in 0..255 units)")
+    if lacking:
+        what = "a bare checkpoint" if run is None else f"the run {run.get('run')}"
+        raise UserError(f"{what} does not say {' nor '.join(lacking)}")
+    return side, norm
+
+
+def _norm(run: dict | None, norm_data, mean, std) -> tuple[Norm | None, str]:
+    """(normalisation, '') from --mean/--std, --norm-data or the run; (None, why) when none says it."""
     if mean is not None or std is not None:
         if norm_data:
             raise UserError("give --norm-data or --mean/--std, not both")
-        return Norm(_triple("--mean", mean, 0), _triple("--std", std, 1e-6), "--mean/--std")
-    data = norm_data or (run or {}).get("data")
+        return Norm(_triple("--mean", mean, 0), _triple("--std", std, 1e-6), "--mean/--std"), ""
+    if norm_data:
+        manifest = load_manifest(norm_data)
+        return Norm(manifest.mean, manifest.std, str(Path(norm_data) / MANIFEST)), ""
+    if run is None:
+        return None, ""  # a bare checkpoint records nothing of its data
+    if run.get("data_record"):
+        return _recorded_norm(run["data_record"]), ""
+    data = run.get("data")
     if not data:
-        raise UserError("normalisation unknown for a bare checkpoint: pass --norm-data DIR (the `fasthpt prep` "
-                        "folder it was trained on) or --mean R,G,B --std R,G,B (0..255 units)")
+        return None, "its config names no data.path"
+    if not Path(data).is_absolute():  # resolved against the folder it ran in, which nothing recorded
+        return None, (f"its data.path {data!r} is relative and the run (from before runs recorded their data) "
+                      "does not say which folder it was run from")
     try:
         manifest = load_manifest(data)
     except UserError as exc:
-        if norm_data:
-            raise
-        raise UserError(f"{exc} (the run's training data, for its mean/std); pass --norm-data DIR") from None
-    return Norm(manifest.mean, manifest.std, str(Path(data) / MANIFEST))
+        return None, f"its training data cannot be read: {exc}"
+    return Norm(manifest.mean, manifest.std, str(Path(data) / MANIFEST)), ""
+
+
+def _recorded_norm(rec: dict) -> Norm:
+    """The mean/std a run recorded of its data (what it trained with), and whether that folder is
+    still what it was: a note when it has changed or gone, said in the record too."""
+    from fasthpt.eval.common import note, sha256_file
+
+    where = Path(str(rec.get("resolved")))
+    digest = str(rec.get("manifest_sha256"))
+    try:
+        now = sha256_file(where / MANIFEST)
+    except OSError:
+        now = None
+    state = ("as the run recorded it" if now == digest else "as the run recorded it; that folder is gone"
+             if now is None else "as the run recorded it; that folder has changed since (another manifest)")
+    if now != digest:
+        note(f"the run's data {where} {'is gone' if now is None else 'has changed since it trained'}; using the "
+             "normalisation the run recorded")
+    try:
+        mean, std = [float(v) for v in rec["mean"]], [float(v) for v in rec["std"]]
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"the run's {DATA} is damaged (no mean/std); pass --norm-data DIR or --mean/--std") from None
+    return Norm(mean, std, f"{where / MANIFEST} (sha256 {digest[:12]}, {state})")
 
 
 def _triple(flag: str, text, low: float) -> list[float]:
@@ -163,43 +238,40 @@ def _triple(flag: str, text, low: float) -> list[float]:
     return values
 
 
-def resolve_res(run: dict | None, res: int | None) -> int:
-    """--res, else the run's training resolution."""
-    if res is None:
-        res = (run or {}).get("res")
-    if res is None:
-        raise UserError("input resolution unknown for a bare checkpoint: pass --res N (the side it was trained at)")
-    if not isinstance(res, int) or res < 1:
-        raise UserError(f"--res {res}: must be a positive number of pixels")
-    return res
-
-
-def record(source: Source, norm: Norm, res: int, results=()) -> dict:
-    """The provenance block every export and embedding carries."""
+def record(source: Source, norm: Norm | None, res: int | None, results=()) -> dict:
+    """The provenance block every export and embedding carries (res and normalisation None where
+    the source does not say them and the output does not use them); the tensors a loaded
+    checkpoint left at random init (--allow-missing) are listed."""
     from fasthpt import __version__
     from fasthpt.data.common import eval_resize
 
     bb = source.backbone
     return {
-        "backbone": bb.source, "backbone_sha256": bb.fingerprint, "arch": bb.arch,
+        "backbone": bb.source, "backbone_sha256": bb.fingerprint, "arch": bb.arch, "missing_tensors": bb.missing,
         "num_features": bb.num_features, "run": source.run, "results": protocol_results(source, results),
-        "res": res, "resize": eval_resize(res), "preprocess": PREPROCESS, "normalisation": norm.record(),
+        "res": res, "resize": eval_resize(res) if res else None, "preprocess": PREPROCESS,
+        "normalisation": norm.record() if norm else None,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "fasthpt": __version__,
     }
 
 
 def check_out(out: Path, suffixes: tuple[str, ...], force: bool, protect: Path | None = None) -> Path:
-    """A writable output path with one of ``suffixes``; an existing file is replaced only with --force."""
+    """A writable output path with one of ``suffixes``, checked before any work: an existing file is
+    replaced only with --force, and the folder both files go to (written under a temporary name,
+    then renamed) can be written or created."""
+    from fasthpt.eval.common import check_writable
+
     out = Path(out)
     if out.suffix.lower() not in suffixes:
         raise UserError(f"--out {out}: must end with {' or '.join(suffixes)}")
-    if protect is not None and out.resolve() == Path(protect).resolve():
-        raise UserError(f"--out {out} is the source checkpoint itself; choose another file")
-    if out.is_dir():
-        raise UserError(f"--out {out} is a folder; give a file name")
-    for path in (out, sidecar(out)):
+    for path, what in ((out, "--out"), (sidecar(out), "its record")):
+        if protect is not None and path.resolve() == Path(protect).resolve():
+            raise UserError(f"{what} {path} is the source checkpoint itself; choose another --out")
+        if path.is_dir():
+            raise UserError(f"{what} {path} is a folder; give another --out file name")
         if path.exists() and not force:
             raise UserError(f"{path} exists; pass --force to replace it")
+    check_writable(out.parent, f"--out {out}: its folder", folder=True)
     return out
 
 
@@ -211,9 +283,17 @@ def sidecar(out: Path) -> Path:
 @contextmanager
 def atomic_outputs(out: Path) -> Iterator[tuple[Path, Path]]:
     """Temporary names for ``out`` and its record (fasthpt.fileio.atomic_path): both appear when the
-    block succeeds, neither when it fails."""
-    with atomic_path(out) as tmp, atomic_path(sidecar(out)) as tmp_record:
-        yield tmp, tmp_record
+    block succeeds, neither when it fails. A write the file system refuses (full, read-only since
+    check_out looked) is one line."""
+    try:
+        with atomic_path(out) as tmp, atomic_path(sidecar(out)) as tmp_record:
+            yield tmp, tmp_record
+    except OSError as exc:
+        raise UserError(f"cannot write --out {out}: {exc.strerror or exc}; nothing was written") from None
+    except RuntimeError as exc:  # torch.save's writer reports a failed write without an errno
+        if "PytorchStreamWriter" not in str(exc):
+            raise
+        raise UserError(f"cannot write --out {out}: {str(exc).splitlines()[0]}; nothing was written") from None
 
 
 def write_record(path: Path, record: dict) -> None:

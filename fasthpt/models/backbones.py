@@ -168,11 +168,16 @@ class LoadReport:
         )
 
 
+def backbone_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s weights and buffers in torchvision's layout, no ``fc``: CPU tensors of their own
+    (contiguous, sharing no storage), as torch.save and safetensors both write them."""
+    return {k: v.detach().cpu().contiguous().clone() for k, v in _plain_state_dict(model).items()
+            if not k.startswith("fc.")}
+
+
 def save_backbone(model: nn.Module, path: str | Path) -> Path:
     """Write ``model``'s state_dict (torchvision layout, no ``fc``) to ``path`` atomically."""
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in _plain_state_dict(model).items()
-             if not k.startswith("fc.")}
-    return atomic_torch_save(state, path)
+    return atomic_torch_save(backbone_state(model), path)
 
 
 def _plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -197,7 +202,8 @@ def load_backbone(spec: str, arch: str | None = None, *, trust: bool = False, ar
     """Build a backbone and load base weights from ``spec``.
 
     spec: ``none`` / ``random`` (random init of ``arch``), ``torchvision:NAME`` (from the local
-    torch hub cache only), or a file: a torchvision / timm / fasthpt ``backbone.pt`` state_dict,
+    torch hub cache only), a run folder (its backbone.pt), or a file (torch or safetensors): a
+    torchvision / timm / fasthpt ``backbone.pt`` state_dict,
     the official MoCo release (``state_dict`` with ``module.encoder_q.`` keys; its MLP ``fc`` is
     dropped) or a Composer checkpoint of a fasthpt run (its query backbone). The architecture is
     inferred from key names and shapes; if ``arch`` is given and differs, that is a UserError
@@ -216,6 +222,10 @@ def load_backbone(spec: str, arch: str | None = None, *, trust: bool = False, ar
         model = build_backbone(arch, in_chans)
         return model, LoadReport(source=spec or "none", format="random", arch=arch, missing=[], in_chans=in_chans,
                                  conv1="random")
+    if Path(spec).is_dir():
+        from fasthpt.run_folder import run_backbone
+
+        spec = str(run_backbone(Path(spec)))
     state, kind = fmt.read_state(spec, trust)
     state, dropped = fmt.to_backbone_keys(state, spec)
     fmt.check_finite(state, spec)
