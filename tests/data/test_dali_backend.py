@@ -111,7 +111,6 @@ def test_the_colour_pass_against_torchvisions_colorjitter_on_the_policys_draws()
     percentile (measured 6.35 / 20.2 on 2026-12-07). The bounds below are those figures with margin:
     a change in either op shows here. The `ffcv` backend applies torchvision's ops (to float rounding)."""
     from dataprep.synthetic import get_generator
-
     from fasthpt.data import draws
 
     gen = get_generator("natural", 60, 48)
