@@ -80,6 +80,9 @@ class HPTConfig:
     # conv1 from a base of other input channels than the data's bands (an RGB base, 13-band data):
     # auto | rgb | mean (fasthpt.models.backbones.CONV1_STRATEGIES; the one used is in base.json)
     conv1: str = "auto"
+    # a base lacking backbone tensors (a whole stage, BN statistics) is refused; true: they start at
+    # random init (listed in base.json)
+    allow_missing: bool = False
 
 
 @dataclass

@@ -119,7 +119,7 @@ def resolve_backbone(backbone: str | nn.Module, arch: str | None = None, seed: i
     if isinstance(backbone, nn.Module):
         return Backbone(backbone, IN_MEMORY, sha256_state_dict(backbone), arch)
     spec = str(backbone)
-    from fasthpt.models.backbones import load_backbone  # lazy: torchvision and the checkpoint formats
+    from fasthpt.models.backbones import load_backbone, missing_tensors  # lazy: torchvision, checkpoint formats
     from fasthpt.run_folder import run_backbone
 
     if spec in ("random", "none"):
@@ -138,27 +138,10 @@ def resolve_backbone(backbone: str | nn.Module, arch: str | None = None, seed: i
     if getattr(report, "conv1_how", "") and report.conv1 not in ("as is", "random"):
         print(f"note: backbone {spec}: conv1 {report.conv1_how} (the data has {report.in_chans} bands)",
               file=sys.stderr)
-    counted = [k for k in module.state_dict() if not k.endswith("num_batches_tracked")]  # a counter, unused in eval
-    missing = [k for k in report.missing if k in counted]
-    if missing and not allow_missing:
-        raise UserError(f"backbone {spec} lacks {len(missing)} of the {len(counted)} tensors of a "
-                        f"{report.arch} ({missing_summary(missing, module)}): they would stay at random init; give "
-                        "a complete checkpoint")
+    missing = missing_tensors(module, report, spec, allow_missing, "give a complete checkpoint")
     is_file = Path(spec).is_file()
     fingerprint = sha256_file(Path(spec)) if is_file else sha256_state_dict(module)
     return Backbone(module, spec, fingerprint, getattr(report, "arch", arch), missing)
-
-
-def missing_summary(missing: list[str], module: nn.Module) -> str:
-    """'all of layer4; bn1.weight' for missing tensor names: a top-level part of the network named
-    once when all of it is missing, other names listed (the first few)."""
-    parts: dict[str, list[str]] = {}
-    for key in module.state_dict():
-        parts.setdefault(key.split(".")[0], []).append(key)
-    whole = [p for p, keys in parts.items() if all(k in missing or k.endswith("num_batches_tracked") for k in keys)]
-    rest = [k for k in missing if k.split(".")[0] not in whole]
-    shown = [f"all of {p}" for p in whole] + rest[:4] + ([f"{len(rest) - 4} more"] if len(rest) > 4 else [])
-    return "; ".join(shown)
 
 
 def frozen_setup(backbone, data, *, arch, seed, device, res, batch_size, workers, backend, cache_dir, use_cache,

@@ -256,6 +256,29 @@ def load_backbone(spec: str, arch: str | None = None, *, trust: bool = False, ar
     return model, report
 
 
+def missing_summary(missing: list[str], module: nn.Module) -> str:
+    """'all of layer4; bn1.weight' for missing tensor names: a top-level part of the network named
+    once when all of it is missing, other names listed (the first few)."""
+    parts: dict[str, list[str]] = {}
+    for key in module.state_dict():
+        parts.setdefault(key.split(".")[0], []).append(key)
+    whole = [p for p, keys in parts.items() if all(k in missing or k.endswith("num_batches_tracked") for k in keys)]
+    rest = [k for k in missing if k.split(".")[0] not in whole]
+    shown = [f"all of {p}" for p in whole] + rest[:4] + ([f"{len(rest) - 4} more"] if len(rest) > 4 else [])
+    return "; ".join(shown)
+
+
+def missing_tensors(module: nn.Module, report: LoadReport, spec: str, allow: bool, fix: str) -> list[str]:
+    """The backbone tensors ``spec`` did not hold (left at random init); refused in one line naming
+    them unless ``allow`` (``fix``: how the user allows it, or what to give instead)."""
+    counted = [k for k in module.state_dict() if not k.endswith("num_batches_tracked")]  # a counter, unused in eval
+    missing = [k for k in report.missing if k in counted]
+    if missing and not allow:
+        raise UserError(f"backbone {spec} lacks {len(missing)} of the {len(counted)} tensors of a {report.arch} "
+                        f"({missing_summary(missing, module)}): they would stay at random init; {fix}")
+    return missing
+
+
 _SHAPES: dict[str, dict[str, tuple]] = {}
 
 
