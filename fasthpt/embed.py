@@ -157,6 +157,7 @@ def _record(rows: Rows, backbone: dict, *, l2: bool, device) -> dict:
     return {
         "count": len(rows.paths), "dim": int(rows.features.shape[1]), "dtype": "float32", "l2_normalised": l2,
         **rows.origin, "res": backbone["res"], "normalisation": backbone["normalisation"],
+        **{key: backbone[key] for key in ("image_format", "bands", "dtype", "band_names", "conv1", "preprocess")},
         "device": device.type, "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
         "classes": rows.classes, "skipped_count": len(rows.skipped),
         "skipped": [{"path": p, "reason": r} for p, r in rows.skipped], "backbone": backbone,

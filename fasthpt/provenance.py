@@ -275,14 +275,14 @@ def _recorded_norm(rec: dict) -> Norm:
         now = None
     state = ("as the run recorded it" if now == digest else "as the run recorded it; that folder is gone"
              if now is None else "as the run recorded it; that folder has changed since (another manifest)")
-    if now != digest:
-        note(f"the run's data {where} {'is gone' if now is None else 'has changed since it trained'}; using the "
-             "normalisation the run recorded")
     try:
         mean, std = [float(v) for v in rec["mean"]], [float(v) for v in rec["std"]]
     except (KeyError, TypeError, ValueError):
         raise UserError(f"the run's {DATA} is damaged (no mean/std); pass --norm-data DIR or --mean/--std") from None
     kind, said = _recorded_kind(rec, where if now == digest else None, len(mean))
+    if now != digest:
+        note(f"the run's data {where} {'is gone' if now is None else 'has changed since it trained'}; using the "
+             "normalisation the run recorded")
     return Norm(mean, std, f"{where / MANIFEST} (sha256 {digest[:12]}, {state}{said})", **kind)
 
 
