@@ -300,3 +300,44 @@ def test_an_rgb_export_records_its_kind_as_before(r18, tmp_path):
     assert record["band_names"] == ["red", "green", "blue"] and record["conv1"] is None
     assert record["normalisation"]["mean_0_1"] == pytest.approx([120 / 255, 110 / 255, 100 / 255])
     assert record["input"]["dtype"] == ["uint8", "float32"] and record["preprocess"].startswith("RGB;")
+
+
+def test_float_reflectance_embeds_and_exports_in_its_stored_units(tmp_path, capsys):
+    """4-band float32 reflectance (0..0.4), interleaved TIFFs: a file with NaN is skipped and listed;
+    float inputs of TorchScript and ONNX are the reflectances themselves (no /255 convention)."""
+    from dataprep import prepare
+    from fasthpt.models.backbones import save_backbone
+
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is a test-only dependency")
+    rng = np.random.default_rng(3)
+    for label, name in enumerate(("dry", "wet")):
+        (tmp_path / "src" / name).mkdir(parents=True)
+        for k in range(3):
+            hwc = (0.05 + 0.1 * label + rng.uniform(0, 0.3, (20, 24, 4))).astype(np.float32)
+            tifffile.imwrite(tmp_path / "src" / name / f"{k}.tif", hwc, photometric="minisblack", planarconfig="contig")
+    data = prepare("refl", out=tmp_path / "data", src=tmp_path / "src", val_frac=0.34, test_frac=0, formats="wds",
+                   workers=1, progress=False)
+    assert (manifest_of(data).dtype, manifest_of(data).bands) == ("float32", 4)
+    bad = np.full((20, 24, 4), 0.2, np.float32)
+    bad[0, 0, 1] = np.nan
+    tifffile.imwrite(tmp_path / "src" / "wet" / "cloud.tif", bad, photometric="minisblack", planarconfig="contig")
+    model = perturbed("resnet_tiny", in_chans=4)
+    bare = save_backbone(model, tmp_path / "refl.pt")
+    record = embed(str(bare), tmp_path / "f.npy", images=str(tmp_path / "src"), res=RES, norm_data=str(data),
+                   workers=0, progress=False)
+    assert record["count"] == 6 and record["dtype"] == "float32"
+    assert record["skipped"] == [{"path": "wet/cloud.tif", "reason": "1 NaN or infinite values: the network takes "
+                                  "finite values only (fill or mask them in the files first)"}]
+    assert np.isfinite(np.load(tmp_path / "f.npy")).all()
+
+    x = torch.from_numpy(rng.uniform(0, 0.4, (2, 4, RES, RES)).astype(np.float32))
+    m = manifest_of(data)
+    expected = features(model, (x - torch.tensor(m.mean).view(1, -1, 1, 1)) / torch.tensor(m.std).view(1, -1, 1, 1))
+    record = export(str(bare), "onnx", tmp_path / "refl.onnx", norm_data=str(data))
+    assert record["input"]["dtype"] == ["float32"]
+    assert "the stored float32 values as they are" in record["input"]["values"]
+    session = ort.InferenceSession(record["path"], providers=["CPUExecutionProvider"])
+    torch.testing.assert_close(torch.from_numpy(session.run(["features"], {"images": x.numpy()})[0]), expected, **TOL)
+    export(str(bare), "torchscript", tmp_path / "refl-ts.pt", norm_data=str(data))
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.load(str(tmp_path / "refl-ts.pt"))(x), expected, **TOL)
