@@ -20,8 +20,9 @@ the record's ``conv1`` too); a run's backbone and its data.json agree; otherwise
 refused in one line.
 
 FILE.npy holds float32 N x D; FILE.parquet (needs pyarrow) columns path, label, [split], feature.
-Beside it, FILE.json: paths, labels, classes, skipped files, resolution, normalisation and the
-backbone's provenance. Both are written to temporary names and renamed into place.
+Beside it, FILE.json: paths, labels, classes, skipped files, resolution, the input (kind of data:
+bands, stored dtype, band names), normalisation, conv1's rule and the backbone's provenance. Both
+are written to temporary names and renamed into place.
 """
 
 from __future__ import annotations
@@ -157,7 +158,9 @@ def _record(rows: Rows, backbone: dict, *, l2: bool, device) -> dict:
     return {
         "count": len(rows.paths), "dim": int(rows.features.shape[1]), "dtype": "float32", "l2_normalised": l2,
         **rows.origin, "res": backbone["res"], "normalisation": backbone["normalisation"],
-        **{key: backbone[key] for key in ("image_format", "bands", "dtype", "band_names", "conv1", "preprocess")},
+        # what was fed to the backbone ("dtype" above is the features')
+        "input": {key: backbone[key] for key in ("image_format", "bands", "dtype", "band_names")},
+        "conv1": backbone["conv1"], "preprocess": backbone["preprocess"],
         "device": device.type, "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
         "classes": rows.classes, "skipped_count": len(rows.skipped),
         "skipped": [{"path": p, "reason": r} for p, r in rows.skipped], "backbone": backbone,

@@ -118,8 +118,9 @@ def test_a_folder_of_13_band_tiffs_embeds_as_the_loaders_read_it(s2_run, s2_data
     feats = np.load(tmp_path / "f.npy")
     record = json.loads((tmp_path / "f.json").read_text())
     assert feats.shape == (8, 256) and np.isfinite(feats).all() and record["skipped_count"] == 3
-    assert (record["bands"], record["dtype"], record["band_names"]) == (13, "uint16", S2)
+    assert record["input"] == {"image_format": "raster", "bands": 13, "dtype": "uint16", "band_names": S2}
     assert record["normalisation"]["mean"] == manifest_of(s2_data).mean and record["conv1"]["rule"] == "rgb"
+    assert record["dtype"] == "float32"  # the features' dtype
     expected = features(model, standardised(torch.stack([eval_view(odd_folder / p) for p in record["paths"]]),
                                             s2_data))
     torch.testing.assert_close(torch.from_numpy(feats), expected, atol=1e-5, rtol=1e-5)
@@ -150,7 +151,7 @@ def test_embedding_13_band_data_adapts_an_rgb_backbone_as_eval_does(tiny_backbon
     record = embed(str(tiny_backbone), tmp_path / "f.npy", data=str(s2_data), res=RES, backend="torch", workers=0,
                    progress=False)
     assert "conv1 rgb: the base's R, G, B filters to R=B04, G=B03, B=B02" in capsys.readouterr().err
-    assert record["count"] == 8 and record["bands"] == 13 and record["conv1"]["rule"] == "rgb"
+    assert record["count"] == 8 and record["input"]["bands"] == 13 and record["conv1"]["rule"] == "rgb"
     assert np.isfinite(np.load(tmp_path / "f.npy")).all()
 
 
@@ -325,7 +326,7 @@ def test_float_reflectance_embeds_and_exports_in_its_stored_units(tmp_path, caps
     bare = save_backbone(model, tmp_path / "refl.pt")
     record = embed(str(bare), tmp_path / "f.npy", images=str(tmp_path / "src"), res=RES, norm_data=str(data),
                    workers=0, progress=False)
-    assert record["count"] == 6 and record["dtype"] == "float32"
+    assert record["count"] == 6 and record["input"]["dtype"] == "float32"
     assert record["skipped"] == [{"path": "wet/cloud.tif", "reason": "1 NaN or infinite values: the network takes "
                                   "finite values only (fill or mask them in the files first)"}]
     assert np.isfinite(np.load(tmp_path / "f.npy")).all()
