@@ -342,3 +342,26 @@ def test_float_reflectance_embeds_and_exports_in_its_stored_units(tmp_path, caps
     export(str(bare), "torchscript", tmp_path / "refl-ts.pt", norm_data=str(data))
     with torch.no_grad():
         torch.testing.assert_close(torch.jit.load(str(tmp_path / "refl-ts.pt"))(x), expected, **TOL)
+
+
+def test_signed_16_bit_data_exports_to_onnx_with_int16_input(tmp_path):
+    from dataprep import prepare
+    from fasthpt.models.backbones import save_backbone
+
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is a test-only dependency")
+    rng = np.random.default_rng(5)
+    for name in ("a", "b"):
+        (tmp_path / "src" / name).mkdir(parents=True)
+        for k in range(3):
+            np.save(tmp_path / "src" / name / f"{k}.npy", rng.integers(-3000, 3000, (20, 24, 2)).astype(np.int16))
+    data = prepare("signed", out=tmp_path / "data", src=tmp_path / "src", val_frac=0.34, test_frac=0, formats="wds",
+                   workers=1, progress=False)
+    model = perturbed("resnet_tiny", in_chans=2)
+    bare = save_backbone(model, tmp_path / "signed.pt")
+    record = export(str(bare), "onnx", tmp_path / "signed.onnx", norm_data=str(data), input_dtype="int16")
+    assert (record["dtype"], record["input"]["dtype"]) == ("int16", ["int16"])
+    x = rng.integers(-32768, 32768, (2, 2, RES, RES)).astype(np.int16)
+    session = ort.InferenceSession(record["path"], providers=["CPUExecutionProvider"])
+    (feats,) = session.run(["features"], {"images": x})
+    torch.testing.assert_close(torch.from_numpy(feats), features(model, standardised(torch.from_numpy(x), data)),
+                               **TOL)
