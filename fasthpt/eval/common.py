@@ -42,6 +42,12 @@ class Backbone:
     fingerprint: str  # sha256 hex of the checkpoint file, or of the state_dict bytes
     arch: str | None = None
     missing: list[str] = field(default_factory=list)  # tensors left at random init (allow_missing only)
+    conv1: tuple[str, str] | None = None  # (strategy, what it did) when conv1 was adapted to the data's bands
+
+    @property
+    def in_chans(self) -> int:
+        """The input bands its conv1 takes."""
+        return int(self.module.conv1.in_channels)
 
     @property
     def num_features(self) -> int:
@@ -135,13 +141,15 @@ def resolve_backbone(backbone: str | nn.Module, arch: str | None = None, seed: i
         bands = ({"in_chans": None} if data is None else
                  {"in_chans": data.manifest.bands, "band_names": data.manifest.band_names})
         module, report = load_backbone(spec, arch=arch, trust=trust, arch_key="--arch", **bands)
-    if getattr(report, "conv1_how", "") and report.conv1 not in ("as is", "random"):
+    adapted = getattr(report, "conv1_how", "") and report.conv1 not in ("as is", "random")
+    if adapted:
         print(f"note: backbone {spec}: conv1 {report.conv1_how} (the data has {report.in_chans} bands)",
               file=sys.stderr)
     missing = missing_tensors(module, report, spec, allow_missing, "give a complete checkpoint")
     is_file = Path(spec).is_file()
     fingerprint = sha256_file(Path(spec)) if is_file else sha256_state_dict(module)
-    return Backbone(module, spec, fingerprint, getattr(report, "arch", arch), missing)
+    return Backbone(module, spec, fingerprint, getattr(report, "arch", arch), missing,
+                    (report.conv1, report.conv1_how) if adapted else None)
 
 
 def frozen_setup(backbone, data, *, arch, seed, device, res, batch_size, workers, backend, cache_dir, use_cache,
