@@ -51,6 +51,8 @@ class EvalImages(Dataset):
     backbone's data holds). A file that cannot be decoded, or holds another kind, comes back as
     zeros with label UNUSABLE (see ``reason``)."""
 
+    views = 0  # the eval view and a label per item (fasthpt.data.torch_backend.dataset_loader)
+
     def __init__(self, source, res: int, kind=None):
         from dataprep.raster_read import EIGHT_BIT
 
@@ -109,11 +111,11 @@ def data_kind(norm):
 def eval_loader(source, res: int, *, batch_size: int, workers: int, device, norm):
     """The torch backend's eval loader over ``source``: the views of ``norm``'s kind of data, made
     float and standardised per band on ``device`` with ``norm``'s mean/std, as the loaders do."""
-    from fasthpt.data.torch_backend import TorchLoader, _Plan
+    from fasthpt.data.torch_backend import dataset_loader
 
     dataset = EvalImages(source, res, data_kind(norm))
     order = list(range(len(dataset)))  # every file once, in listing order (the backend's eval order)
-    plan = _Plan(lambda epoch: order, batch_size, drop_last=False)
-    loader = TorchLoader(dataset, plan, workers=workers, device=device, channels_last=device.type == "cuda",
-                         mean=norm.mean, std=norm.std, views=0)
+    loader = dataset_loader(dataset, lambda epoch: order, batch_size=batch_size, workers=workers, device=device,
+                            drop_last=False, channels_last=device.type == "cuda", mean=norm.mean, std=norm.std,
+                            what="--images")
     return dataset, loader

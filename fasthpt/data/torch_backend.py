@@ -300,11 +300,21 @@ class TorchLoader:
             yield common.DebugBatch.of(out, max(self.views, 1), *extras) if extras else out
 
 
-def _loader(dataset, indices_for_epoch, *, batch_size, workers, device, drop_last, channels_last, manifest, what):
+def dataset_loader(dataset, indices_for_epoch, *, batch_size, workers, device, drop_last, channels_last, mean, std,
+                   what) -> TorchLoader:
+    """A TorchLoader over any dataset with a ``views`` attribute whose items are addressed as
+    (epoch, index) (this module's, or fasthpt.image_folder's folder of files), normalised with
+    ``mean``/``std``; ``indices_for_epoch(epoch)``: the sample indices of an epoch, in order."""
     plan = _Plan(indices_for_epoch, batch_size, drop_last)
     common.check_batch(batch_size, plan.count, drop_last, what)
-    return TorchLoader(dataset, plan, workers=workers, device=device, channels_last=channels_last,
-                       mean=manifest.mean, std=manifest.std, views=dataset.views)
+    return TorchLoader(dataset, plan, workers=workers, device=device, channels_last=channels_last, mean=mean,
+                       std=std, views=dataset.views)
+
+
+def _loader(dataset, indices_for_epoch, *, batch_size, workers, device, drop_last, channels_last, manifest, what):
+    return dataset_loader(dataset, indices_for_epoch, batch_size=batch_size, workers=workers, device=device,
+                          drop_last=drop_last, channels_last=channels_last, mean=manifest.mean, std=manifest.std,
+                          what=what)
 
 
 def build_ssl_loader(manifest: Manifest, *, split, res, batch_size, policy, workers, device, seed, rank,
