@@ -2,7 +2,11 @@
 
 An archive that is damaged or ends early is refused with one line before anything is converted; a
 member that cannot be a sample (a corrupt zip member, a link, a FIFO or device, a name that points
-outside the tree) is skipped and listed, as a bad file in a folder is.
+outside the tree, a member larger than MAX_MEMBER_BYTES) is skipped and listed, as a bad file in a
+folder is. A member is read whole into a worker's memory to be decoded, so none is read past that
+limit: a larger one is skipped from the size the archive declares, before any of it is read, and
+a zip member is inflated step by step, never past the limit whatever it declares
+(dataprep.zip_member).
 """
 
 from __future__ import annotations
@@ -21,7 +25,12 @@ from pathlib import Path, PurePosixPath
 
 from dataprep.convert import SkipImage
 from dataprep.sources import Entry, FileSource, display_name, fingerprint_entries, list_tree, not_regular
+from dataprep.zip_member import read_member
 from fasthpt.errors import UserError
+
+# The most one member may hold. An image file this large is far beyond what prep makes of it (the
+# longer side is cut to --max-res, 256 px by default) and each worker holds it whole while decoding.
+MAX_MEMBER_BYTES = 512 << 20
 
 # A zip starts with a local file header, or with the end record when it is empty (PKWARE APPNOTE
 # 6.3.10, sections 4.3.7 and 4.3.16): such a file that zipfile cannot open is a damaged zip.
@@ -38,20 +47,18 @@ _TAR_KINDS = {tarfile.SYMTYPE: stat.S_IFLNK, tarfile.FIFOTYPE: stat.S_IFIFO,
 # What a damaged compressed stream raises while it is read (gzip and bz2 raise OSError without an
 # errno; an OSError with one is the disk's, e.g. a full disk under the scratch copy).
 _STREAM_ERRORS = (tarfile.ReadError, EOFError, zlib.error, lzma.LZMAError, OSError)
-_ZIP_MEMBER_ERRORS = (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error, lzma.LZMAError,
-                      NotImplementedError,  # a compression method zipfile lacks
-                      RuntimeError)  # an encrypted member
+_ZIP_MEMBER_ERRORS = (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError)
 
 
-def open_archive(name: str, path: Path, scratch: Path):
+def open_archive(name: str, path: Path, scratch: Path, class_depth: int | None = None):
     """A ZipSource or TarSource for the archive at path, or None when it is neither."""
     with open(path, "rb") as f:
         head = f.read(512)
     if zipfile.is_zipfile(path) or head.startswith(_ZIP_MAGIC):
-        return ZipSource(name, path)
+        return ZipSource(name, path, class_depth)
     at, magic = _USTAR_MAGIC
     if _decompressor(head) or head[at : at + len(magic)] == magic or tarfile.is_tarfile(path):
-        return TarSource(name, path, scratch)
+        return TarSource(name, path, scratch, class_depth)
     if head.startswith(_ZSTD_MAGIC):
         raise UserError(f"--src {display_name(str(path))}: zstd-compressed archives are not supported; "
                         "decompress it first (zstd -d)")
@@ -65,10 +72,8 @@ def _decompressor(head: bytes):
 class ZipSource(FileSource):
     kind = "zip"
 
-    def __init__(self, name: str, path: Path):
+    def __init__(self, name: str, path: Path, class_depth: int | None = None):
         self.path = path
-        self._zip = None
-        self._pid = None
         try:
             with zipfile.ZipFile(path) as zf:
                 infos = zf.infolist()
@@ -76,23 +81,28 @@ class ZipSource(FileSource):
             raise UserError(f"--src {display_name(str(path))}: damaged zip archive, truncated or "
                             f"corrupt ({display_name(str(exc))}); re-download it") from None
         files = [i for i in infos if not i.is_dir()]
-        rejected = [(i.filename, _zip_member_kind(i)) for i in files if _zip_member_kind(i)]
-        entries = [Entry(i.filename, i.file_size, _zip_mtime(i)) for i in files if not _zip_member_kind(i)]
+        reasons = {id(i): _zip_member_kind(i) or too_large(i.file_size) for i in files}
+        rejected = [(i.filename, reasons[id(i)]) for i in files if reasons[id(i)]]
+        entries = [Entry(i.filename, i.file_size, _zip_mtime(i)) for i in files if not reasons[id(i)]]
+        self._infos = {i.filename: i for i in files}  # a name held twice: its last copy, as listed
         dirs = [i.filename.rstrip("/") for i in infos if i.is_dir()]
         dirs += [str(PurePosixPath(e.path).parent) for e in entries]
-        super().__init__(name, list_tree(entries, dirs, rejected), fingerprint_entries(self.kind, entries))
-
-    def __getstate__(self):
-        return {**self.__dict__, "_zip": None, "_pid": None}
+        listing = list_tree(entries, dirs, rejected, class_depth)
+        super().__init__(name, listing, fingerprint_entries(self.kind, entries))
 
     def _read(self, path: str) -> bytes:
         try:
-            # One handle per process: a handle inherited through fork shares its file offset.
-            if self._zip is None or self._pid != os.getpid():
-                self._zip, self._pid = zipfile.ZipFile(self.path), os.getpid()
-            return self._zip.read(path)
-        except _ZIP_MEMBER_ERRORS as exc:  # e.g. Bad CRC-32, zlib's "invalid block type"
+            return read_member(self.path, self._infos[path], MAX_MEMBER_BYTES)
+        except _ZIP_MEMBER_ERRORS as exc:  # e.g. zlib's "invalid block type"
             raise SkipImage(f"unreadable zip member: {exc}") from None
+
+
+def too_large(size: int) -> str | None:
+    """Why a member of ``size`` bytes is not read, or None."""
+    if size <= MAX_MEMBER_BYTES:
+        return None
+    return (f"larger ({size / 2**20:,.0f} MiB) than the {MAX_MEMBER_BYTES >> 20} MiB limit on one archive member; "
+            "not read")
 
 
 def _zip_member_kind(info: zipfile.ZipInfo) -> str | None:
@@ -119,7 +129,7 @@ class TarSource(FileSource):
 
     kind = "tar"
 
-    def __init__(self, name: str, path: Path, scratch: Path):
+    def __init__(self, name: str, path: Path, scratch: Path, class_depth: int | None = None):
         self.offsets: dict[str, tuple[int, int]] = {}
         with open(path, "rb") as f:
             opener = _decompressor(f.read(8))
@@ -130,7 +140,8 @@ class TarSource(FileSource):
             raise UserError(f"--src {display_name(str(path))}: {display_name(str(exc))} after "
                             f"{len(self.offsets)} whole files; nothing was converted: re-download it, "
                             "or extract what it holds and pass that folder") from None
-        super().__init__(name, list_tree(entries, dirs, rejected), fingerprint_entries(self.kind, entries))
+        listing = list_tree(entries, dirs, rejected, class_depth)
+        super().__init__(name, listing, fingerprint_entries(self.kind, entries))
 
     def _index(self, path: Path, opener):
         entries, dirs, rejected, ends = [], [], [], []
@@ -170,6 +181,8 @@ class TarSource(FileSource):
             return not_regular(kind) if kind else f"unsupported member type {m.type!r}"
         if m.issparse():
             return "sparse archive member (unsupported)"
+        if reason := too_large(m.size):  # never copied nor read: tarfile steps over its data
+            return reason
         if blob is None:  # read in place later; tarfile does not check that the data is there
             offset, whole = m.offset_data, m.offset_data + m.size <= size
         else:

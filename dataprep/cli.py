@@ -23,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="your own splits instead of the fractions: DIR/train.txt, val.txt and optional test.txt, "
            "one image per line (its path relative to --src, or a trailing part of it that names one "
            "image); images in no list are left out")
+    a("--class-depth", type=int, default=None, metavar="N",
+      help="the class is the first N folder levels below the shared root (CLASS/PATIENT/*.png: 1); "
+           "default: the whole folder path (prep says when folders nest)")
     a("--seed", type=int, default=0, help="fixes the split, the sample order and generated images")
     a("--workers", type=int, default=None, help="decode/encode processes (default: all cores)")
     a("--num-images", type=int, default=None, help="embedded datasets: how many images")
@@ -45,5 +48,5 @@ def run(args: argparse.Namespace) -> int:
             splits=args.splits, seed=args.seed,
             formats=args.formats, max_res=args.max_res, jpeg_quality=args.jpeg_quality,
             shard_size=args.shard_size, workers=args.workers, force=args.force,
-            progress=not args.no_progress, band_names=args.band_names)
+            progress=not args.no_progress, band_names=args.band_names, class_depth=args.class_depth)
     return 0

@@ -18,8 +18,10 @@ from fasthpt.errors import UserError
 _OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
 
-def open_source(dataset: str, src, *, num_images=None, image_size=None, seed=0, scratch: Path):
-    """--src wins when given; otherwise --dataset must name an embedded generator."""
+def open_source(dataset: str, src, *, num_images=None, image_size=None, seed=0, scratch: Path,
+                class_depth: int | None = None):
+    """--src wins when given; otherwise --dataset must name an embedded generator. ``class_depth``:
+    how many folder levels below the shared root name a class (None: all of them)."""
     if src is None:
         return _embedded(dataset, num_images, image_size, seed)
     path = Path(src).expanduser()
@@ -27,12 +29,12 @@ def open_source(dataset: str, src, *, num_images=None, image_size=None, seed=0, 
     if not path.exists():
         raise UserError(f"--src {shown}: no such file or folder")
     if path.is_dir():
-        return FolderSource(dataset, path)
+        return FolderSource(dataset, path, class_depth)
     reason = not_regular(path.stat().st_mode)
     if reason:  # never opened: reading a FIFO waits forever for a writer
         raise UserError(f"--src {shown}: {reason}; give a folder, .zip or .tar archive")
     try:
-        source = open_archive(dataset, path, scratch)
+        source = open_archive(dataset, path, scratch, class_depth)
     except OSError as exc:
         if exc.errno in _OUTPUT_ERRNOS:
             raise  # writing the scratch copy of a compressed tar, inside --out

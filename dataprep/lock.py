@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from dataprep.sources import display_name
+from fasthpt import locks
 from fasthpt.errors import UserError
 
 # File systems without flock(2) support (some network mounts): prep runs unlocked, with a warning.
@@ -36,7 +37,7 @@ def output_lock(out: Path, dataset: str):
                 os.unlink(path)
             except OSError:
                 pass
-            os.close(fd)
+            locks.close(fd)
 
 
 def _acquire(path: Path, dest: Path) -> int | None:
@@ -52,7 +53,7 @@ def _acquire(path: Path, dest: Path) -> int | None:
         if _same_file(fd, path):
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
-            return fd
+            return locks.keep_from_children(fd)  # a forked worker must not outlive the prep holding it
         os.close(fd)  # its holder removed it as we locked it: lock the file now at `path`
 
 

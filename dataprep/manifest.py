@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+from fasthpt.feature_cache import is_cache_path
 from fasthpt.manifest import MANIFEST, SCALING, SCHEMA_VERSION, read_raw, write_manifest
 
 __all__ = ["PixelStats", "build_manifest", "foreign_files", "is_prep_manifest", "read_raw", "request_differences",
@@ -28,7 +29,7 @@ PREP_KEYS = ("schema", "name", "classes", "splits", "files", "settings", "finger
 # num_images / image_size are compared through the generator's fingerprint, which holds the
 # resolved values (so `--num-images 2400` equals the default it spells out).
 OUTPUT_SETTINGS = ("val_frac", "test_frac", "split_source", "seed", "formats", "max_res", "jpeg_quality",
-                   "shard_size", "band_names")
+                   "shard_size", "band_names", "class_depth")
 _PACKAGES = ("numpy", "pillow", "opencv-python-headless", "opencv-python", "tifffile", "imagecodecs", "ffcv",
              "webdataset", "nvidia-dali-cuda120", "fasthpt")
 
@@ -119,7 +120,8 @@ def foreign_files(folder: Path, raw: dict) -> list[str]:
         rel = Path(dirpath).relative_to(folder)
         found += [(rel / d).as_posix() for d in dirnames if (rel / d).as_posix() not in folders]
         found += [(rel / f).as_posix() for f in filenames if (rel / f).as_posix() not in ours]
-    return sorted(found)
+    # `fasthpt eval`'s feature cache of this data is the tool's own, and stale once it is rebuilt
+    return sorted(p for p in found if not is_cache_path(p))
 
 
 def _written_files(raw: dict) -> set[str]:

@@ -38,7 +38,10 @@ from dataprep.split import ListedSplit, StreamingSplit, shuffled_order
 from dataprep.split_lists import SplitLists, assign_listed, read_split_lists
 from dataprep.writers import ShardWriter, ffcv_installed, import_ffcv, write_ffcv
 from fasthpt.errors import FFCV_INSTALL, UserError
+from fasthpt.errors import shown as quoted
+from fasthpt.locks import pid_alive
 from fasthpt.manifest import FORMATS, SPLITS
+from fasthpt.names import name_problem
 
 # 60/20/20: HPT's RESISC-45 splits, 18,900 / 6,300 / 6,300 images (the TensorFlow Datasets lists in
 # github.com/cjrd/self-supervised-pretraining, utils/raw-tf-splits/resisc45).
@@ -55,7 +58,7 @@ _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, er
 def prepare(dataset: str, out="data", src=None, *, num_images=None, image_size=None,
             val_frac=None, test_frac=None, splits=None, seed=0, formats=None, max_res=256,
             jpeg_quality=90, shard_size=DEFAULT_SHARD_SIZE, workers=None, force=False,
-            progress=True, band_names=None) -> Path:
+            progress=True, band_names=None, class_depth=None) -> Path:
     """Convert a dataset once into the formats the loaders read; return the dataset folder.
 
     dataset: output name, and the embedded generator to use when `src` is None (dataprep.synthetic.EMBEDDED).
@@ -71,11 +74,13 @@ def prepare(dataset: str, out="data", src=None, *, num_images=None, image_size=N
     force: rebuild an existing output that `fasthpt prep` wrote (nothing else is ever deleted).
     band_names: a name per band of a raster dataset (None: the files' own, where they carry them).
     Rasters (not 8-bit RGB / gray) are stored as dataprep/rasters.py says.
+    class_depth: the class is the first N folders below the shared root (None: the whole path).
     Raises UserError for bad input (one line)."""
     formats = _check_formats(formats)
     settings = _check_settings(dataset, src, num_images, image_size, seed, formats, max_res,
                                jpeg_quality, shard_size, workers)
     settings["band_names"] = _check_band_names(band_names)
+    settings["class_depth"] = _check_class_depth(class_depth, src)
     lists = _split_settings(settings, val_frac, test_frac, splits)
     out = Path(out)
     _check_apart(out / dataset, src)
@@ -100,7 +105,7 @@ def _prepare_locked(out: Path, dataset: str, settings: dict, lists: SplitLists |
     try:
         source = open_source(dataset, settings["src"], num_images=settings["num_images"],
                              image_size=settings["image_size"], seed=settings["seed"],
-                             scratch=tmp / "scratch")
+                             scratch=tmp / "scratch", class_depth=settings["class_depth"])
         if existing is not None and not force:
             _check_same_request(dest, existing, settings, source)
             print(f"{display_name(str(dest))}: already prepared with these settings and source; "
@@ -141,8 +146,9 @@ def _note_wds_only() -> None:
 
 def _check_settings(dataset, src, num_images, image_size, seed, formats, max_res, jpeg_quality,
                     shard_size, workers) -> dict:
-    if not isinstance(dataset, str) or not _NAME.match(dataset):
-        raise UserError(f"--dataset {dataset!r}: use letters, digits, '.', '_' or '-' (a folder name)")
+    if not isinstance(dataset, str) or not _NAME.fullmatch(dataset) or name_problem(dataset):
+        raise UserError(f"--dataset {quoted(dataset)}: use letters, digits, '.', '_' or '-' (a folder name of at "
+                        "most 255 bytes)")
     checks = [
         (max_res is None or max_res >= 0, f"--max-res {max_res}: must be >= 0 (0: keep size)"),
         (1 <= jpeg_quality <= 100, f"--jpeg-quality {jpeg_quality}: must be in 1..100"),
@@ -170,6 +176,16 @@ def _check_band_names(names) -> list[str] | None:
         raise UserError(f"--band-names {','.join(map(str, names))}: give one distinct, non-empty name per band, "
                         "comma-separated (e.g. B02,B03,B04,B08)")
     return list(names)
+
+
+def _check_class_depth(class_depth, src) -> int | None:
+    if class_depth is None:
+        return None
+    if src is None:
+        raise UserError("--class-depth applies to --src folders and archives, not to the embedded datasets")
+    if isinstance(class_depth, bool) or not isinstance(class_depth, int) or class_depth < 1:
+        raise UserError(f"--class-depth {class_depth}: must be >= 1 (folder levels below the shared root)")
+    return class_depth
 
 
 def _split_settings(settings: dict, val_frac, test_frac, splits) -> SplitLists | None:
@@ -220,18 +236,8 @@ def _remove_stale(out: Path, dataset: str) -> None:
         kind, _, pid = path.name.rpartition("-")
         if kind not in (f".{dataset}.tmp", f".{dataset}.old") or not pid.isdigit():
             continue
-        if int(pid) == os.getpid() or not _alive(int(pid)):
+        if int(pid) == os.getpid() or not pid_alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _existing_output(dest: Path, force: bool) -> dict | None:
@@ -544,7 +550,23 @@ def _summary(source, settings, per_class, skipped, excluded, n, convert_s, total
         lines += [f"  {p}: {r}" for p, r in skipped[:_EXAMPLES]]
         if len(skipped) > _EXAMPLES:
             lines.append(f"  ... and {len(skipped) - _EXAMPLES} more (all listed in manifest.json)")
-    for c, name in enumerate(source.classes):
-        if not any(per_class[s][c] for s in SPLITS):
+    return "\n".join(lines + _class_warnings(source.classes, per_class))
+
+
+def _class_warnings(classes: list[str], per_class: dict) -> list[str]:
+    """What the evaluations will make of the classes: one class is no classification task, and a
+    class too small for the split fractions is missing from a held-out split (said per class)."""
+    lines = []
+    if len(classes) == 1:
+        lines.append(f"warning: one class ({classes[0]!r}): fine for self-supervised pretraining, but no "
+                     "classification task: `fasthpt eval` refuses it (any accuracy would be 1.0)")
+    present = [s for s in SPLITS if sum(per_class[s])]
+    for c, name in enumerate(classes):
+        total = sum(per_class[s][c] for s in SPLITS)
+        missing = [s for s in present if not per_class[s][c]]
+        if not total:
             lines.append(f"warning: class {name!r} has no images in any split")
-    return "\n".join(lines)
+        elif missing:
+            lines.append(f"warning: class {name!r} has {total} image{'s' * (total > 1)}, none in "
+                         f"{' or '.join(missing)}: evaluations leave it out there")
+    return lines

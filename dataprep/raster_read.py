@@ -22,9 +22,11 @@ array has no such metadata and is taken as H x W (x C) by definition.
 from __future__ import annotations
 
 import io
+import logging
 import struct
 import warnings
 import xml.etree.ElementTree as ET
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import cv2
@@ -49,6 +51,7 @@ _BITS_PER_SAMPLE, _SAMPLES_PER_PIXEL, _SAMPLE_FORMAT = 258, 277, 339  # TIFF 6.0
 # Pillow modes of the 8-bit images the JPEG path reads
 _PILLOW_MODES = {"1", "L", "P", "LA", "La", "PA", "RGB", "RGBA", "RGBa", "CMYK", "YCbCr", "LAB"}
 _MAX_GDAL_XML = 1 << 20
+_PILLOW_TIFF_LOG = "PIL.TiffImagePlugin"
 
 
 @dataclass(frozen=True)
@@ -195,7 +198,7 @@ def _pillow_tiff(data: bytes) -> bool:
     (a tenth of tifffile's). Pillow also opens 16-bit RGB as 8-bit "RGB", and RGB + a data sample
     (an RGB + NIR tile) as "RGB" without it: bits and samples per pixel tell those apart."""
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _quiet(_PILLOW_TIFF_LOG):
             warnings.simplefilter("ignore")  # a damaged header: tifffile (or decode_bytes) says why
             with Image.open(io.BytesIO(data)) as img:
                 tags = img.tag_v2
@@ -204,6 +207,19 @@ def _pillow_tiff(data: bytes) -> bool:
                         and all(b <= 8 for b in bits) and all(k == 1 for k in kind))
     except Exception:  # Pillow cannot read it (N bands, a codec it lacks): tifffile's to read
         return False
+
+
+@contextmanager
+def _quiet(name: str):
+    """The logger ``name`` says nothing in this block: Pillow logs an ERROR ("More samples per pixel
+    than can be decoded: 13") for every N-band TIFF it is asked to open, which here is a probe."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _tuple(value) -> tuple:

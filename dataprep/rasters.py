@@ -142,12 +142,7 @@ def store_raster(raster: Raster, layout: Layout, max_res: int | None) -> StoredR
     """Check the file against the dataset, convert to its dtype, shrink to max_res, encode."""
     layout.refuse(raster.header.kind)
     dtype = stored_dtype(layout.kind.dtype)
-    pixels = raster.pixels.astype(dtype, copy=False)
-    if pixels.dtype.kind == "f":
-        bad = int(np.count_nonzero(~np.isfinite(pixels)))
-        if bad:
-            raise SkipImage(f"{bad} NaN or infinite values: prep stores finite values only "
-                            "(fill or mask them in the files first)")
+    pixels = check_finite(raster.pixels.astype(dtype, copy=False), "prep stores")
     pixels = _resize(pixels, max_res)
     h, w, c = pixels.shape
     flat = pixels.reshape(-1, c)
@@ -158,6 +153,17 @@ def store_raster(raster: Raster, layout: Layout, max_res: int | None) -> StoredR
     if pixels.dtype.kind in "ui":
         levels, counts = np.unique(histogram_index(flat), return_counts=True)
     return StoredRaster(npy_bytes(pixels), h, w, h * w, mean, m2, flat.min(0), flat.max(0), levels, counts)
+
+
+def check_finite(pixels: np.ndarray, who: str) -> np.ndarray:
+    """``pixels``, or SkipImage for float values that are NaN or infinite (the network cannot take
+    them); ``who`` says what needs them finite ("prep stores")."""
+    if pixels.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(pixels)))
+        if bad:
+            raise SkipImage(f"{bad} NaN or infinite values: {who} finite values only (fill or mask them in the "
+                            "files first)")
+    return pixels
 
 
 def histogram_index(flat: np.ndarray) -> np.ndarray:

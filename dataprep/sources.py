@@ -118,8 +118,9 @@ def _screen(entries: list[Entry], rejected) -> tuple[list[Entry], list[tuple[str
     return kept, skipped
 
 
-def list_tree(entries: list[Entry], dirs: list[str], rejected=()) -> Listing:
-    """Assign class labels from the folder structure (class = folder path below the shared root).
+def list_tree(entries: list[Entry], dirs: list[str], rejected=(), class_depth: int | None = None) -> Listing:
+    """Assign class labels from the folder structure: the class is the folder path below the
+    shared root, or its first ``class_depth`` folders (CLASS/PATIENT/x.png: 1 takes CLASS).
     rejected: (path, reason) of files the source already knows it cannot use (listed as skipped)."""
     entries, skipped = _screen(entries, rejected)
     images = [e.path for e in entries if PurePosixPath(e.path).suffix.lower() in IMAGE_SUFFIXES]
@@ -132,14 +133,29 @@ def list_tree(entries: list[Entry], dirs: list[str], rejected=()) -> Listing:
             skipped.append((e.path, "not inside a class folder"))
             outside.append(e.path)
             continue
-        by_class.setdefault("/".join(parts[len(root) : -1]), []).append(e.path)
+        folders = parts[len(root) : -1]
+        by_class.setdefault("/".join(folders[:class_depth]), []).append(e.path)
     classes = sorted(by_class)
     label = {c: i for i, c in enumerate(classes)}
     items = sorted((p, label[c]) for c, ps in by_class.items() for p in ps)
     warnings = [f"empty class folder ignored: {d}" for d in _empty_class_dirs(dirs, root, classes)]
+    warnings += _nesting_note(classes, class_depth)
     return Listing([display_name(c) for c in classes], items,
                    [(display_name(p), display_name(r)) for p, r in sorted(skipped)],
                    [display_name(w) for w in warnings], outside)
+
+
+def _nesting_note(classes: list[str], class_depth: int | None) -> list[str]:
+    """What was taken as a class when image folders nest (medical layouts: CLASS/PATIENT/*.png),
+    and the choice: without --class-depth each whole folder path is a class."""
+    depth = max((c.count("/") + 1 for c in classes), default=1)
+    if class_depth is not None or depth < 2:
+        return []
+    first = sorted({c.split("/")[0] for c in classes})
+    shown = ", ".join(first[:6]) + (", ..." if len(first) > 6 else "")
+    return [f"image folders nest up to {depth} levels: each folder path is a class ({len(classes)} classes, e.g. "
+            f"{classes[0]!r}); --class-depth 1 takes the first level as the class instead ({len(first)} classes: "
+            f"{shown})"]
 
 
 def _empty_class_dirs(dirs: list[str], root: tuple[str, ...], classes: list[str]) -> list[str]:
@@ -203,14 +219,14 @@ class FileSource(abc.ABC):
 class FolderSource(FileSource):
     kind = "folder"
 
-    def __init__(self, name: str, root: Path):
+    def __init__(self, name: str, root: Path, class_depth: int | None = None):
         self.root = root
         try:
             os.listdir(root)
         except OSError as exc:
             raise UserError(f"--src {display_name(str(root))}: cannot read the folder ({exc.strerror})") from None
         entries, dirs, rejected = _walk(root)
-        super().__init__(name, list_tree(entries, dirs, rejected), fingerprint_entries(self.kind, entries))
+        super().__init__(name, list_tree(entries, dirs, rejected, class_depth), fingerprint_entries(self.kind, entries))
 
     def _read(self, path: str) -> bytes:
         try:

@@ -11,18 +11,28 @@ import argparse
 import importlib
 import sys
 
-from fasthpt.errors import UserError, interrupted_code
+from fasthpt.errors import UserError, clipped, interrupted_code
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "prep": ("dataprep.cli", "convert an image dataset to FFCV .beton files and WebDataset shards"),
     "pretrain": ("fasthpt.pretrain", "MoCo-v2 / HPT pretraining from a YAML config (Composer)"),
-    "eval": ("fasthpt.eval.cli", "evaluate a backbone: kNN, linear probe, K-label fine-tuning"),
+    "eval": ("fasthpt.eval.cli", "evaluate a backbone (a run folder, a torch or safetensors checkpoint): kNN, "
+             "linear probe, K-label fine-tuning"),
     "bench": ("fasthpt.benchmark.cli", "benchmark the data loaders and training throughput"),
     "demo": ("fasthpt.demo", "reproduce HPT's convergence experiment on the embedded data"),
-    "export": ("fasthpt.export", "export a backbone for torchvision, timm, TorchScript or ONNX, with its record"),
+    "export": ("fasthpt.export", "export a backbone for torchvision, timm, safetensors, TorchScript or ONNX, "
+               "with its record"),
     "embed": ("fasthpt.embed", "pooled features of a folder of images or a prepared dataset (.npy/.parquet)"),
 }
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse quotes a bad value whole ("invalid int value: '...'"): a pasted file must not
+    become the error line."""
+
+    def error(self, message: str):
+        super().error(clipped(message, 500))
 
 
 def _load(name: str):
@@ -38,7 +48,7 @@ def _load(name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fasthpt",
         description="Fast Hierarchical PreTraining: self-supervised MoCo-v2 pretraining on a target "
         "domain, started from an existing model, with fast FFCV/DALI loading and Composer.",
@@ -65,13 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     if module is None:
         print(f"fasthpt {name}: not built yet in this version of fasthpt", file=sys.stderr)
         return 2
-    sub = argparse.ArgumentParser(prog=f"fasthpt {name}", description=COMMANDS[name][1])
+    sub = _Parser(prog=f"fasthpt {name}", description=COMMANDS[name][1])
     module.add_arguments(sub)
     args = sub.parse_args(rest)
     try:
         return int(module.run(args) or 0)
     except UserError as exc:
-        print(f"fasthpt {name}: error: {exc}", file=sys.stderr)
+        print(f"fasthpt {name}: error: {clipped(str(exc))}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, SystemExit) as exc:  # a run's Interrupted says where a relaunch resumes
         code = interrupted_code(exc)

@@ -22,8 +22,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from fasthpt.data import BACKEND_CHOICES
 from fasthpt.data.policy import AugPolicy
-from fasthpt.errors import UserError
+from fasthpt.errors import UserError, clipped, shown
 from fasthpt.fileio import atomic_write_text
+from fasthpt.names import check_name
 
 SSL_SPLITS = ("train", "train+val")
 AUTHORS_BATCH_PER_DEVICE = 64  # imgs_per_gpu in the authors' configs: 4 GPUs x 64 = 256
@@ -79,6 +80,9 @@ class HPTConfig:
     # conv1 from a base of other input channels than the data's bands (an RGB base, 13-band data):
     # auto | rgb | mean (fasthpt.models.backbones.CONV1_STRATEGIES; the one used is in base.json)
     conv1: str = "auto"
+    # a base lacking backbone tensors (a whole stage, BN statistics) is refused; true: they start at
+    # random init (listed in base.json)
+    allow_missing: bool = False
 
 
 @dataclass
@@ -167,14 +171,14 @@ def explain(exc: OmegaConfBaseException, schema: type = None) -> UserError:
     """One line for an OmegaConf error against a structured ``schema`` (RunConfig by default):
     an unknown key names the valid keys beside it; a bad value names its key."""
     key = getattr(exc, "full_key", None) or ""
-    msg = str(exc).splitlines()[0]
+    msg = clipped(str(exc).splitlines()[0], 200)  # OmegaConf's message quotes the whole value
     if "not in struct" in msg or ("Key '" in msg and "not" in msg):
         parent = key.rsplit(".", 1)[0] if "." in key else ""
         node = OmegaConf.structured(schema or RunConfig)
         node = OmegaConf.select(node, parent) if parent else node
         valid = ", ".join(node.keys()) if hasattr(node, "keys") else "(none)"
-        return UserError(f"unknown config key {key!r}; valid keys here: {valid}")
-    return UserError(f"bad value for config key {key!r}: {msg}")
+        return UserError(f"unknown config key {shown(key)}; valid keys here: {valid}")
+    return UserError(f"bad value for config key {shown(key)}: {msg}")
 
 
 def validate(cfg: RunConfig) -> RunConfig:
@@ -196,11 +200,12 @@ def validate(cfg: RunConfig) -> RunConfig:
         choices[f"train.algorithms[{i}]"] = (name, ALGORITHM_NAMES)
     for key, (value, valid) in choices.items():
         if value not in valid:
-            raise UserError(f"config key {key!r} is {value!r}; valid: {', '.join(valid)}")
+            raise UserError(f"config key {key!r} is {shown(value)}; valid: {', '.join(valid)}")
     _check_names(cfg)
+    _check_base(cfg)
     for key, value, ok, valid in _ranges(cfg) + _duration_ranges(cfg):
         if not ok(value):
-            raise UserError(f"config key {key!r} is {value!r}; valid: {valid}")
+            raise UserError(f"config key {key!r} is {shown(value)}; valid: {valid}")
     if cfg.data.train_fraction < 1 and cfg.data.ssl_splits != "train":
         raise UserError("config key 'data.train_fraction' takes a fraction of the train split; it cannot be "
                         f"combined with data.ssl_splits={cfg.data.ssl_splits}")
@@ -333,19 +338,34 @@ def _in_batches(ok):
 def _batches(key: str, value) -> int:
     """'500ba' -> 500; the one spelling of a duration the config takes."""
     if not _BATCHES.match(str(value)):
-        raise UserError(f"config key {key!r} is {value!r}; give a number of batches, e.g. '5000ba'")
+        raise UserError(f"config key {key!r} is {shown(value)}; give a number of batches, e.g. '5000ba'")
     return int(str(value)[:-2])
 
 
 def _check_names(cfg: RunConfig) -> None:
-    """Run and stage names become folder names: non-empty, not '.' / '..', stage names unique."""
+    """Run and stage names become folder names below run_dir (fasthpt.names), stage names unique."""
     names = {"name": cfg.name, **{f"stages[{i}].name": s.name for i, s in enumerate(cfg.stages)}}
     for key, value in names.items():
-        if value in ("", ".", ".."):
-            raise UserError(f"config key {key!r} is {value!r}; valid: a folder name (not empty, '.' or '..')")
+        check_name(f"config key {key!r}", value, "; run_dir= chooses where runs go")
     stage_names = [s.name for s in cfg.stages]
     if len(set(stage_names)) != len(stage_names):
         raise UserError(f"config key 'stages': stage names must be unique, got {stage_names}")
+
+
+def _check_base(cfg: RunConfig) -> None:
+    """HPT-BN and frozen stages keep convolutions as the base gave them: from random init
+    (hpt.base=none) they would train BatchNorm over random features. The first stage of a chain
+    starts from hpt.base; the later ones from the previous stage."""
+    if cfg.hpt.base not in ("none", "random", ""):
+        return
+    first_mode = cfg.stages[0].mode if cfg.stages else cfg.hpt.mode
+    key = "stages[0].mode" if cfg.stages else "hpt.mode"
+    if first_mode == "bn":
+        raise UserError(f"config key {key!r} is 'bn' with hpt.base=none: HPT-BN freezes every convolution, "
+                        "which would stay at random init; give hpt.base a checkpoint, or use mode full")
+    if cfg.hpt.freeze_stages:
+        raise UserError(f"config key 'hpt.freeze_stages' is {cfg.hpt.freeze_stages} with hpt.base=none: the frozen "
+                        "stages would stay at random init; give hpt.base a checkpoint, or hpt.freeze_stages=0")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
@@ -358,12 +378,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             merged = OmegaConf.merge(merged, _read_yaml(Path(path)))
         bad = [o for o in overrides or [] if "=" not in o]
         if bad:
-            raise UserError(f"overrides must be key=value, got {bad[0]!r}")
+            raise UserError(f"overrides must be key=value, got {shown(bad[0])}")
         for item in overrides or []:  # one at a time, so that a syntax error names its override
             try:
                 merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
             except yaml.YAMLError as exc:
-                raise UserError(f"override {item!r}: YAML syntax error: {_yaml_problem(exc)}") from None
+                raise UserError(f"override {shown(item)}: YAML syntax error: {_yaml_problem(exc)}") from None
+            except ValueError as exc:  # an integer of more digits than Python converts
+                raise UserError(f"override {shown(item)}: {_unreadable(exc)}") from None
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         raise explain(exc) from None
@@ -382,9 +404,16 @@ def _read_yaml(path: Path):
         raise UserError(f"{where}: YAML syntax error: {_yaml_problem(exc)}") from None
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a UTF-8 text file") from None
+    except ValueError as exc:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise UserError(f"{path}: {_unreadable(exc)}") from None
     if not isinstance(node, DictConfig):
         raise UserError(f"{path}: the top level must be a mapping of config keys (name:, data:, ...)")
     return node
+
+
+def _unreadable(exc: ValueError) -> str:
+    """A value YAML parsed but Python refused to build, in a few words (not the fix Python suggests)."""
+    return f"a value cannot be read ({clipped(str(exc).split(';')[0], 200)})"
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

@@ -2,18 +2,27 @@
 
 Pooled features of every image (L2-normalised with --l2), in batches, on the CPU or a GPU (bf16
 autocast there, as in the evaluators), through the eval transform of the loaders: resize the
-shorter side to round(res * 256/224), center-crop res.
+shorter side to round(res * 256/224), center-crop res (every band of a raster).
 
 - ``--data DIR`` (a `fasthpt prep` folder): the eval loaders themselves, over the chosen splits,
   normalised with that dataset's mean/std (as `fasthpt eval` does); paths are the source files
   prep recorded (samples/<split>.jsonl).
 - ``--images DIR``: any folder (recursive; class folders give labels, else -1), decoded as prep
-  decodes, normalised with the backbone's training data (the run's) or --norm-data / --mean/--std.
-  Unusable files are skipped and listed.
+  decodes, normalised with the backbone's training data (the run's data.json) or --norm-data /
+  --mean/--std (8-bit RGB only). Rasters (TIFF / GeoTIFF, 16-bit PNG, .npy of 12/16-bit, float
+  or N bands) are read as they are and standardised per band in their stored units, as the
+  loaders do (fasthpt.image_folder); a file of another kind than the backbone's data (band count,
+  dtype, 8-bit against rasters) is skipped and listed, as unusable files are, never converted.
+
+The backbone takes its data's bands: with --data or --norm-data, a backbone whose conv1 takes
+another band count is adapted by pretraining's rule, as `fasthpt eval` adapts it (a note says so,
+the record's ``conv1`` too); a run's backbone and its data.json agree; otherwise a mismatch is
+refused in one line.
 
 FILE.npy holds float32 N x D; FILE.parquet (needs pyarrow) columns path, label, [split], feature.
-Beside it, FILE.json: paths, labels, classes, skipped files, resolution, normalisation and the
-backbone's provenance. Both are written to temporary names and renamed into place.
+Beside it, FILE.json: paths, labels, classes, skipped files, resolution, the input (kind of data:
+bands, stored dtype, band names), normalisation, conv1's rule and the backbone's provenance. Both
+are written to temporary names and renamed into place.
 """
 
 from __future__ import annotations
@@ -50,7 +59,8 @@ def embed(backbone: str, out, *, images=None, data=None, splits=None, res=None, 
           norm_data=None, mean=None, std=None, batch_size=256, workers=2, device="auto", backend="auto",
           force=False, trust=False, progress=True) -> dict:
     """Embed ``images`` or ``data`` with ``backbone``; write ``out`` and its record; return the record."""
-    from fasthpt.eval.common import autocast, module_device, place
+    from fasthpt.eval.checks import check_features
+    from fasthpt.eval.common import autocast, module_device, place, resolve_data
 
     if (images is None) == (data is None):
         raise UserError("give exactly one of --images DIR or --data DIR")
@@ -62,16 +72,23 @@ def embed(backbone: str, out, *, images=None, data=None, splits=None, res=None, 
     out = pv.check_out(Path(out), (".npy", ".parquet"), force)
     if out.suffix.lower() == ".parquet":
         _pyarrow()  # before any work
-    source = pv.resolve_source(backbone, arch=arch, trust=trust)
-    res = pv.resolve_res(source.run, res)
+    # the data read (--data) or whose normalisation is used (--norm-data): the backbone is read for its bands
+    ds = resolve_data(data if data is not None else norm_data) if (data or norm_data) else None
+    source = pv.resolve_source(backbone, arch=arch, trust=trust, data=ds)
+    # --data is normalised with its own manifest: only --images needs the backbone's normalisation
+    res, norm = pv.resolve_inputs(source.run, ("res", "norm") if images is not None else ("res",), res=res,
+                                  norm_data=norm_data, mean=mean, std=std, bands=source.backbone.in_chans)
+    if images is not None:
+        pv.check_bands(source.backbone, norm)
     dev = module_device(source.backbone, device)
     module = place(source.backbone, dev)
     opts = dict(res=res, batch_size=batch_size, workers=workers, device=dev, progress=progress)
     with autocast(dev):
         if images is not None:
-            rows = _images(module, images, pv.resolve_norm(source.run, norm_data, mean, std), **opts)
+            rows = _images(module, images, norm, **opts)
         else:
-            rows = _data(module, data, splits, backend=backend, **opts)
+            rows = _data(module, ds, splits, backend=backend, **opts)
+    check_features(rows.features, source.backbone.source, "embedded")
     if l2:
         rows.features = torch.nn.functional.normalize(rows.features, dim=1)
     record = _record(rows, pv.record(source, rows.norm, res), l2=l2, device=dev)
@@ -86,8 +103,7 @@ def _images(module, root, norm: pv.Norm, *, res, batch_size, workers, device, pr
     from fasthpt.image_folder import UNUSABLE, eval_loader, list_images
 
     source = list_images(root)
-    dataset, loader = eval_loader(source, res, batch_size=batch_size, workers=workers, device=device,
-                                  mean=norm.mean, std=norm.std)
+    dataset, loader = eval_loader(source, res, batch_size=batch_size, workers=workers, device=device, norm=norm)
     feats, labels = extract_features(module, loader, device=device, progress=progress, desc="embed images")
     ok = labels != UNUSABLE
     shown = lambda i: display_name(source.key(i))  # noqa: E731 - printable, JSON- and parquet-safe
@@ -100,24 +116,26 @@ def _images(module, root, norm: pv.Norm, *, res, batch_size, workers, device, pr
                 {"images": str(root), "loader": "torch eval transform over the original files"}, skipped=skipped)
 
 
-def _data(module, data, splits, *, backend, res, batch_size, workers, device, progress) -> Rows:
-    from fasthpt.eval.common import eval_loader, resolve_data
+def _data(module, ds, splits, *, backend, res, batch_size, workers, device, progress) -> Rows:
+    from fasthpt.eval.checks import check_labels
+    from fasthpt.eval.common import eval_loader
     from fasthpt.eval.features import extract_features
 
-    ds = resolve_data(data)
+    data = ds.root
     names = [s for s in (splits or ds.manifest.split_names) if ds.manifest.count(s) > 0]
     feats, labels, paths, split_of, used = [], [], [], [], set()
     for split in names:
         loader = eval_loader(ds, split, res, batch_size, workers, device, backend)
         used.add(loader.backend)
         f, y = extract_features(module, loader, device=device, progress=progress, desc=f"embed {split}")
+        check_labels(y, ds, split)
         feats.append(f)
         labels += y.tolist()
         paths += _sample_paths(ds.manifest, split, len(f))
         split_of += [split] * len(f)
     if not feats:
         raise UserError(f"--data {data}: the splits {', '.join(names) or '(none)'} hold no samples")
-    norm = pv.Norm(ds.manifest.mean, ds.manifest.std, str(Path(data) / MANIFEST))
+    norm = pv.Norm.of(ds.manifest, str(Path(data) / MANIFEST))
     origin = {"data": str(data), "dataset_name": ds.manifest.name, "dataset_sha256": ds.fingerprint,
               "loader": "+".join(sorted(used))}
     return Rows(torch.cat(feats), paths, labels, ds.manifest.classes, norm, origin, splits=split_of)
@@ -140,6 +158,9 @@ def _record(rows: Rows, backbone: dict, *, l2: bool, device) -> dict:
     return {
         "count": len(rows.paths), "dim": int(rows.features.shape[1]), "dtype": "float32", "l2_normalised": l2,
         **rows.origin, "res": backbone["res"], "normalisation": backbone["normalisation"],
+        # what was fed to the backbone ("dtype" above is the features')
+        "input": {key: backbone[key] for key in ("image_format", "bands", "dtype", "band_names")},
+        "conv1": backbone["conv1"], "preprocess": backbone["preprocess"],
         "device": device.type, "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
         "classes": rows.classes, "skipped_count": len(rows.skipped),
         "skipped": [{"path": p, "reason": r} for p, r in rows.skipped], "backbone": backbone,
@@ -192,18 +213,22 @@ def _report_skipped(skipped, record_path: Path) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
-    a("--backbone", required=True, help="a run folder (runs/<name>), a checkpoint file, torchvision:NAME or random")
+    a("--backbone", required=True, help="a run folder (runs/<name>), a checkpoint file (torch or .safetensors), "
+      "torchvision:NAME or random")
     what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--images", default=None, metavar="DIR", help="any folder of images (recursive)")
+    what.add_argument("--images", default=None, metavar="DIR", help="any folder of images or rasters (TIFF/GeoTIFF, "
+                      "16-bit PNG, .npy; recursive)")
     what.add_argument("--data", default=None, metavar="DIR", help="a `fasthpt prep` folder (holds manifest.json)")
     a("--out", required=True, metavar="FILE", help="FILE.npy (float32 N x D) or FILE.parquet; record in FILE.json")
     a("--splits", default=None, help="--data: comma-separated splits (default: all)")
     a("--l2", action="store_true", help="L2-normalise each feature vector")
     a("--res", type=int, default=None, help="eval side (default: the run's data.res; needed for a bare checkpoint)")
-    a("--norm-data", default=None, metavar="DIR", help="--images: a `fasthpt prep` folder whose mean/std to use "
-      "(default: the run's training data)")
-    a("--mean", default=None, metavar="R,G,B", help="--images: normalisation mean in 0..255 units (with --std)")
-    a("--std", default=None, metavar="R,G,B", help="--images: normalisation std in 0..255 units (with --mean)")
+    a("--norm-data", default=None, metavar="DIR", help="--images: a `fasthpt prep` folder whose kind of data (bands, "
+      "dtype) and per-band mean/std to use (default: the run's training data)")
+    a("--mean", default=None, metavar="R,G,B", help="--images of 8-bit RGB: normalisation mean in 0..255 units (with "
+      "--std); rasters: --norm-data")
+    a("--std", default=None, metavar="R,G,B", help="--images of 8-bit RGB: normalisation std in 0..255 units (with "
+      "--mean)")
     a("--arch", default=None, help=f"architecture ({', '.join(ARCH_NAMES)}): needed for 'random', else checked")
     a("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
     a("--workers", type=int, default=2, help="loader processes (default 2; 0: in this process)")

@@ -26,3 +26,24 @@ def interrupted_code(exc: BaseException) -> int | None:
     if isinstance(exc, SystemExit):
         return exc.code if exc.code in SIGNAL_EXITS else None
     return getattr(exc, "code", 130) if isinstance(exc, KeyboardInterrupt) else None
+
+
+SHOWN_CHARS = 80  # of a value echoed in an error line: enough to recognise it, never a whole pasted file
+
+
+def shown(value, limit: int = SHOWN_CHARS) -> str:
+    """``repr(value)`` for an error line, cut to ``limit`` characters with its full length said: a
+    10 MB value pasted into an override must not become a 10 MB message."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(str(value))} characters)"
+
+
+def clipped(message: str, limit: int = 2000) -> str:
+    """``message`` with its middle elided when longer than ``limit`` (the start says what, the end
+    usually how to fix it): the last guard before a message reaches the terminal."""
+    if len(message) <= limit:
+        return message
+    half = limit // 2
+    return f"{message[:half]} ...({len(message) - 2 * half} characters elided)... {message[-half:]}"

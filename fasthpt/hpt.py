@@ -21,6 +21,7 @@ from torch import nn
 
 from fasthpt.config import RunConfig
 from fasthpt.errors import UserError
+from fasthpt.manifest import load_manifest
 from fasthpt.models.moco import MoCo
 
 log = logging.getLogger(__name__)
@@ -91,3 +92,26 @@ def stage_configs(cfg: RunConfig) -> list[RunConfig]:
         out.append(sub)
         base = str(sub.run_path / "backbone.pt")
     return out
+
+
+def check_stage_data(stages: list[RunConfig], world_size: int) -> None:
+    """Every stage's data, checked before the first stage trains (a chain that trains for hours
+    must not stop at stage 2 for a folder it could have looked at first): it is a prepared folder,
+    holds the splits the stage reads, a loader backend here can read it, and it has at least one
+    batch per process. One line naming the stage."""
+    from fasthpt.data import resolve_backend
+
+    for cfg in stages:
+        d = cfg.data
+        try:
+            manifest = load_manifest(d.path)
+            images = sum(manifest.count(split) for split in d.ssl_splits.split("+"))
+            if cfg.durations.knn_interval:
+                manifest.count("val")  # the kNN monitor's query split
+            backend = resolve_backend(d.backend, manifest)
+            (manifest.ffcv_path if backend == "ffcv" else manifest.wds_shards)("train")  # its files are there
+        except UserError as exc:
+            raise UserError(f"stage {cfg.name!r}: {exc}") from None
+        if images < d.batch_size * world_size:
+            raise UserError(f"stage {cfg.name!r}: {d.path} holds {images} {d.ssl_splits} images, fewer than one "
+                            f"batch of data.batch_size {d.batch_size} x {world_size} process(es)")

@@ -211,6 +211,9 @@ def problem(raw) -> str | None:
     """What makes ``raw`` unreadable as a manifest (the first thing found), or None."""
     if not isinstance(raw, dict):
         return "not a JSON object"
+    schema = raw.get("schema")  # absent in the first manifests
+    if schema is not None and (not isinstance(schema, int) or isinstance(schema, bool) or schema < 1):
+        return "'schema' is not a version number"
     for key, kind in (("name", str), ("classes", list), ("splits", dict), ("mean", list), ("std", list)):
         if not isinstance(raw.get(key), kind):
             return f"{key!r} missing or not a JSON {'string' if kind is str else kind.__name__}"
@@ -226,6 +229,8 @@ def problem(raw) -> str | None:
         if per_class is not None and not (isinstance(per_class, list) and len(per_class) == len(raw["classes"])
                                           and all(_count(n) for n in per_class)):
             return f"splits.{split}.per_class is not one count per class"
+        if per_class is not None and sum(per_class) != entry["count"]:
+            return f"splits.{split}.per_class adds up to {sum(per_class)}, not its count {entry['count']}"
     for key, kind in (("formats", list), ("files", dict), ("settings", dict)):
         if raw.get(key) is not None and not isinstance(raw[key], kind):
             return f"{key!r} is not a JSON {kind.__name__}"
@@ -278,6 +283,10 @@ def load_manifest(data_dir: str | Path) -> Manifest:
     wrong = problem(raw)
     if wrong:
         raise UserError(f"{path} is not a `fasthpt prep` manifest ({wrong}); re-run `fasthpt prep ... --force`")
+    if (raw.get("schema") or 0) > SCHEMA_VERSION:  # its fields may mean what this version cannot know
+        raise UserError(f"{path} has manifest schema {raw['schema']}, written by a newer fasthpt; this version reads "
+                        f"schemas up to {SCHEMA_VERSION}: upgrade fasthpt, or re-run `fasthpt prep ... --force` with "
+                        "this one")
     return Manifest(root=root, raw=raw)
 
 

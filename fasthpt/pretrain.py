@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _split_nproc(items: list[str], nproc: int) -> tuple[list[str], int]:
     """Take ``--nproc N`` / ``--nproc=N`` out of the override list."""
-    from fasthpt.errors import UserError
+    from fasthpt.errors import UserError, shown
 
     rest, i = [], 0
     while i < len(items):
@@ -29,7 +29,7 @@ def _split_nproc(items: list[str], nproc: int) -> tuple[list[str], int]:
             value = item.partition("=")[2] if "=" in item else (items[i + 1] if i + 1 < len(items) else "")
             i += 1 if "=" in item else 2
             if not value.isdigit() or int(value) < 1:
-                raise UserError(f"--nproc needs a positive integer, got {value!r}")
+                raise UserError(f"--nproc needs a positive integer, got {shown(value)}")
             nproc = int(value)
             continue
         rest.append(item)

@@ -20,12 +20,14 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from fasthpt import locks
 from fasthpt.config import RunConfig, config_differences, load_config
 from fasthpt.errors import UserError
 
 log = logging.getLogger("fasthpt.train")
 
 LOCK_NAME = ".lock"
+BACKBONE, CONFIG = "backbone.pt", "config.yaml"  # what a finished run folder holds (fasthpt.train)
 _CHECKPOINT = re.compile(r"^ep\d+-ba(\d+)-rank0\.pt$")  # CheckpointSaver's default name, rank 0's file
 
 
@@ -120,8 +122,8 @@ class RunLock:
             except BlockingIOError:
                 holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "pid unknown"
                 os.close(fd)
-                raise UserError(f"{self.run} is in use by another launch ({holder}); wait for it to end, "
-                                f"or choose another name=") from None
+                raise UserError(f"{self.run} is in use by another launch ({holder}{_ended(holder)}); wait for it "
+                                f"to end, or choose another name=") from None
             except OSError as exc:  # a filesystem without flock (some network mounts)
                 log.warning("cannot lock %s (%s): a second launch of this run would not be detected",
                             self.path, exc.strerror)
@@ -131,7 +133,7 @@ class RunLock:
             os.close(fd)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-        return fd
+        return locks.keep_from_children(fd)  # a forked loader worker must not outlive the launch holding it
 
     def release(self) -> None:
         """Remove the lock file (while still holding it: a launch that opened it meanwhile sees it
@@ -147,8 +149,17 @@ class RunLock:
         except OSError:
             pass  # another process wrote there meanwhile: the folder stays
         finally:
-            os.close(self._fd)
+            locks.close(self._fd)
             self._fd = None
+
+
+def _ended(holder: str) -> str:
+    """', which has ended: ...' when the lock file names a process of this machine that no longer
+    exists (one it started, not forked from it, may still hold the lock for a moment)."""
+    found = re.fullmatch(r"pid (\d+) on (.+)", holder)
+    if not found or found.group(2) != socket.gethostname() or locks.pid_alive(int(found.group(1))):
+        return ""
+    return ", which has ended; a process it started still holds the lock: retry once that exits"
 
 
 def _same_file(fd: int, path: Path) -> bool:
@@ -157,6 +168,15 @@ def _same_file(fd: int, path: Path) -> bool:
     except FileNotFoundError:
         return False
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def run_backbone(folder: Path) -> Path:
+    """The backbone.pt of a run folder (what every command takes a run folder for); one line
+    saying why when it has none."""
+    if not (folder / BACKBONE).is_file():
+        what = "the run has not finished" if (folder / CONFIG).is_file() else "not a fasthpt run folder"
+        raise UserError(f"{folder} has no {BACKBONE} ({what}); give a run folder or a checkpoint file")
+    return folder / BACKBONE
 
 
 def check_same_config(cfg: RunConfig, saved: Path) -> None:

@@ -5,7 +5,8 @@
     fasthpt pretrain CONFIG [key=value ...]                 # one process
     from fasthpt.train import pretrain; pretrain(cfg)       # library
 
-A run writes runs/<name>/{config.yaml, base.json, checkpoints/, backbone.pt, metrics.jsonl}; with
+A run writes runs/<name>/{config.yaml, base.json, data.json, checkpoints/, backbone.pt, metrics.jsonl};
+with
 ``stages`` each stage writes those into runs/<name>/<stage>/ and its backbone.pt is the next
 stage's base. The run is the top of the training assembly: it calls fasthpt.trainer_setup, which
 never calls back.
@@ -30,9 +31,10 @@ from fasthpt.config import RunConfig, batch_summary, check_queue, load_config, p
 from fasthpt.device import resolve_precision, trainer_device
 from fasthpt.errors import UserError, interrupted_code
 from fasthpt.fileio import atomic_path, atomic_write_json, printable_json
-from fasthpt.hpt import stage_configs
+from fasthpt.hpt import check_stage_data, stage_configs
 from fasthpt.models.backbones import BASE_REPORT, save_backbone
 from fasthpt.models.moco import replicas_in_sync
+from fasthpt.provenance import record_data
 from fasthpt.run_folder import Interrupted, claim, resume_hint, write_failure
 from fasthpt.trainer_setup import Loader, Parts, build_trainer
 
@@ -48,11 +50,13 @@ def pretrain(cfg: RunConfig) -> dict:
     if not cfg.stages:
         return run_stage(cfg)
     _init_dist()
+    stages = stage_configs(cfg)
+    check_stage_data(stages, dist.get_world_size())  # all of them, before stage 1 trains
     lock = claim(cfg)
     try:
         if dist.get_global_rank() == 0:
             save_config(cfg, cfg.run_path / "config.yaml")
-        results = [run_stage(stage) for stage in stage_configs(cfg)]
+        results = [run_stage(stage) for stage in stages]
         final = cfg.run_path / "backbone.pt"
         if dist.get_global_rank() == 0:
             with atomic_path(final) as tmp:
@@ -120,6 +124,8 @@ def _train(cfg: RunConfig, callbacks: tuple, loader: Loader | None) -> dict:
             save_config(cfg, run / "config.yaml")
             # how the base was read, conv1's strategy for N-band data included (export reads it)
             atomic_write_json(run / BASE_REPORT, dataclasses.asdict(parts.report))
+            if loader is None:  # where the data was and what it looked like, for exports (a benchmark's own
+                record_data(run, cfg.data.path)  # loader reads no data folder)
         start_batch, start_sample = int(parts.trainer.state.timestamp.batch), int(parts.trainer.state.timestamp.sample)
         t0 = time.perf_counter()
         # a run resumed from its final checkpoint, or from where its plateau stopped it, is already

@@ -32,7 +32,7 @@ from fasthpt.errors import UserError
 from fasthpt.forecast import Forecast
 from fasthpt.hpt import apply_mode
 from fasthpt.manifest import load_manifest
-from fasthpt.models.backbones import LoadReport, load_backbone
+from fasthpt.models.backbones import LoadReport, load_backbone, missing_tensors
 from fasthpt.models.moco import ComposerMoCo, MoCo
 from fasthpt.run_folder import checkpoints, on_rank_zero, resume_checkpoint
 
@@ -77,6 +77,9 @@ def build_model(cfg: RunConfig, device: str, bands: tuple[int, list | None] | No
         bands = data.bands, data.band_names
     backbone, report = load_backbone(cfg.hpt.base, cfg.model.arch, trust=cfg.hpt.trust_checkpoint,
                                      in_chans=bands[0], band_names=bands[1], conv1=cfg.hpt.conv1)
+    if cfg.hpt.base not in ("none", "random", ""):  # HPT from a partial base would silently be partly scratch
+        missing_tensors(backbone, report, cfg.hpt.base, cfg.hpt.allow_missing,
+                        "give a complete base, or hpt.allow_missing=true to start them at random init")
     m = cfg.model
     world = dist.get_world_size()
     groups = bn_groups(cfg, world)
@@ -149,6 +152,12 @@ def knn_monitor(cfg: RunConfig, moco: MoCo, device: str) -> KNNMonitor | None:
 
     classes = load_manifest(d.path).num_classes
     t = cfg.train
+    if classes < 2:  # any accuracy on one class is 1.0: not a measurement
+        if t.stop_on_plateau:
+            raise UserError(f"train.stop_on_plateau needs the kNN monitor, and {d.path} has one class: its "
+                            "accuracy would be 1.0 by construction")
+        log.warning("kNN monitor off: %s has one class (any accuracy on it is 1.0)", d.path)
+        return None
     rule = PlateauRule(t.plateau_patience, t.plateau_delta) if t.stop_on_plateau else None
     return KNNMonitor(moco, loaders, classes, interval, k=t.knn_k, t=t.knn_t, plateau=rule)
 

@@ -175,3 +175,59 @@ def test_config_differences_skip_what_a_relaunch_may_change():
     b = load_config(None, ["model.arch=resnet18", "data.workers=8", "train.progress_bar=false", "optim.lr=0.06"])
     assert config_differences(a, b) == [("model.arch", "resnet50", "resnet18"), ("optim.lr", 0.03, 0.06)]
     assert RELAUNCH_MAY_CHANGE >= {"data.workers", "train.progress_bar"}
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["hpt.mode=bn"], "'hpt.mode' is 'bn' with hpt.base=none"),
+    (["hpt.mode=bn", "hpt.base=random"], "'hpt.mode' is 'bn' with hpt.base=none"),
+    (["hpt.freeze_stages=2"], "'hpt.freeze_stages' is 2 with hpt.base=none"),
+    (["stages=[{name: a, mode: bn}, {name: b}]"], "'stages[0].mode' is 'bn' with hpt.base=none"),
+])
+def test_frozen_convolutions_over_a_random_init_are_refused(overrides, key):
+    with pytest.raises(UserError, match=r"config key " + key.replace("[", r"\[").replace("]", r"\]")):
+        load_config(None, overrides)
+
+
+def test_frozen_convolutions_from_a_base_or_a_previous_stage_pass():
+    assert load_config(None, ["hpt.mode=bn", "hpt.base=x.pt"]).hpt.mode == "bn"
+    assert load_config(None, ["stages=[{name: a}, {name: b, mode: bn}]"]).stages[1].mode == "bn"
+
+
+@pytest.mark.parametrize("text", [
+    "model:\n  arch: " + "x" * 10_000_000 + "\n",  # a bad choice
+    "data:\n  res: " + "z" * 10_000_000 + "\n",  # a wrong type (OmegaConf's message quotes it)
+    "train:\n  seed: " + "1" * 10_000_000 + "\n",  # more digits than Python converts
+    "train:\n  max_duration: " + "9" * 4000 + "\n",  # a duration of another spelling
+    "x" * 10_000_000 + ": 1\n",  # an unknown key
+    "name: " + "n" * 10_000_000 + "\n",
+])
+def test_a_huge_bad_value_is_one_short_line(tmp_path, text):
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(UserError) as err:
+        load_config(tmp_path / "c.yaml")
+    assert len(str(err.value)) < 600 and "\n" not in str(err.value), str(err.value)[:600]
+
+
+def test_a_huge_bad_override_is_one_short_line():
+    for item in ["train.seed=" + "1" * 100_000, "model.arch=" + "a" * 100_000, "k" * 100_000 + "=1"]:
+        with pytest.raises(UserError) as err:
+            load_config(None, [item])
+        assert len(str(err.value)) < 600, str(err.value)[:600]
+
+
+def test_the_cli_clips_a_huge_argument_in_its_error_line(capsys):
+    from fasthpt.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", "knn", "--backbone", "b", "--data", "d", "--t", "a" * 1_000_000])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err) < 2000 and "--t" in err
+
+
+def test_a_huge_bad_demo_preset_value_is_one_short_line():
+    from fasthpt.experiment.preset import load_preset, preset_path
+
+    for item in ["eval.metric=" + "m" * 100_000, "study.policies=[" + "p" * 100_000 + "]", "x" * 100_000]:
+        with pytest.raises(UserError) as err:
+            load_preset(preset_path("default"), [item])
+        assert len(str(err.value)) < 600, str(err.value)[:600]

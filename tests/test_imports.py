@@ -19,8 +19,11 @@ PACKAGES = ("fasthpt", "dataprep")
 # Third-party modules a fasthpt module may need that an install can lack (pyproject's extras).
 OPTIONAL = ("ffcv", "numba", "nvidia")
 # fasthpt's core: what dataprep (the writer of prepared folders) shares with the readers (the
-# manifest's schema, the bytes of a raster sample). It imports nothing else of the project.
-CORE = {"fasthpt", "fasthpt.errors", "fasthpt.fileio", "fasthpt.manifest", "fasthpt.raster_format"}
+# manifest's schema, the bytes of a raster sample). It imports nothing else of the project. names:
+# what may name a folder; locks: lock descriptors forked children drop; feature_cache: the
+# evaluators' files in a prepared folder, which prep counts as its own.
+CORE = {"fasthpt", "fasthpt.errors", "fasthpt.fileio", "fasthpt.manifest", "fasthpt.raster_format", "fasthpt.names",
+        "fasthpt.locks", "fasthpt.feature_cache"}
 # ...and the one module of FFCV internals, which the .beton writer relies on as the loader does.
 FFCV_FENCE = {"fasthpt.data", "fasthpt.data.ffcv_compat"}
 # The commands that run both stages; the loaders, models, training and evaluation never import dataprep.

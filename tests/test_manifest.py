@@ -39,6 +39,7 @@ def test_written_manifest_reads_back_through_typed_accessors(tmp_path):
     ({"splits": {"train": {"count": -1}}}, "splits.train.count"),
     ({"splits": {"train": {"count": 5, "per_class": [5]}}}, "splits.train.per_class is not one count per class"),
     ({"files": []}, "'files' is not a JSON dict"),
+    ({"splits": {"train": {"count": 5, "per_class": [2, 2]}}}, "splits.train.per_class adds up to 4, not its count 5"),
 ])
 def test_a_malformed_field_is_one_line_naming_it(tmp_path, changes, named):
     (tmp_path / MANIFEST).write_text(json.dumps(_raw(**changes)))
@@ -75,3 +76,28 @@ def test_sample_names_read_the_samples_list_or_say_to_rebuild_it(tmp_path):
     (tmp_path / "samples" / "train.jsonl").write_text('{"path": "a/1.jpg"}\n')
     with pytest.raises(UserError, match="train.jsonl is unreadable .*fasthpt prep --force"):
         load_manifest(tmp_path).sample_names("train")
+
+
+@pytest.mark.parametrize("schema", [SCHEMA_VERSION + 1, SCHEMA_VERSION + 100, 2**62])
+def test_a_manifest_from_a_newer_fasthpt_is_refused_naming_both_versions(tmp_path, schema):
+    (tmp_path / MANIFEST).write_text(json.dumps(_raw(schema=schema)))
+    with pytest.raises(UserError) as err:
+        load_manifest(tmp_path)
+    text = str(err.value)
+    assert f"schema {schema}" in text and f"up to {SCHEMA_VERSION}" in text and "\n" not in text
+
+
+@pytest.mark.parametrize("schema", ["3", 3.0, True, 0, -1, [3]])
+def test_a_schema_that_is_not_a_version_number_is_refused(tmp_path, schema):
+    (tmp_path / MANIFEST).write_text(json.dumps(_raw(schema=schema)))
+    with pytest.raises(UserError, match="'schema' is not a version number"):
+        load_manifest(tmp_path)
+
+
+@pytest.mark.parametrize("schema", [None, 1, SCHEMA_VERSION])
+def test_older_and_current_schemas_still_read(tmp_path, schema):
+    raw = _raw(schema=schema)
+    if schema is None:
+        del raw["schema"]
+    (tmp_path / MANIFEST).write_text(json.dumps(raw))
+    assert load_manifest(tmp_path).schema == schema

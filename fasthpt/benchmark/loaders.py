@@ -147,9 +147,12 @@ def measure_decode(args, progress) -> dict:
     from fasthpt.data import common
 
     try:
-        shards = load_manifest(args.data).wds_shards(args.split)
+        manifest = load_manifest(args.data)
+        shards = manifest.wds_shards(args.split)
     except UserError as exc:
         return {"skipped": str(exc)}
+    if manifest.is_raster:
+        return {"skipped": "rasters are stored as raw arrays: nothing to decode"}
     samples = common.index_wds(shards)[: args.decode_images]
     _BLOBS.clear()
     for shard_id, path in enumerate(shards):
@@ -169,12 +172,25 @@ def measure_decode(args, progress) -> dict:
             "images": len(_BLOBS)}
 
 
+def bytes_per_sample(data, split: str, backend: str) -> float | None:
+    """On-disk bytes per sample of the files ``backend`` reads (the .beton for ffcv, the shards
+    otherwise), or None where they are absent."""
+    manifest = load_manifest(data)
+    fmt = "ffcv" if backend == "ffcv" else "wds"
+    if fmt not in manifest.formats:
+        return None
+    files = [manifest.ffcv_path(split)] if fmt == "ffcv" else manifest.wds_shards(split)
+    return round(sum(os.path.getsize(f) for f in files) / manifest.count(split), 1)
+
+
 def _row(args, backend: str, result: dict) -> dict:
     return {
         "backend": backend, "res": args.res, "batch": args.batch, "workers": args.workers, "layout": args.layout,
         "device": result.get("device"), "samples_per_s": result.get("samples_per_s"), "runs": result.get("runs"),
         "batches_per_epoch": result.get("batches_per_epoch"), "epoch_start_s": result.get("epoch_start_s"),
         "epoch_starts_timed": result.get("epoch_starts_timed"),
+        "bytes_per_sample": None if result.get("skipped") or backend == "decode" else
+        bytes_per_sample(args.data, args.split, backend),
         "skipped": result.get("skipped"), "decoder": result.get("decoder"), "data": str(args.data),
         "split": args.split, "policy": args.policy, **run_metadata(),
     }
@@ -184,7 +200,7 @@ def format_table(rows: list[dict]) -> str:
     ceiling = next((r["samples_per_s"] for r in rows if r["backend"] == "decode" and r["samples_per_s"]), None)
     baseline = next((r["samples_per_s"] for r in rows if r["backend"] == "torch" and r["samples_per_s"]), None)
     lines = [f"{'backend':8} {'res':>4} {'batch':>5} {'workers':>7} {'device':>6} {'samples/s':>10} "
-             f"{'x torch':>8} {'of decode':>9} {'batches/epoch':>13} {'epoch start':>11}"]
+             f"{'x torch':>8} {'of decode':>9} {'batches/epoch':>13} {'epoch start':>11} {'bytes/sample':>12}"]
     for r in rows:
         if r["skipped"]:
             lines.append(f"{r['backend']:8} skipped: {r['skipped']}")
@@ -195,7 +211,8 @@ def format_table(rows: list[dict]) -> str:
         start = r.get("epoch_start_s")
         start = "-" if start is None else f"{1000 * start:.0f} ms"
         lines.append(f"{r['backend']:8} {r['res']:>4} {r['batch']:>5} {r['workers']:>7} {r['device']:>6} "
-                     f"{rate:>10.1f} {speedup:>8} {frac:>9} {r.get('batches_per_epoch') or '-':>13} {start:>11}")
+                     f"{rate:>10.1f} {speedup:>8} {frac:>9} {r.get('batches_per_epoch') or '-':>13} {start:>11} "
+                     f"{r.get('bytes_per_sample') or '-':>12}")
     return "\n".join(lines)
 
 

@@ -61,9 +61,25 @@ def split_wds_shards(manifest, split: str) -> list[Path]:
     return [shard for part in split_parts(split) for shard in manifest.wds_shards(part)]
 
 
+def image_member(manifest) -> str:
+    """The WebDataset member that holds a sample's image: "jpg", or "npy" for rasters."""
+    return "npy" if manifest.is_raster else "jpg"
+
+
+def wds_samples(manifest, split: str) -> tuple[list[Path], list]:
+    """``split``'s shards and samples (tar headers read, no image), checked against the manifest's count."""
+    shards = split_wds_shards(manifest, split)
+    samples = index_wds(shards, image_member(manifest))
+    expected = split_count(manifest, split)
+    if len(samples) != expected:  # every epoch length is computed from the manifest's count
+        raise UserError(f"{manifest.root}: manifest says {expected} {split} samples, the WebDataset shards "
+                        f"hold {len(samples)}; re-run `fasthpt prep`")
+    return shards, samples
+
+
 def wds_labels(manifest, split: str) -> torch.Tensor:
     """Labels of ``split``'s samples in sample-index order, from the shards' .cls members (no image is read)."""
-    samples = require_labels(manifest, split, index_wds(split_wds_shards(manifest, split)))
+    samples = require_labels(manifest, split, index_wds(split_wds_shards(manifest, split), image_member(manifest)))
     return torch.tensor([s.label for s in samples], dtype=torch.int64)
 
 
@@ -205,7 +221,8 @@ def stack_draws(samples: list[dict]) -> dict[str, torch.Tensor]:
 
 @dataclass(frozen=True)
 class WdsSample:
-    """Where one sample's JPEG lives in a WebDataset shard, and its label (-1: no .cls member)."""
+    """Where one sample's image (JPEG or .npy raster) lives in a WebDataset shard, and its label
+    (-1: no .cls member)."""
 
     key: str
     shard: int
@@ -221,8 +238,13 @@ def _split_name(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
-def index_wds(shards: list[Path]) -> list[WdsSample]:
-    """Scan tar headers (no JPEG is read) and return the samples in shard order."""
+_MEMBER_EXTS = {"jpg": ("jpg", "jpeg"), "npy": ("npy",)}
+
+
+def index_wds(shards: list[Path], member: str = "jpg") -> list[WdsSample]:
+    """Scan tar headers (no image is read) and return the samples in shard order; ``member``: the
+    image member's kind ("jpg", or "npy" for rasters)."""
+    exts = _MEMBER_EXTS[member]
     samples: list[WdsSample] = []
     for shard_id, path in enumerate(shards):
         if not Path(path).is_file():
@@ -235,7 +257,7 @@ def index_wds(shards: list[Path]) -> list[WdsSample]:
                     if not member.isfile():
                         continue
                     key, ext = _split_name(member.name)
-                    if ext in ("jpg", "jpeg"):
+                    if ext in exts:
                         jpgs[key] = member
                     elif ext == "cls":
                         labels[key] = int(tar.extractfile(member).read().decode().strip())

@@ -23,7 +23,10 @@ Speed choices (augmentation, not decode, is the CPU wall: bench/RESULTS.md's dec
   contrast, saturation and a hue rotation in YIQ space are all affine in RGB, so their composition
   is ``M x + T``; grayscale is saturation 0. Without intermediate clamping these operations commute,
   so ColorJitter's random order does not matter; torchvision clamps after each op and shifts hue
-  in HSV, so saturated pixels can differ (tests/data/test_dali_backend.py states the tolerances);
+  in HSV. Measured on the default policy's draws over photo-like images (tests/data/
+  test_dali_backend.py): brightness/contrast/saturation within ~1.5 levels of 255 on average, the
+  hue ~6 levels on average and ~20 at the 95th percentile: DALI's colour views are not torchvision's
+  (the `ffcv` and `torch` backends are; choose them where that matters);
 - each random op runs only on the samples that drew it (DALI conditionals), and the blur kernel is
   sized by sigma: radius ceil(3 sigma), capped at ~10% of res (policy.blur_kernel_cap);
 - flip, normalisation and the layout change are one ``crop_mirror_normalize`` pass.
@@ -41,10 +44,11 @@ import os
 import numpy as np
 import torch
 
-from fasthpt.data import common, draws
+from fasthpt.data import common, draws, spectral
 from fasthpt.data.policy import AugPolicy
 from fasthpt.errors import UserError
 from fasthpt.manifest import Manifest
+from fasthpt.raster_format import npy_array
 
 BACKEND = "dali"
 
@@ -99,11 +103,24 @@ def _on_gpu(device: torch.device) -> bool:
     return False
 
 
-def _resize_roi(fn, types, images, anchor, size, res: int):
-    """Crop (anchor, size: (y, x), (h, w)) and resize to res x res in one pass (linear, antialiased)."""
+def _resize_roi(fn, types, images, anchor, size, res: int, raster: bool = False):
+    """Crop (anchor, size: (y, x), (h, w)) and resize to res x res in one pass (linear, antialiased);
+    rasters come out as float32 in stored units."""
+    if raster:
+        region = fn.slice(images, start=anchor, shape=size, axes=[0, 1])
+        return fn.resize(region, size=[res, res], antialias=True, dtype=types.FLOAT)
     start = fn.cast(anchor, dtype=types.FLOAT)
     end = start + fn.cast(size, dtype=types.FLOAT)
     return fn.resize(images, roi_start=start, roi_end=end, size=[res, res], antialias=True)
+
+
+def _raster_jitter(fn, dmath, types, view, b, c, bands):
+    """fasthpt.data.spectral's jitter: b (c x + (1 - c) mean_band(x)), clamped to each band's range."""
+    if view.device == "gpu":  # arithmetic mixes GPU data with CPU per-sample scalars only when told
+        b, c = b.gpu(), c.gpu()
+    means = fn.reductions.mean(view, axes=[0, 1])  # per band
+    out = b * (c * view + (1.0 - c) * means)
+    return dmath.clamp(out, types.Constant(bands.lo), types.Constant(bands.hi))
 
 
 def _colour(fn, dmath, types, view, factors, jitter, gray):
@@ -136,10 +153,15 @@ def _blur_window(fn, dmath, types, sigma, policy: AugPolicy, res: int):
 
 
 
-def _view(fn, dmath, types, images, d: dict, policy: AugPolicy, res: int, norm: dict):
-    """One augmented, normalised view from the draw nodes ``d`` (names of _DRAW_OUTPUTS)."""
-    view = _resize_roi(fn, types, images, d["anchor"], d["size"], res)
-    if policy.uses_color or policy.gray_p > 0:  # static: the op is left out of the graph entirely
+def _view(fn, dmath, types, images, d: dict, policy: AugPolicy, res: int, norm: dict, bands=None):
+    """One augmented, normalised view from the draw nodes ``d`` (names of _DRAW_OUTPUTS); ``bands``
+    (fasthpt.data.spectral.Bands): a raster's view, float32 from the crop on."""
+    view = _resize_roi(fn, types, images, d["anchor"], d["size"], res, raster=bands is not None)
+    if bands is not None:
+        if policy.uses_color:
+            if d["jitter"]:
+                view = _raster_jitter(fn, dmath, types, view, d["b"], d["c"], bands)
+    elif policy.uses_color or policy.gray_p > 0:  # static: the op is left out of the graph entirely
         if d["jitter"] | d["gray"]:  # DALI conditional: only the samples that drew it pay for the pass
             view = _colour(fn, dmath, types, view, [d[k] for k in ("b", "c", "s", "h")], d["jitter"], d["gray"])
     if policy.blur_p > 0:
@@ -155,11 +177,13 @@ _DRAW_OUTPUTS = {"anchor": ("INT32", 1), "size": ("INT32", 1), "jitter": ("BOOL"
                  "c": ("FLOAT", 0), "s": ("FLOAT", 0), "h": ("FLOAT", 0)}
 
 
-def _used_draws(policy: AugPolicy) -> list[str]:
+def _used_draws(policy: AugPolicy, raster: bool = False) -> list[str]:
     """The names of _DRAW_OUTPUTS the policy's graph reads (ops the policy never applies are left
-    out of the graph, and their draws are not fed)."""
+    out of the graph, and their draws are not fed); a raster's jitter reads b and c only."""
     names = ["anchor", "size", "flip"]
-    if policy.uses_color or policy.gray_p > 0:
+    if raster and policy.uses_color:
+        names += ["jitter", "b", "c"]
+    elif not raster and (policy.uses_color or policy.gray_p > 0):
         names += ["jitter", "gray", "b", "c", "s", "h"]
     if policy.blur_p > 0:
         names += ["blur", "sigma"]
@@ -217,10 +241,11 @@ class _Source:
     partial last batch when the order is not a multiple of ``batch_size``); ``policy`` None: no
     views drawn (eval)."""
 
-    def __init__(self, shards, samples, order, *, batch_size, batches, seed=0, policy=None, res=0, views=0):
+    def __init__(self, shards, samples, order, *, batch_size, batches, seed=0, policy=None, res=0, views=0,
+                 raster=False):
         self.shards, self.samples, self.order_of = shards, samples, order
         self.batch_size, self.batches, self.seed = batch_size, batches, seed
-        self.policy, self.res, self.views = policy, res, views
+        self.policy, self.res, self.views, self.raster = policy, res, views, raster
         self.base = (0, 0, 0)
         self.asked = 0  # iterations fed so far
         self.fed: dict[int, _Batch] = {}
@@ -252,7 +277,8 @@ class _Source:
             self._orders[epoch] = np.asarray(self.order_of(epoch), dtype=np.int64)
         return self._orders[epoch]
 
-    def _bytes(self, i: int) -> np.ndarray:
+    def _read(self, i: int) -> np.ndarray:
+        """Sample i: its JPEG bytes, or its raster (H x W x C, stored dtype) from the .npy member."""
         sample = self.samples[i]
         fd = self._fds.get(sample.shard)
         if fd is None:
@@ -261,12 +287,16 @@ class _Source:
         if len(blob) != sample.size:
             raise UserError(f"WebDataset shard {self.shards[sample.shard]} is truncated (sample {sample.key}); "
                             "re-run `fasthpt prep`")
-        if self._hw[i, 0] < 0 and self.policy is not None:
-            try:
+        try:
+            if self.raster:
+                array = npy_array(blob)
+                self._hw[i] = array.shape[:2]
+                return array
+            if self._hw[i, 0] < 0 and self.policy is not None:
                 self._hw[i] = jpeg_size(blob)
-            except ValueError as exc:
-                raise UserError(f"{self.shards[sample.shard]}: sample {sample.key} is not a readable JPEG "
-                                f"({exc}); re-run `fasthpt prep`") from None
+        except ValueError as exc:
+            raise UserError(f"{self.shards[sample.shard]}: sample {sample.key} cannot be read ({exc}); "
+                            "re-run `fasthpt prep`") from None
         return np.frombuffer(blob, dtype=np.uint8)
 
     def __call__(self, info):
@@ -274,7 +304,7 @@ class _Source:
         self.asked = max(self.asked, it + 1)
         epoch, b = self.position(it)
         chosen = self.order(epoch)[b * self.batch_size: (b + 1) * self.batch_size]
-        blobs = [self._bytes(int(i)) for i in chosen]
+        blobs = [self._read(int(i)) for i in chosen]
         labels = np.array([self.samples[int(i)].label for i in chosen], dtype=np.int64)
         view_draws = None
         if self.policy is not None:
@@ -282,7 +312,7 @@ class _Source:
             view_draws = draws.view_draws(self.seed, epoch, chosen, hw[:, 0], hw[:, 1], self.policy, self.res,
                                           self.views)
         self.fed[it] = _Batch(epoch, b, chosen, labels, view_draws)
-        names = _used_draws(self.policy) if self.policy is not None else []
+        names = _used_draws(self.policy, self.raster) if self.policy is not None else []
         return [blobs] + [a for d in (view_draws or []) for a in _draw_arrays(d, names)]
 
     def __del__(self):
@@ -295,17 +325,31 @@ def _norm_args(manifest: Manifest, channels_last: bool) -> dict:
     return dict(mean=manifest.mean, std=manifest.std, output_layout="HWC" if channels_last else "CHW")
 
 
-def _inputs(fn, types, source, policy: AugPolicy | None, views: int):
-    """The external source's nodes: the encoded samples, then each view's draws (dict by name)."""
-    names = _used_draws(policy) if policy is not None else []
-    kinds = [("UINT8", 1)] + [_DRAW_OUTPUTS[n] for _ in range(views) for n in names]
+_DALI_DTYPES = {"uint8": "UINT8", "uint16": "UINT16", "int16": "INT16", "float32": "FLOAT"}
+
+
+def _inputs(fn, types, source, policy: AugPolicy | None, views: int, bands=None):
+    """The external source's nodes: the samples (JPEG bytes, or H x W x C rasters), then each
+    view's draws (dict by name)."""
+    names = _used_draws(policy, bands is not None) if policy is not None else []
+    first = (_DALI_DTYPES[bands.dtype], 3) if bands is not None else ("UINT8", 1)
+    kinds = [first] + [_DRAW_OUTPUTS[n] for _ in range(views) for n in names]
+    layouts = ["HWC" if bands is not None else ""] + [""] * (len(kinds) - 1)
     nodes = fn.external_source(source=source, num_outputs=len(kinds), batch=True, batch_info=True,
-                               dtype=[getattr(types, t) for t, _ in kinds], ndim=[n for _, n in kinds])
+                               dtype=[getattr(types, t) for t, _ in kinds], ndim=[n for _, n in kinds],
+                               layout=layouts)
     per_view = [dict(zip(names, nodes[1 + v * len(names): 1 + (v + 1) * len(names)])) for v in range(views)]
     return nodes[0], per_view
 
 
-def _views_pipeline(manifest, source, policy, res, gpu, channels_last, views, **kw):
+def _images(fn, types, data, gpu: bool, bands):
+    """The decoded images: JPEGs decoded (nvJPEG on a GPU), rasters as fed (moved to the GPU there)."""
+    if bands is not None:
+        return data.gpu() if gpu else data
+    return fn.decoders.image(data, device="mixed" if gpu else "cpu", output_type=types.RGB)
+
+
+def _views_pipeline(manifest, source, policy, res, gpu, channels_last, views, bands=None, **kw):
     """``views`` augmented views of each sample (2: SSL; 1 under the labelled policy: crop and flip)."""
     from nvidia.dali import pipeline_def
 
@@ -313,10 +357,10 @@ def _views_pipeline(manifest, source, policy, res, gpu, channels_last, views, **
 
     @pipeline_def(enable_conditionals=True, **kw)
     def augmented():
-        jpegs, view_draws = _inputs(fn, types, source, policy, views)
-        images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
+        data, view_draws = _inputs(fn, types, source, policy, views, bands)
+        images = _images(fn, types, data, gpu, bands)
         norm = _norm_args(manifest, channels_last)
-        return tuple(_view(fn, dmath, types, images, d, policy, res, norm) for d in view_draws)
+        return tuple(_view(fn, dmath, types, images, d, policy, res, norm, bands) for d in view_draws)
 
     return augmented()
 
@@ -332,16 +376,29 @@ def _center_anchor(fn, dmath, types, images, res: int):
     return fn.cast(half + odd * half_is_odd, dtype=types.INT32)
 
 
-def _eval_pipeline(manifest, source, res, gpu, channels_last, **kw):
+def _shorter_side_size(fn, dmath, types, images, resize_to: int):
+    """(H', W') of torchvision's Resize(resize_to): the shorter side to resize_to, the longer to
+    int(resize_to * long / short), truncated (DALI's own resize_shorter rounds it: one pixel more
+    on some shapes, and a different sampling of the whole image)."""
+    hw = fn.cast(images.shape()[0:2], dtype=types.FLOAT)
+    short = dmath.min(hw[0], hw[1])
+    is_long = fn.cast(hw > short, dtype=types.FLOAT)  # 0 for the shorter side (both, if square)
+    longer = dmath.floor(float(resize_to) * hw / short)
+    return is_long * longer + (1.0 - is_long) * float(resize_to)
+
+
+def _eval_pipeline(manifest, source, res, gpu, channels_last, bands=None, **kw):
     from nvidia.dali import pipeline_def
 
     fn, dmath, types = _dali()
 
     @pipeline_def(**kw)
     def evaluation():
-        jpegs, _ = _inputs(fn, types, source, None, 0)
-        images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
-        images = fn.resize(images, resize_shorter=common.eval_resize(res), antialias=True)
+        data, _ = _inputs(fn, types, source, None, 0, bands)
+        images = _images(fn, types, data, gpu, bands)
+        extra = {"dtype": types.FLOAT} if bands is not None else {}
+        size = _shorter_side_size(fn, dmath, types, images, common.eval_resize(res))
+        images = fn.resize(images, size=size, antialias=True, **extra)
         images = fn.slice(images, start=_center_anchor(fn, dmath, types, images, res), shape=[res, res], axes=[0, 1])
         return fn.crop_mirror_normalize(images, dtype=types.FLOAT, **_norm_args(manifest, channels_last))
 
@@ -441,13 +498,7 @@ def _pipe_kwargs(batch_size, workers, device: torch.device, gpu: bool) -> dict:
 
 
 def _indexed(manifest: Manifest, split: str) -> tuple[list[str], list]:
-    """The split's shards and samples (tar headers read, no image), checked against the manifest."""
-    shards = common.split_wds_shards(manifest, split)
-    samples = common.index_wds(shards)
-    expected = common.split_count(manifest, split)
-    if len(samples) != expected:  # the epoch length is computed from the manifest's count
-        raise UserError(f"{manifest.root}: manifest says {expected} {split} samples, the WebDataset shards "
-                        f"hold {len(samples)}; re-run `fasthpt prep`")
+    shards, samples = common.wds_samples(manifest, split)
     return [str(p) for p in shards], samples
 
 
@@ -455,6 +506,9 @@ def _augmented_loader(manifest, *, split, res, batch_size, policy, views, worker
                       drop_last, channels_last, indices, debug, kind) -> DaliLoader:
     gpu = _on_gpu(device)
     shards, samples = _indexed(manifest, split)
+    bands = spectral.bands_of(manifest)
+    if bands is not None:
+        policy = spectral.spectral_policy(policy)
     if kind == "labelled":
         samples = common.require_labels(manifest, split, samples)
     subset = common.subset_indices(manifest, split, indices)
@@ -462,10 +516,10 @@ def _augmented_loader(manifest, *, split, res, batch_size, policy, views, worker
     common.check_batch(batch_size, per_rank, drop_last, f"{split} split")
     source = _Source(shards, samples, lambda e: common.labelled_rank_indices(subset, rank, world_size, seed, e),
                      batch_size=batch_size, batches=common.num_batches(per_rank, batch_size, drop_last), seed=seed,
-                     policy=policy, res=res, views=views)
+                     policy=policy, res=res, views=views, raster=bands is not None)
     kw = _pipe_kwargs(batch_size, workers, device, gpu)
     num = source.batches * batch_size if drop_last else per_rank
-    return DaliLoader(lambda src: _views_pipeline(manifest, src, policy, res, gpu, channels_last, views, **kw),
+    return DaliLoader(lambda src: _views_pipeline(manifest, src, policy, res, gpu, channels_last, views, bands, **kw),
                       source, num_samples=num, device=device, channels_last=channels_last, kind=kind, debug=debug)
 
 
@@ -494,12 +548,13 @@ def build_eval_loader(manifest: Manifest, *, split, res, batch_size, workers, de
                       channels_last) -> DaliLoader:
     gpu = _on_gpu(device)
     shards, samples = _indexed(manifest, split)
+    bands = spectral.bands_of(manifest)
     mine = common.eval_rank_indices(len(samples), rank, world_size).numpy()
     common.check_batch(batch_size, len(mine), False, f"{split} split")
     source = _Source(shards, samples, lambda e: mine, batch_size=batch_size,
-                     batches=common.num_batches(len(mine), batch_size, False))
+                     batches=common.num_batches(len(mine), batch_size, False), raster=bands is not None)
     kw = _pipe_kwargs(batch_size, workers, device, gpu)
-    return DaliLoader(lambda src: _eval_pipeline(manifest, src, res, gpu, channels_last, **kw), source,
+    return DaliLoader(lambda src: _eval_pipeline(manifest, src, res, gpu, channels_last, bands, **kw), source,
                       num_samples=len(mine), device=device, channels_last=channels_last, kind="eval")
 
 

@@ -40,9 +40,10 @@ from fasthpt.data import ffcv_compat as compat  # first: refuses an FFCV version
 from ffcv.fields.basics import IntDecoder
 from ffcv.pipeline import PipelineSpec
 
-from fasthpt.data import common, draws
+from fasthpt.data import common, draws, spectral
 from fasthpt.data import ffcv_kernels as K
 from fasthpt.data import ffcv_ops as ops  # imports ffcv and numba: fasthpt.data reports them missing
+from fasthpt.data import ffcv_raster_ops as raster_ops
 from fasthpt.data.policy import AugPolicy
 from fasthpt.errors import UserError
 from fasthpt.manifest import Manifest
@@ -95,9 +96,20 @@ class _DeviceCopies:
 
 
 def _normalizer(manifest: Manifest, device: torch.device):
-    mean = torch.tensor(manifest.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    inv_std = 1.0 / torch.tensor(manifest.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    mean = torch.tensor(manifest.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    inv_std = 1.0 / torch.tensor(manifest.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     return mean, inv_std
+
+
+def _layout(layout, device: torch.device, channels_last: bool, bands) -> int:
+    """The batch slot's layout: uint8 for a JPEG dataset on CUDA (4x fewer bytes to copy; normalised
+    there), else normalised float32 written in the layout the model wants (rasters always: their
+    values need float)."""
+    if layout is not None:
+        return layout
+    if device.type == "cuda":
+        return K.OUT_U8 if bands is None else K.OUT_HWC
+    return K.OUT_HWC if channels_last else K.OUT_CHW
 
 
 def _nhwc_u8_to_float(x: torch.Tensor, mean, inv_std, channels_last: bool) -> torch.Tensor:
@@ -124,15 +136,20 @@ class FFCVAugLoader:
         self._per_rank = common.ssl_rank_count(len(subset), world_size)
         common.check_batch(batch_size, self._per_rank, drop_last, f"{manifest.root} {split}")
         self.batch_size, self.drop_last = batch_size, drop_last
-        if layout is None:
-            layout = K.OUT_U8 if self.device.type == "cuda" else (K.OUT_HWC if channels_last else K.OUT_CHW)
-        self.layout = layout
+        self.bands = spectral.bands_of(manifest)
+        self.channels = 3 if self.bands is None else self.bands.bands
+        self.layout = _layout(layout, self.device, channels_last, self.bands)
         self._copies = _DeviceCopies(self.device)
         self.key = ops.EpochKey(seed)
         self._mean, self._inv_std = _normalizer(manifest, self.device)
-        augment = ops.ViewsAugment(res, policy, self.key, manifest.mean, manifest.std, layout, self.views)
-        spec = PipelineSpec("image", decoder=ops.ViewsCropDecoder(res, policy, self.key, self.views),
-                            transforms=[augment])
+        if self.bands is not None:  # rasters: one operation, finished views (ffcv_raster_ops)
+            self.policy = policy = spectral.spectral_policy(policy)
+            spec = PipelineSpec("image", decoder=raster_ops.RasterViewsDecoder(res, policy, self.key, self.bands,
+                                                                             self.layout, self.views))
+        else:
+            augment = ops.ViewsAugment(res, policy, self.key, manifest.mean, manifest.std, self.layout, self.views)
+            spec = PipelineSpec("image", decoder=ops.ViewsCropDecoder(res, policy, self.key, self.views),
+                                transforms=[augment])
         pipelines = {"image": spec, "label": [IntDecoder()] if self.views == 1 else None}
         self._skip = 0  # whole batches of the epoch's order to leave out (a resume mid-epoch)
         self._loader = _ffcv_loader(_beton(manifest, split), batch_size, workers,
@@ -174,7 +191,7 @@ class FFCVAugLoader:
     def _own(self, out: tuple) -> tuple:
         """The batch, no longer backed by FFCV's slots: views written straight into a CPU slot are
         cloned (one batch), device copies out of a slot are waited for."""
-        if self.layout == K.OUT_U8:
+        if self.device.type == "cuda":
             self._copies.wait()
             return out
         return tuple(t.clone() for t in out)
@@ -216,20 +233,27 @@ class FFCVAugLoader:
         """Per batch: (sample indices, draws), the draws recomputed by fasthpt.data.draws (the
         kernels' numbers, vectorised) from the same keys as the compiled pipeline."""
         order = self.epoch_order(epoch)[start * self.batch_size:]
-        meta = compat.field_metadata(self._loader.reader, "image")
+        heights, widths = self._sizes()
         out = []
         for i in range(0, len(order), self.batch_size):
             idx = order[i: i + self.batch_size]
-            view_draws = draws.view_draws(self.key.seed, epoch, idx, meta["height"][idx], meta["width"][idx],
+            view_draws = draws.view_draws(self.key.seed, epoch, idx, heights[idx], widths[idx],
                                           self.policy, self.res, self.views)
             out.append((torch.from_numpy(np.asarray(idx, dtype=np.int64)),
                         tuple({k: torch.as_tensor(v, dtype=common.DRAW_DTYPES[k]) for k, v in d.items()}
                               for d in view_draws)))
         return out
 
+    def _sizes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every sample's (heights, widths): the image field's metadata, or the raster records' headers."""
+        if self.bands is None:
+            meta = compat.field_metadata(self._loader.reader, "image")
+            return meta["height"], meta["width"]
+        return compat.record_sizes(self._loader.reader, "image")
+
     def _to_views(self, batch: np.ndarray) -> tuple:
         views = []
-        for v in ops.split_views(batch, self.res, self.layout):
+        for v in ops.split_views(batch, self.res, self.layout, self.channels):
             t = self._copies.to_device(v)
             if self.layout == K.OUT_U8:
                 t = _nhwc_u8_to_float(t, self._mean, self._inv_std, self.channels_last)
@@ -257,7 +281,11 @@ class FFCVEvalLoader:
             raise UserError(f"{manifest.root} {split}: no samples for rank {rank} of {world_size}")
         self._mean, self._inv_std = _normalizer(manifest, self.device)
         self._copies = _DeviceCopies(self.device)
-        decoder = ops.CenterCropDecoder(res, common.eval_resize(res))  # the paper's resize 256 / crop 224
+        self.bands = spectral.bands_of(manifest)
+        if self.bands is None:  # the paper's resize 256 / crop 224, uint8, normalised on the device
+            decoder = ops.CenterCropDecoder(res, common.eval_resize(res))
+        else:  # rasters: standardised float32 H x W x C
+            decoder = raster_ops.RasterCenterCropDecoder(res, common.eval_resize(res), self.bands, K.OUT_HWC)
         pipelines = {"image": PipelineSpec("image", decoder=decoder), "label": [IntDecoder()]}
         order = lambda e: indices  # noqa: E731
         self._loader = _ffcv_loader(_beton(manifest, split), batch_size, workers, order, pipelines, False)
@@ -269,12 +297,17 @@ class FFCVEvalLoader:
     def __len__(self) -> int:
         return math.ceil(self._count / self.batch_size)
 
-    def set_epoch(self, epoch: int) -> None:  # no shuffle: nothing depends on the epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:  # no shuffle: nothing depends on the epoch
         pass
 
     def __iter__(self):
         for images, labels in compat.batches(self._loader, self._copies.wait):
-            x = _nhwc_u8_to_float(self._copies.to_device(images), self._mean, self._inv_std, self.channels_last)
+            x = self._copies.to_device(images)
+            if self.bands is None:
+                x = _nhwc_u8_to_float(x, self._mean, self._inv_std, self.channels_last)
+            else:  # a copy out of FFCV's slot (refilled once the next batch is drawn)
+                x = x.permute(0, 3, 1, 2)
+                x = x.clone() if self.channels_last else x.contiguous()
             # a copy: FFCV refills its label buffers once the next batch is drawn, and callers keep labels
             y = torch.tensor(labels.reshape(-1), dtype=torch.int64, device=self.device)
             yield x, y

@@ -254,6 +254,17 @@ def field_metadata(reader: Reader, name: str) -> np.ndarray | None:
     return reader.metadata[f"f{reader.field_names.index(name)}"]
 
 
+def record_sizes(reader: Reader, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(heights, widths) of every sample of the BytesField ``name`` holding fasthpt.raster_format
+    records, from the records' headers (read at the offsets the reader's metadata gives)."""
+    from fasthpt.raster_format import HEADER
+
+    meta = field_metadata(reader, name)
+    data = np.memmap(reader.file_name, dtype=np.uint8, mode="r")
+    heads = [HEADER.unpack(data[int(p): int(p) + HEADER.size].tobytes()) for p in meta["ptr"]]
+    return np.array([h[0] for h in heads], np.int64), np.array([h[1] for h in heads], np.int64)
+
+
 def read_field(path, name: str) -> np.ndarray | None:
     """``field_metadata`` of a .beton file; raises what FFCV raises on a file it cannot read
     (OSError, ValueError, AssertionError)."""

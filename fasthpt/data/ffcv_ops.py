@@ -313,10 +313,10 @@ class ViewsAugment(Operation):
         return compat.with_indices(augment)
 
 
-def split_views(batch: np.ndarray, res: int, layout: int):
+def split_views(batch: np.ndarray, res: int, layout: int, channels: int = 3):
     """The (count, V, ...) slot written view-major -> a tuple of V numpy arrays, no copy:
-    N x 3 x res x res for OUT_CHW, N x res x res x 3 otherwise."""
+    N x C x res x res for OUT_CHW, N x res x res x C otherwise."""
     n, count = batch.shape[0], batch.shape[1]
-    shape = (3, res, res) if layout == K.OUT_CHW else (res, res, 3)
+    shape = (channels, res, res) if layout == K.OUT_CHW else (res, res, channels)
     views = batch.reshape((count, n) + shape)
     return tuple(views[v] for v in range(count))

@@ -29,10 +29,11 @@ import torchvision.transforms.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from fasthpt.data import common
+from fasthpt.data import common, spectral
 from fasthpt.data.policy import AugPolicy
 from fasthpt.errors import UserError
 from fasthpt.manifest import Manifest
+from fasthpt.raster_format import npy_array
 
 BACKEND = "torch"
 
@@ -127,24 +128,22 @@ def eval_view(img: Image.Image, res: int) -> torch.Tensor:
 
 
 class _WdsImages(Dataset):
-    """Random access to the JPEGs of a split; items are addressed as (epoch, index).
+    """Random access to the images of a split (JPEGs, or .npy rasters: fasthpt.data.spectral);
+    items are addressed as (epoch, index).
 
     ``views`` 0: the eval view and the label; 1: one augmented view and the label (the labelled
     loader); 2: two augmented views (SSL). Each augmented item draws its parameters under its own
-    seed (seed, epoch, index)."""
+    seed (seed, epoch, index). Views are uint8 for JPEG data and float32 in stored units for
+    rasters; the loader normalises them on the device."""
 
     def __init__(self, manifest: Manifest, split: str, res: int, policy: AugPolicy | None, seed: int, debug=False,
                  views: int = 2):
-        self.shards = common.split_wds_shards(manifest, split)
-        self.samples = common.index_wds(self.shards)
-        expected = common.split_count(manifest, split)
-        if len(self.samples) != expected:
-            raise UserError(
-                f"{manifest.root}: manifest says {expected} {split} samples, "
-                f"the shards hold {len(self.samples)}; re-run `fasthpt prep`"
-            )
+        self.shards, self.samples = common.wds_samples(manifest, split)
         if policy is not None and views == 1:
             common.require_labels(manifest, split, self.samples)
+        self.bands = spectral.bands_of(manifest)
+        if self.bands is not None and policy is not None:
+            policy = spectral.spectral_policy(policy)
         self.res, self.policy, self.seed, self.debug = res, policy, seed, debug
         self.views = views if policy is not None else 0
         self._handles: dict[int, object] = {}
@@ -159,27 +158,40 @@ class _WdsImages(Dataset):
         for handle in getattr(self, "_handles", {}).values():  # absent if __init__ failed
             handle.close()
 
-    def _image(self, index: int) -> Image.Image:
+    def _image(self, index: int) -> Image.Image | torch.Tensor:
+        """A JPEG sample as an RGB PIL image; a raster as a float32 C x H x W tensor (stored units)."""
         sample = self.samples[index]
         handle = self._handles.get(sample.shard)
         if handle is None:  # opened lazily so that each worker process has its own file handles
             handle = self._handles[sample.shard] = open(self.shards[sample.shard], "rb")
+        data = common.read_bytes(handle, sample)
         try:
-            img = Image.open(io.BytesIO(common.read_bytes(handle, sample)))
-            return img.convert("RGB")
-        except OSError as exc:
+            if self.bands is not None:
+                return spectral.to_tensor(npy_array(data))
+            return Image.open(io.BytesIO(data)).convert("RGB")
+        except (OSError, ValueError) as exc:
             raise UserError(f"cannot decode sample {sample.key} of {self.shards[sample.shard]}: {exc}") from None
+
+    def _views(self, img, params: list[ViewParams]) -> tuple:
+        if self.bands is None:
+            return tuple(apply_view(img, p, self.policy, self.res) for p in params)
+        kernel = moco_kernel(self.policy, self.res)
+        return tuple(spectral.view(img, p.crop, p.jitter, p.factors[0], p.factors[1], p.blur, p.sigma, p.flip,
+                                   self.res, self.bands, kernel) for p in params)
 
     def __getitem__(self, item):
         epoch, index = item
         img = self._image(index)
         label = self.samples[index].label
         if self.views == 0:
+            if self.bands is not None:
+                return spectral.eval_view(img, self.res, common.eval_resize(self.res)), label
             return eval_view(img, self.res), label
+        width, height = img.size if self.bands is None else (img.shape[2], img.shape[1])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(common.epoch_seed(self.seed, epoch, index))
-            params = [draw_params(self.policy, *img.size, self.res) for _ in range(self.views)]
-        views = tuple(apply_view(img, p, self.policy, self.res) for p in params)
+            params = [draw_params(self.policy, width, height, self.res) for _ in range(self.views)]
+        views = self._views(img, params)
         if self.views == 1:
             views += (label,)
         if self.debug:
@@ -240,7 +252,7 @@ class TorchLoader:
     def __init__(self, dataset, plan: _Plan, *, workers, device, channels_last, mean, std, views):
         self.plan, self.device, self.channels_last, self.views = plan, device, channels_last, views
         self.num_samples = len(plan) * plan.batch_size if plan.drop_last else plan.count
-        shape = (1, 3, 1, 1)
+        shape = (1, len(mean), 1, 1)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(shape)
         self.std = torch.tensor(std, dtype=torch.float32, device=device).view(shape)
         self.loader = DataLoader(
@@ -288,11 +300,21 @@ class TorchLoader:
             yield common.DebugBatch.of(out, max(self.views, 1), *extras) if extras else out
 
 
-def _loader(dataset, indices_for_epoch, *, batch_size, workers, device, drop_last, channels_last, manifest, what):
+def dataset_loader(dataset, indices_for_epoch, *, batch_size, workers, device, drop_last, channels_last, mean, std,
+                   what) -> TorchLoader:
+    """A TorchLoader over any dataset with a ``views`` attribute whose items are addressed as
+    (epoch, index) (this module's, or fasthpt.image_folder's folder of files), normalised with
+    ``mean``/``std``; ``indices_for_epoch(epoch)``: the sample indices of an epoch, in order."""
     plan = _Plan(indices_for_epoch, batch_size, drop_last)
     common.check_batch(batch_size, plan.count, drop_last, what)
-    return TorchLoader(dataset, plan, workers=workers, device=device, channels_last=channels_last,
-                       mean=manifest.mean, std=manifest.std, views=dataset.views)
+    return TorchLoader(dataset, plan, workers=workers, device=device, channels_last=channels_last, mean=mean,
+                       std=std, views=dataset.views)
+
+
+def _loader(dataset, indices_for_epoch, *, batch_size, workers, device, drop_last, channels_last, manifest, what):
+    return dataset_loader(dataset, indices_for_epoch, batch_size=batch_size, workers=workers, device=device,
+                          drop_last=drop_last, channels_last=channels_last, mean=manifest.mean, std=manifest.std,
+                          what=what)
 
 
 def build_ssl_loader(manifest: Manifest, *, split, res, batch_size, policy, workers, device, seed, rank,

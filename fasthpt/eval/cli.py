@@ -15,8 +15,9 @@ from fasthpt.data import BACKEND_CHOICES
 
 def _common(p: argparse.ArgumentParser, batch: int) -> None:
     p.add_argument("--backbone", required=True,
-                   help="checkpoint (fasthpt backbone.pt, torchvision state_dict, MoCo release, Composer "
-                   "checkpoint) or 'random' (random init: the floor)")
+                   help="a run folder (runs/<name>: its backbone.pt), a checkpoint (fasthpt backbone.pt, torchvision "
+                   "or timm state_dict, .safetensors, MoCo release, Composer checkpoint) or 'random' (random init: "
+                   "the floor)")
     p.add_argument("--data", required=True,
                    help="a folder written by `fasthpt prep` with train, val and test splits (holds manifest.json)")
     p.add_argument("--trust-checkpoint", action="store_true",
@@ -24,7 +25,7 @@ def _common(p: argparse.ArgumentParser, batch: int) -> None:
                    "any code the file names, so only for files from a source you trust")
     p.add_argument("--arch", default=None,
                    help=f"architecture ({', '.join(ARCH_NAMES)}): needed for 'random', else checked")
-    p.add_argument("--res", type=int, default=224,
+    p.add_argument("--res", type=_positive, default=224,
                    help="eval side: resize to RES*256/224 + center crop RES; train crops are RES (paper: 224)")
     p.add_argument("--batch-size", type=int, default=batch, help=f"per step (default {batch})")
     p.add_argument("--workers", type=int, default=2)
@@ -45,6 +46,17 @@ def _cache(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None,
                    help="feature cache folder (default DATA/.cache/features, else ~/.cache/fasthpt/features)")
     p.add_argument("--no-cache", action="store_true", help="always re-extract features, write no cache")
+
+
+def _positive(text: str) -> int:
+    """A positive integer (argparse type): --res 0 has no pixels to resize to."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of pixels, got {text!r}")
+    return value
 
 
 def _numbers(kind):

@@ -12,15 +12,17 @@ import hashlib
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from fasthpt import feature_cache
 from fasthpt.config import ARCH_NAMES
 from fasthpt.device import available_device
 from fasthpt.errors import UserError
+from fasthpt.eval.checks import check_features, check_labels, check_res, check_task, outside_classes
 from fasthpt.fileio import append_jsonl, atomic_torch_save, run_metadata
 from fasthpt.manifest import MANIFEST, Manifest, load_manifest
 
@@ -36,9 +38,16 @@ class Backbone:
     """A resolved backbone: the module (images -> N x D), where it came from, and its fingerprint."""
 
     module: nn.Module
-    source: str  # the path or spec given, or IN_MEMORY
+    source: str  # the path or spec given (a run folder's backbone.pt), or IN_MEMORY
     fingerprint: str  # sha256 hex of the checkpoint file, or of the state_dict bytes
     arch: str | None = None
+    missing: list[str] = field(default_factory=list)  # tensors left at random init (allow_missing only)
+    conv1: tuple[str, str] | None = None  # (strategy, what it did) when conv1 was adapted to the data's bands
+
+    @property
+    def in_chans(self) -> int:
+        """The input bands its conv1 takes."""
+        return int(self.module.conv1.in_channels)
 
     @property
     def num_features(self) -> int:
@@ -100,37 +109,56 @@ def sha256_state_dict(module: nn.Module) -> str:
 
 
 def resolve_backbone(backbone: str | nn.Module, arch: str | None = None, seed: int = 0,
-                     trust: bool = False) -> Backbone:
-    """A path / spec through the project's one backbone loader, or an in-memory module as is.
+                     trust: bool = False, allow_missing: bool = False, data: Dataset | None = None) -> Backbone:
+    """A path / spec through the project's one backbone loader, or an in-memory module as is: what
+    every command (eval, export, embed) takes as a backbone.
 
     ``random`` / ``none``: random init of ``arch`` under ``seed`` (repeatable, so its features can
-    be cached); ``torchvision:NAME``: weights from the local torch hub cache; else a checkpoint file,
-    read without running code it pickles unless ``trust`` (``--trust-checkpoint``).
+    be cached); ``torchvision:NAME``: weights from the local torch hub cache; a run folder: its
+    backbone.pt; else a checkpoint file (torch or safetensors), read without running code it
+    pickles unless ``trust`` (``--trust-checkpoint``). A checkpoint that leaves backbone tensors at
+    random init (a whole stage missing) is refused unless ``allow_missing``; they are then listed.
+    ``data``: the dataset it will read: a backbone whose conv1 takes another band count than the
+    data's is adapted as pretraining would adapt it (hpt.conv1's default rule), and a note says so;
+    without ``data`` it loads as it is.
     """
     if isinstance(backbone, nn.Module):
         return Backbone(backbone, IN_MEMORY, sha256_state_dict(backbone), arch)
     spec = str(backbone)
-    from fasthpt.models.backbones import load_backbone  # lazy: torchvision and the checkpoint formats
+    from fasthpt.models.backbones import load_backbone, missing_tensors  # lazy: torchvision, checkpoint formats
+    from fasthpt.run_folder import run_backbone
 
     if spec in ("random", "none"):
         if arch is None:
             raise UserError(f"--backbone {spec} needs --arch ({', '.join(ARCH_NAMES)})")
+    elif Path(spec).is_dir():
+        spec = str(run_backbone(Path(spec)))
     elif not spec.startswith("torchvision:") and not Path(spec).is_file():
-        raise UserError(f"backbone checkpoint not found: {spec}")
+        raise UserError(f"backbone checkpoint not found: {spec} (give a run folder, a checkpoint file, "
+                        "torchvision:NAME or random)")
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG state
         torch.manual_seed(seed)
-        module, report = load_backbone(spec, arch=arch, trust=trust, arch_key="--arch")
+        bands = ({"in_chans": None} if data is None else
+                 {"in_chans": data.manifest.bands, "band_names": data.manifest.band_names})
+        module, report = load_backbone(spec, arch=arch, trust=trust, arch_key="--arch", **bands)
+    adapted = getattr(report, "conv1_how", "") and report.conv1 not in ("as is", "random")
+    if adapted:
+        print(f"note: backbone {spec}: conv1 {report.conv1_how} (the data has {report.in_chans} bands)",
+              file=sys.stderr)
+    missing = missing_tensors(module, report, spec, allow_missing, "give a complete checkpoint")
     is_file = Path(spec).is_file()
     fingerprint = sha256_file(Path(spec)) if is_file else sha256_state_dict(module)
-    return Backbone(module, spec, fingerprint, getattr(report, "arch", arch))
+    return Backbone(module, spec, fingerprint, getattr(report, "arch", arch), missing,
+                    (report.conv1, report.conv1_how) if adapted else None)
 
 
 def frozen_setup(backbone, data, *, arch, seed, device, res, batch_size, workers, backend, cache_dir, use_cache,
                  progress, trust=False):
     """What the frozen-feature protocols (kNN, linear) share: the dataset (with its test split), the
     backbone, where to run it, and the keyword arguments of ``cached_features``."""
+    check_res(res)
     ds = resolve_protocol_data(data)
-    bb = resolve_backbone(backbone, arch, seed, trust)
+    bb = resolve_backbone(backbone, arch, seed, trust, data=ds)
     dev = module_device(bb, device)
     feats = dict(res=res, batch_size=batch_size, workers=workers, device=dev, backend=backend,
                  cache_dir=cache_dir, use_cache=use_cache, progress=progress)
@@ -148,6 +176,7 @@ def resolve_protocol_data(data: str | os.PathLike) -> Dataset:
     ds = resolve_data(data)
     for split in ("train", "val", "test"):
         ds.manifest.count(split)  # UserError naming the split (and, for test, how to get one)
+    check_task(ds)
     return ds
 
 
@@ -221,7 +250,7 @@ def clamp_batch(batch_size: int, available: int, what: str, notices: list, quiet
 
 def default_cache_dir(data: Dataset) -> Path:
     """<data>/.cache/features when the data folder is writable, else ~/.cache/fasthpt/features."""
-    local = data.root / ".cache" / "features"
+    local = data.root.joinpath(*feature_cache.FOLDER)
     try:
         local.mkdir(parents=True, exist_ok=True)
         if os.access(local, os.W_OK):
@@ -248,16 +277,16 @@ def cached_features(
     path = cache_path(backbone, data, split, res=res, device=device, backend=backend, cache_dir=cache_dir,
                       use_cache=use_cache)
     if path is not None and path.is_file():
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-            return blob["features"], blob["labels"], True
-        except Exception:  # a truncated or foreign file: recompute and overwrite it
-            pass
+        cached = _read_cache(path, data)
+        if cached is not None:
+            return *cached, True
     loader = eval_loader(data, split, res, batch_size, workers, device, backend)
     module = place(backbone, device)
     with autocast(device):
         feats, labels = extract_features(module, loader, device=device, progress=progress, desc=f"features {split}",
                                          forecast=forecast)
+    check_features(feats, backbone.source, split)
+    check_labels(labels, data, split)
     if path is not None:
         try:  # the cache only saves time: a full disk or an unwritable default folder must not cost the result
             atomic_torch_save({"features": feats, "labels": labels}, path)
@@ -266,12 +295,26 @@ def cached_features(
     return feats, labels, False
 
 
+def _read_cache(path: Path, data: Dataset) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The cached (features, labels), or None for a file that is truncated, foreign or holds what
+    extraction would have refused (NaN, labels outside the classes): then it is recomputed."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        feats, labels = blob["features"], blob["labels"]
+        if (feats.ndim == 2 and labels.ndim == 1 and len(feats) == len(labels) and bool(torch.isfinite(feats).all())
+                and not outside_classes(labels, data.manifest.num_classes).any()):
+            return feats, labels
+    except Exception:  # noqa: BLE001 - any unreadable cache file is recomputed and overwritten
+        pass
+    return None
+
+
 def cache_path(backbone: Backbone, data: Dataset, split: str, *, res: int, device: torch.device, backend: str = "auto",
                cache_dir: Path | None = None, use_cache: bool = True, **_) -> Path | None:
     """Where ``cached_features`` keeps one split's features (None without a cache)."""
     if not use_cache:
         return None
-    key = f"{backbone.fingerprint[:16]}-{data.fingerprint[:12]}-{split}-r{res}-{backend}-{device.type}.pt"
+    key = feature_cache.file_name(backbone.fingerprint, data.fingerprint, split, res, backend, device.type)
     return (Path(cache_dir) if cache_dir else default_cache_dir(data)) / key
 
 
@@ -285,12 +328,12 @@ def check_outputs(json_path=None, cache_dir=None, use_cache: bool = True) -> Non
     """Refuse, before any work, the outputs that could otherwise only fail once a result exists:
     a ``--json`` that is a folder or cannot be created or appended to, an unwritable ``--cache-dir``."""
     if json_path:
-        _check_writable(Path(json_path), "--json", folder=False)
+        check_writable(Path(json_path), "--json", folder=False)
     if cache_dir and use_cache:
-        _check_writable(Path(cache_dir), "--cache-dir", folder=True)
+        check_writable(Path(cache_dir), "--cache-dir", folder=True)
 
 
-def _check_writable(path: Path, flag: str, folder: bool) -> None:
+def check_writable(path: Path, flag: str, folder: bool) -> None:
     """``path`` (a file, or a folder when ``folder``) exists with the right kind and is writable, or
     its nearest existing ancestor is a folder in which it can be created (nothing is created here)."""
     want, other = ("folder", "file") if folder else ("file", "folder")

@@ -247,7 +247,7 @@ def run_finetune(
     ds = common.resolve_protocol_data(data)
     subset, chosen = choose_subset(ds, labels, labels_file, subset_seed)
     k = len(subset)
-    bb = common.resolve_backbone(backbone, arch, seed, trust)
+    bb = common.resolve_backbone(backbone, arch, seed, trust, data=ds)
     dev = common.module_device(bb, device)
     work = bb
     if bb.source == common.IN_MEMORY:  # fine-tune a copy: the caller's model stays as it was

@@ -7,13 +7,26 @@ small grid (K_GRID x T_GRID), and test is reported with that choice; the result 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+
+from fasthpt.eval.checks import check_label_range, coverage
 
 # The grid (k, t) is chosen on: k from DINO's eval_knn.py (nb_knn 10, 20, 100, 200), t around the
 # 0.07 of Wu et al. 2018 (InstDisc) and DINO.
 K_GRID = (10, 20, 100, 200)
 T_GRID = (0.02, 0.05, 0.07, 0.1, 0.2)
+
+
+def vote_weights(sim: torch.Tensor, t: float) -> torch.Tensor:
+    """exp(sim / t) of each query's neighbours (sim: M x k, sorted descending as topk gives it),
+    divided by the largest: exp((sim - max) / t) lies in (0, 1], so no temperature overflows it
+    (exp(1 / 0.001) is inf in float32, and inf votes tie every class). Dividing a query's votes by
+    one number changes none of its class rankings. In float64: a t below float32's smallest number
+    (1e-45) would become 0 there, and 0 / 0 is NaN."""
+    return ((sim - sim[:, :1]).double() / t).exp().to(sim.dtype)
 
 
 @torch.no_grad()
@@ -26,19 +39,22 @@ def knn_predict(
     t: float = 0.07,
     chunk: int = 1024,
 ) -> torch.Tensor:
-    """Class scores for each query.
+    """Class scores for each query: the sum of exp(sim / t) over its k neighbours of each class,
+    divided by exp(s_max / t) of the query's nearest one (vote_weights: the same ranking, finite
+    at any t).
 
     train_feats: N x D, train_labels: N (int64), query_feats: M x D -> scores M x num_classes.
     Features are L2-normalised here; similarity is cosine. Queries are processed in chunks so the
     M x N similarity matrix never needs to exist whole.
     """
+    check_label_range(train_labels, num_classes, "the train split")
     train = F.normalize(train_feats.float(), dim=1)
     k = min(k, train.shape[0])
     out = []
     for start in range(0, query_feats.shape[0], chunk):
         q = F.normalize(query_feats[start : start + chunk].float(), dim=1)
         sim, idx = (q @ train.T).topk(k, dim=1)  # M x k
-        weights = (sim / t).exp()
+        weights = vote_weights(sim, t)
         votes = torch.zeros(q.shape[0], num_classes, device=q.device)
         votes.scatter_add_(1, train_labels[idx], weights)
         out.append(votes)
@@ -58,6 +74,7 @@ def knn_grid_accuracy(train_feats, train_labels, query_feats, query_labels, num_
                       chunk: int = 1024) -> torch.Tensor:
     """Top-1 accuracy (0..1) of weighted cosine kNN for every (k, t) of a grid: len(ks) x len(ts).
     One similarity pass: the top max(ks) neighbours of each query serve every k (topk is sorted)."""
+    check_label_range(train_labels, num_classes, "the train split")
     train = F.normalize(train_feats.float(), dim=1)
     ks = [min(k, train.shape[0]) for k in ks]
     correct = torch.zeros(len(ks), len(ts))
@@ -67,7 +84,7 @@ def knn_grid_accuracy(train_feats, train_labels, query_feats, query_labels, num_
         sim, idx = (q @ train.T).topk(max(ks), dim=1)
         neighbours = train_labels[idx]
         for j, t in enumerate(ts):
-            weights = (sim / t).exp()
+            weights = vote_weights(sim, t)
             for i, k in enumerate(ks):
                 votes = torch.zeros(q.shape[0], num_classes, device=q.device)
                 votes.scatter_add_(1, neighbours[:, :k], weights[:, :k])
@@ -97,14 +114,14 @@ def run_knn(
     from fasthpt.eval import common, paper  # lazy: the training monitor imports only knn_accuracy
 
     ks_requested, ts = _grid(k, K_GRID), _grid(t, T_GRID)
-    if not ks_requested or not ts or min(ks_requested) < 1 or min(ts) <= 0:
-        raise common.UserError(f"kNN needs k >= 1 and t > 0, got k={ks_requested}, t={ts}")
+    if not ks_requested or not ts or min(ks_requested) < 1 or not all(math.isfinite(v) and v > 0 for v in ts):
+        raise common.UserError(f"kNN needs k >= 1 and a finite t > 0, got k={ks_requested}, t={ts}")
     common.check_outputs(json_path, cache_dir, use_cache)
     t0 = time.perf_counter()
     ds, bb, dev, opts = common.frozen_setup(
         backbone, data, arch=arch, seed=seed, device=device, res=res, batch_size=batch_size, workers=workers,
         backend=backend, cache_dir=cache_dir, use_cache=use_cache, progress=progress, trust=trust)
-    notices = []
+    notices = [common.note(m, quiet) for m in coverage(ds)]
     n_train = ds.manifest.count("train")
     ks = _usable_ks(ks_requested, n_train, notices, quiet)
     fc = _forecast(bb, ds, dev, opts, notices, quiet, runs=estimate_runs)

@@ -16,6 +16,7 @@ no augmentation).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fasthpt.eval import common, paper
+from fasthpt.eval import checks, common, paper
 from fasthpt.eval.selection import Curves
 
 PAPER_LR = 30.0  # for a batch of 512 (MoCo main_lincls, the authors' linear-eval-lr-s0.py)
@@ -82,6 +83,7 @@ def train_linear(
         for group in opt.param_groups:
             group["lr"] = common.step_lr(lr, it - 1, iters, LR_GAMMA)
         x, y = next(batches)
+        checks.check_label_range(y, num_classes, "the train split")
         loss = F.cross_entropy(head(x.to(device).float()), y.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -116,13 +118,13 @@ def run_linear(
     caller will make (seeds), for the up-front CPU time estimate (0: none).
     """
     t0 = time.perf_counter()
-    if min(iters, batch_size, eval_every) < 1 or lr <= 0:
+    if min(iters, batch_size, eval_every) < 1 or not (math.isfinite(lr) and lr > 0):
         raise common.UserError("--iters, --batch-size, --eval-every and --lr must be positive")
     common.check_outputs(json_path, cache_dir, use_cache)
     ds, bb, dev, feats = common.frozen_setup(
         backbone, data, arch=arch, seed=seed, device=device, res=res, batch_size=batch_size, workers=workers,
         backend=backend, cache_dir=cache_dir, use_cache=use_cache, progress=progress, trust=trust)
-    notices = []
+    notices = [common.note(m, quiet) for m in checks.coverage(ds)]
     n_train = ds.manifest.count("train")
     batch = common.clamp_batch(batch_size, n_train, "train images", notices, quiet)
     fc = _forecast(bb, ds, dev, feats, notices, quiet, iters=iters, batch=batch, precomputed=precomputed,

@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from fasthpt.errors import UserError
+from fasthpt.names import check_name
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 PREFIX = "embedded:"
@@ -32,7 +33,7 @@ def resolve(spec: str) -> tuple[str, dict | None]:
     """(checkpoint path, its recipe) for ``embedded:NAME``; (spec, None) for any other spec."""
     if not spec.startswith(PREFIX):
         return spec, None
-    name = spec[len(PREFIX):]
+    name = check_name(f"{PREFIX}NAME", spec[len(PREFIX):], f" (a base shipped in {ASSETS})")
     path, recipe = ASSETS / f"{name}.pt", ASSETS / f"{name}.json"
     rebuild = f"rebuild it with `fasthpt demo --build-base {path}` (make demo-base)"
     if not path.is_file() or not recipe.is_file():

@@ -14,7 +14,8 @@ from typing import List, Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from fasthpt.errors import UserError
+from fasthpt.errors import UserError, shown
+from fasthpt.names import check_name
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 STUDIES = ("augmentation", "data")
@@ -148,7 +149,7 @@ def load_preset(path: str | Path, overrides: Optional[list[str]] = None) -> Demo
         merged = OmegaConf.merge(schema, OmegaConf.load(path))
         for item in overrides or []:
             if "=" not in item:
-                raise UserError(f"overrides must be key=value, got {item!r}")
+                raise UserError(f"overrides must be key=value, got {shown(item)}")
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
@@ -167,7 +168,7 @@ def validate(cfg: DemoConfig) -> DemoConfig:
         (0 <= g.plateau_tol < 1, f"grid.plateau_tol is an accuracy gain in 0..1, got {g.plateau_tol}"),
         (g.plateau_steps >= 1, f"grid.plateau_steps must be >= 1, got {g.plateau_steps}"),
         (all(b >= 1 for b in g.hpt + g.hpt_bn), "grid.hpt and grid.hpt_bn budgets must be >= 1"),
-        (e.metric in ("knn", "linear"), f"eval.metric must be knn or linear, got {e.metric!r}"),
+        (e.metric in ("knn", "linear"), f"eval.metric must be knn or linear, got {shown(e.metric)}"),
         (bool(e.knn_k) and bool(e.knn_t), "eval.knn_k and eval.knn_t need at least one value each"),
         (e.backend in ("", *BACKEND_CHOICES), f"eval.backend must be empty (pretrain.backend) or one of "
                                                 f"{', '.join(BACKEND_CHOICES)}, got {e.backend!r}"),
@@ -179,11 +180,13 @@ def validate(cfg: DemoConfig) -> DemoConfig:
     for ok, message in checks:
         if not ok:
             raise UserError(message)
+    # the name becomes folder names: runs/demo-NAME, DATA/demo-NAME
+    check_name("preset key 'name'", cfg.name, "; --out and --data choose where the demo writes")
     from fasthpt.data.policy import PRESETS
 
     bad = [p for p in cfg.study.policies if p not in PRESETS]
     if bad:
-        raise UserError(f"study.policies: unknown policy {bad[0]!r}; valid: {', '.join(PRESETS)}")
+        raise UserError(f"study.policies: unknown policy {shown(bad[0])}; valid: {', '.join(PRESETS)}")
     return cfg
 
 

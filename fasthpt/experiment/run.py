@@ -98,7 +98,7 @@ class Experiment:
         from fasthpt.models.backbones import load_backbone, save_backbone
 
         path, self.base_result = resolve(self.cfg.base.checkpoint)
-        model, report = load_backbone(path, trust=self.cfg.base.trust_checkpoint)
+        model, report = load_backbone(path, trust=self.cfg.base.trust_checkpoint, in_chans=None)
         if self.cfg.pretrain.arch != report.arch:
             self.say(f"base {self.cfg.base.checkpoint} is a {report.arch}: every run uses it")
             self.cfg.pretrain.arch = report.arch

@@ -168,11 +168,16 @@ class LoadReport:
         )
 
 
+def backbone_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s weights and buffers in torchvision's layout, no ``fc``: CPU tensors of their own
+    (contiguous, sharing no storage), as torch.save and safetensors both write them."""
+    return {k: v.detach().cpu().contiguous().clone() for k, v in _plain_state_dict(model).items()
+            if not k.startswith("fc.")}
+
+
 def save_backbone(model: nn.Module, path: str | Path) -> Path:
     """Write ``model``'s state_dict (torchvision layout, no ``fc``) to ``path`` atomically."""
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in _plain_state_dict(model).items()
-             if not k.startswith("fc.")}
-    return atomic_torch_save(state, path)
+    return atomic_torch_save(backbone_state(model), path)
 
 
 def _plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -193,32 +198,40 @@ def _plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def load_backbone(spec: str, arch: str | None = None, *, trust: bool = False, arch_key: str = "model.arch",
-                  in_chans: int = 3, band_names=None, conv1: str = "auto") -> tuple[nn.Module, LoadReport]:
+                  in_chans: int | None = 3, band_names=None, conv1: str = "auto") -> tuple[nn.Module, LoadReport]:
     """Build a backbone and load base weights from ``spec``.
 
     spec: ``none`` / ``random`` (random init of ``arch``), ``torchvision:NAME`` (from the local
-    torch hub cache only), or a file: a torchvision / timm / fasthpt ``backbone.pt`` state_dict,
+    torch hub cache only), a run folder (its backbone.pt), or a file (torch or safetensors): a
+    torchvision / timm / fasthpt ``backbone.pt`` state_dict,
     the official MoCo release (``state_dict`` with ``module.encoder_q.`` keys; its MLP ``fc`` is
     dropped) or a Composer checkpoint of a fasthpt run (its query backbone). The architecture is
     inferred from key names and shapes; if ``arch`` is given and differs, that is a UserError
     whose hint names ``arch_key``, the user's knob (``model.arch`` in a config, ``--arch`` on a
     command line). Files are read without running code they pickle unless ``trust``; a base
     holding NaN / inf is refused. ``in_chans``: the data's bands; a base whose conv1 takes another
-    number of channels has it adapted by ``conv1`` (adapt_conv1; ``band_names`` name the data's bands).
+    number of channels has it adapted by ``conv1`` (adapt_conv1; ``band_names`` name the data's bands);
+    None: the base's own channel count (3 for a random init), loaded as it is.
     """
     from fasthpt.models import checkpoint_formats as fmt
 
     if spec in ("none", "random", ""):
         if arch is None:
             raise UserError(f"base 'none' needs an architecture ({arch_key})")
+        in_chans = 3 if in_chans is None else in_chans
         model = build_backbone(arch, in_chans)
         return model, LoadReport(source=spec or "none", format="random", arch=arch, missing=[], in_chans=in_chans,
                                  conv1="random")
+    if Path(spec).is_dir():
+        from fasthpt.run_folder import run_backbone
+
+        spec = str(run_backbone(Path(spec)))
     state, kind = fmt.read_state(spec, trust)
     state, dropped = fmt.to_backbone_keys(state, spec)
     fmt.check_finite(state, spec)
     stem = state.get(fmt.STEM)
     base_chans = stem.shape[1] if torch.is_tensor(stem) and stem.ndim == 4 else 3
+    in_chans = base_chans if in_chans is None else in_chans
     found = fmt.infer_arch(state, {name: _reference_shapes(name, base_chans) for name in ARCHS})
     if arch is not None and found is not None and found != arch:
         fix = f"{arch_key} {found}" if arch_key.startswith("--") else f"{arch_key}={found}"
@@ -241,6 +254,29 @@ def load_backbone(spec: str, arch: str | None = None, *, trust: bool = False, ar
             shown = ", ".join(keys[:8]) + (" ..." if len(keys) > 8 else "")
             log.warning("base %s: %d %s keys: %s", spec, len(keys), name, shown)
     return model, report
+
+
+def missing_summary(missing: list[str], module: nn.Module) -> str:
+    """'all of layer4; bn1.weight' for missing tensor names: a top-level part of the network named
+    once when all of it is missing, other names listed (the first few)."""
+    parts: dict[str, list[str]] = {}
+    for key in module.state_dict():
+        parts.setdefault(key.split(".")[0], []).append(key)
+    whole = [p for p, keys in parts.items() if all(k in missing or k.endswith("num_batches_tracked") for k in keys)]
+    rest = [k for k in missing if k.split(".")[0] not in whole]
+    shown = [f"all of {p}" for p in whole] + rest[:4] + ([f"{len(rest) - 4} more"] if len(rest) > 4 else [])
+    return "; ".join(shown)
+
+
+def missing_tensors(module: nn.Module, report: LoadReport, spec: str, allow: bool, fix: str) -> list[str]:
+    """The backbone tensors ``spec`` did not hold (left at random init); refused in one line naming
+    them unless ``allow`` (``fix``: how the user allows it, or what to give instead)."""
+    counted = [k for k in module.state_dict() if not k.endswith("num_batches_tracked")]  # a counter, unused in eval
+    missing = [k for k in report.missing if k in counted]
+    if missing and not allow:
+        raise UserError(f"backbone {spec} lacks {len(missing)} of the {len(counted)} tensors of a {report.arch} "
+                        f"({missing_summary(missing, module)}): they would stay at random init; {fix}")
+    return missing
 
 
 _SHAPES: dict[str, dict[str, tuple]] = {}

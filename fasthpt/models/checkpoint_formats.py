@@ -3,11 +3,15 @@
 Formats: torchvision / timm ResNet state_dicts (same key names), fasthpt ``backbone.pt``, the
 official MoCo release (``{"state_dict": {"module.encoder_q.conv1.weight": ...}}``, MLP head in
 ``fc.0`` / ``fc.2``), a Composer checkpoint of a fasthpt run (``{"state": {"model": {...
-"moco.encoder_q.backbone.conv1.weight" ...}}}``) and ``torchvision:NAME`` from the local hub cache.
+"moco.encoder_q.backbone.conv1.weight" ...}}}``), ``.safetensors`` files (timm's and the Hugging
+Face hub's format, `fasthpt export --to safetensors`; told by their header, whatever their name)
+and ``torchvision:NAME`` from the local hub cache.
 
-Checkpoints come from the internet, and unpickling runs any callable a file names: every file is
-read with ``weights_only=True`` plus an allow-list of the data-only types Composer stores; anything
-else is refused unless the user opts in (``--trust-checkpoint`` / ``hpt.trust_checkpoint=true``).
+Checkpoints come from the internet, and unpickling runs any callable a file names: every torch file
+is read with ``weights_only=True`` plus an allow-list of the data-only types Composer stores;
+anything else is refused unless the user opts in (``--trust-checkpoint`` /
+``hpt.trust_checkpoint=true``). A safetensors file holds tensors and a JSON header only, and is read
+as such: no opt-in applies or is needed.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ def read_state(spec: str, trust: bool = False) -> tuple[dict, str]:
     path = Path(spec)
     if not path.is_file():
         raise UserError(f"base checkpoint not found: {path} (give a file, torchvision:NAME or none)")
+    if is_safetensors(path):
+        return read_safetensors(path), "safetensors"
     obj = _torch_load(path, trust)
     release = torchvision_release(path.name)
     if release:  # a torchvision release file under its own name: say which weights it holds
@@ -48,6 +54,35 @@ def read_state(spec: str, trust: bool = False) -> tuple[dict, str]:
     if isinstance(obj, dict) and any(torch.is_tensor(v) for v in obj.values()):
         return obj, "state_dict"
     raise UserError(f"{path}: not a state_dict or a known checkpoint layout")
+
+
+# A safetensors file: an 8-byte little-endian header length, then that many bytes of JSON (an
+# object: "{"), then the tensor data (github.com/huggingface/safetensors, "Format").
+_SAFETENSORS_MAX_HEADER = 100 << 20  # the library's own limit on the header
+
+
+def is_safetensors(path: Path) -> bool:
+    """Whether ``path`` starts like a safetensors file (or is named like one)."""
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if len(head) == 9:
+        size = int.from_bytes(head[:8], "little")
+        if head[8:9] == b"{" and 2 <= size <= min(_SAFETENSORS_MAX_HEADER, path.stat().st_size - 8):
+            return True
+    return path.suffix.lower() == ".safetensors"
+
+
+def read_safetensors(path: Path) -> dict:
+    """Every tensor of a safetensors file, on the CPU (no code runs: the format holds none)."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise UserError(f"{path}: reading .safetensors needs the safetensors package: pip install safetensors") \
+            from None
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as exc:  # noqa: BLE001 - safetensors' own error type: a damaged or foreign file
+        raise UserError(f"{path}: cannot be read as a safetensors file ({_first_line(exc)})") from None
 
 
 def _composer_safe_globals() -> list:
@@ -180,22 +215,37 @@ def _backbone_prefix(state: dict, spec: str) -> str:
 
 
 def check_finite(state: dict, spec: str) -> None:
-    """Refuse a base whose floating-point tensors hold NaN or inf: training from it can only give
-    a non-finite loss, which would then look like a learning-rate problem."""
+    """Refuse a base whose floating-point tensors hold NaN or inf, or a BatchNorm running variance
+    below zero (a mean of squares: no training makes one; normalising by its square root gives NaN
+    features, which would then pass for a learning-rate problem or a chance-level result)."""
     floats = {k: v for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()}
     bad = {k: n for k, v in floats.items() if (n := int((~torch.isfinite(v)).sum()))}
     if bad:
         raise UserError(f"base {spec}: {sum(bad.values())} NaN/inf values in {len(bad)} tensors (first: "
                         f"{next(iter(bad))}); the checkpoint is damaged, pick another base")
+    negative = {k: n for k, v in floats.items() if k.endswith("running_var") and (n := int((v < 0).sum()))}
+    if negative:
+        raise UserError(f"base {spec}: {sum(negative.values())} negative BatchNorm running variances in "
+                        f"{len(negative)} tensors (first: {next(iter(negative))}); a variance cannot be negative: "
+                        "the checkpoint is damaged, pick another base")
 
 
 def infer_arch(state: dict, references: dict[str, dict[str, tuple]]) -> str | None:
     """The architecture whose every tensor (num_batches_tracked aside: old checkpoints lack it) is
-    present in ``state`` with the same shape, and which uses most of ``state``; None if none fits."""
+    present in ``state`` with the same shape, and which uses most of ``state``; else the one that
+    ``state`` fits in part (every tensor they share has its shape, the stem and most of the rest
+    present), so that what is missing can be named; None if none fits."""
+    partial = []
     for arch, shapes in references.items():
         needed = {k: s for k, s in shapes.items() if not k.endswith("num_batches_tracked")}
-        if all(k in state and tuple(state[k].shape) == s for k, s in needed.items()):
-            extra = [k for k in state if k not in shapes]
-            if len(extra) <= len(state) // 10:
-                return arch
-    return None
+        extra = [k for k in state if k not in shapes]
+        if len(extra) > len(state) // 10:
+            continue
+        shared = [k for k in needed if k in state]
+        if any(tuple(state[k].shape) != needed[k] for k in shared):
+            continue
+        if len(shared) == len(needed):
+            return arch
+        if STEM in state and len(shared) >= len(needed) // 2:
+            partial.append((len(shared), arch))
+    return max(partial)[1] if partial else None

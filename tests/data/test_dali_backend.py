@@ -102,6 +102,32 @@ def test_hue_shifts_like_torchvision(h):
         assert abs((got.astype(float) @ luma).mean() - (img.astype(float) @ luma).mean()) < 3.0
 
 
+def test_the_colour_pass_against_torchvisions_colorjitter_on_the_policys_draws():
+    """The difference of DALI's colour pass from torchvision's ColorJitter (the authors'), measured on
+    60 draws of the default policy (hue +-0.4, factors 0.6-1.4, ColorJitter's drawn op order) over
+    photo-like images (the embedded `natural` generator). Brightness, contrast and saturation agree
+    to ~1.5 levels of 255 on average (one affine pass vs torchvision's clamp after each op); the hue
+    is a YIQ rotation where torchvision shifts hue in HSV: ~6 levels on average, ~20 at the 95th
+    percentile (measured 6.35 / 20.2 on 2026-12-07). The bounds below are those figures with margin:
+    a change in either op shows here. The `ffcv` backend applies torchvision's ops (to float rounding)."""
+    from dataprep.synthetic import get_generator
+    from fasthpt.data import draws
+
+    gen = get_generator("natural", 60, 48)
+    images = [gen.render(i)[0] for i in range(60)]
+    d = draws.view_draws(0, 0, np.arange(60), np.full(60, 48), np.full(60, 48), db.AugPolicy(), 32, 1)[0]
+    errors = {"no_hue": [], "hue": []}
+    for j, img in enumerate(images):
+        b, c, s, h = d["factors"][j]
+        for name, f in (("no_hue", (b, c, s, 0.0)), ("hue", (1.0, 1.0, 1.0, h))):
+            got = db.apply_fixed([img], "colour", b=f[0], c=f[1], s=f[2], h=f[3])[0]
+            ref = tb.op_jitter(Image.fromarray(img), f, tuple(d["order"][j]))
+            errors[name].append(diff(got, ref)[0])
+    no_hue, hue = np.array(errors["no_hue"]), np.array(errors["hue"])
+    assert no_hue.mean() < 2.5 and np.percentile(no_hue, 95) < 4, (no_hue.mean(), np.percentile(no_hue, 95))
+    assert 2 < hue.mean() < 10 and np.percentile(hue, 95) < 30, (hue.mean(), np.percentile(hue, 95))
+
+
 def test_colour_matrix_twin_matches_pipeline():
     """The NumPy twin (used to reason about the pass) equals the in-graph transform, jitter + gray."""
     b, c, s, h = 1.2, 0.8, 1.3, 0.1
@@ -371,7 +397,7 @@ def test_an_undecodable_sample_is_one_line(tiny_data, tmp_path):
     data = bytearray(shard.read_bytes())
     data[first.offset + 2: first.offset + first.size] = bytes(first.size - 2)  # SOI kept, the rest zeros
     shard.write_bytes(bytes(data))
-    with pytest.raises(UserError, match="not a readable JPEG|DALI pipeline failed") as info:
+    with pytest.raises(UserError, match="cannot be read|DALI pipeline failed") as info:
         for _ in ssl_loader(copy, "dali"):
             pass
     assert "\n" not in str(info.value)

@@ -181,3 +181,27 @@ def test_a_link_planted_as_the_lock_file_is_refused_and_its_target_untouched(ima
     with pytest.raises(UserError, match="is not a lock file of `fasthpt prep`"):
         prepare("v", out=out, src=images, **FAST)
     assert (tmp_path / "victim.txt").read_text() == "precious" and (out / ".v.lock").is_symlink()
+
+
+def test_force_counts_the_feature_cache_eval_wrote_as_the_tools_own(tmp_path):
+    """`fasthpt eval` caches features in DATA/.cache/features; a rebuild removes them with the data
+    they were computed from (half-written ones too), but still refuses a stranger's file there."""
+    from fasthpt.eval.knn import run_knn
+
+    images = write_tiny_folder(tmp_path / "src", per_class=6, size=16)
+    out = prepare("p", out=tmp_path / "out", src=images, test_frac=0.25, val_frac=0.25, **FAST)
+    run_knn("random", out, arch="resnet_micro", k=1, res=16, batch_size=8, workers=0, backend="torch",
+            progress=False, quiet=True)
+    cache = out / ".cache" / "features"
+    written = sorted(p.name for p in cache.iterdir())
+    assert len(written) == 3 and all(n.endswith("-r16-torch-cpu.pt") for n in written)
+    (cache / f".{written[0]}.12345.tmp").write_bytes(b"half")  # an eval killed mid-write
+    for stranger in (cache / "my_notes.txt", out / ".cache" / "other.pt", cache / "x-y.pt"):
+        stranger.write_text("precious")
+        with pytest.raises(UserError, match="did not write"):
+            prepare("p", out=tmp_path / "out", src=images, test_frac=0.25, val_frac=0.5, force=True, **FAST)
+        assert stranger.read_text() == "precious"
+        stranger.unlink()
+    assert main(["prep", "--dataset", "p", "--src", str(images), "--out", str(tmp_path / "out"), "--val-frac", "0.5",
+                 "--test-frac", "0.25", "--force", "--formats", "wds", "--workers", "1", "--no-progress"]) == 0
+    assert load_manifest(out).raw["settings"]["val_frac"] == 0.5 and not (out / ".cache").exists()

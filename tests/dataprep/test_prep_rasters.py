@@ -412,14 +412,27 @@ def test_a_constant_band_is_warned_about(tmp_path, capsys):
     assert "warning: cirrus holds one value (3) over the whole train split: its std is 0" in capsys.readouterr().err
 
 
-def test_embedding_a_folder_skips_rasters_with_a_reason_until_it_reads_them(tmp_path):
+def test_embedding_a_folder_reads_the_kind_of_the_backbones_data_and_skips_the_rest(tmp_path):
     from fasthpt.image_folder import UNUSABLE, EvalImages, list_images
 
     (tmp_path / "c").mkdir()
     Image.fromarray(np.full((8, 8), 3000, np.uint16)).save(tmp_path / "c" / "deep.png")
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "c" / "rgb.png")
     source = list_images(tmp_path)
-    images = EvalImages(source, res=8)
-    labels = [images[(0, i)][1] for i in range(len(source))]
-    assert labels == [UNUSABLE, 0]
-    assert images.reason(0) == "a uint16 raster of 1 band: this command reads 8-bit images only"
+    images = EvalImages(source, res=8)  # 8-bit data (the default)
+    assert [images[(0, i)][1] for i in range(len(source))] == [UNUSABLE, 0]
+    assert images.reason(0) == "a uint16 raster of 1 band: the backbone reads 8-bit images, as its data holds them"
+    images = EvalImages(source, res=8, kind=rr.Kind(1, "uint16"))  # 16-bit gray data, as X-rays are
+    (deep, label), (_, other) = images[(0, 0)], images[(0, 1)]
+    assert label == 0 and deep.dtype == torch.float32 and deep.shape == (1, 8, 8) and torch.all(deep == 3000)
+    assert other == UNUSABLE
+    assert images.reason(1) == "an 8-bit image: the backbone reads uint16 rasters of 1 band, as its data holds them"
+
+
+def test_probing_an_n_band_tiff_with_pillow_logs_nothing(caplog):
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, np.zeros((13, 8, 8), np.uint16), photometric="minisblack", planarconfig="separate")
+    with caplog.at_level("WARNING"):
+        assert rr.kind_of(buf.getvalue()).kind == rr.Kind(13, "uint16")
+        assert isinstance(rr.decode(buf.getvalue()), rr.Raster)
+    assert caplog.records == []  # Pillow's "More samples per pixel than can be decoded" reached users' stderr

@@ -9,11 +9,11 @@ import torch
 RES = 32  # small enough for resnet18 on 2 CPU cores
 
 
-def perturbed(arch: str, seed: int = 0):
+def perturbed(arch: str, seed: int = 0, in_chans: int = 3):
     from fasthpt.models.backbones import build_backbone
 
     torch.manual_seed(seed)
-    model = build_backbone(arch)
+    model = build_backbone(arch, in_chans)
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.2, 0.2)
@@ -66,3 +66,19 @@ class Note:
     """A pickled object that torch's weights-only reader refuses (it is not a tensor or a container)."""
 
     text = "trained on my laptop"
+
+
+# Sentinel-2's 13 bands, as GeoTIFFs name them (B04, B03, B02: red, green, blue)
+S2 = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
+
+
+def write_geotiff(path, chw, names=None):
+    """A GeoTIFF as GDAL writes them: bands first (planar), band descriptions in GDAL_METADATA."""
+    import tifffile
+
+    items = "".join(f'<Item name="DESCRIPTION" sample="{i}" role="description">{n}</Item>'
+                    for i, n in enumerate(names or []))
+    extratags = [(42112, "s", 0, f"<GDALMetadata>{items}</GDALMetadata>", True)] if names else []
+    tifffile.imwrite(path, chw, photometric="minisblack", planarconfig="separate", compression="zlib",
+                     extratags=extratags)
+    return path

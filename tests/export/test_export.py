@@ -108,7 +108,7 @@ def test_missing_or_wrong_backbone_is_one_line(r18, tmp_path, capsys):
         ((tmp_path / "nope.pt", "--to", "onnx", "--res", RES), ("not found", "nope.pt")),
         ((r18[1], "--to", "onnx", "--arch", "resnet50", "--res", RES), ("resnet18", "resnet50")),
         ((tmp_path, "--to", "onnx"), ("has no backbone.pt", "not a fasthpt run folder")),
-        ((r18[1], "--to", "onnx", "--mean", "1,1,1", "--std", "1,1,1"), ("--res",)),
+        ((r18[1], "--to", "timm", "--mean", "1,1,1", "--std", "1,1,1"), ("--res",)),  # timm's input_size
         ((r18[1], "--to", "onnx", "--res", RES), ("--norm-data", "--mean")),
         ((r18[1], "--to", "onnx", "--res", RES, "--mean", "1,2", "--std", "1,1,1"), ("--mean 1,2", "three")),
         ((r18[1], "--to", "onnx", "--res", RES, "--mean", "1,1,1", "--std", "1,1,1", "--out", tmp_path / "x.pt"),

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -88,3 +90,53 @@ def test_stages_chain_backbones(tmp_path):
     assert first.run_path == tmp_path / "chain" / "source" and first.data.path == "d1"
     assert first.train.max_duration == "7ba" and first.hpt.base == "none"
     assert second.hpt.base == str(tmp_path / "chain" / "source" / "backbone.pt") and second.hpt.mode == "bn"
+
+
+
+def _second_stage_data(tmp_path, ssl_data, case: str) -> Path:
+    """Stage 2's data folder, broken as ``case`` says."""
+    import json
+    import shutil
+
+    from tiny_images import write_tiny_folder
+
+    from dataprep import prepare
+
+    if case == "missing":
+        return tmp_path / "nowhere"
+    if case == "too_few":  # 4 train images, fewer than a batch of 8
+        src = write_tiny_folder(tmp_path / "few_src", per_class=1, size=16)
+        return prepare("few", out=tmp_path, src=src, val_frac=0, test_frac=0, formats=("wds",), workers=1,
+                       progress=False)
+    data = tmp_path / "d2"
+    shutil.copytree(ssl_data, data, ignore=shutil.ignore_patterns(".cache"))
+    raw = json.loads((data / "manifest.json").read_text())
+    if case == "no_manifest":
+        (data / "manifest.json").unlink()
+        return data
+    if case == "no_val":
+        del raw["splits"]["val"]
+    if case == "no_ffcv":
+        raw["formats"] = ["wds"]
+        raw["files"].pop("ffcv", None)
+    (data / "manifest.json").write_text(json.dumps(raw))
+    return data
+
+
+@pytest.mark.parametrize("case, extra, needle", [
+    ("missing", (), "data folder not found"),
+    ("no_manifest", (), "has no manifest.json"),
+    ("no_val", ("train.knn_interval=1ba",), "no split 'val'"),
+    ("too_few", (), "holds 4 train images, fewer than one batch of data.batch_size 8"),
+    ("no_ffcv", ("data.backend=ffcv",), "ffcv"),
+])
+def test_every_stage_data_is_checked_before_the_first_stage_trains(tmp_path, ssl_data, tiny_run, case, extra, needle):
+    from fasthpt.train import pretrain
+
+    second = _second_stage_data(tmp_path, ssl_data, case)
+    stages = (f"stages=[{{name: source, data: '{ssl_data}', max_duration: 2ba}},"
+              f" {{name: target, data: '{second}', max_duration: 2ba}}]")
+    with pytest.raises(UserError) as err:
+        pretrain(tiny_run("chain", stages, *extra))
+    assert str(err.value).startswith("stage 'target': ") and needle in str(err.value), str(err.value)
+    assert not (tmp_path / "chain").exists()  # stage 1 never started

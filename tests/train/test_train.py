@@ -108,6 +108,14 @@ def test_stages_chain_base_source_target(tmp_path, ssl_data, tiny_run):
     final = _backbone(result["backbone"])
     for key, value in _backbone(target["backbone"]).items():
         assert torch.equal(final[key], value)
+    # every stage remembers its data: where it was (absolute) and what it looked like
+    import json
+
+    from fasthpt.manifest import load_manifest
+
+    for stage in ("source", "target"):
+        recorded = json.loads((tmp_path / "chain" / stage / "data.json").read_text())
+        assert recorded["resolved"] == str(ssl_data.resolve()) and recorded["mean"] == load_manifest(ssl_data).mean
     # HPT-BN target stage: its convs are exactly the source stage's.
     src = _backbone(source["backbone"])
     assert torch.equal(final["layer2.0.conv1.weight"], src["layer2.0.conv1.weight"])
