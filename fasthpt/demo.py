@@ -107,8 +107,8 @@ def _fit(cfg, studies: list[str], out: Path, budget_s: float, say) -> None:
     from fasthpt.errors import UserError
     from fasthpt.experiment import gpu_cost
 
-    if budget_s <= 0:
-        raise UserError(f"--budget-s must be > 0, got {budget_s:g}")
+    if not (0 < budget_s < float("inf")):
+        raise UserError(f"--budget-s must be a number of seconds > 0, got {budget_s:g}")
     cap, plan = gpu_cost.fit(cfg, studies, budget_s, out)
     if plan["total_s"] > budget_s:
         say(f"note: even scratch's first budget is expected to take {plan['total_s']:.0f} s on one GPU, over the "

@@ -171,7 +171,7 @@ def validate(cfg: DemoConfig) -> DemoConfig:
         (e.metric in ("knn", "linear"), f"eval.metric must be knn or linear, got {shown(e.metric)}"),
         (bool(e.knn_k) and bool(e.knn_t), "eval.knn_k and eval.knn_t need at least one value each"),
         (e.backend in ("", *BACKEND_CHOICES), f"eval.backend must be empty (pretrain.backend) or one of "
-                                                f"{', '.join(BACKEND_CHOICES)}, got {e.backend!r}"),
+                                                f"{', '.join(BACKEND_CHOICES)}, got {shown(e.backend)}"),
         (all(0 < f <= 1 for f in cfg.study.fractions), "study.fractions must be in (0, 1]"),
         (cfg.study.seeds >= 1, "study.seeds must be >= 1"),
         (all(st.iters >= 1 for st in cfg.base.chain), "base.chain: every stage's iters must be >= 1"),

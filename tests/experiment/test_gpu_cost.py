@@ -119,3 +119,9 @@ def test_a_call_is_fitted_to_its_budget_and_the_calls_go_on_from_each_other():
     assert caps[0] == 300 and caps == sorted(set(caps)) and all(c["total_s"] <= budget for c in plans)
     # a later call trains the new scratch budgets only: 3 seeds each, HPT's grids already done
     assert all(c["runs"] % 3 == 0 and "hpt" not in c["phases_s"] or c["phases_s"]["hpt"] == 0 for c in plans[1:])
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "nan", "inf"])
+def test_a_budget_that_is_not_a_time_is_one_line(value, tmp_path, capsys):
+    assert main(["demo", "--scale", "gpu", "--plan", "--budget-s", value, "--out", str(tmp_path / "o")]) == 2
+    assert "--budget-s must be a number of seconds > 0" in capsys.readouterr().err
