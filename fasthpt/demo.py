@@ -4,9 +4,11 @@
     fasthpt demo --study all                       # + the augmentation and data-amount studies
     fasthpt demo --target data/resisc45 --base moco_v2_800ep_pretrain.pth.tar --scale large
     fasthpt demo --config my-demo.yaml grid.seeds=5
+    fasthpt demo --scale gpu --plan --budget-s 296  # expected GPU seconds per phase, and the calls it takes
 
 Writes <out>/report.md, convergence.png (robustness.png with a study) and results.json (every
-seed's numbers). Finished pretraining runs are reused: a second call trains nothing new.
+seed's numbers). Finished pretraining runs and their evaluations are reused: a second call trains
+and evaluates nothing new, and a call fitted to a time (--budget-s) goes on from the one before.
 """
 
 from __future__ import annotations
