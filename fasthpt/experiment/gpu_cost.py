@@ -211,7 +211,7 @@ def describe(p: dict) -> str:
         whole = (f"the whole preset (scratch up to {p['preset_scratch_cap']}): {len(caps)} call(s) of "
                  f"{p['budget_s']:.0f} s, scratch up to {', '.join(map(str, caps))}")
         if not caps or caps[-1] < p["preset_scratch_cap"]:
-            whole += f"; no call of {p['budget_s']:.0f} s can add the next budget (3 seeds x its iterations)"
+            whole += f"; no call of {p['budget_s']:.0f} s can add the next budget (all its seeds)"
         lines.append("  " + whole)
     return "\n".join(lines)
 
