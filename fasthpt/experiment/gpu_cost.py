@@ -17,9 +17,9 @@ convolutions may run at a tenth of ResNet-50's FLOP rate; set-up costs scaled fr
 1.5x off. The point figure assumes none of these, the high one all of them.
 
 Set-up costs the H200 run did not isolate were measured on the VM (FFCV compiles each loader's
-numba pipeline: 7.5 s per training loader, 11.3 s per evaluation's three split loaders; the
+numba pipeline: 7.1 s per training loader, 8.3 s per evaluation's three split loaders; the
 torch backend's loaders take ~1 s) and scaled to the H200's host by the one cost measured on both
-machines: FFCV's import and first loader, 16.8 s there, 24.4 s here (x 0.69). The torch loader
+machines: FFCV's import and first loader, 16.8 s there, 21.0 s here (x 0.80). The torch loader
 trains at its own rate where that is slower than the step (CPU augmentation: 639 samples/s on the
 VM's 2 workers at 32 px, scaled by the host and the preset's workers).
 """
@@ -44,16 +44,17 @@ H200_PROCESS_S = 28 - 50 * H200_RN50_STEP_S
 # the FFCV-fed process (45 s) less its steps and that: FFCV's import and first loader (16.8 s)
 H200_FFCV_FIRST_S = 45 - 50 * 128 / 1720 - H200_PROCESS_S
 H200_PREP_IMAGES_S = 1205  # `demo --scale large` prepared sat-target (12,000 images, 96 px) end to end, 16 workers
-# --- measured on the 2-core development VM (2026-12-07; sat-target at 32 px; bench/RESULTS.md)
-VM_FFCV_FIRST_S = 4.43 + 19.92  # FFCV's import + the first training loader of a process (CPU seconds)
-VM_FFCV_LOADER_S = 7.53  # each later training loader (its pipeline compiled again)
-VM_FFCV_EVAL_S = 11.28  # an evaluation's three split loaders (train, val, test), FFCV
-VM_TORCH_LOADER_S = 0.9  # a torch training loader's start (2 workers, to its first batch)
+# --- measured on the 2-core development VM (2026-12-07, quiet: reference step 356 samples/s; sat-target
+# at 32 px; bench/RESULTS.md)
+VM_FFCV_FIRST_S = 5.14 + 15.85  # FFCV's import + the first training loader of a process (CPU seconds)
+VM_FFCV_LOADER_S = 7.14  # each later training loader (its pipeline compiled again)
+VM_FFCV_EVAL_S = 8.31  # an evaluation's three split loaders (train, val, test), FFCV
+VM_TORCH_LOADER_S = 0.66  # a torch training loader's start (2 workers, to its first batch)
 VM_TORCH_SAMPLE_S = 2 / 639  # its two views of one sample, per worker: 639 samples/s on 2 workers
-VM_TORCH_EVAL_S = 1.64 * 2 / 3000  # its three split loaders: 3,000 images in 1.64 s on 2 workers, per image-worker
+VM_TORCH_EVAL_S = 1.24 * 2 / 3000  # its three split loaders: 3,000 images in 1.24 s on 2 workers, per image-worker
 VM_RUN_S = 0.9  # a run's set-up besides its loader (config, trainer, checkpoint, backbone file)
 # --- derived
-HOST = H200_FFCV_FIRST_S / VM_FFCV_FIRST_S  # the H200's host does the VM's single-thread work in 0.69 of its time
+HOST = H200_FFCV_FIRST_S / VM_FFCV_FIRST_S  # the H200's host does the VM's single-thread work in 0.80 of its time
 GPU_EVAL_S = 1.0  # estimate: features of every split, the kNN (k, t) grid and a 300-step probe on the GPU
 REFERENCE_RUNS, REFERENCE_STEPS = 3, 13  # fasthpt.experiment.run.reference_step
 HIGH_FLOOR, HIGH_FLOPS, HIGH_SETUP = 2.0, 10.0, 1.5  # the uncertainty above, each at its pessimistic end

@@ -97,7 +97,7 @@ class EvalSpec:
     linear_lr: float = 30.0  # per 512 images (the paper's)
     batch_size: int = 256
     # the evaluation loaders' backend; empty: pretrain.backend. FFCV compiles each loader's pipeline
-    # (11 s for the three splits on the 2-core VM), which dozens of short evaluations pay again and again
+    # (8 s for the three splits on the 2-core VM), which dozens of short evaluations pay again and again
     backend: str = ""
 
 
