@@ -125,7 +125,7 @@ class DemoConfig:
 
 # The shipped presets; configs/demo-{base,scratch,hpt,hpt-bn,chain}.yaml beside them are single
 # `fasthpt pretrain` runs at the default preset's settings (a test keeps them in step).
-SCALES = ("default", "tiny", "large", "gpu")
+SCALES = ("default", "tiny", "large", "gpu", "s2")
 
 
 def preset_path(scale: str) -> Path:
