@@ -6,10 +6,11 @@ Method: build each loader and iterate it exactly as the trainer does (Composer: 
 last batch), at the training run's layout (channels_last by default) and batch. ``--warmup``
 batches first (pipeline build, JIT compilation, worker start-up stay out of the figure), then
 ``--batches`` batches ``--repeats`` times, synchronising CUDA before each clock reading; report the
-median samples/s over whole timed spans, epoch starts included. The epoch-start cost is reported on
-its own: the median wait for an epoch's first batch minus the median wait for the other batches
-(null when no epoch starts inside the timed batches: use a split of a few batches per epoch, or
-more --batches). One sample = two views of one image. The ``decode`` row decodes the same JPEG
+median samples/s over whole timed spans, epoch starts included. The epoch start is reported on
+its own: the median wait for an epoch's first batch and the median wait for the other batches (the
+table shows both; ``epoch_start_s`` is their difference, negative where a loader has the next
+epoch's first batch ready early; null when no epoch starts inside the timed batches: use a split of
+a few batches per epoch, or more --batches). One sample = two views of one image. The ``decode`` row decodes the same JPEG
 bytes (read from the WebDataset shards) with the fastest decoder at hand (OpenCV's libjpeg-turbo,
 else PIL) in ``--workers`` processes and no augmentation: no CPU loader can beat it, so each
 backend's fraction of it says how much augmentation costs. Every row is one JSON line (``--json
@@ -68,14 +69,15 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def epoch_start_cost(waits: list[float], firsts: list[bool]) -> float | None:
-    """Median wait for an epoch's first batch minus the median wait for the others (seconds); None
-    when no epoch starts among the timed batches."""
+def epoch_start_waits(waits: list[float], firsts: list[bool]) -> dict:
+    """Median wait (seconds) for an epoch's first batch and for the other batches, and their
+    difference (``epoch_start_s``); None where no epoch starts (or nothing else) was timed."""
     first = [w for w, f in zip(waits, firsts) if f]
     rest = [w for w, f in zip(waits, firsts) if not f]
     if not first or not rest:
-        return None
-    return statistics.median(first) - statistics.median(rest)
+        return {"epoch_start_s": None, "first_wait_s": None, "wait_s": None}
+    a, b = statistics.median(first), statistics.median(rest)
+    return {"epoch_start_s": round(a - b, 5), "first_wait_s": round(a, 5), "wait_s": round(b, 5)}
 
 
 def measure_backend(args, backend: str, progress) -> dict:
@@ -109,10 +111,8 @@ def measure_backend(args, backend: str, progress) -> dict:
             progress.update(1)
         runs.append(args.batches * args.batch / (last - start))
     batches.close()
-    cost = epoch_start_cost(waits, firsts)
     return {"samples_per_s": statistics.median(runs), "runs": runs, "device": str(device),
-            "batches_per_epoch": len(loader), "epoch_start_s": None if cost is None else round(cost, 5),
-            "epoch_starts_timed": sum(firsts)}
+            "batches_per_epoch": len(loader), **epoch_start_waits(waits, firsts), "epoch_starts_timed": sum(firsts)}
 
 
 _BLOBS: list[bytes] = []  # set before the decode pool forks: workers inherit it instead of unpickling it
@@ -188,6 +188,7 @@ def _row(args, backend: str, result: dict) -> dict:
         "backend": backend, "res": args.res, "batch": args.batch, "workers": args.workers, "layout": args.layout,
         "device": result.get("device"), "samples_per_s": result.get("samples_per_s"), "runs": result.get("runs"),
         "batches_per_epoch": result.get("batches_per_epoch"), "epoch_start_s": result.get("epoch_start_s"),
+        "first_wait_s": result.get("first_wait_s"), "wait_s": result.get("wait_s"),
         "epoch_starts_timed": result.get("epoch_starts_timed"),
         "bytes_per_sample": None if result.get("skipped") or backend == "decode" else
         bytes_per_sample(args.data, args.split, backend),
@@ -200,7 +201,7 @@ def format_table(rows: list[dict]) -> str:
     ceiling = next((r["samples_per_s"] for r in rows if r["backend"] == "decode" and r["samples_per_s"]), None)
     baseline = next((r["samples_per_s"] for r in rows if r["backend"] == "torch" and r["samples_per_s"]), None)
     lines = [f"{'backend':8} {'res':>4} {'batch':>5} {'workers':>7} {'device':>6} {'samples/s':>10} "
-             f"{'x torch':>8} {'of decode':>9} {'batches/epoch':>13} {'epoch start':>11} {'bytes/sample':>12}"]
+             f"{'x torch':>8} {'of decode':>9} {'batches/epoch':>13} {'wait 1st/other':>14} {'bytes/sample':>12}"]
     for r in rows:
         if r["skipped"]:
             lines.append(f"{r['backend']:8} skipped: {r['skipped']}")
@@ -208,10 +209,10 @@ def format_table(rows: list[dict]) -> str:
         rate = r["samples_per_s"]
         speedup = f"{rate / baseline:.1f}x" if baseline and r["backend"] != "decode" else "-"
         frac = f"{rate / ceiling:.0%}" if ceiling and r["backend"] != "decode" else "-"
-        start = r.get("epoch_start_s")
-        start = "-" if start is None else f"{1000 * start:.0f} ms"
+        first, other = r.get("first_wait_s"), r.get("wait_s")
+        start = "-" if first is None else f"{1000 * first:.0f}/{1000 * other:.0f} ms"
         lines.append(f"{r['backend']:8} {r['res']:>4} {r['batch']:>5} {r['workers']:>7} {r['device']:>6} "
-                     f"{rate:>10.1f} {speedup:>8} {frac:>9} {r.get('batches_per_epoch') or '-':>13} {start:>11} "
+                     f"{rate:>10.1f} {speedup:>8} {frac:>9} {r.get('batches_per_epoch') or '-':>13} {start:>14} "
                      f"{r.get('bytes_per_sample') or '-':>12}")
     return "\n".join(lines)
 
