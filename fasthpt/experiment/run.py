@@ -136,13 +136,16 @@ class Experiment:
     def _random(self) -> str:
         import torch
 
+        from fasthpt.manifest import load_manifest
         from fasthpt.models.backbones import build_backbone, save_backbone
 
-        path = self.out / f"random-{self.cfg.pretrain.arch}.pt"
+        bands = load_manifest(self.target).bands  # a random init takes the target's bands, not an adapted RGB conv1
+        path = self.out / (f"random-{self.cfg.pretrain.arch}.pt" if bands == 3 else
+                           f"random-{self.cfg.pretrain.arch}-{bands}bands.pt")
         if not path.is_file():
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
-                save_backbone(build_backbone(self.cfg.pretrain.arch), path)
+                save_backbone(build_backbone(self.cfg.pretrain.arch, in_chans=bands), path)
         return str(path)
 
     def _jobs(self, method: str, iters: int, base="none", mode="full", study=(), extra=(), seeds=None) -> list[Job]:

@@ -186,3 +186,18 @@ def test_dali_raster_gpu_graphs_define_without_a_gpu(raster_data):
     policy = spectral.spectral_policy(AugPolicy())
     assert db._views_pipeline(manifest, lambda info: None, policy, RES, True, True, 2, bands, **kw) is not None
     assert db._eval_pipeline(manifest, lambda info: None, RES, True, False, bands, **kw) is not None
+
+
+def test_the_demos_random_init_reference_takes_the_datas_bands(raster_data, tmp_path):
+    """The demo's random-init row on N-band data is a random N-band conv1, not a random RGB one
+    adapted (whose bands would share filters)."""
+    from types import SimpleNamespace
+
+    from fasthpt.experiment.run import Experiment
+
+    fake = SimpleNamespace(out=tmp_path, target=raster_data,
+                           cfg=SimpleNamespace(pretrain=SimpleNamespace(arch="resnet_micro")))
+    path = Experiment._random(fake)
+    conv1 = torch.load(path, weights_only=True)["conv1.weight"]
+    assert conv1.shape[1] == BANDS
+    assert not torch.allclose(conv1[:, 3], conv1[:, 4])  # its own filters per band
