@@ -113,11 +113,13 @@ def speedup(points: list[dict], method: str, metric: str, conv: dict, boot: int 
       percentile interval; a resample where the method never reaches the target counts as 0x;
     - grid: the method reached the target somewhere in (previous budget, budget], so the ratio on a
       finer grid would lie in [B / budget, B / previous budget) (unbounded above at the first budget).
-    The wall-clock ratio compares mean pretraining seconds at the two budgets."""
+    The wall-clock ratio compares mean pretraining seconds at the two budgets (set-up included);
+    ``wall_range`` bounds it by the seeds' slowest and fastest runs."""
     test_s, test_m = cells(points, "scratch", metric, "test"), cells(points, method, metric, "test")
     out = {"method": method, "metric": metric, "scratch_converged": conv["converged"],
            "scratch_iterations": conv["best_iterations"], "target": None, "method_iterations": None,
-           "ratio": None, "ci": None, "grid": None, "wall_ratio": None, "reached": False, "supported": False}
+           "ratio": None, "ci": None, "grid": None, "wall_ratio": None, "wall_range": None,
+           "reached": False, "supported": False}
     best = conv["best_iterations"]
     if best is None or best not in test_s or not test_m:
         return out
@@ -134,8 +136,10 @@ def speedup(points: list[dict], method: str, metric: str, conv: dict, boot: int 
         ratios.append(best / r if r else 0.0)
     ratios.sort()
     ci = (ratios[int((1 - LEVEL) / 2 * boot)], ratios[min(boot - 1, int((1 + LEVEL) / 2 * boot))])
-    out.update(reached=True, ratio=best / reach, ci=ci, grid=(best / reach, best / prev if prev else math.inf),
-               wall_ratio=_mean(ws[best]) / _mean(wm[reach]) if best in ws and reach in wm else None)
+    out.update(reached=True, ratio=best / reach, ci=ci, grid=(best / reach, best / prev if prev else math.inf))
+    if best in ws and reach in wm:
+        out.update(wall_ratio=_mean(ws[best]) / _mean(wm[reach]),
+                   wall_range=(min(ws[best]) / max(wm[reach]), max(ws[best]) / min(wm[reach])))
     out["supported"] = bool(conv["converged"] and ci[0] > 1)
     return out
 

@@ -71,6 +71,21 @@ def test_speedup_is_budget_ratio_with_seed_and_grid_intervals():
     assert s["grid"] == (10, 30)  # reached between 10 and 30 iterations
     assert s["ci"][0] <= 10 <= s["ci"][1] and s["supported"]
     assert s["wall_ratio"] == pytest.approx(30 / 3)
+    assert s["wall_range"] == pytest.approx((10, 10))  # every seed's run took the same time here
+
+
+def test_the_wall_clock_ratio_comes_with_the_seeds_extremes_in_the_report():
+    from fasthpt.report import speedup_sentence
+
+    pts = _pts("scratch", SCRATCH) + _pts("hpt", HPT)
+    for p in pts:
+        if p["method"] == "hpt" and p["iterations"] == 30:
+            p["wall_clock_s"] = {0: 2.0, 1: 3.0, 2: 4.0}[p["seed"]]
+    s = speedup(pts, "hpt", "knn", convergence(pts, "knn"))
+    assert s["wall_ratio"] == pytest.approx(30 / 3) and s["wall_range"] == pytest.approx((7.5, 15))
+    text = speedup_sentence(s, "HPT")
+    assert "10.0x fewer iterations (95% seed interval" in text  # the interval belongs to the iterations
+    assert "scratch's run / HPT's = 10.0x (seeds' extremes 7.5x to 15.0x)" in text
 
 
 def test_speedup_at_the_first_budget_is_unbounded_above_and_not_reached_is_not_supported():
