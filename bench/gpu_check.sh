@@ -76,6 +76,7 @@ NPROC=$(nproc)
 # 8 minutes of a 10-minute call: each step's limit in seconds; the demo takes what is left (a call
 # with less time left can shrink the demo's share with GPU_CHECK_BUDGET_S)
 BUDGET_S=${GPU_CHECK_BUDGET_S:-480}
+FLOOR_S=${GPU_CHECK_FLOOR_S:-20}  # the least the demo (or the claim) gets when the budget is spent
 # (H200, 2026-11-30: the cold imports took over 20 s; three loaders at 16 workers over 75 s, the torch
 # baseline the slowest: its CPU row is bench/RESULTS.md's, the GPU check times the two GPU loaders)
 declare -A LIMIT=([install]=60 [env]=30 [train_synthetic]=70 [prep]=40 [train_ffcv]=55 [train_dali]=50
@@ -247,7 +248,7 @@ main() {
   # the demo gets what is left of the budget (in the dry run: what is left if every step used its limit)
   local fixed=0 k
   for k in "${!LIMIT[@]}"; do fixed=$((fixed + LIMIT[$k])); done
-  LIMIT[demo]=$(($(left) > 20 ? $(left) : 20))
+  LIMIT[demo]=$(($(left) > FLOOR_S ? $(left) : FLOOR_S))
   ((DRY)) && LIMIT[demo]=$((BUDGET_S - fixed))
   run demo fasthpt demo --scale gpu --out "$SCRATCH/demo" --data "$SCRATCH/demo-data"
   emit end "$( ((FAILED)) && echo failed || echo ok)" $FAILED $((SECONDS - START)) $BUDGET_S "" bench/gpu_check.sh
@@ -325,7 +326,7 @@ claim_main() {
     mkdir -p "$CLAIM_OUT" && cat "$RESUME"/claim-runs.tar.* | tar -xf - -C "$CLAIM_OUT" || FAILED=1
   fi
   LIMIT[claim]=$((BUDGET_S - CLAIM_LIMIT[install] - CLAIM_LIMIT[env] - CLAIM_LIMIT[pack]))
-  ((DRY)) || LIMIT[claim]=$(( $(left) - CLAIM_LIMIT[pack] > 20 ? $(left) - CLAIM_LIMIT[pack] : 20 ))
+  ((DRY)) || LIMIT[claim]=$(( $(left) - CLAIM_LIMIT[pack] > FLOOR_S ? $(left) - CLAIM_LIMIT[pack] : FLOOR_S ))
   CLAIM_FIT=$((LIMIT[claim] * 4 / 5))  # the demo fits its scratch grid to 80% of its limit: the estimate's margin
   if ((DRY)); then  # the plan; a real call's demo prints it itself, on the GPU, and keeps it in results.json
     local t0=$SECONDS plan rc cmd=("$PYTHON" -m fasthpt.cli demo --scale gpu --budget-s "$CLAIM_FIT" --out "$CLAIM_OUT"

@@ -26,7 +26,6 @@ import tempfile
 import time
 
 import torch
-from composer.core import Callback
 
 from fasthpt.device import accelerator_name, resolve_device
 from fasthpt.errors import UserError
@@ -57,24 +56,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="further config overrides")
 
 
-class StepClock(Callback):
-    """Wall time of each batch end, and the time spent waiting for each batch."""
+def step_clock():
+    """A Composer callback recording the wall time of each batch end and the time spent waiting for
+    each batch (Composer imported here: parsing a command line, as bench/parse_only.py does, needs
+    none of it)."""
+    from composer.core import Callback
 
-    def __init__(self):
-        self.ends: list[float] = []
-        self.waits: list[float] = []
-        self._t = 0.0
+    class StepClock(Callback):
+        def __init__(self):
+            self.ends: list[float] = []
+            self.waits: list[float] = []
+            self._t = 0.0
 
-    def before_dataloader(self, state, logger):
-        self._t = time.perf_counter()
+        def before_dataloader(self, state, logger):
+            self._t = time.perf_counter()
 
-    def after_dataloader(self, state, logger):
-        self.waits.append(time.perf_counter() - self._t)
+        def after_dataloader(self, state, logger):
+            self.waits.append(time.perf_counter() - self._t)
 
-    def batch_end(self, state, logger):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        self.ends.append(time.perf_counter())
+        def batch_end(self, state, logger):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.ends.append(time.perf_counter())
+
+    return StepClock()
 
 
 class SyntheticLoader:
@@ -102,7 +107,7 @@ class SyntheticLoader:
 def measure(cfg, warmup: int, batches: int, synthetic: bool) -> dict:
     from fasthpt.train import run_stage
 
-    clock = StepClock()
+    clock = step_clock()
     loader = None
     if synthetic:
         loader = SyntheticLoader(cfg.data.batch_size, cfg.data.res, resolve_device(),

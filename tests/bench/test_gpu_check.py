@@ -96,7 +96,7 @@ def test_a_real_run_records_each_outcome(tmp_path):
     stand_in.chmod(0o755)
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "SCRATCH": str(tmp_path / "scratch"), "PYTHON": str(stand_in),
-           "GPU_CHECK_BUDGET_S": "1", "CUDA_VISIBLE_DEVICES": ""}
+           "GPU_CHECK_BUDGET_S": "1", "GPU_CHECK_FLOOR_S": "3", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(["bash", "bench/gpu_check.sh", "--no-install"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
     rows = {r["step"]: r for r in map(json.loads, (out / "gpu_check.jsonl").read_text().splitlines())}

@@ -91,6 +91,8 @@ def test_autoresume_continues_without_losing_or_repeating_batches(tmp_path, tiny
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
 
+    if backend != "torch":  # what follows does not depend on the loader
+        return
     # launching a finished run again trains nothing and hands back the same backbone
     again = pretrain(tiny_run("r", *extra, run_dir=tmp_path / "b"))
     assert again["iterations"] == 8 and again["iterations_this_launch"] == 0
@@ -167,13 +169,15 @@ def _summary(output: str) -> dict:
 
 
 @pytest.mark.slow
-def test_composer_two_processes_keep_key_encoders_identical(tmp_path, tiny_yaml):
-    cfg = tiny_yaml("ddp", "train.max_duration=3ba", "train.save_interval=3ba")
+def test_composer_two_processes_keep_key_encoders_identical_and_share_the_global_batch(tmp_path, tiny_yaml):
+    cfg = tiny_yaml("ddp", "data.global_batch=16", "data.batch_size=64", "train.max_duration=3ba",
+                    "train.save_interval=3ba")
     proc = _launch(["-n", "2", "--master_port", str(_port())], cfg, tmp_path)
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out[-3000:]
     result = _summary(out)
     assert result["world_size"] == 2 and result["ranks_in_sync"] is True and result["iterations"] == 3
+    assert (result["batch_per_process"], result["global_batch"]) == (8, 16)  # the global batch, shared
     assert Path(result["backbone"]).is_file()
 
 
@@ -208,17 +212,6 @@ def test_a_run_derives_its_batch_from_the_global_batch_and_says_so(tmp_path, tin
     assert "data.global_batch 16 on 1 process(es): data.batch_size 16 per process, 2 BN group(s) of 8" in caplog.text
     saved = (tmp_path / "global" / "config.yaml").read_text()
     assert "global_batch: 16" in saved and "batch_size: 16" in saved  # what it trained with
-
-
-@pytest.mark.slow
-def test_two_processes_share_the_global_batch(tmp_path, tiny_yaml):
-    cfg = tiny_yaml("gb", "data.global_batch=16", "data.batch_size=64", "train.max_duration=2ba",
-                    "train.save_interval=2ba")
-    proc = _launch(["-n", "2", "--master_port", str(_port())], cfg, tmp_path)
-    out, _ = proc.communicate(timeout=900)
-    assert proc.returncode == 0, out[-3000:]
-    result = _summary(out)
-    assert (result["batch_per_process"], result["global_batch"], result["world_size"]) == (8, 16, 2)
 
 
 def test_a_long_cpu_run_says_its_cost_after_its_first_timed_batches(tmp_path, tiny_run, monkeypatch):
