@@ -5,6 +5,9 @@ VENV := .venv
 STAMP := $(VENV)/.fasthpt-installed
 APT_PKGS := pkg-config libopencv-dev libturbojpeg0-dev
 PYTEST_ARGS ?=
+# the suite in 2 processes (pytest-xdist), each test file whole in one of them (its module fixtures
+# built once): 11.6 -> 6.7 min on the 2-core development machine; PYTEST_WORKERS=0 runs it in one
+PYTEST_WORKERS ?= 2
 
 .PHONY: setup demo demo-base test test-gpu bench clean-data test-latest smoke-latest gpu-bundle
 
@@ -40,7 +43,7 @@ demo-base: setup
 # the suite on the pinned stack, then its smoke subset on the newest torch (.venv-latest, below).
 test: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory smoke-latest PYTEST_ARGS=
 
 test-gpu: setup
