@@ -1,21 +1,21 @@
-"""`fasthpt bench loaders`: two-view samples/s per loader backend as training sees it, the cost
-of an epoch start, and the JPEG decode ceiling of the same files.
+"""`fasthpt bench loaders`: two-view samples/s per loader backend as training sees it, the cost of an
+epoch start, and the JPEG decode ceiling of the same files.
 
 Method: build each loader and iterate it exactly as the trainer does (Composer: ``set_epoch`` then
 ``islice(loader, len(loader))``, epoch after epoch, so the generator is never run past an epoch's
-last batch), at the training run's layout (channels_last by default) and batch. ``--warmup``
-batches first (pipeline build, JIT compilation, worker start-up stay out of the figure), then
-``--batches`` batches ``--repeats`` times, synchronising CUDA before each clock reading; report the
-median samples/s over whole timed spans, epoch starts included. The epoch start is reported on
-its own: the median wait for an epoch's first batch and the median wait for the other batches (the
-table shows both; ``epoch_start_s`` is their difference, negative where a loader has the next
-epoch's first batch ready early; null when no epoch starts inside the timed batches: use a split of
-a few batches per epoch, or more --batches). One sample = two views of one image. The ``decode``
-row decodes the same JPEG bytes (read from the WebDataset shards) with the fastest decoder at hand
-(OpenCV's libjpeg-turbo, else PIL) in ``--workers`` processes and no augmentation: no CPU loader can beat it, so each
-backend's fraction of it says how much augmentation costs. Every row is one JSON line (``--json
-FILE``, appended) with fasthpt.fileio.run_metadata's commit, host and time; a backend that cannot run is a
-row with ``skipped`` and the reason.
+last batch), at the training run's layout (channels_last by default) and batch. ``--warmup`` batches
+first (pipeline build, JIT compilation, worker start-up stay out of the figure), then ``--batches``
+batches ``--repeats`` times, synchronising CUDA before each clock reading; report the median
+samples/s over whole timed spans, epoch starts included. The epoch start is reported on its own: the
+median wait for an epoch's first batch and the median wait for the other batches (the table shows
+both; ``epoch_start_s`` is their difference, negative where a loader has the next epoch's first
+batch ready early; null when no epoch starts inside the timed batches: use a split of a few batches
+per epoch, or more --batches). One sample = two views of one image. The ``decode`` row decodes the
+same JPEG bytes (read from the WebDataset shards) with the fastest decoder at hand (OpenCV's
+libjpeg-turbo, else PIL) in ``--workers`` processes and no augmentation: no CPU loader can beat it,
+so each backend's fraction of it says how much augmentation costs. Every row is one JSON line
+(``--json FILE``, appended) with fasthpt.fileio.run_metadata's commit, host and time; a backend that
+cannot run is a row with ``skipped`` and the reason.
 """
 
 from __future__ import annotations
