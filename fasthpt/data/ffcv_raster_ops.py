@@ -65,6 +65,23 @@ class _RasterDecoder(Operation):
         return (replace(previous_state, jit_mode=True, shape=shape, dtype=f4),
                 (AllocationQuery(shape, f4), AllocationQuery((row,), np.dtype("<u1"))))
 
+    def _image_reader(self):
+        """Compiled ``read(index, metadata, storage_state, buf)``: sample ``index``'s record copied
+        into ``buf`` and viewed as its H x W x C image in the stored dtype (both decoders' loops)."""
+        _, mem_read = compat.decoder_inputs(self)
+        record = Compiler.compile(_record)
+        vtype, size, nb = self.dtype.type, self.dtype.itemsize, self.bands.bands
+
+        def read(index, metadata, storage_state, buf):
+            field = metadata[index]
+            data = mem_read(field["ptr"], storage_state)
+            rec = record(data.ctypes.data, np.int64(field["size"]), buf)
+            head = rec[:HEADER_BYTES].view(np.uint32)
+            h, w = np.int64(head[0]), np.int64(head[1])
+            return rec[HEADER_BYTES:HEADER_BYTES + h * w * nb * size].view(vtype).reshape(h, w, nb)
+
+        return Compiler.compile(read)
+
     def scratch_len(self, src_hw: int) -> int:
         return int(max(self.res, src_hw) * max(self.res, src_hw) * self.bands.bands)
 
@@ -84,13 +101,12 @@ class RasterViewsDecoder(_RasterDecoder):
 
     @_Memo
     def generate_code(self):
-        _, mem_read = compat.decoder_inputs(self)
-        my_range, record = Compiler.get_iterator(), Compiler.compile(_record)
+        my_range, read = Compiler.get_iterator(), self._image_reader()
         read_key = _key_reader(self.key)
         res, views, layout, cap, cfg = self.res, self.views, self.layout, self.blur_cap, self.cfg
         s_lo, s_hi = self.crop_scale
         r_lo, r_hi = self.log_ratio
-        vtype, size, nb = self.dtype.type, self.dtype.itemsize, self.bands.bands
+        nb = self.bands.bands
         lo, hi, scale, shift = self.bands.lo, self.bands.hi, self.scale, self.shift
         v0, v1, v2 = self._view_shape()
         sample_crop, view_key, sample_params = K.sample_crop, K.view_key, K.sample_view_params
@@ -107,12 +123,8 @@ class RasterViewsDecoder(_RasterDecoder):
             for k in my_range(n):
                 t = numba.get_thread_id()
                 idx = batch_indices[k]
-                field = metadata[idx]
-                data = mem_read(field["ptr"], storage_state)
-                rec = record(data.ctypes.data, np.int64(field["size"]), buf[k])
-                head = rec[:HEADER_BYTES].view(np.uint32)
-                h, w = np.int64(head[0]), np.int64(head[1])
-                img = rec[HEADER_BYTES:HEADER_BYTES + h * w * nb * size].view(vtype).reshape(h, w, nb)
+                img = read(idx, metadata, storage_state, buf[k])
+                h, w = np.int64(img.shape[0]), np.int64(img.shape[1])
                 tmp = np.empty(max(res, h) * max(res, w) * nb, np.float32)
                 for v in range(views):
                     key = view_key(ekey, idx, np.int64(v))
@@ -138,10 +150,9 @@ class RasterCenterCropDecoder(_RasterDecoder):
 
     @_Memo
     def generate_code(self):
-        _, mem_read = compat.decoder_inputs(self)
-        my_range, record = Compiler.get_iterator(), Compiler.compile(_record)
+        my_range, read = Compiler.get_iterator(), self._image_reader()
         res, layout, resize_to = self.res, self.layout, self.resize_to
-        vtype, size, nb = self.dtype.type, self.dtype.itemsize, self.bands.bands
+        nb = self.bands.bands
         scale, shift = self.scale, self.shift
         center, emit = RK.center_crop_bands, RK.emit_bands
 
@@ -151,12 +162,8 @@ class RasterCenterCropDecoder(_RasterDecoder):
             work = np.empty((numba.get_num_threads(), res, res, nb), np.float32)
             for k in my_range(n):
                 t = numba.get_thread_id()
-                field = metadata[batch_indices[k]]
-                data = mem_read(field["ptr"], storage_state)
-                rec = record(data.ctypes.data, np.int64(field["size"]), buf[k])
-                head = rec[:HEADER_BYTES].view(np.uint32)
-                h, w = np.int64(head[0]), np.int64(head[1])
-                img = rec[HEADER_BYTES:HEADER_BYTES + h * w * nb * size].view(vtype).reshape(h, w, nb)
+                img = read(batch_indices[k], metadata, storage_state, buf[k])
+                h, w = np.int64(img.shape[0]), np.int64(img.shape[1])
                 tmp = np.empty(max(res, h) * max(res, w) * nb, np.float32)
                 center(img, np.int64(resize_to), work[t], tmp)
                 emit(work[t], dst[k], False, scale, shift, np.int64(layout))
